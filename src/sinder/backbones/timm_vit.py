@@ -1,0 +1,122 @@
+"""Adapter over timm's ``VisionTransformer``: DINOv2 (S/B/L/g, ±reg4), DeiT-III, CLIP ViTs."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ModelSpecError
+from .base import Backbone, TokenContext
+from .view import BlockView, LinearSlice
+
+
+def timm_activation(act: nn.Module, where: str) -> str:
+    """Name a timm MLP activation module in the canonical vocabulary."""
+    from timm.layers import QuickGELU
+
+    if isinstance(act, QuickGELU):
+        return "quick_gelu"
+    if isinstance(act, nn.GELU):
+        return "gelu_tanh" if act.approximate == "tanh" else "gelu"
+    raise ModelSpecError(f"{where}: unsupported MLP activation {type(act).__name__}; sinder handles GELU, QuickGELU and SwiGLU")
+
+
+def timm_mlp_view(mlp: nn.Module, prefix: str) -> tuple[tuple[LinearSlice, ...], str, LinearSlice]:
+    """(mlp_in, activation, mlp_out) for timm's Mlp, GluMlp/SwiGLUPacked and SwiGLU."""
+    from timm.layers.mlp import GluMlp, Mlp, SwiGLU
+
+    if not isinstance(getattr(mlp, "norm", nn.Identity()), nn.Identity):
+        raise ModelSpecError(f"{prefix}: MLPs with an inner norm are not supported by the linear theory")
+    out = LinearSlice(mlp.fc2, f"{prefix}.fc2")
+    if isinstance(mlp, SwiGLU):
+        if not isinstance(mlp.act, nn.SiLU):
+            raise ModelSpecError(f"{prefix}: gated MLP with {type(mlp.act).__name__}; only SiLU gates (SwiGLU) are supported")
+        return (LinearSlice(mlp.fc1_g, f"{prefix}.fc1_g"), LinearSlice(mlp.fc1_x, f"{prefix}.fc1_x")), "swiglu", out
+    if isinstance(mlp, GluMlp):
+        if not isinstance(mlp.act, nn.SiLU):
+            raise ModelSpecError(f"{prefix}: gated MLP with {type(mlp.act).__name__}; only SiLU gates (SwiGLU) are supported")
+        half = mlp.fc1.out_features // 2
+        first = LinearSlice(mlp.fc1, f"{prefix}.fc1", 0, half)
+        second = LinearSlice(mlp.fc1, f"{prefix}.fc1", half, 2 * half)
+        gate, value = (second, first) if mlp.gate_last else (first, second)
+        return (gate, value), "swiglu", out
+    if isinstance(mlp, Mlp):
+        return (LinearSlice(mlp.fc1, f"{prefix}.fc1"),), timm_activation(mlp.act, prefix), out
+    raise ModelSpecError(f"{prefix}: unsupported MLP type {type(mlp).__name__}")
+
+
+def layer_scale_gamma(ls: nn.Module | None) -> torch.Tensor | None:
+    return getattr(ls, "gamma", None) if ls is not None else None
+
+
+class TimmViTBackbone(Backbone):
+    family = "timm"
+
+    def __init__(self, model: nn.Module, spec: str, family: str = "timm") -> None:
+        from timm.models.vision_transformer import Block, VisionTransformer
+
+        if not isinstance(model, VisionTransformer):
+            raise ModelSpecError(f"{spec}: expected a timm VisionTransformer, got {type(model).__name__}")
+        for i, blk in enumerate(model.blocks):
+            if type(blk) is not Block:
+                raise ModelSpecError(f"{spec}: block {i} is {type(blk).__name__}; only pre-norm timm Blocks are supported")
+            if not isinstance(blk.attn.norm, nn.Identity):
+                raise ModelSpecError(f"{spec}: attention with an inner norm (scale_attn_norm) is not supported")
+        self.model = model
+        self.spec = spec
+        self.family = family
+        self.patch_size = model.patch_embed.patch_size[0]
+        self.num_prefix_tokens = model.num_prefix_tokens
+        self.embed_dim = model.embed_dim
+        self.depth = len(model.blocks)
+        self.image_size = model.patch_embed.img_size[0]
+        self.has_cls_token = model.cls_token is not None
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        self.mean = tuple(cfg.get("mean", self.mean))
+        self.std = tuple(cfg.get("std", self.std))
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.model.blocks)
+
+    def block_view(self, index: int) -> BlockView:
+        blk = self.model.blocks[index]
+        prefix = f"blocks.{index}"
+        attn = blk.attn
+        d = attn.qkv.out_features // 3
+        qkv_name = f"{prefix}.attn.qkv"
+        mlp_in, act, mlp_out = timm_mlp_view(blk.mlp, f"{prefix}.mlp")
+        return BlockView(
+            norm1=blk.norm1,
+            q=LinearSlice(attn.qkv, qkv_name, 0, d),
+            k=LinearSlice(attn.qkv, qkv_name, d, 2 * d),
+            v=LinearSlice(attn.qkv, qkv_name, 2 * d, 3 * d),
+            proj=LinearSlice(attn.proj, f"{prefix}.attn.proj"),
+            ls1=layer_scale_gamma(blk.ls1),
+            norm2=blk.norm2,
+            mlp_in=mlp_in,
+            activation=act,
+            mlp_out=mlp_out,
+            ls2=layer_scale_gamma(blk.ls2),
+            num_heads=attn.num_heads,
+            extras={"q_norm": attn.q_norm, "k_norm": attn.k_norm},
+        )
+
+    def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, TokenContext]:
+        m = self.model
+        x = m.patch_embed(pixels)
+        if x.ndim == 4:  # dynamic_img_size keeps NHWC
+            grid = (x.shape[1], x.shape[2])
+        else:
+            grid = m.patch_embed.dynamic_feat_size(pixels.shape[-2:]) if hasattr(m.patch_embed, "dynamic_feat_size") else m.patch_embed.grid_size
+            grid = tuple(grid)
+        x = m._pos_embed(x)
+        x = m.norm_pre(x)
+        return x, TokenContext(grid=tuple(int(g) for g in grid))
+
+    def run_block(self, index: int, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
+        return self.model.blocks[index](x)
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.norm(x)
+
+    def model_forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(pixels)

@@ -1,0 +1,71 @@
+"""Reading checkpoints safely: safetensors, or ``.pth`` with ``weights_only=True`` (never unpickled)."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from ..errors import ModelSpecError, WeightsError
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a flat ``{name: tensor}`` from ``.safetensors``, ``.pth``/``.pt``/``.bin``.
+
+    ``.pth`` files are opened with ``weights_only=True``; a pickled model object is refused.
+    Common wrappers (``{"model": sd}``, ``{"state_dict": sd}``, ``{"teacher": sd}``) are unwrapped.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise WeightsError(f"weights file not found: {p}")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(p))
+        except Exception as err:  # safetensors raises its own error types
+            raise WeightsError(f"{p}: not a readable safetensors file ({err})") from None
+    if p.suffix not in {".pth", ".pt", ".bin", ".ckpt"}:
+        raise WeightsError(f"{p}: unknown weights format; use .safetensors or a .pth state dict")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsError(f"{p}: cannot be read as a state dict with weights_only=True ({first}); convert it to safetensors") from None
+    for key in ("state_dict", "model", "teacher", "module"):
+        if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{p}: expected a state dict of tensors")
+    return dict(obj)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers; checked up front so offline runs fail in seconds, not minutes."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def require_hub(spec: str) -> None:
+    if not hub_reachable():
+        raise ModelSpecError(
+            f"{spec}: the model hub is unreachable, so pretrained weights cannot be downloaded; "
+            "pass --weights FILE (.safetensors or .pth), or --random-init for an untrained model"
+        )
+
+
+def grid_from_pos_embed(num_positions: int, prefix_in_pos_embed: int) -> int:
+    """Side of the square patch grid a positional embedding was trained for."""
+    n = num_positions - prefix_in_pos_embed
+    side = int(round(n ** 0.5))
+    if side * side != n:
+        raise WeightsError(f"positional embedding has {num_positions} entries: not a square grid plus {prefix_in_pos_embed} prefix")
+    return side

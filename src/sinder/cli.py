@@ -1,0 +1,48 @@
+"""``sinder`` command line. Each sub-command lives in ``sinder/commands/<name>.py`` with
+``add_arguments(parser)`` and ``run(args) -> int``. User errors print one line, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .errors import SinderError
+
+COMMANDS = {
+    "analyze": "Predict defect directions and detect defects on images.",
+    "repair": "Repair a backbone with SINDER and export it in its own format.",
+    "evaluate": "Downstream evaluation on frozen features (knn, linear-seg, unsup-seg, lost, intrinsic).",
+    "report": "Write a self-contained before/after HTML report.",
+    "demo": "Analyse, repair and re-analyse the built-in planted-defect model.",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sinder", description="Find and repair singular defects of Vision Transformers.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f"sinder.commands.{name}")
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return int(args._module.run(args) or 0)
+    except SinderError as err:
+        print(f"sinder {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sinder {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

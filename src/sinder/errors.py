@@ -1,0 +1,25 @@
+"""User-facing errors: each carries one actionable line; the CLI prints it without a traceback."""
+
+
+class SinderError(Exception):
+    """Base class. ``str(err)`` is a single line that says what to do."""
+
+
+class ConfigError(SinderError, ValueError):
+    """A hyper-parameter or option is out of range."""
+
+
+class ModelSpecError(SinderError):
+    """The model spec is unknown or its weights cannot be found."""
+
+
+class WeightsError(SinderError):
+    """A checkpoint file is missing, unsafe, or does not fit the model."""
+
+
+class ImageError(SinderError):
+    """An image cannot be decoded or used; the message is the skip reason."""
+
+
+class OutputExistsError(SinderError):
+    """The output already exists and neither --overwrite nor --resume was given."""
