@@ -1,0 +1,99 @@
+"""`sinder analyze`: outputs, keys, and bad inputs (handled or skipped with a reason, never a traceback)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.torch import load_file
+
+from sinder.cli import main
+from sinder.images import bundled_photos
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("photos")
+    for src in bundled_photos(("chelsea", "coffee")):
+        src.image.save(d / f"{src.name.split(':')[1]}.jpg", quality=92)
+    return d
+
+
+@pytest.fixture(scope="module")
+def bad_dir(tmp_path_factory, photo_dir):
+    d = tmp_path_factory.mktemp("bad")
+    good = Image.open(photo_dir / "coffee.jpg")
+    raw = (photo_dir / "coffee.jpg").read_bytes()
+    (d / "truncated.jpg").write_bytes(raw[: len(raw) // 3])
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "text.png").write_text("this is not an image")
+    good.convert("L").save(d / "gray.png")
+    rgba = good.convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(d / "rgba.png")
+    arr16 = (np.asarray(good.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
+    Image.fromarray(arr16).save(d / "sixteen.png")
+    Image.new("RGB", (5, 5), (200, 10, 10)).save(d / "tiny.png")
+    Image.new("RGB", (6000, 4000), (30, 90, 160)).save(d / "huge.jpg", quality=50)
+    # Landscape pixels tagged "rotate 90°": the model must see a portrait image.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    good.resize((300, 200)).save(d / "exif_rotated.jpg", exif=exif.tobytes())
+    return d
+
+
+def test_outputs_and_keys(tmp_path, photo_dir):
+    out = tmp_path / "an"
+    assert main(["analyze", "planted:small", str(photo_dir), "--out", str(out)]) == 0
+    summary = json.loads((out / "analysis.json").read_text())
+    for key in ("model", "num_layers", "patch_size", "num_prefix_tokens", "resolution", "images", "skipped", "direction_consistency_deg", "layers"):
+        assert key in summary
+    assert summary["num_layers"] == 12 and summary["patch_size"] == 14 and summary["resolution"] == 224
+    layer_keys = {"index", "theory_alignment", "defect_rate", "high_norm_rate", "norm_median", "norm_max", "defect_norm_mean", "normal_norm_mean"}
+    assert all(layer_keys <= set(layer) for layer in summary["layers"])
+    assert len(summary["images"]) == 2 and summary["skipped"] == []
+    directions = load_file(str(out / "directions.safetensors"))["directions"]
+    assert tuple(directions.shape) == (12, 384)
+    figs = {p.name for p in (out / "figures").iterdir()}
+    assert {"violin_norms.png", "violin_angles.png"} <= figs
+    assert sum(name.startswith("maps_") for name in figs) == 2
+    for name in figs:
+        Image.open(out / "figures" / name).verify()
+    # Existing output is not overwritten without --overwrite.
+    assert main(["analyze", "planted:small", str(photo_dir), "--out", str(out)]) == 2
+    assert main(["analyze", "planted:small", str(photo_dir), "--out", str(out), "--overwrite"]) == 0
+
+
+def test_bad_inputs_are_handled_or_skipped(tmp_path, bad_dir):
+    out = tmp_path / "an"
+    assert main(["analyze", "planted:small", str(bad_dir), "--out", str(out), "--no-figures"]) == 0
+    summary = json.loads((out / "analysis.json").read_text())
+    done = {img["path"].split("/")[-1]: img for img in summary["images"]}
+    skipped = {s["path"].split("/")[-1]: s["reason"] for s in summary["skipped"]}
+    assert set(skipped) == {"truncated.jpg", "empty.jpg", "text.png", "tiny.png"}
+    assert "empty" in skipped["empty.jpg"] and "small" in skipped["tiny.png"]
+    assert set(done) == {"gray.png", "rgba.png", "sixteen.png", "huge.jpg", "exif_rotated.jpg"}
+    h, w = done["exif_rotated.jpg"]["grid"]
+    assert h > w, "EXIF orientation must be applied"
+    h, w = done["huge.jpg"]["grid"]
+    assert min(h, w) == 16 and max(h, w) == 24  # 6000x4000 resized to short side 224
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["analyze", "nosuch:model", "x.jpg", "--out", "o"], "unknown model spec"),
+        (["analyze", "timm:not_a_model", "IMG", "--out", "o", "--random-init"], "no model"),
+        (["analyze", "planted:small", "/no/such/file.jpg", "--out", "o"], "not found"),
+        (["analyze", "planted:small", "IMG", "--out", "o", "--mask-thr", "-1"], "--mask-thr"),
+    ],
+)
+def test_user_errors_are_one_line(tmp_path, photo_dir, argv, needle):
+    argv = [str(photo_dir) if a == "IMG" else a for a in argv]
+    argv = [str(tmp_path / "o") if a == "o" else a for a in argv]
+    proc = subprocess.run([sys.executable, "-m", "sinder", *argv], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip() and "Warning" not in line]
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr

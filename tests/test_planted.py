@@ -1,0 +1,70 @@
+"""The planted-defect model really has singular defects, measured on natural photos."""
+import math
+
+import pytest
+import torch
+
+from sinder.analyze import AnalyzeConfig, analyze
+from sinder.backbones.planted import PlantedConfig, build_planted
+from sinder.images import BUNDLED_EVAL, BUNDLED_TRAIN, bundled_photos
+
+PHOTOS = BUNDLED_TRAIN[:4] + BUNDLED_EVAL[:4]
+
+
+@pytest.fixture(scope="module")
+def result(planted, planted_directions):
+    # high_norm_factor 5: the issue's "norm ≥ 5× the median" tokens.
+    cfg = AnalyzeConfig(high_norm_factor=5.0, figures=False)
+    return analyze(planted, bundled_photos(PHOTOS), cfg, directions=planted_directions, progress=False)
+
+
+def test_build_is_deterministic_and_seeded():
+    a, info_a = build_planted(PlantedConfig())
+    b, _ = build_planted(PlantedConfig())
+    c, info_c = build_planted(PlantedConfig(seed=1))
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["blocks.0.attn.qkv.weight"], sc["blocks.0.attn.qkv.weight"])
+    assert info_a["positions"] != info_c["positions"]
+
+
+def test_layout_is_timm_dinov2_small(planted):
+    import timm
+
+    ref = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=224)
+    assert planted.model.state_dict().keys() == ref.state_dict().keys()
+    assert planted.image_size == 224 and planted.depth == 12 and planted.embed_dim == 384
+
+
+def test_last_layer_has_one_to_five_percent_high_norm_tokens(result):
+    for img in result.summary["images"]:
+        h, w = img["grid"]
+        rate = img["high_norm_last_layer"] / (h * w)
+        assert 0.01 <= rate <= 0.05, (img["path"], rate)
+
+
+def test_theory_aligns_from_the_layer_after_the_planted_one(result, planted):
+    planted_layer = planted.planted["planted_layer"]
+    for layer in result.summary["layers"][planted_layer + 1 :]:
+        assert layer["theory_alignment"] >= 0.95, layer
+    # Before the planted layer there is nothing to predict: no high-norm tokens.
+    for layer in result.summary["layers"][:planted_layer]:
+        assert layer["high_norm_rate"] == 0.0
+
+
+def test_detection_recall_and_precision_at_last_layer(result):
+    last = result.summary["layers"][-1]
+    assert last["high_norm_recall"] >= 0.9
+    assert last["defect_precision"] >= 0.8
+
+
+def test_per_image_defect_directions_agree(result):
+    assert result.summary["direction_consistency_deg"] is not None
+    assert result.summary["direction_consistency_deg"] <= 10.0
+
+
+def test_predicted_direction_is_the_planted_one(planted, planted_directions):
+    u = planted.planted["u"]
+    last = planted_directions[-1]
+    assert abs(float(torch.dot(last, u))) > 0.99
+    assert math.isclose(float(last.norm()), 1.0, rel_tol=1e-5)
