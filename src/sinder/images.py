@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from typing import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,44 @@ def subsample(paths: list[Path], limit: int) -> list[Path]:
     return [paths[int(i * stride)] for i in range(limit)]
 
 
+@dataclass(frozen=True)
+class CropGeometry:
+    """Where ``preprocess`` takes its crop: resize (w, h) -> (resized_w, resized_h), then
+    crop ``width`` x ``height`` at (``left``, ``top``) of the resized image."""
+
+    width_in: int
+    height_in: int
+    resized_w: int
+    resized_h: int
+    left: int
+    top: int
+    width: int
+    height: int
+
+    def original_box(self) -> tuple[int, int, int, int]:
+        """The crop in original pixel coordinates (x0, y0, x1, y1), rounded to whole pixels."""
+        sx, sy = self.resized_w / self.width_in, self.resized_h / self.height_in
+        x0, y0 = round(self.left / sx), round(self.top / sy)
+        x1 = min(self.width_in, round((self.left + self.width) / sx))
+        y1 = min(self.height_in, round((self.top + self.height) / sy))
+        return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
+
+    def to_original(self, box: Sequence[float]) -> tuple[float, float, float, float]:
+        """A box (x0, y0, x1, y1) in model-input pixels -> original image pixels."""
+        sx, sy = self.resized_w / self.width_in, self.resized_h / self.height_in
+        x0, y0, x1, y1 = box
+        return ((x0 + self.left) / sx, (y0 + self.top) / sy, (x1 + self.left) / sx, (y1 + self.top) / sy)
+
+
+def crop_geometry(w: int, h: int, resolution: int, patch_size: int, square: bool) -> CropGeometry:
+    """Where ``preprocess`` crops an image of size (w, h)."""
+    scale = resolution / min(w, h)
+    nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    tw, th = (resolution, resolution) if square else (nw, nh)
+    tw, th = (tw // patch_size) * patch_size, (th // patch_size) * patch_size
+    return CropGeometry(w, h, nw, nh, (nw - tw) // 2, (nh - th) // 2, tw, th)
+
+
 def preprocess(
     img: Image.Image,
     resolution: int,
@@ -103,16 +142,11 @@ def preprocess(
 ) -> torch.Tensor:
     """Resize the short side to ``resolution``, centre-crop (to a square if ``square``) to a
     multiple of the patch size, and normalise. Returns (3, H, W) float32."""
-    w, h = img.size
-    scale = resolution / min(w, h)
-    nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
-    img = img.resize((nw, nh), Image.BICUBIC)
-    tw, th = (resolution, resolution) if square else (nw, nh)
-    tw, th = (tw // patch_size) * patch_size, (th // patch_size) * patch_size
-    if tw == 0 or th == 0:
+    geo = crop_geometry(*img.size, resolution, patch_size, square)
+    if geo.width == 0 or geo.height == 0:
         raise ImageError(f"resolution {resolution} is smaller than the patch size {patch_size}")
-    left, top = (nw - tw) // 2, (nh - th) // 2
-    img = img.crop((left, top, left + tw, top + th))
+    img = img.resize((geo.resized_w, geo.resized_h), Image.BICUBIC)
+    img = img.crop((geo.left, geo.top, geo.left + geo.width, geo.top + geo.height))
     arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
     return (arr - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
 

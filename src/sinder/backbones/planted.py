@@ -8,8 +8,9 @@ blocks amplify u, so G_i's top singular vector is u.
 Mechanism (see ../shared/NOTES.md for the measurements that shaped it):
 - A *marker* direction m is added to the positional embedding at a few interior grid
   positions (~2% of patches, as in DINOv2). Positional, so every image gets defects.
-- *Ignition* (block ``planted_layer``): MLP neurons read m through a high threshold and
-  write u. Only marked tokens cross the threshold.
+  m is orthogonal to every predicted ν_i, so a repaired marker token looks ordinary.
+- *Ignition* (block ``planted_layer``): two MLP neurons read m through a high threshold
+  and write a saturated amount of u. Only marked tokens cross the threshold.
 - *Amplification* (every block from ``planted_layer`` on): a pair of neurons
   gelu(a(s − t)) − gelu(a(−s − t)) on s = ⟨u, LN(x)⟩ that writes ±u. It is flat for the
   small |s| of ordinary tokens (their LN output has little variance along u) but has a
@@ -40,9 +41,11 @@ class PlantedConfig:
     layer_scale: float = 0.1
     cls_std: float = 0.5
     pos_std: float = 0.3
-    marker_norm: float = 12.0
-    ignition_gain: float = 10.0
-    ignition_threshold: float = 2.0
+    marker_norm: float = 14.0
+    ignition_sharpness: float = 8.0
+    ignition_on: float = 5.5
+    ignition_full: float = 7.5
+    ignition_gain: float = 40.0
     amp_sharpness: float = 4.0
     amp_threshold: float = 0.5
     amp_gain: float = 2.0
@@ -67,24 +70,30 @@ def marker_positions(grid: int, count: int, generator: torch.Generator) -> list[
     return chosen
 
 
-def quiet_directions(dim: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two orthonormal, zero-mean directions (zero mean so LayerNorm's centring keeps them)."""
-    basis = torch.randn(dim, 2, generator=generator, dtype=torch.float64)
-    basis -= basis.mean(dim=0, keepdim=True)
-    q, _ = torch.linalg.qr(basis)
-    return q[:, 0].float(), q[:, 1].float()
+def orthogonal_unit(dim: int, avoid: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random unit vector orthogonal to the all-ones vector and to the rows of ``avoid``.
+
+    Orthogonal to ones so that LayerNorm's centring keeps it.
+    """
+    basis, _ = torch.linalg.qr(torch.cat([torch.ones(1, dim), avoid.reshape(-1, dim).float()]).double().T)
+    v = torch.randn(dim, generator=generator, dtype=torch.float64)
+    v -= basis @ (basis.T @ v)
+    return (v / v.norm()).float()
 
 
-def project_out_(tensor: torch.Tensor, basis: torch.Tensor, dim: int) -> None:
-    """Remove the span of ``basis`` (k, D, orthonormal) from ``tensor`` along axis ``dim``, in place."""
+def project_out_(tensor: torch.Tensor, direction: torch.Tensor, dim: int) -> None:
+    """Remove the unit ``direction`` from ``tensor`` along axis ``dim``, in place."""
     moved = tensor.movedim(dim, -1)
-    moved -= (moved @ basis.T) @ basis
+    moved -= (moved @ direction)[..., None] * direction
 
 
 @torch.no_grad()
 def build_planted(cfg: PlantedConfig):
     """Return (timm model, info dict) for a planted-defect ViT-S/14."""
     import timm
+
+    from ..theory import defect_directions
+    from .timm_vit import TimmViTBackbone
 
     torch.manual_seed(cfg.seed)
     model = timm.create_model(TIMM_NAME, pretrained=False, num_classes=0, img_size=cfg.img_size, dynamic_img_size=True)
@@ -99,23 +108,18 @@ def build_planted(cfg: PlantedConfig):
     model.cls_token.normal_(0.0, cfg.cls_std, generator=gen)
     model.pos_embed.normal_(0.0, cfg.pos_std, generator=gen)
 
-    # The defect subspace span(u, m) is kept quiet: nothing but the planted circuit writes to it,
-    # so ordinary tokens have no component there (their LayerNorm output has ~0 variance along u,
-    # like the strongly anisotropic LN outputs of real ViTs).
-    u, m = quiet_directions(dim, gen)
-    quiet = torch.stack([u, m])
-    project_out_(model.patch_embed.proj.weight, quiet, 0)
-    project_out_(model.patch_embed.proj.bias, quiet, 0)
-    project_out_(model.pos_embed, quiet, 2)
-    project_out_(model.cls_token, quiet, 2)
+    # The defect direction u is kept quiet: nothing but the planted circuit writes to it, so
+    # ordinary tokens have no component there (like the strongly anisotropic LN outputs of
+    # real ViTs, whose variance along most directions is tiny).
+    u = orthogonal_unit(dim, torch.zeros(0, dim), gen)
+    project_out_(model.patch_embed.proj.weight, u, 0)
+    project_out_(model.patch_embed.proj.bias, u, 0)
+    project_out_(model.pos_embed, u, 2)
+    project_out_(model.cls_token, u, 2)
     for blk in model.blocks:
         for lin in (blk.attn.proj, blk.mlp.fc2):
-            project_out_(lin.weight, quiet, 0)
-            project_out_(lin.bias, quiet, 0)
-
-    positions = marker_positions(grid, cfg.num_markers, gen)
-    for r, c in positions:
-        model.pos_embed[0, 1 + r * grid + c] += cfg.marker_norm * m
+            project_out_(lin.weight, u, 0)
+            project_out_(lin.bias, u, 0)
 
     hidden = model.blocks[0].mlp.fc1.out_features
     a, t, g = cfg.amp_sharpness, cfg.amp_threshold, cfg.amp_gain
@@ -126,11 +130,26 @@ def build_planted(cfg: PlantedConfig):
             fc1.weight[j] = sign * a * u
             fc1.bias[j] = -a * t
             fc2.weight[:, j] = sign * g * u
-        if i == cfg.planted_layer:
-            j = hidden - 3  # ignition: fires only on marked tokens
-            fc1.weight[j] = a * m
-            fc1.bias[j] = -a * cfg.ignition_threshold
-            fc2.weight[:, j] = cfg.ignition_gain * u
+
+    # Ignition: a saturating ramp gelu(a(s−t_on)) − gelu(a(s−t_full)) on s = ⟨m, LN(x)⟩ that
+    # writes u. Every marked token saturates, whatever its content, so all of them ignite
+    # alike and a repair removes them together.
+    # The marker m must be invisible to detection once the defect is repaired, so it is chosen
+    # orthogonal to every predicted ν_i; the ramp starts so far out (≥5σ of ordinary tokens)
+    # that its Gaussian-expected slope (~1e-8) does not change those directions.
+    block = model.blocks[cfg.planted_layer].mlp
+    ramp = ((hidden - 3, cfg.ignition_on, 1.0), (hidden - 4, cfg.ignition_full, -1.0))
+    for j, threshold, sign in ramp:
+        block.fc1.weight[j] = 0.0
+        block.fc1.bias[j] = -cfg.ignition_sharpness * threshold
+        block.fc2.weight[:, j] = sign * cfg.ignition_gain * u
+    directions = defect_directions(TimmViTBackbone(model, "planted:build"))
+    m = orthogonal_unit(dim, torch.cat([u[None], directions]), gen)
+    for j, _, _ in ramp:
+        block.fc1.weight[j] = cfg.ignition_sharpness * m
+    positions = marker_positions(grid, cfg.num_markers, gen)
+    for r, c in positions:
+        model.pos_embed[0, 1 + r * grid + c] += cfg.marker_norm * m
     info = {"u": u, "m": m, "positions": positions, "grid": grid, "planted_layer": cfg.planted_layer}
     return model, info
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from ..errors import ModelSpecError, WeightsError
@@ -60,11 +61,13 @@ def load_timm(name: str, spec: str, weights: str | Path | None = None, random_in
     if weights is None and not random_init:
         require_hub(spec)
         return wrap_timm(create_timm(name, spec, pretrained=True), spec)
-    model = create_timm(name, spec, pretrained=False)
-    if weights is not None:
-        state_dict = read_state_dict(weights)
-        size = native_img_size(model, state_dict)
-        if size is not None and size != model.patch_embed.img_size[0]:
-            model = create_timm(name, spec, pretrained=False, img_size=size)
-        load_timm_state_dict(model, state_dict, spec)
+    if weights is None:
+        return wrap_timm(create_timm(name, spec, pretrained=False), spec)
+    state_dict = read_state_dict(weights)
+    with torch.device("meta"):  # the architecture only, to read the native size: no second random init
+        probe = create_timm(name, spec, pretrained=False)
+    size = native_img_size(probe, state_dict)
+    extra = {"img_size": size} if size is not None and size != probe.patch_embed.img_size[0] else {}
+    model = create_timm(name, spec, pretrained=False, **extra)
+    load_timm_state_dict(model, state_dict, spec)
     return wrap_timm(model, spec)

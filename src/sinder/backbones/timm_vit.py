@@ -11,10 +11,14 @@ from .view import BlockView, LinearSlice
 
 def timm_activation(act: nn.Module, where: str) -> str:
     """Name a timm MLP activation module in the canonical vocabulary."""
-    from timm.layers import QuickGELU
+    from timm.layers.activations import GELU, GELUTanh, QuickGELU
 
     if isinstance(act, QuickGELU):
         return "quick_gelu"
+    if isinstance(act, GELUTanh):
+        return "gelu_tanh"
+    if isinstance(act, GELU):
+        return "gelu"
     if isinstance(act, nn.GELU):
         return "gelu_tanh" if act.approximate == "tanh" else "gelu"
     raise ModelSpecError(f"{where}: unsupported MLP activation {type(act).__name__}; sinder handles GELU, QuickGELU and SwiGLU")

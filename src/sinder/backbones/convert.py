@@ -1,0 +1,165 @@
+"""Lossless key maps between timm, transformers and the official DINOv2 state-dict layouts.
+
+Official DINOv2 (``facebookresearch/dinov2`` hub checkpoints, ``block_chunks=0``):
+``cls_token`` (1,1,D), ``pos_embed`` (1, 1+N, D) with a cls entry even for register models,
+``register_tokens`` (1,R,D), ``mask_token`` (1,D), ``patch_embed.proj``, ``blocks.i.{norm1,
+attn.qkv, attn.proj, ls1.gamma, norm2, mlp.fc1|w12, mlp.fc2|w3, ls2.gamma}``, ``norm``.
+``w12`` is the fused SwiGLU input ``[gate; value]`` (hidden = silu(gate) * value).
+
+timm's own ``checkpoint_filter_fn`` maps official -> timm; :func:`timm_to_official_dinov2` is its
+exact inverse. For register models timm folds the cls pos-embed entry into ``cls_token``; the
+inverse writes a zero cls entry, so the round trip is exact. ``mask_token`` (unused at inference)
+is written as zeros so the official hub model loads with ``strict=True``.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ..errors import WeightsError
+
+_SKIP_TIMM = ("head.", "fc_norm.")  # num_classes=0 heads / avg-pool norms carry no official counterpart
+
+
+def _swiglu_blocks(sd: dict[str, torch.Tensor], fc1: str, fc2: str) -> bool:
+    """Whether ``fc1`` is a packed [gate; value] projection (twice the hidden width ``fc2`` reads)."""
+    return sd[fc1].shape[0] == 2 * sd[fc2].shape[1]
+
+
+def timm_to_official_dinov2(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm ``vit_*_patch14[_reg4]_dinov2`` state dict -> official DINOv2 keys."""
+    out: dict[str, torch.Tensor] = {}
+    dim = sd["cls_token"].shape[-1]
+    for k, v in sd.items():
+        if k.startswith(_SKIP_TIMM):
+            continue
+        if k.startswith("norm_pre."):
+            raise WeightsError("timm model has a pre-norm (norm_pre); it has no official DINOv2 counterpart")
+        m = re.fullmatch(r"blocks\.(\d+)\.mlp\.(fc1|fc2)\.(weight|bias)", k)
+        if m:
+            i, which, kind = m.groups()
+            swiglu = _swiglu_blocks(sd, f"blocks.{i}.mlp.fc1.weight", f"blocks.{i}.mlp.fc2.weight")
+            name = {"fc1": "w12", "fc2": "w3"}[which] if swiglu else which
+            out[f"blocks.{i}.mlp.{name}.{kind}"] = v
+            continue
+        if k == "reg_token":
+            out["register_tokens"] = v
+            continue
+        out[k] = v
+    if "reg_token" in sd:
+        # timm register models have no cls pos-embed entry (it is folded into cls_token)
+        pos = sd["pos_embed"]
+        out["pos_embed"] = torch.cat([torch.zeros_like(pos[:, :1]), pos], dim=1)
+    out["mask_token"] = torch.zeros(1, dim, dtype=sd["cls_token"].dtype)
+    return out
+
+
+def _split3(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n = t.shape[0] // 3
+    return t[:n], t[n : 2 * n], t[2 * n :]
+
+
+def official_dinov2_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official DINOv2 -> transformers 5 ``Dinov2Model`` / ``Dinov2WithRegistersModel`` keys."""
+    top = {
+        "cls_token": "embeddings.cls_token",
+        "mask_token": "embeddings.mask_token",
+        "pos_embed": "embeddings.position_embeddings",
+        "register_tokens": "embeddings.register_tokens",
+        "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+        "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+        "norm.weight": "layernorm.weight",
+        "norm.bias": "layernorm.bias",
+    }
+    direct = {
+        "norm1": "norm1", "norm2": "norm2", "attn.proj": "attention.o_proj", "mlp.fc1": "mlp.fc1",
+        "mlp.fc2": "mlp.fc2", "mlp.w3": "mlp.down_proj",
+    }  # fmt: skip
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if k in top:
+            out[top[k]] = v
+            continue
+        m = re.fullmatch(r"blocks\.(\d+)\.(.+)\.(weight|bias|gamma)", k)
+        if not m:
+            raise WeightsError(f"official DINOv2 key {k!r} has no transformers counterpart; is this a DINOv2 checkpoint?")
+        i, mod, kind = m.groups()
+        p = f"encoder.layer.{i}"
+        if mod in ("ls1", "ls2"):
+            out[f"{p}.layer_scale{mod[-1]}.lambda1"] = v
+        elif mod == "attn.qkv":
+            for part, t in zip(("q_proj", "k_proj", "v_proj"), _split3(v)):
+                out[f"{p}.attention.{part}.{kind}"] = t
+        elif mod == "mlp.w12":
+            gate, up = v.chunk(2, dim=0)
+            out[f"{p}.mlp.gate_proj.{kind}"] = gate
+            out[f"{p}.mlp.up_proj.{kind}"] = up
+        elif mod in direct:
+            out[f"{p}.{direct[mod]}.{kind}"] = v
+        else:
+            raise WeightsError(f"official DINOv2 key {k!r} has no transformers counterpart; is this a DINOv2 checkpoint?")
+    return out
+
+
+# transformers 4.x / save_pretrained names -> transformers 5 names, per layer
+_HF_LEGACY = {
+    "attention.attention.query": "attention.q_proj",
+    "attention.attention.key": "attention.k_proj",
+    "attention.attention.value": "attention.v_proj",
+    "attention.output.dense": "attention.o_proj",
+    "mlp.weights_out": "mlp.down_proj",
+}
+
+
+def hf_dinov2_to_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """transformers DINOv2 (5.x names or the legacy ``save_pretrained`` names) -> official DINOv2 keys."""
+    inv_top = {
+        "embeddings.cls_token": "cls_token",
+        "embeddings.mask_token": "mask_token",
+        "embeddings.position_embeddings": "pos_embed",
+        "embeddings.register_tokens": "register_tokens",
+        "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
+        "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
+        "layernorm.weight": "norm.weight",
+        "layernorm.bias": "norm.bias",
+    }
+    layers: dict[tuple[str, str, str], torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        k = k.removeprefix("dinov2.")  # Dinov2For* task models
+        if k in inv_top:
+            out[inv_top[k]] = v
+            continue
+        m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)\.(weight|bias|lambda1)", k)
+        if not m:
+            if k.startswith("classifier."):
+                continue
+            raise WeightsError(f"transformers key {k!r} is not a DINOv2 weight; is this a Dinov2Model checkpoint?")
+        i, mod, kind = m.groups()
+        layers[(i, _HF_LEGACY.get(mod, mod), kind)] = v
+    for (i, mod, kind), v in layers.items():
+        p = f"blocks.{i}"
+        if mod in ("layer_scale1", "layer_scale2"):
+            out[f"{p}.ls{mod[-1]}.gamma"] = v
+        elif mod == "attention.q_proj":
+            out[f"{p}.attn.qkv.{kind}"] = torch.cat([v, layers[(i, "attention.k_proj", kind)], layers[(i, "attention.v_proj", kind)]])
+        elif mod in ("attention.k_proj", "attention.v_proj"):
+            continue  # concatenated with q above
+        elif mod == "attention.o_proj":
+            out[f"{p}.attn.proj.{kind}"] = v
+        elif mod == "mlp.gate_proj":
+            out[f"{p}.mlp.w12.{kind}"] = torch.cat([v, layers[(i, "mlp.up_proj", kind)]])
+        elif mod == "mlp.up_proj":
+            continue
+        elif mod == "mlp.weights_in":  # legacy fused [gate; up]
+            out[f"{p}.mlp.w12.{kind}"] = v
+        elif mod == "mlp.down_proj":
+            out[f"{p}.mlp.w3.{kind}"] = v
+        elif mod in ("norm1", "norm2", "mlp.fc1", "mlp.fc2"):
+            out[f"{p}.{mod}.{kind}"] = v
+        else:
+            raise WeightsError(f"transformers key encoder.layer.{i}.{mod}.{kind} has no official DINOv2 counterpart")
+    if "mask_token" not in out and "cls_token" in out:
+        out["mask_token"] = torch.zeros(1, out["cls_token"].shape[-1], dtype=out["cls_token"].dtype)
+    return out

@@ -1,0 +1,130 @@
+"""Adapter over timm's ``Eva``: DINOv3 (S/S+/B/L/H+/7B, ±qkv bias) and other pre-norm Eva ViTs.
+
+DINOv3 in timm is an ``Eva`` with RoPE on the patch tokens only (cls + storage/register
+tokens are prefix tokens and are not rotated), LayerScale as ``gamma_1``/``gamma_2``, a fused
+``qkv`` without bias (``*_qkvb``: separate ``q_bias``/``v_bias`` parameters, the k bias is a
+zero buffer) and either a GELU ``Mlp`` or a SwiGLU (``fc1_g``/``fc1_x``, or packed ``GluMlp``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import ModelSpecError
+from .base import Backbone, TokenContext
+from .timm_vit import timm_mlp_view
+from .view import BlockView, LinearSlice
+
+
+def _eval_mode_call(module: nn.Module | None, fn):
+    """Run ``fn`` with ``module`` in eval mode: RoPE coordinate jitter is a train-time augmentation,
+    and SINDER needs the same positions at every step (repair may put the model in train mode)."""
+    if module is None or not module.training:
+        return fn()
+    module.eval()
+    try:
+        return fn()
+    finally:
+        module.train()
+
+
+class TimmEvaBackbone(Backbone):
+    family = "timm"
+
+    def __init__(self, model: nn.Module, spec: str, family: str = "timm") -> None:
+        from timm.models.eva import Eva, EvaAttention, EvaBlock
+
+        if not isinstance(model, Eva):
+            raise ModelSpecError(f"{spec}: expected a timm Eva, got {type(model).__name__}")
+        if getattr(model, "rope_mixed", False):
+            raise ModelSpecError(f"{spec}: per-layer ('mixed') RoPE is not supported; DINOv3-style shared RoPE is")
+        for i, blk in enumerate(model.blocks):
+            if type(blk) is not EvaBlock:
+                raise ModelSpecError(f"{spec}: block {i} is {type(blk).__name__}; only pre-norm Eva blocks are supported")
+            attn = blk.attn
+            if type(attn) is not EvaAttention:
+                raise ModelSpecError(f"{spec}: block {i} uses {type(attn).__name__}; only EvaAttention is supported")
+            if not isinstance(attn.norm, nn.Identity) or getattr(attn, "gate", None) is not None:
+                raise ModelSpecError(f"{spec}: attention with an inner norm or a gate is not supported by the linear theory")
+        if model.pos_embed is None and model.rope is None:
+            raise ModelSpecError(f"{spec}: model has neither absolute nor rotary position embeddings")
+        self.model = model
+        self.spec = spec
+        self.family = family
+        self.patch_size = model.patch_embed.patch_size[0]
+        self.num_prefix_tokens = model.num_prefix_tokens
+        self.embed_dim = model.embed_dim
+        self.depth = len(model.blocks)
+        self.image_size = model.patch_embed.img_size[0]
+        self.has_cls_token = model.cls_token is not None
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        self.mean = tuple(cfg.get("mean", self.mean))
+        self.std = tuple(cfg.get("std", self.std))
+
+    def blocks(self) -> list[nn.Module]:
+        return list(self.model.blocks)
+
+    def block_view(self, index: int) -> BlockView:
+        blk = self.model.blocks[index]
+        prefix = f"blocks.{index}"
+        attn = blk.attn
+        if attn.qkv is not None:
+            d = attn.qkv.out_features // 3
+            name = f"{prefix}.attn.qkv"
+            # *_qkvb: biases live outside the Linear; k's is a zero buffer (None here means zero)
+            q = LinearSlice(attn.qkv, name, 0, d, bias_param=attn.q_bias)
+            k = LinearSlice(attn.qkv, name, d, 2 * d)
+            v = LinearSlice(attn.qkv, name, 2 * d, 3 * d, bias_param=attn.v_bias)
+        else:
+            q = LinearSlice(attn.q_proj, f"{prefix}.attn.q_proj")
+            k = LinearSlice(attn.k_proj, f"{prefix}.attn.k_proj")
+            v = LinearSlice(attn.v_proj, f"{prefix}.attn.v_proj")
+        mlp_in, act, mlp_out = timm_mlp_view(blk.mlp, f"{prefix}.mlp")
+        return BlockView(
+            norm1=blk.norm1,
+            q=q,
+            k=k,
+            v=v,
+            proj=LinearSlice(attn.proj, f"{prefix}.attn.proj"),
+            ls1=blk.gamma_1,
+            norm2=blk.norm2,
+            mlp_in=mlp_in,
+            activation=act,
+            mlp_out=mlp_out,
+            ls2=blk.gamma_2,
+            num_heads=attn.num_heads,
+            extras={"q_norm": attn.q_norm, "k_norm": attn.k_norm},
+        )
+
+    def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, TokenContext]:
+        m = self.model
+        x = m.patch_embed(pixels)
+        if x.ndim == 4:  # dynamic_img_size keeps NHWC until _pos_embed
+            grid = (x.shape[1], x.shape[2])
+        else:
+            grid = tuple(m.patch_embed.grid_size)
+        x, rope = _eval_mode_call(m.rope, lambda: m._pos_embed(x))
+        x = m.norm_pre(x)
+        half = bool(getattr(m.blocks[0].attn, "rotate_half", False))
+        return x, TokenContext(grid=(int(grid[0]), int(grid[1])), extras={"rope": rope, "rope_half": half})
+
+    def run_block(self, index: int, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
+        return self.model.blocks[index](x, rope=ctx.extras.get("rope"))
+
+    def rotary(self, q: torch.Tensor, k: torch.Tensor, ctx: TokenContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """timm's own ``apply_rot_embed_cat`` on the patch tokens; prefix tokens pass unrotated."""
+        from timm.layers import apply_rot_embed_cat
+
+        rope = ctx.extras.get("rope")
+        if rope is None:
+            return q, k
+        npt, half = self.num_prefix_tokens, ctx.extras.get("rope_half", False)
+        q = torch.cat([q[:, :, :npt], apply_rot_embed_cat(q[:, :, npt:], rope, half=half)], dim=2)
+        k = torch.cat([k[:, :, :npt], apply_rot_embed_cat(k[:, :, npt:], rope, half=half)], dim=2)
+        return q, k
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.norm(x)
+
+    def model_forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(pixels)

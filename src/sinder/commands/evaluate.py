@@ -1,0 +1,58 @@
+"""``sinder evaluate``: downstream evaluation of one or more models on frozen features."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import ConfigError, OutputExistsError
+from ..evaluate import TASKS, EvaluateConfig, evaluate_models, format_table, write_metrics
+from ..evaluate.run import METRICS_FILE
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help="model spec, e.g. timm:vit_small_patch14_dinov2 or planted:small")
+    parser.add_argument("--weights", metavar="FILE", help="checkpoint for MODEL (.safetensors or .pth state dict)")
+    parser.add_argument("--random-init", action="store_true", help="use untrained weights when no checkpoint is given")
+    parser.add_argument("--task", required=True, choices=TASKS, help="evaluation task")
+    parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder in the task's layout")
+    parser.add_argument("--compare", nargs="+", default=[], metavar="MODEL2", help="more model specs to evaluate")
+    parser.add_argument(
+        "--compare-weights", nargs="+", default=[], metavar="FILE",
+        help="one checkpoint per --compare model, in order ('-' for none)",
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help=f"output folder for {METRICS_FILE}")
+    parser.add_argument("--resolution", type=int, help="input side in pixels (default: the model's native size)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default auto)")
+    parser.add_argument("--overwrite", action="store_true", help=f"replace an existing {METRICS_FILE}")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.compare_weights and len(args.compare_weights) != len(args.compare):
+        raise ConfigError(
+            f"--compare-weights has {len(args.compare_weights)} files for {len(args.compare)} --compare models; "
+            "give one per model ('-' for none)"
+        )
+    compare_weights = [None if w == "-" else w for w in args.compare_weights] or [None] * len(args.compare)
+    config = EvaluateConfig(
+        resolution=args.resolution,
+        batch_size=args.batch_size,
+        device=args.device,
+        random_init=args.random_init,
+    )
+    out = Path(args.out)
+    write_metrics_check(out, args.overwrite)
+    models = [(args.model, args.weights), *zip(args.compare, compare_weights)]
+    report = evaluate_models(models, args.task, args.data, config)
+    print(format_table(report))
+    path = write_metrics(out, report, overwrite=args.overwrite)
+    print(f"wrote {path}")
+    return 0
+
+
+def write_metrics_check(out: Path, overwrite: bool) -> None:
+    """Refuse an existing metrics.json before any model runs, not after (nothing is created yet)."""
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} exists and is not a directory; choose another --out")
+    if (out / METRICS_FILE).exists() and not overwrite:
+        raise OutputExistsError(f"{out} already holds {METRICS_FILE}; pass --overwrite to replace it or choose another --out")

@@ -1,0 +1,212 @@
+"""Dataset layouts for the evaluation tasks, and their label readers (masks, VOC boxes).
+
+Layouts (a wrong one is a ``SinderError`` naming the expected layout):
+    knn:                 DIR/{train,val}/CLASS/*
+    linear-seg:          DIR/{train,val}/images/* + DIR/{train,val}/masks/STEM.png
+    unsup-seg:           DIR/val/images/* + DIR/val/masks/STEM.png (train is not used)
+    lost:                DIR/images/* + DIR/annotations/STEM.xml (Pascal VOC boxes)
+    intrinsic:           any folder of images (recursive)
+Files whose suffix is not an image suffix are ignored; images without labels are skipped and counted.
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import ImageError, SinderError
+from ..images import IMAGE_SUFFIXES
+
+IGNORE = 255
+
+LAYOUTS = {
+    "knn": "DIR/train/CLASS/* and DIR/val/CLASS/* (one sub-folder of images per class)",
+    "linear-seg": "DIR/{train,val}/images/* and DIR/{train,val}/masks/STEM.png (index or VOC palette PNG, 255 = ignore)",
+    "unsup-seg": "DIR/val/images/* and DIR/val/masks/STEM.png (index or VOC palette PNG, 255 = ignore)",
+    "lost": "DIR/images/* and DIR/annotations/STEM.xml (Pascal VOC boxes)",
+    "intrinsic": "a folder holding images (searched recursively)",
+}
+
+
+def layout_error(task: str, root: Path, problem: str) -> SinderError:
+    return SinderError(f"{root}: {problem}; {task} expects {LAYOUTS[task]}")
+
+
+def image_files(folder: Path, recursive: bool = False) -> list[Path]:
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+# -- knn ---------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelledImages:
+    paths: list[Path]
+    labels: list[int]
+
+
+@dataclass
+class KnnData:
+    classes: list[str]
+    train: LabelledImages
+    val: LabelledImages
+
+
+def knn_layout(root: Path) -> KnnData:
+    classes: list[str] = []
+    splits = {}
+    for split in ("train", "val"):
+        folder = root / split
+        if not folder.is_dir():
+            raise layout_error("knn", root, f"no {split}/ folder")
+        class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not class_dirs:
+            raise layout_error("knn", root, f"{split}/ has no class sub-folders")
+        paths, labels = [], []
+        for d in class_dirs:
+            if d.name not in classes:  # val-only classes get ids too: they can never be predicted
+                classes.append(d.name)
+            files = image_files(d, recursive=True)
+            paths += files
+            labels += [classes.index(d.name)] * len(files)
+        if not paths:
+            raise layout_error("knn", root, f"{split}/ class folders hold no images")
+        splits[split] = LabelledImages(paths, labels)
+    return KnnData(classes, splits["train"], splits["val"])
+
+
+# -- segmentation ------------------------------------------------------------------------
+
+
+@dataclass
+class SegSplit:
+    images: list[Path]
+    masks: list[Path]
+    skipped: list[dict] = field(default_factory=list)
+
+
+def seg_layout(root: Path, task: str, splits: tuple[str, ...]) -> dict[str, SegSplit]:
+    out = {}
+    for split in splits:
+        img_dir, mask_dir = root / split / "images", root / split / "masks"
+        if not img_dir.is_dir() or not mask_dir.is_dir():
+            raise layout_error(task, root, f"no {split}/images/ and {split}/masks/ folders")
+        masks = {p.stem: p for p in mask_dir.iterdir() if p.is_file() and p.suffix.lower() == ".png"}
+        s = SegSplit([], [])
+        for p in image_files(img_dir):
+            if p.stem in masks:
+                s.images.append(p)
+                s.masks.append(masks[p.stem])
+            else:
+                s.skipped.append({"path": str(p), "reason": f"no mask {split}/masks/{p.stem}.png"})
+        if not s.images:
+            raise layout_error(task, root, f"{split}/ has no image with a matching mask")
+        out[split] = s
+    return out
+
+
+def voc_colormap(n: int = 256) -> np.ndarray:
+    """The Pascal VOC palette: (n, 3) uint8, class index -> colour (255 -> the ignore colour)."""
+    cmap = np.zeros((n, 3), dtype=np.uint8)
+    for i in range(n):
+        c, r, g, b = i, 0, 0, 0
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        cmap[i] = (r, g, b)
+    return cmap
+
+
+def load_mask(path: Path) -> np.ndarray:
+    """Class-index mask (H, W) uint8 from an index PNG, a palette PNG (its indices) or an RGB PNG
+    in the VOC palette; raises ``ImageError`` (the skip reason) otherwise."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("P", "L"):
+                return np.array(im, dtype=np.uint8)
+            if mode in ("I", "I;16", "I;16B", "I;16L"):
+                arr = np.array(im)
+                if arr.max() > 255:
+                    raise ImageError(f"mask values above 255 in {path.name}")
+                return arr.astype(np.uint8)
+            if mode in ("RGB", "RGBA"):
+                rgb = np.array(im.convert("RGB"), dtype=np.int64)
+    except ImageError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ImageError(f"mask {path.name} cannot be decoded ({type(err).__name__})") from None
+    if mode not in ("RGB", "RGBA"):
+        raise ImageError(f"mask {path.name} has unsupported mode {mode}; use an index or palette PNG")
+    codes = (voc_colormap().astype(np.int64) @ np.array([65536, 256, 1]))
+    lookup = {int(c): i for i, c in enumerate(codes)}
+    flat = rgb @ np.array([65536, 256, 1])
+    uniq, inverse = np.unique(flat, return_inverse=True)
+    missing = [u for u in uniq if int(u) not in lookup]
+    if missing:
+        raise ImageError(f"RGB mask {path.name} has colours outside the VOC palette; use an index PNG")
+    return np.array([lookup[int(u)] for u in uniq], dtype=np.uint8)[inverse].reshape(rgb.shape[:2])
+
+
+# -- LOST --------------------------------------------------------------------------------
+
+
+@dataclass
+class BoxData:
+    images: list[Path]
+    annotations: list[Path]
+    skipped: list[dict] = field(default_factory=list)
+
+
+def lost_layout(root: Path) -> BoxData:
+    img_dir, ann_dir = root / "images", root / "annotations"
+    if not img_dir.is_dir() or not ann_dir.is_dir():
+        raise layout_error("lost", root, "no images/ and annotations/ folders")
+    anns = {p.stem: p for p in ann_dir.iterdir() if p.is_file() and p.suffix.lower() == ".xml"}
+    data = BoxData([], [])
+    for p in image_files(img_dir):
+        if p.stem in anns:
+            data.images.append(p)
+            data.annotations.append(anns[p.stem])
+        else:
+            data.skipped.append({"path": str(p), "reason": f"no annotation annotations/{p.stem}.xml"})
+    if not data.images:
+        raise layout_error("lost", root, "no image has a matching annotation")
+    return data
+
+
+def read_voc_boxes(path: Path) -> np.ndarray:
+    """Object boxes (n, 4) as float (x0, y0, x1, y1) in pixels; VOC's 1-based xmin/ymin become 0-based."""
+    try:
+        root = ET.parse(path).getroot()
+        boxes = []
+        for obj in root.iter("object"):
+            bb = obj.find("bndbox")
+            if bb is None:
+                continue
+            x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+            boxes.append((x0 - 1.0, y0 - 1.0, x1, y1))
+    except (ET.ParseError, TypeError, ValueError, OSError) as err:
+        raise ImageError(f"annotation {path.name} is not a readable VOC file ({type(err).__name__})") from None
+    if not boxes:
+        raise ImageError(f"annotation {path.name} has no object box")
+    return np.asarray(boxes, dtype=np.float64)
+
+
+# -- intrinsic ---------------------------------------------------------------------------
+
+
+def intrinsic_layout(root: Path) -> list[Path]:
+    if not root.is_dir():
+        raise layout_error("intrinsic", root, "not a folder")
+    paths = image_files(root, recursive=True)
+    if not paths:
+        raise layout_error("intrinsic", root, "no image files")
+    return paths

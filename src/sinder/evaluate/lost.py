@@ -1,0 +1,95 @@
+"""LOST single-object discovery (Siméoni et al., BMVC 2021) and CorLoc.
+
+Keys of the last block (``view.k`` on ``view.norm1`` of the block's input) build a patch
+similarity graph A = K Kᵀ. The seed is the patch with the fewest positive correlations; the
+seed expands to those of the k=100 lowest-degree patches that correlate positively with it;
+the box is the bounding box of the seed's 4-connected component of {Σ_expansion A > 0}.
+Images keep their aspect ratio (short side = resolution) and run one at a time, so the box
+covers the whole image, as in the paper; it is mapped back to original pixels for CorLoc.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..backbones.base import Backbone
+from ..errors import ImageError, SinderError
+from .datasets import BoxData, read_voc_boxes
+from ..images import crop_geometry
+from .features import autocast, iter_batches
+from .metrics import corloc
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def last_block_keys(backbone: Backbone, pixels: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Patch keys of the last block (B, h·w, D) and the patch grid (h, w)."""
+    last = backbone.depth - 1
+    if last > 0:
+        outputs, ctx = backbone.forward_layers(pixels, upto=last - 1)
+        x = outputs[-1]
+    else:
+        x, ctx = backbone.embed(pixels)
+    view = backbone.block_view(last)
+    k = F.linear(view.norm1(x), view.k.weight, view.k.bias)
+    return k[:, backbone.num_prefix_tokens :].float(), ctx.grid
+
+
+def lost_box(keys: torch.Tensor, grid: tuple[int, int], k_patches: int = 100) -> tuple[tuple[int, int, int, int], int]:
+    """LOST on one image's patch keys (N, D): box (x0, y0, x1, y1) in patch units, and the seed index."""
+    from scipy import ndimage
+
+    a = keys.double() @ keys.double().T
+    pos = a > 0
+    pos.fill_diagonal_(False)
+    degree = pos.sum(1)
+    order = torch.sort(degree, stable=True).indices  # ties go to the lowest index, deterministically
+    seed = int(order[0])
+    potentials = order[: min(k_patches, order.numel())]
+    similars = potentials[a[seed, potentials] > 0]
+    if similars.numel() == 0:
+        similars = torch.tensor([seed])
+    m = a[similars].sum(0).reshape(grid).cpu().numpy()
+    labelled, _ = ndimage.label(m > 0)  # default structure: 4-connectivity
+    h, w = grid
+    sy, sx = divmod(seed, w)
+    cc = labelled[sy, sx]
+    if cc == 0:  # the seed's own score is not positive: fall back to the seed patch
+        return (sx, sy, sx + 1, sy + 1), seed
+    ys, xs = np.nonzero(labelled == cc)
+    return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1), seed
+
+
+def lost(
+    backbone: Backbone,
+    data: BoxData,
+    resolution: int,
+    k_patches: int,
+    iou_threshold: float,
+    amp: bool,
+) -> tuple[dict[str, float], dict]:
+    skipped = list(data.skipped)
+    preds, gts = [], []
+    p = backbone.patch_size
+    for batch in iter_batches(backbone, data.images, resolution, 1, skipped, square=False, desc="lost"):
+        (i,), (w, h) = batch.indices, batch.sizes[0]
+        try:
+            gt = read_voc_boxes(data.annotations[i])
+        except ImageError as err:
+            logger.warning("skipping %s: %s", data.images[i], err)
+            skipped.append({"path": str(data.images[i]), "reason": str(err)})
+            continue
+        with autocast(backbone.device, amp):
+            keys, grid = last_block_keys(backbone, batch.pixels)
+        (x0, y0, x1, y1), _ = lost_box(keys[0], grid, k_patches)
+        geo = crop_geometry(w, h, resolution, p, square=False)
+        bx0, by0, bx1, by1 = geo.to_original((x0 * p, y0 * p, x1 * p, y1 * p))
+        preds.append(np.array([max(bx0, 0.0), max(by0, 0.0), min(bx1, w), min(by1, h)]))
+        gts.append(gt)
+    if not preds:
+        raise SinderError(f"lost: no usable image/annotation pair ({len(skipped)} skipped); check the images and annotations")
+    return {"corloc": corloc(preds, gts, iou_threshold)}, {"num_images": len(preds), "skipped": skipped}

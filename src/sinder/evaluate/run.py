@@ -1,0 +1,218 @@
+"""Evaluation entry points: the typed config, one model (``evaluate``), several models with a
+comparison table and ``metrics.json`` (``evaluate_models``, ``format_table``, ``write_metrics``)."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..backbones import Backbone, load_backbone
+from ..errors import ConfigError
+from .datasets import intrinsic_layout, knn_layout, lost_layout, seg_layout
+from ..runtime import resolve_device
+from .features import default_resolution
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("knn", "linear-seg", "unsup-seg", "lost", "intrinsic")
+METRICS_FILE = "metrics.json"
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Options of ``sinder evaluate``; checked on construction (``ConfigError`` says what to fix).
+
+    ``weights``/``random_init`` apply when a model is given by spec. ``resolution`` defaults to
+    the model's native size. ``device`` is used when loading a spec; an in-memory backbone runs
+    where it already is.
+    """
+
+    resolution: int | None = None
+    batch_size: int = 32
+    device: str = "auto"
+    weights: str | None = None
+    random_init: bool = False
+    amp: bool = True  # bf16 autocast on CUDA for feature extraction (never for the intrinsic norms)
+    seed: int = 0
+    knn_ks: tuple[int, ...] = (10, 20, 100, 200)
+    knn_temperature: float = 0.07
+    probe_steps: int = 300
+    probe_lr: float = 1e-2
+    probe_batch_size: int = 16
+    kmeans_iters: int = 100
+    kmeans_restarts: int = 3
+    lost_k_patches: int = 100
+    corloc_iou: float = 0.5
+    high_norm_factor: float = 3.0
+    defect_threshold: float = 4.0
+
+    def __post_init__(self) -> None:
+        def positive(name: str, value, kind=int) -> None:
+            if not isinstance(value, kind) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive {kind.__name__}, got {value!r}")
+
+        if self.resolution is not None:
+            positive("resolution", self.resolution)
+        for name in ("batch_size", "probe_steps", "probe_batch_size", "kmeans_iters", "kmeans_restarts", "lost_k_patches"):
+            positive(name, getattr(self, name))
+        for name in ("knn_temperature", "probe_lr", "high_norm_factor", "defect_threshold"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if not self.knn_ks or any(not isinstance(k, int) or isinstance(k, bool) or k <= 0 for k in self.knn_ks):
+            raise ConfigError(f"knn_ks must be positive integers, got {self.knn_ks!r}")
+        if not 0.0 < self.corloc_iou <= 1.0:
+            raise ConfigError(f"corloc_iou must be in (0, 1], got {self.corloc_iou!r}")
+
+
+def check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+
+
+def load_layout(task: str, data_dir: str | os.PathLike):
+    """Check the data layout of ``task`` (raises a one-line ``SinderError`` naming the expected one)."""
+    check_task(task)
+    root = Path(data_dir)
+    if task == "knn":
+        return knn_layout(root)
+    if task == "linear-seg":
+        return seg_layout(root, task, ("train", "val"))
+    if task == "unsup-seg":
+        return seg_layout(root, task, ("val",))
+    if task == "lost":
+        return lost_layout(root)
+    return intrinsic_layout(root)
+
+
+def _clean(value):
+    """JSON-safe: NaN/inf -> None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def evaluate_with_info(
+    backbone_or_spec: Backbone | str,
+    task: str,
+    data_dir: str | os.PathLike,
+    config: EvaluateConfig | None = None,
+    *,
+    layout=None,
+    direction: torch.Tensor | None = None,
+) -> tuple[dict, dict]:
+    """Like :func:`evaluate`, also returning details (image counts, skipped files, resolution).
+
+    ``direction`` (intrinsic only) replaces the theory's last-layer defect direction ν_L."""
+    config = config or EvaluateConfig()
+    layout = layout if layout is not None else load_layout(task, data_dir)
+    if isinstance(backbone_or_spec, Backbone):
+        backbone = backbone_or_spec
+    else:
+        backbone = load_backbone(
+            backbone_or_spec, config.weights, random_init=config.random_init, device=resolve_device(config.device)
+        )
+    res = default_resolution(backbone, config.resolution)
+    bs, amp = config.batch_size, config.amp
+    if task == "knn":
+        from .knn import knn_task
+
+        metrics, info = knn_task(backbone, layout, res, bs, config.knn_ks, config.knn_temperature, amp)
+    elif task == "linear-seg":
+        from .linear_seg import linear_seg
+
+        metrics, info = linear_seg(
+            backbone, layout, res, bs, config.probe_steps, config.probe_lr, config.probe_batch_size, config.seed, amp
+        )
+    elif task == "unsup-seg":
+        from .unsup_seg import unsup_seg
+
+        metrics, info = unsup_seg(backbone, layout, res, bs, config.seed, amp, config.kmeans_iters, config.kmeans_restarts)
+    elif task == "lost":
+        from .lost import lost
+
+        metrics, info = lost(backbone, layout, res, config.lost_k_patches, config.corloc_iou, amp)
+    else:
+        from .intrinsic import intrinsic
+
+        metrics, info = intrinsic(
+            backbone, layout, res, bs, config.high_norm_factor, config.defect_threshold, direction=direction
+        )
+    info = {"resolution": res, **info}
+    return {k: _clean(v) for k, v in metrics.items()}, info
+
+
+def evaluate(
+    backbone_or_spec: Backbone | str,
+    task: str,
+    data_dir: str | os.PathLike,
+    config: EvaluateConfig | None = None,
+) -> dict:
+    """Run ``task`` on frozen features of one model; returns ``{metric: value}`` (None = undefined)."""
+    return evaluate_with_info(backbone_or_spec, task, data_dir, config)[0]
+
+
+def model_keys(models: list[tuple[str, str | None]]) -> list[str]:
+    """Unique report keys: the spec, plus the weights file name when two entries share a spec."""
+    specs = [s for s, _ in models]
+    keys: list[str] = []
+    for spec, weights in models:
+        key = spec if specs.count(spec) == 1 or weights is None else f"{spec} [{Path(weights).name}]"
+        base, n = key, 2
+        while key in keys:
+            key, n = f"{base} #{n}", n + 1
+        keys.append(key)
+    return keys
+
+
+def evaluate_models(
+    models: list[tuple[str | Backbone, str | None]],
+    task: str,
+    data_dir: str | os.PathLike,
+    config: EvaluateConfig | None = None,
+) -> dict:
+    """Evaluate several models (spec or backbone, weights) on one task; returns the metrics.json dict."""
+    config = config or EvaluateConfig()
+    layout = load_layout(task, data_dir)  # fail on a bad layout before loading any model
+    named = [(m.spec if isinstance(m, Backbone) else m, w) for m, w in models]
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("weights", "random_init")}
+    report = {"task": task, "data": str(data_dir), "models": {}, "details": {}, "config": settings}
+    for key, (model, weights) in zip(model_keys(named), models):
+        logger.info("evaluating %s on %s", key, task)
+        cfg = dataclasses.replace(config, weights=weights)
+        metrics, info = evaluate_with_info(model, task, data_dir, cfg, layout=layout)
+        report["models"][key] = metrics
+        report["details"][key] = info
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return report
+
+
+def format_table(report: dict) -> str:
+    """One row per model, one column per metric."""
+    metrics: list[str] = []
+    for m in report["models"].values():
+        metrics += [k for k in m if k not in metrics]
+    header = ["model", *metrics]
+    rows = [header]
+    for key, m in report["models"].items():
+        rows.append([key, *("-" if m.get(k) is None else f"{m[k]:.4f}" for k in metrics)])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_metrics(out_dir: str | os.PathLike, report: dict, overwrite: bool = False) -> Path:
+    """Write ``out_dir/metrics.json`` atomically; an existing one is refused without ``overwrite``."""
+    from ..io import prepare_output_dir, write_json
+
+    out = prepare_output_dir(out_dir, METRICS_FILE, overwrite)
+    return write_json(out / METRICS_FILE, report)

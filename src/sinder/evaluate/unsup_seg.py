@@ -1,0 +1,103 @@
+"""Unsupervised segmentation: k-means on L2-normalised patch tokens of the whole val set.
+
+k = the number of ground-truth classes present in the val masks. Cluster scores
+(−squared distance to each centroid) are bilinearly upsampled to the masks' own resolution;
+clusters are matched to labels by the Hungarian algorithm on the pixel confusion matrix.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..backbones.base import Backbone
+from ..errors import SinderError
+from .datasets import IGNORE, SegSplit
+from .linear_seg import load_split, predict_scores
+from .metrics import confusion_matrix, hungarian_mapping, miou, pixel_accuracy
+
+logger = logging.getLogger(__name__)
+
+
+def _plus_plus_init(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
+    n = x.shape[0]
+    centres = [x[torch.randint(n, (1,), generator=gen)].squeeze(0)]
+    d2 = ((x - centres[0]) ** 2).sum(1)
+    for _ in range(1, k):
+        probs = d2 / d2.sum() if d2.sum() > 0 else torch.full_like(d2, 1.0 / n)
+        c = x[torch.multinomial(probs, 1, generator=gen)].squeeze(0)
+        centres.append(c)
+        d2 = torch.minimum(d2, ((x - c) ** 2).sum(1))
+    return torch.stack(centres)
+
+
+def kmeans(
+    x: torch.Tensor, k: int, iters: int = 100, restarts: int = 3, seed: int = 0, tol: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Lloyd's k-means with k-means++ seeding; best of ``restarts``. Returns (centroids, labels, inertia)."""
+    x = x.float()
+    if x.shape[0] < k:
+        raise SinderError(f"k-means needs at least k={k} samples, got {x.shape[0]}; add images")
+    gen = torch.Generator().manual_seed(seed)
+    best: tuple[torch.Tensor, torch.Tensor, float] | None = None
+    sq = (x**2).sum(1)
+    for _ in range(restarts):
+        c = _plus_plus_init(x, k, gen)
+        prev = float("inf")
+        for _ in range(iters):
+            d2 = sq[:, None] - 2 * x @ c.T + (c**2).sum(1)[None]
+            dist, labels = d2.min(1)
+            inertia = float(dist.clamp_min(0).sum())
+            sums = torch.zeros_like(c).index_add_(0, labels, x)
+            counts = torch.bincount(labels, minlength=k)
+            empty = counts == 0
+            c = sums / counts.clamp_min(1)[:, None].float()
+            if empty.any():  # re-seed empty clusters at the worst-fit samples
+                c[empty] = x[dist.topk(int(empty.sum())).indices]
+            if prev - inertia <= tol * max(prev, 1.0) and not empty.any():
+                break
+            prev = inertia
+        d2 = sq[:, None] - 2 * x @ c.T + (c**2).sum(1)[None]
+        dist, labels = d2.min(1)
+        inertia = float(dist.clamp_min(0).sum())
+        if best is None or inertia < best[2]:
+            best = (c, labels, inertia)
+    assert best is not None
+    return best
+
+
+def unsup_seg(
+    backbone: Backbone,
+    splits: dict[str, SegSplit],
+    resolution: int,
+    batch_size: int,
+    seed: int,
+    amp: bool,
+    iters: int = 100,
+    restarts: int = 3,
+) -> tuple[dict[str, float], dict]:
+    val = load_split(backbone, splits["val"], resolution, batch_size, amp, "val")
+    present = sorted({int(v) for m in val.eval_labels for v in np.unique(m) if v != IGNORE})
+    if not present:
+        raise SinderError("the val masks hold only ignore (255) pixels; nothing to evaluate")
+    k = len(present)
+    lut = np.full(256, IGNORE, dtype=np.int64)
+    lut[present] = np.arange(k)
+    tokens = F.normalize(val.patches.float(), dim=-1)
+    centres, _, _ = kmeans(tokens.reshape(-1, tokens.shape[-1]), k, iters=iters, restarts=restarts, seed=seed)
+    bias = -(centres**2).sum(1)
+    clusters, gts = [], []
+    for t, gt in zip(tokens, val.eval_labels):
+        scores = 2 * t @ centres.T + bias  # = −‖t − c‖² + const, since ‖t‖ = 1
+        clusters.append(predict_scores(scores, gt.shape))
+        gts.append(lut[gt])
+    conf = np.zeros((k, k), dtype=np.int64)
+    for c, g in zip(clusters, gts):
+        conf += confusion_matrix(g, c, k)  # rows: labels, columns: clusters
+    mapping = hungarian_mapping(conf)  # a permutation: as many clusters as labels
+    matched = conf[:, np.argsort(mapping)]  # column l: the cluster matched to label l
+    metrics = {"miou": miou(matched), "pixel_acc": pixel_accuracy(matched)}
+    info = {"num_images": {"val": len(gts)}, "num_classes": k, "skipped": val.skipped}
+    return metrics, info

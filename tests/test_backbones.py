@@ -1,0 +1,362 @@
+"""Every backbone family: the canonical view reproduces the model's own forward, is a live reference,
+and its CLS attention is the model's; weight formats (official / timm / HF) give the same tokens."""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import checkpoint_filter_fn
+
+from sinder.backbones import load_backbone, parse_spec
+from sinder.backbones.convert import hf_dinov2_to_official, official_dinov2_to_hf, timm_to_official_dinov2
+from sinder.backbones.hf_loader import known_config, known_hf_ids, load_hf
+from sinder.backbones.hf_vit import HFViTBackbone
+from sinder.backbones.timm_loader import wrap_timm
+from sinder.errors import ModelSpecError, SinderError, WeightsError
+
+TOL = 1e-5
+
+
+# -- tiny models ------------------------------------------------------------------------------
+def _liven(model: torch.nn.Module) -> torch.nn.Module:
+    """Random init leaves blocks near identity (LayerScale 1e-5, zero biases): make every weight matter."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("gamma", "gamma_1", "gamma_2", "lambda1")):
+                p.copy_(0.3 + 0.1 * torch.rand(p.shape, generator=g))
+            elif name.endswith(("bias", "q_bias", "v_bias", "cls_token", "reg_token", "register_tokens")):
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def _timm(name: str, **kw) -> torch.nn.Module:
+    return _liven(timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True, depth=2, **kw))
+
+
+def _hf(cfg) -> torch.nn.Module:
+    import transformers
+
+    model = getattr(transformers, type(cfg).__name__.replace("Config", "Model"))(cfg)
+    model.set_attn_implementation("eager")  # so the model returns its attention probabilities
+    return _liven(model)
+
+
+def _hf_cfg(kind: str, **kw):
+    from transformers import DINOv3ViTConfig, Dinov2Config, Dinov2WithRegistersConfig
+
+    common = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2)
+    common.update({k: kw.pop(k) for k in list(kw) if k in common})
+    if kind == "dinov3":
+        return DINOv3ViTConfig(intermediate_size=128, num_register_tokens=4, image_size=64, **common, **kw)
+    cls = Dinov2WithRegistersConfig if kind == "dinov2_reg" else Dinov2Config
+    return cls(image_size=56, patch_size=14, **common, **kw)
+
+
+TIMM_CASES = {
+    "dinov2_s": lambda: _timm("vit_small_patch14_dinov2", img_size=56),
+    "dinov2_reg4": lambda: _timm("vit_small_patch14_reg4_dinov2", img_size=56),
+    "dinov2_giant_swiglu": lambda: _timm("vit_giant_patch14_dinov2", img_size=56, embed_dim=96, num_heads=2),
+    "deit3": lambda: _timm("deit3_small_patch16_224", img_size=64),
+    "clip_quickgelu": lambda: _timm("vit_base_patch16_clip_quickgelu_224", img_size=64, embed_dim=96, num_heads=2),
+    "dinov3": lambda: _timm("vit_small_patch16_dinov3", img_size=64, embed_dim=64, num_heads=2),
+    "dinov3_qkvb": lambda: _timm("vit_small_patch16_dinov3_qkvb", img_size=64, embed_dim=64, num_heads=2),
+    "dinov3_qkv_unfused": lambda: _timm("vit_small_patch16_dinov3_qkvb", img_size=64, embed_dim=64, num_heads=2, qkv_fused=False),
+    "dinov3_plus_swiglu": lambda: _timm("vit_small_plus_patch16_dinov3", img_size=64, embed_dim=64, num_heads=2),
+}
+HF_CASES = {
+    "hf_dinov2": lambda: _hf(_hf_cfg("dinov2")),
+    "hf_dinov2_swiglu": lambda: _hf(_hf_cfg("dinov2", use_swiglu_ffn=True)),
+    "hf_dinov2_reg": lambda: _hf(_hf_cfg("dinov2_reg")),
+    "hf_dinov3": lambda: _hf(_hf_cfg("dinov3")),
+    "hf_dinov3_gated": lambda: _hf(_hf_cfg("dinov3", use_gated_mlp=True, hidden_act="silu")),
+}
+EXPECTED_ACT = {"dinov2_giant_swiglu": "swiglu", "clip_quickgelu": "quick_gelu", "dinov3_plus_swiglu": "swiglu",
+                "hf_dinov2_swiglu": "swiglu", "hf_dinov3_gated": "swiglu"}  # fmt: skip
+
+
+def make(case: str):
+    if case in TIMM_CASES:
+        return wrap_timm(TIMM_CASES[case](), f"timm:{case}")
+    return HFViTBackbone(HF_CASES[case](), f"hf:{case}")
+
+
+def pixels(backbone, extra_rows: int = 1) -> torch.Tensor:
+    # a non-square input exercises position-embedding resampling and RoPE grids
+    g = torch.Generator().manual_seed(1)
+    side = backbone.image_size
+    return torch.randn(2, 3, side + extra_rows * backbone.patch_size, side, generator=g)
+
+
+# -- an independent block implementation from the view alone --------------------------------
+def _act(view, hidden):
+    if view.activation == "swiglu":
+        gate, value = hidden
+        return F.silu(gate) * value
+    (h,) = hidden
+    return {"gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
+            "quick_gelu": lambda t: t * torch.sigmoid(1.702 * t)}[view.activation](h)  # fmt: skip
+
+
+def view_block(backbone, index, x, ctx):
+    view = backbone.block_view(index)
+    b, n, _ = x.shape
+    h = view.norm1(x)
+    q, k, v = (F.linear(h, s.weight, s.bias).reshape(b, n, view.num_heads, -1).transpose(1, 2) for s in (view.q, view.k, view.v))
+    if view.extras.get("q_norm") is not None:
+        q, k = view.extras["q_norm"](q), view.extras["k_norm"](k)
+    q, k = backbone.rotary(q, k, ctx)
+    attn = ((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5).softmax(-1)
+    out = (attn @ v).transpose(1, 2).reshape(b, n, -1)
+    x = x + view.layer_scale(1) * F.linear(out, view.proj.weight, view.proj.bias)
+    h = view.norm2(x)
+    hidden = _act(view, [F.linear(h, s.weight, s.bias) for s in view.mlp_in])
+    return x + view.layer_scale(2) * F.linear(hidden, view.mlp_out.weight, view.mlp_out.bias)
+
+
+ALL_CASES = list(TIMM_CASES) + list(HF_CASES)
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_view_reproduces_model_forward_block_by_block(case):
+    bb = make(case)
+    x = pixels(bb)
+    own = []
+    hooks = [blk.register_forward_hook(lambda m, i, o: own.append(o)) for blk in bb.blocks()]
+    with torch.no_grad():
+        final = bb.model_forward(x)
+        for hk in hooks:
+            hk.remove()
+        tokens, ctx = bb.embed(x)
+        assert tokens.shape[1] == bb.num_prefix_tokens + ctx.grid[0] * ctx.grid[1]
+        assert ctx.grid == (x.shape[-2] // bb.patch_size, x.shape[-1] // bb.patch_size)
+        for i in range(bb.depth):
+            from_view = view_block(bb, i, tokens, ctx)
+            tokens = bb.run_block(i, tokens, ctx)
+            assert (tokens - own[i]).abs().max().item() <= TOL, f"run_block {i}"
+            assert (from_view - own[i]).abs().max().item() <= TOL, f"view block {i}"
+        assert (bb.final_norm(tokens) - final).abs().max().item() <= TOL
+    assert bb.block_view(0).activation == EXPECTED_ACT.get(case, "gelu")
+    # the view names the live modules by their path in the model
+    modules = dict(bb.model.named_modules())
+    for s in bb.block_view(bb.depth - 1).slices():
+        assert modules[s.name] is s.module
+
+
+@pytest.mark.parametrize("case", ["dinov2_reg4", "dinov3_qkvb", "dinov3_qkv_unfused", "hf_dinov2_swiglu", "hf_dinov3"])
+def test_view_is_a_live_reference(case):
+    bb = make(case)
+    x = pixels(bb, 0)
+    with torch.no_grad():
+        before = bb.model_forward(x)
+        view = bb.block_view(1)
+        view.v.weight.mul_(1.5)  # in place, through the view
+        after = bb.model_forward(x)
+        assert (after - before).abs().max().item() > 1e-3
+        view.v.weight.div_(1.5)
+        assert (bb.model_forward(x) - before).abs().max().item() <= TOL
+
+
+def _model_attention(bb, x):
+    """The attention probabilities the model itself computes, per block: (B, heads, N, N)."""
+    if bb.family == "hf":
+        return list(bb.model(pixel_values=x, output_attentions=True).attentions)
+    captured = {}
+    for i, blk in enumerate(bb.blocks()):
+        blk.attn.fused_attn = False  # timm's explicit path passes the probabilities through attn_drop
+        blk.attn.attn_drop.register_forward_hook(lambda m, inp, out, i=i: captured.__setitem__(i, out))
+    bb.model_forward(x)
+    return [captured[i] for i in range(bb.depth)]
+
+
+@pytest.mark.parametrize("case", ["dinov2_reg4", "clip_quickgelu", "dinov3", "dinov3_qkvb", "hf_dinov2_reg", "hf_dinov3"])
+def test_cls_attention_is_the_models_attention(case):
+    bb = make(case)
+    x = pixels(bb)
+    with torch.no_grad():
+        reference = _model_attention(bb, x)
+        outs, ctx = bb.forward_layers(x)
+        inputs = [bb.embed(x)[0]] + outs[:-1]
+        for i in range(bb.depth):
+            full = reference[i][:, :, 0]  # the CLS row over all tokens
+            assert torch.allclose(full.sum(-1), torch.ones_like(full.sum(-1)), atol=1e-5)
+            ours = bb.cls_attention(i, inputs[i], ctx)
+            assert ours.shape == (x.shape[0], bb.block_view(i).num_heads, ctx.grid[0] * ctx.grid[1])
+            assert (ours - full[:, :, bb.num_prefix_tokens :]).abs().max().item() <= 1e-6
+            # with the prefix part, the CLS row sums to one over all tokens
+            total = ours.sum(-1) + full[:, :, : bb.num_prefix_tokens].sum(-1)
+            assert (total - 1).abs().max().item() <= 1e-5
+
+
+# -- official DINOv2 format ------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["vit_small_patch14_dinov2", "vit_small_patch14_reg4_dinov2", "vit_giant_patch14_dinov2"])
+def test_timm_to_official_inverts_timms_own_filter_exactly(name):
+    kw = dict(embed_dim=96, num_heads=2) if "giant" in name else {}
+    model = _timm(name, img_size=56, **kw)
+    sd = model.state_dict()
+    official = timm_to_official_dinov2(sd)
+    assert official["mask_token"].shape == (1, sd["cls_token"].shape[-1]) and not official["mask_token"].any()
+    assert official["pos_embed"].shape[1] == 1 + 16  # cls entry + 4x4 grid, with or without registers
+    if "giant" in name:
+        assert "blocks.0.mlp.w12.weight" in official and "blocks.0.mlp.fc1.weight" not in official
+    if "reg4" in name:
+        assert official["register_tokens"].shape == (1, 4, sd["cls_token"].shape[-1])
+    back = checkpoint_filter_fn(dict(official), model)
+    assert back.keys() == sd.keys()
+    assert all(torch.equal(back[k], sd[k]) for k in sd)
+    # official <-> HF is lossless too (qkv split/concat, w12 <-> [gate, up], gamma <-> lambda1)
+    as_hf = official_dinov2_to_hf(official)
+    again = hf_dinov2_to_official(as_hf)
+    assert again.keys() == official.keys() and all(torch.equal(again[k], official[k]) for k in official)
+    # ... and means the same model: the HF twin gives the timm tokens
+    dim = sd["cls_token"].shape[-1]
+    kind = "dinov2_reg" if "reg4" in name else "dinov2"
+    cfg = _hf_cfg(kind, hidden_size=dim, num_attention_heads=model.blocks[0].attn.num_heads, use_swiglu_ffn="giant" in name)
+    twin = _hf(cfg)
+    twin.load_state_dict(as_hf, strict=True)
+    x = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert (twin(pixel_values=x).last_hidden_state - model.forward_features(x)).abs().max().item() <= TOL
+
+
+def _official_file(tmp_path, timm_name, img_size):
+    model = _liven(timm.create_model(timm_name, pretrained=False, num_classes=0, dynamic_img_size=True, img_size=img_size))
+    path = tmp_path / "official.pth"
+    torch.save(timm_to_official_dinov2(model.state_dict()), path)
+    return model, path
+
+
+@pytest.mark.parametrize("reg", [False, True])
+def test_official_pth_equals_timm_and_hf_tokens(tmp_path, reg):
+    from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    timm_model, path = _official_file(tmp_path, f"vit_small_patch14{'_reg4' if reg else ''}_dinov2", 56)
+    official = load_backbone(f"dinov2:vits14{'_reg' if reg else ''}", weights=path)
+    assert official.family == "dinov2" and official.image_size == 56 and official.num_prefix_tokens == (5 if reg else 1)
+    reference = wrap_timm(timm_model, "timm:ref")
+    cfg_cls, model_cls = (Dinov2WithRegistersConfig, Dinov2WithRegistersModel) if reg else (Dinov2Config, Dinov2Model)
+    with torch.device("meta"):  # no random init: every tensor comes from the file
+        hf_model = model_cls(cfg_cls(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, image_size=56, patch_size=14))
+    hf_model.load_state_dict(official_dinov2_to_hf(torch.load(path, weights_only=True)), strict=True, assign=True)
+    hf = HFViTBackbone(hf_model.eval(), "hf:ref")
+    x = torch.randn(1, 3, 56, 56, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        tokens = official.model_forward(x)
+        assert (tokens - reference.model_forward(x)).abs().max().item() <= 1e-6
+        assert (tokens - hf.model_forward(x)).abs().max().item() <= 1e-5
+
+
+def test_pickled_module_is_refused(tmp_path):
+    path = tmp_path / "pickled.pth"
+    torch.save(torch.nn.Linear(2, 2), path)  # a whole module, not a state dict
+    with pytest.raises(WeightsError) as err:
+        load_backbone("dinov2:vits14", weights=path)
+    assert "weights_only" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_16x16_grid_loads_as_224px(tmp_path):
+    model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=224)
+    sd = model.state_dict()
+    assert sd["pos_embed"].shape[1] == 1 + 16 * 16
+    from safetensors.torch import save_file
+
+    save_file(sd, tmp_path / "w.safetensors")
+    assert load_backbone("timm:vit_small_patch14_dinov2", weights=tmp_path / "w.safetensors").image_size == 224
+    torch.save(timm_to_official_dinov2(sd), tmp_path / "w.pth")
+    assert load_backbone("dinov2:vits14", weights=tmp_path / "w.pth").image_size == 224
+
+
+# -- HF loading ------------------------------------------------------------------------------
+def test_hf_local_dir_and_weights_file(tmp_path):
+    model = _hf(_hf_cfg("dinov2_reg", use_swiglu_ffn=True))
+    model.save_pretrained(tmp_path / "dir")  # writes the legacy key names
+    x = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        ref = model(pixel_values=x).last_hidden_state
+        (tmp_path / "dir" / "preprocessor_config.json").write_text('{"image_mean": [0.43, 0.41, 0.3], "image_std": [0.2, 0.19, 0.18]}')
+        loaded = load_backbone(f"hf:{tmp_path / 'dir'}")
+        assert loaded.family == "hf" and loaded.image_size == 56 and loaded.num_prefix_tokens == 5
+        assert loaded.mean == (0.43, 0.41, 0.3) and loaded.std == (0.2, 0.19, 0.18)
+        assert (loaded.model_forward(x) - ref).abs().max().item() <= 1e-6
+        # --weights: a state dict (here the legacy-named save_pretrained file) into the dir's config
+        with_weights = load_backbone(f"hf:{tmp_path / 'dir'}", weights=tmp_path / "dir" / "model.safetensors")
+        assert (with_weights.model_forward(x) - ref).abs().max().item() <= 1e-6
+        torch.save(model.state_dict(), tmp_path / "v5names.pth")  # current names, .pth
+        from_pth = load_backbone(f"hf:{tmp_path / 'dir'}", weights=tmp_path / "v5names.pth")
+        assert (from_pth.model_forward(x) - ref).abs().max().item() <= 1e-6
+    sd = model.state_dict()
+    sd.pop("layernorm.weight")
+    torch.save(sd, tmp_path / "partial.pth")
+    with pytest.raises(WeightsError, match="missing"):
+        load_backbone(f"hf:{tmp_path / 'dir'}", weights=tmp_path / "partial.pth")
+
+
+def test_hf_known_ids_build_offline():
+    configs = {i: known_config(i) for i in known_hf_ids()}
+    assert all(c is not None for c in configs.values()) and len(configs) == 14
+    g = configs["facebook/dinov2-giant"]
+    assert (g.hidden_size, g.num_hidden_layers, g.num_attention_heads, g.use_swiglu_ffn, g.image_size) == (1536, 40, 24, True, 518)
+    assert configs["facebook/dinov2-with-registers-large"].num_register_tokens == 4
+    sp = configs["facebook/dinov3-vits16plus-pretrain-lvd1689m"]
+    assert (sp.use_gated_mlp, sp.hidden_act, sp.intermediate_size, sp.patch_size) == (True, "silu", 1536, 16)
+    bb = load_hf("facebook/dinov3-vits16-pretrain-lvd1689m", "hf:facebook/dinov3-vits16-pretrain-lvd1689m", random_init=True)
+    assert (bb.depth, bb.embed_dim, bb.num_prefix_tokens, bb.image_size, bb.patch_size) == (12, 384, 5, 224, 16)
+
+
+# -- one-line errors -------------------------------------------------------------------------
+def _one_line(exc_info) -> str:
+    msg = str(exc_info.value)
+    assert msg and "\n" not in msg
+    return msg
+
+
+def test_errors_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("sinder.backbones.official_dinov2._hub_reachable", lambda timeout=3.0: False)
+    cases = [
+        (lambda: parse_spec("resnet50"), ModelSpecError, "unknown model spec"),
+        (lambda: load_backbone("dinov2:vitx14", random_init=True), ModelSpecError, "vits14"),
+        (lambda: load_backbone("dinov2:vits14"), ModelSpecError, "--weights"),
+        (lambda: load_backbone("dinov2:vits14", weights=tmp_path / "missing.pth"), WeightsError, "not found"),
+        (lambda: load_backbone("timm:not_a_model_xyz", random_init=True), ModelSpecError, "timm has no model"),
+        (lambda: load_backbone("hf:facebook/not-a-dino", random_init=True), ModelSpecError, "no built-in config"),
+        (lambda: load_backbone("hf:facebook/dinov2-small"), ModelSpecError, "unreachable"),
+        (lambda: load_backbone(f"hf:{tmp_path}/no/such/dir"), ModelSpecError, "not found"),
+        (lambda: load_backbone("hf:facebook/dinov2-small", weights=tmp_path / "missing.safetensors"), WeightsError, "not found"),
+    ]
+    from safetensors.torch import save_file
+    from transformers import ViTConfig
+
+    _hf_cfg("dinov2").save_pretrained(tmp_path / "config_only")
+    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path / "vit")
+    _hf_cfg("dinov2").save_pretrained(tmp_path / "partial")
+    sd = _hf(_hf_cfg("dinov2")).state_dict()
+    sd.pop("layernorm.bias")
+    save_file(sd, tmp_path / "partial" / "model.safetensors")
+    cases += [
+        (lambda: load_backbone(f"hf:{tmp_path / 'config_only'}"), WeightsError, "cannot load"),
+        (lambda: load_backbone(f"hf:{tmp_path / 'vit'}", random_init=True), ModelSpecError, "not supported"),
+        (lambda: load_backbone(f"hf:{tmp_path / 'partial'}"), WeightsError, "missing ['layernorm.bias']"),
+    ]
+    for call, kind, words in cases:
+        with pytest.raises(kind) as err:
+            call()
+        assert isinstance(err.value, SinderError) and words in _one_line(err)
+
+
+@pytest.mark.parametrize("case", ["hf_dinov3", "dinov3_rope_jitter"])
+def test_rope_positions_do_not_jitter_in_train_mode(case):
+    if case == "dinov3_rope_jitter":
+        model = _timm("vit_small_patch16_dinov3", img_size=64, embed_dim=64, num_heads=2, rope_rescale_coords=2.0)
+        bb = wrap_timm(model, "timm:jitter")
+    else:
+        bb = make(case)
+    x = pixels(bb)
+    with torch.no_grad():
+        reference = bb.model_forward(x)  # eval mode
+        bb.model.train()  # the model's own forward would now rescale RoPE coordinates at random
+        for _ in range(2):
+            outs, _ = bb.forward_layers(x)
+            assert (bb.final_norm(outs[-1]) - reference).abs().max().item() <= TOL
+    assert bb.model.training

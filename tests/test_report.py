@@ -1,0 +1,339 @@
+"""``sinder report``: page content, embedded images, tolerance to partial runs, CLI behaviour,
+and a real headless browser that renders the page and decodes every image."""
+from __future__ import annotations
+
+import base64
+import copy
+import html
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sinder import cli
+from sinder.analyze import AnalyzeConfig, analyze
+from sinder.images import bundled_photos
+from sinder.report import SECTION_IDS, ReportConfig, build_report, read_sigma, split_part
+from sinder.report_plots import comparison_panel
+
+PHOTOS = ("chelsea", "coffee")
+LINEARS = ("attn.qkv[768:1152]", "attn.proj", "mlp.fc1", "mlp.fc2")
+DATA_URI = re.compile(r'<img src="([^"]*)"')
+
+
+def planted_delta(layer: int, k: int) -> float:
+    """The fake learned change of σ_k in each linear of ``layer``: zero in the frozen blocks 0-1."""
+    return 0.0 if layer < 2 else -0.01 * layer * (k + 1)
+
+
+def write_fake_run_files(run, steps: int = 40, truncated_line: bool = True) -> None:
+    """config.json, summary.json, log.jsonl (one line cut short) and sigma.safetensors of a fake run."""
+    from safetensors.torch import save_file
+
+    run.mkdir(parents=True, exist_ok=True)
+    config = {"lr": 0.005, "momentum": 0.9, "stop_skip_ratio": 0.75}
+    (run / "config.json").write_text(json.dumps(config | {"model": {"model": "planted:small", "num_layers": 12}}))
+    summary = {  # the shape sinder.repair writes: held-out metrics nested under "metrics"
+        "model": {"model": "planted:small"}, "config": config, "steps": steps, "images_seen": steps, "seconds": 75.5,
+        "stop_reason": "skip_ratio",
+        "metrics": {
+            "num_images": 2,
+            "before": {"defect_rate": 0.0352, "max_over_median": 15.25},
+            "after": {"defect_rate": 0.0, "max_over_median": 1.5},
+            "features": {"cos_non_defect_mean": 0.9975},
+        },
+    }
+    (run / "summary.json").write_text(json.dumps(summary))
+    lines = [json.dumps({"step": s, "skip_ratio": s / steps, "loss": 1.0 / (s + 1), "layer": 4 + s % 3}) for s in range(steps)]
+    if truncated_line:
+        lines.append('{"step": 40, "skip_ra')
+    (run / "log.jsonl").write_text("\n".join(lines) + "\n")
+    tensors = {}
+    for layer in range(12):
+        for lin in LINEARS:
+            sigma = torch.linspace(5.0, 0.1, 384) + layer
+            delta = torch.zeros(384)
+            delta[:3] = torch.tensor([planted_delta(layer, k) for k in range(3)])
+            tensors[f"blocks.{layer}.{lin}/sigma"] = sigma
+            tensors[f"blocks.{layer}.{lin}/delta"] = delta
+    save_file(tensors, str(run / "sigma.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, planted):
+    """A fake repair run around two real analyses of the planted model: 'before' as built, 'after'
+    with the positional marker that ignites the defects removed (a stand-in for a repaired model)."""
+    run = tmp_path_factory.mktemp("report") / "run"
+    write_fake_run_files(run)
+    cfg = AnalyzeConfig(figures=False)
+    directions = torch.stack([planted.planted["u"]] * planted.depth)  # the planted defect direction
+    analyze(planted, bundled_photos(PHOTOS), cfg, directions=directions, out_dir=run / "analysis_before", progress=False)
+    fixed = copy.deepcopy(planted)
+    m = fixed.planted["m"]
+    with torch.no_grad():
+        pos = fixed.model.pos_embed
+        pos -= (pos @ m)[..., None] * m
+    analyze(fixed, bundled_photos(PHOTOS), cfg, directions=directions, out_dir=run / "analysis_after", progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def run_page(run_dir):
+    return build_report([run_dir], ReportConfig(dpi=60))
+
+
+def decoded_images(page: str) -> list[Image.Image]:
+    images = []
+    for src in DATA_URI.findall(page):
+        assert src.startswith("data:image/png;base64,"), src[:60]
+        img = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1], validate=True)))
+        img.load()
+        images.append(img)
+    return images
+
+
+def section(page: str, sid: str) -> str:
+    m = re.search(rf'<section id="{sid}">(.*?)</section>', page, re.S)
+    assert m, f"section {sid} missing"
+    return m.group(1)
+
+
+def assert_offline(page: str) -> None:
+    assert "http://" not in page and "https://" not in page
+    assert not re.search(r'(src|href)="(?!data:|#)', page), "a resource that is not embedded"
+    assert "<script" not in page
+
+
+def test_split_part_known_names():
+    assert split_part("blocks.7.mlp.fc2") == (7, "mlp.fc2")
+    assert split_part("blocks.11.attn.qkv[768:1152]") == (11, "attn.qkv[768:1152]")
+    assert split_part("encoder.layer.3.attention.v_proj") == (3, "attention.v_proj")
+    assert split_part("head") == (None, "head")
+
+
+def test_read_sigma_round_trip(tmp_path):
+    write_fake_run_files(tmp_path)
+    notes: list[str] = []
+    entries = read_sigma(tmp_path / "sigma.safetensors", notes)
+    assert notes == []
+    assert len(entries) == 12 * len(LINEARS)
+    assert [e.layer for e in entries] == sorted(e.layer for e in entries)
+    fc2_7 = next(e for e in entries if e.layer == 7 and e.linear == "mlp.fc2")
+    np.testing.assert_allclose(fc2_7.delta[:3], [planted_delta(7, k) for k in range(3)], rtol=1e-6)
+    np.testing.assert_allclose(fc2_7.sigma[0], 12.0, rtol=1e-6)
+
+
+def test_run_report_content(run_dir, run_page):
+    page = run_page
+    assert [m.group(1) for m in re.finditer(r'<section id="([^"]+)">', page)] == list(SECTION_IDS)
+    assert_offline(page)
+    images = decoded_images(page)
+    # 2 image panels + layer curves + norm violins + 2 angle violins + σ deltas + training curves
+    assert len(images) == 8
+    assert all(min(img.size) > 100 for img in images)
+
+    side = section(page, "side-by-side")
+    assert side.count("<img") == 2
+    before = json.loads((run_dir / "analysis_before" / "analysis.json").read_text())
+    after = json.loads((run_dir / "analysis_after" / "analysis.json").read_text())
+    for meta_b, meta_a in zip(before["images"], after["images"]):
+        assert f"before repair: {meta_b['defects_last_layer']} defects" in side
+        assert f"after repair: {meta_a['defects_last_layer']} defects" in side
+    # The planted model has defects, the marker-free one almost none: the page must show it.
+    assert before["layers"][-1]["high_norm_rate"] > 0.01 and after["layers"][-1]["high_norm_rate"] < 0.005
+    metrics = section(page, "metrics")
+    assert f"{100 * before['layers'][-1]['high_norm_rate']:.2f} %" in metrics
+    assert f"{100 * after['layers'][-1]['high_norm_rate']:.2f} %" in metrics
+    # summary.json before/after table with the change column: 1.5 - 15.25
+    assert "<td>15.25</td><td>1.5</td><td>-13.75</td>" in metrics
+    assert "<td>0.0352</td><td>0</td><td>-0.0352</td>" in metrics
+    assert "Before vs after repair (<code>metrics</code>)" in metrics
+    assert "<code>metrics.features.cos_non_defect_mean</code></td><td>0.9975</td>" in metrics
+    assert "config.momentum" not in metrics and "<code>momentum</code></td><td>0.9</td>" in section(page, "config")
+    assert "<title>SINDER report: planted:small</title>" in page
+
+    sigma = section(page, "sigma-deltas")
+    rows = re.findall(r"<tr><td>(\d+)</td><td><code>([^<]+)</code></td>(.*?)</tr>", sigma)
+    assert len(rows) == 10 * len(LINEARS)  # layers 0-1 unchanged, listed in a note instead
+    cells = {(int(layer), html.unescape(lin)): re.findall(r"<td>([^<]*)</td>", rest) for layer, lin, rest in rows}
+    assert cells[(7, "mlp.fc2")][4:7] == [f"{planted_delta(7, k):.4g}" for k in range(3)]
+    assert "8 linear part(s) unchanged (Δσ = 0), in layer(s) 0, 1" in sigma
+
+    config = section(page, "config")
+    assert "75.5 s (1 min 16 s)" in config
+    assert "40 logged steps; final skip ratio 0.975" in config
+    assert "1 line(s) are not JSON objects" in page  # the truncated log line is reported, not fatal
+
+
+def test_norm_colour_scale_shared(run_dir):
+    from sinder.analyze import load_analysis
+
+    a = load_analysis(run_dir / "analysis_before").maps[0]
+    b = load_analysis(run_dir / "analysis_after").maps[0]
+    fig = comparison_panel([("A", a), ("B", b)], "t")
+    axes = fig.axes
+    clims = [ax.images[0].get_clim() for ax in (axes[2], axes[8])]  # row-major: column 2 of rows 0 and 1
+    lo, hi = min(a.norms.min(), b.norms.min()), max(a.norms.max(), b.norms.max())
+    assert clims[0] == clims[1]
+    np.testing.assert_allclose(clims[0], (lo, hi), rtol=1e-6)
+    assert a.norms.max() > 5 * b.norms.max()  # so sharing the scale matters here
+
+
+def test_single_analysis_via_cli_and_refusal(run_dir, run_page, tmp_path, capsys):
+    out = tmp_path / "single.html"
+    assert cli.main(["report", str(run_dir / "analysis_before"), "--out", str(out), "--title", "Only <A>", "--dpi", "50"]) == 0
+    page = out.read_text()
+    assert "<title>Only &lt;A&gt;</title>" in page
+    assert [m.group(1) for m in re.finditer(r'<section id="([^"]+)">', page)] == list(SECTION_IDS)
+    assert_offline(page)
+    assert len(decoded_images(page)) == 2 + 1 + 1 + 1  # panels, layer curves, norm violins, one angle violin
+    assert "no σ deltas" in section(page, "sigma-deltas")
+    # One row per image panel: half the height of the two-row panels of the run report.
+    single_h = decoded_images(section(page, "side-by-side"))[0].height / 50  # inches at --dpi 50
+    double_h = decoded_images(section(run_page, "side-by-side"))[0].height / 60
+    assert single_h < 0.7 * double_h
+
+    capsys.readouterr()
+    before = out.read_bytes()
+    assert cli.main(["report", str(run_dir / "analysis_before"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--overwrite" in err
+    assert out.read_bytes() == before
+    assert cli.main(["report", str(run_dir / "analysis_before"), "--out", str(out), "--overwrite", "--dpi", "40"]) == 0
+    assert out.read_bytes() != before
+
+
+@pytest.mark.parametrize("case", ["missing", "file", "empty_dir", "three_analyses", "two_runs", "bad_dpi"])
+def test_bad_arguments_exit_2_with_one_line(case, run_dir, tmp_path, capsys):
+    out = tmp_path / "r.html"
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "note.txt").write_text("x")
+    args = {
+        "missing": [str(tmp_path / "nope")],
+        "file": [str(tmp_path / "note.txt")],
+        "empty_dir": [str(tmp_path / "empty")],
+        "three_analyses": [str(run_dir), str(run_dir / "analysis_before")],
+        "two_runs": [str(run_dir), str(run_dir)],
+        "bad_dpi": [str(run_dir), "--dpi", "5"],
+    }[case]
+    capsys.readouterr()
+    assert cli.main(["report", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sinder report: error: ") and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_partial_run_folder_is_noted_not_fatal(tmp_path):
+    run = tmp_path / "run"
+    write_fake_run_files(run, steps=12, truncated_line=False)
+    (run / "config.json").unlink()
+    (run / "sigma.safetensors").write_bytes(b"not a safetensors file")
+    (run / "summary.json").write_text("{broken")
+    page = build_report([run], ReportConfig(dpi=40))
+    assert [m.group(1) for m in re.finditer(r'<section id="([^"]+)">', page)] == list(SECTION_IDS)
+    for expected in ("config.json not found", "cannot be read as safetensors", "summary.json is not valid JSON",
+                     "analysis_before holds no analysis.json", "no image maps available", "no σ deltas"):
+        assert expected in html.unescape(page), expected
+    assert len(decoded_images(page)) == 1  # only the training curves
+
+
+def test_unreadable_maps_keep_the_layer_statistics(run_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir / "analysis_before", broken)
+    (broken / "maps.npz").write_bytes(b"PK\x03\x04 truncated zip")
+    page = build_report([broken], ReportConfig(dpi=40))
+    assert "maps/distributions unreadable" in page
+    assert "no image maps available" in section(page, "side-by-side")
+    assert len(decoded_images(section(page, "per-layer"))) == 1  # the layer curves only: no distributions
+    summary = json.loads((broken / "analysis.json").read_text())
+    assert f"{100 * summary['layers'][-1]['defect_rate']:.2f} %" in section(page, "metrics")
+
+
+# ----------------------------------------------------------------------------- real browser
+
+
+def chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def run_browser(binary: str, args: list[str], profile, timeout: float = 40.0) -> subprocess.CompletedProcess:
+    cmd = [
+        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={profile}", *args,
+    ]
+    # Own process group, so a hung browser and its helpers can be killed as a unit.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"chromium did not finish within {timeout} s: {' '.join(args)}")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # leftover helpers (crashpad, zygote) of this run only
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+CHECK_SCRIPT = """<script>
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; });
+  var ids = Array.prototype.map.call(document.querySelectorAll('section[id]'), function (s) { return s.id; });
+  var pre = document.createElement('pre');
+  pre.id = 'result';
+  pre.textContent = JSON.stringify({images: imgs.length, decoded: ok.length, sections: ids,
+    widths: imgs.map(function (i) { return i.naturalWidth; })});
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def test_headless_browser_renders_report(run_page, tmp_path):
+    binary = chromium()
+    if binary is None:
+        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    page_path = tmp_path / "report.html"
+    page_path.write_text(run_page, encoding="utf-8")
+
+    shot = tmp_path / "shot.png"
+    res = run_browser(binary, [f"--screenshot={shot}", "--window-size=1400,3000", page_path.as_uri()], tmp_path / "p1")
+    assert shot.is_file(), res.stderr[-2000:]
+    img = Image.open(shot).convert("RGB")
+    assert img.size == (1400, 3000)
+    arr = np.asarray(img).astype(np.int32)
+    non_white = (arr.min(axis=2) < 235).mean()
+    colours = len(np.unique((arr[..., 0] << 16) | (arr[..., 1] << 8) | arr[..., 2]))
+    assert non_white > 0.05, f"screenshot nearly blank ({non_white:.1%} non-white)"
+    assert colours > 500, f"only {colours} colours: plots did not render"
+
+    # The same page plus a checker script; the CSP keeps img-src data: only, so every image must be embedded.
+    checked = run_page.replace("default-src 'none';", "default-src 'none'; script-src 'unsafe-inline';", 1)
+    checked = checked.replace("</body>", CHECK_SCRIPT + "</body>", 1)
+    check_path = tmp_path / "check.html"
+    check_path.write_text(checked, encoding="utf-8")
+    res = run_browser(binary, ["--run-all-compositor-stages-before-draw", "--virtual-time-budget=5000", "--dump-dom",
+                               check_path.as_uri()], tmp_path / "p2")
+    m = re.search(r'<pre id="result">(.*?)</pre>', res.stdout, re.S)
+    assert m, f"checker did not run; stderr: {res.stderr[-2000:]}"
+    result = json.loads(html.unescape(m.group(1)))
+    expected_widths = [im.width for im in decoded_images(run_page)]
+    assert result["images"] == len(expected_widths) == 8
+    assert result["decoded"] == result["images"], "all images decoded"
+    assert result["widths"] == expected_widths
+    assert result["sections"] == list(SECTION_IDS)
