@@ -346,12 +346,9 @@ def test_config_is_validated():
         evaluate(tiny_vit(), "segment", ".")
 
 
-def test_cli_end_to_end_knn(tmp_path, capsys, monkeypatch):
-    from sinder import cli
+def test_cli_end_to_end_knn(tmp_path, capsys):
     from sinder.cli import main
 
-    # only this sub-command: the test must not depend on the other commands' imports
-    monkeypatch.setattr(cli, "COMMANDS", {"evaluate": cli.COMMANDS["evaluate"]})
     root = make_knn(tmp_path / "knn", n_train=3, n_val=2)
     out = tmp_path / "out"
     argv = ["evaluate", "timm:vit_tiny_patch16_224", "--random-init", "--task", "knn", "--data", str(root),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ class AnalyzeConfig:
     """Hyper-parameters of ``sinder analyze`` (validated on construction)."""
 
     resolution: int | None = None  # short side in px; None = the model's native size
+    square: bool = False  # centre-crop to a square (the model's native geometry) instead of keeping the aspect
     directions: Literal["exact", "montecarlo"] = "exact"
     mask_thr: float = 4.0
     high_norm_factor: float = 3.0
@@ -193,7 +193,7 @@ def analyze(
     pixels: list[torch.Tensor] = []
     for src in sources:
         try:
-            pixels.append(preprocess(src.image, resolution, backbone.patch_size, backbone.mean, backbone.std))
+            pixels.append(preprocess(src.image, resolution, backbone.patch_size, backbone.mean, backbone.std, square=config.square))
             kept.append(src)
         except ImageError as err:
             skipped.append({"path": src.name, "reason": str(err)})
@@ -351,3 +351,17 @@ def format_table(summary: dict) -> str:
     cons = summary.get("direction_consistency_deg")
     rows.append(f"direction consistency (last layer): {'n/a' if cons is None else f'{cons:.1f} deg'}")
     return "\n".join(rows)
+
+
+def analyze_around(backbone: Backbone, inputs: Sequence[ImageInput], out: str | Path, change, config: AnalyzeConfig = AnalyzeConfig()):
+    """Analyse ``inputs`` before and after ``change(directions)`` edits ``backbone`` in place.
+
+    Writes ``out/analysis_before`` and ``out/analysis_after`` (with the same ν_i, so the two are
+    comparable) once ``change`` has succeeded; returns (before, after, what ``change`` returned).
+    """
+    out = Path(out)
+    before = analyze(backbone, inputs, config, progress=False)
+    changed = change(before.directions)
+    write_analysis(before, prepare_output_dir(out / "analysis_before", "analysis.json", overwrite=True), figures=config.figures)
+    after = analyze(backbone, inputs, config, directions=before.directions, out_dir=out / "analysis_after", overwrite=True, progress=False)
+    return before, after, changed

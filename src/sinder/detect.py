@@ -1,8 +1,8 @@
 """Detection of singular defects (paper §4) and of high-norm tokens, per image and per layer.
 
 A patch token t at layer i is a *defect* when |cos(t, ν_i)| > mean + mask_thr·std of that
-image's values over interior tokens (rows/columns within ``border`` of the edge are excluded,
-as in the reference where the 3×3 smoothing window does not fit). A token is *high-norm* when
+image's values; rows/columns within ``border`` of the edge are never defects (as in the
+reference, where the 3×3 smoothing window does not fit there). A token is *high-norm* when
 its norm exceeds ``factor`` × the image's median patch-token norm.
 """
 from __future__ import annotations
@@ -26,14 +26,15 @@ def interior_mask(h: int, w: int, border: int = 1, device: torch.device | str = 
 
 
 def defect_mask_from_scores(scores: torch.Tensor, mask_thr: float = 4.0, border: int = 1) -> torch.Tensor:
-    """Defects from |cos| scores (B, H, W): above mean + mask_thr·std of the interior, interior only."""
+    """Defects from |cos| scores (B, H, W): above mean + mask_thr·std of the image, border excluded.
+
+    As in the reference, the statistics are taken over the whole grid and the border rows and
+    columns (where the k×k neighbourhood does not fit) are cleared afterwards.
+    """
     b, h, w = scores.shape
-    inside = interior_mask(h, w, border, scores.device)
-    vals = scores[:, inside]  # (B, n_interior)
-    if vals.shape[1] < 2:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    thr = vals.mean(dim=1) + mask_thr * vals.std(dim=1)
-    return (scores > thr[:, None, None]) & inside
+    flat = scores.flatten(1)
+    thr = flat.mean(dim=1) + mask_thr * flat.std(dim=1)
+    return (scores > thr[:, None, None]) & interior_mask(h, w, border, scores.device)
 
 
 def detect_defects(grid: torch.Tensor, direction: torch.Tensor, mask_thr: float = 4.0, border: int = 1) -> torch.Tensor:

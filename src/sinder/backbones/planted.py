@@ -9,15 +9,16 @@ Mechanism (see ../shared/NOTES.md for the measurements that shaped it):
 - A *marker* direction m is added to the positional embedding at a few interior grid
   positions (~2% of patches, as in DINOv2). Positional, so every image gets defects.
   m is orthogonal to every predicted ν_i, so a repaired marker token looks ordinary.
-- *Ignition* (block ``planted_layer``): two MLP neurons read m through a high threshold
-  and write a saturated amount of u. Only marked tokens cross the threshold.
+- *Ignition* (block ``planted_layer``): an MLP neuron reads m through a high threshold
+  and writes u. Only marked tokens cross the threshold.
 - *Amplification* (every block from ``planted_layer`` on): a pair of neurons
   gelu(a(s − t)) − gelu(a(−s − t)) on s = ⟨u, LN(x)⟩ that writes ±u. It is flat for the
   small |s| of ordinary tokens (their LN output has little variance along u) but has a
   large Gaussian-expected slope, so the linearised theory sees a strong u-gain — the gap
   that makes ν_i = u — while only defect tokens grow.
-- LayerScale γ≈0.1 (timm's random 1e-5 would make blocks identities) and a CLS token of
-  realistic magnitude, so CLS metrics are meaningful.
+- LayerScale γ≈0.1 (timm's random 1e-5 would make blocks identities), a large component
+  shared by all patch tokens, and a CLS token of the same magnitude, so CLS metrics are
+  meaningful.
 """
 from __future__ import annotations
 
@@ -39,16 +40,16 @@ class PlantedConfig:
     planted_layer: int = 4
     num_markers: int = 5
     layer_scale: float = 0.1
-    cls_std: float = 0.5
+    cls_std: float = 1.6
     pos_std: float = 0.3
+    shared_norm: float = 30.0
     marker_norm: float = 14.0
-    ignition_sharpness: float = 8.0
-    ignition_on: float = 5.5
-    ignition_full: float = 7.5
-    ignition_gain: float = 40.0
+    ignition_sharpness: float = 4.0
+    ignition_threshold: float = 5.0
+    ignition_gain: float = 110.0
     amp_sharpness: float = 4.0
     amp_threshold: float = 0.5
-    amp_gain: float = 2.0
+    amp_gain: float = 3.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.planted_layer < 12:
@@ -120,6 +121,10 @@ def build_planted(cfg: PlantedConfig):
         for lin in (blk.attn.proj, blk.mlp.fc2):
             project_out_(lin.weight, u, 0)
             project_out_(lin.bias, u, 0)
+    # A large component shared by all patch tokens, as real ViTs have: it keeps token norms
+    # (and so LayerNorm's scaling) nearly content-independent, so every marked token ignites alike.
+    shared = orthogonal_unit(dim, u[None], gen)
+    model.patch_embed.proj.bias += cfg.shared_norm * shared
 
     hidden = model.blocks[0].mlp.fc1.out_features
     a, t, g = cfg.amp_sharpness, cfg.amp_threshold, cfg.amp_gain
@@ -131,22 +136,19 @@ def build_planted(cfg: PlantedConfig):
             fc1.bias[j] = -a * t
             fc2.weight[:, j] = sign * g * u
 
-    # Ignition: a saturating ramp gelu(a(s−t_on)) − gelu(a(s−t_full)) on s = ⟨m, LN(x)⟩ that
-    # writes u. Every marked token saturates, whatever its content, so all of them ignite
-    # alike and a repair removes them together.
-    # The marker m must be invisible to detection once the defect is repaired, so it is chosen
-    # orthogonal to every predicted ν_i; the ramp starts so far out (≥5σ of ordinary tokens)
-    # that its Gaussian-expected slope (~1e-8) does not change those directions.
+    # Ignition: one neuron gelu(a(s − t)) on s = ⟨m, LN(x)⟩ that writes u. Only marked tokens
+    # cross the threshold. The marker m must be invisible to detection once the defect is
+    # repaired, so it is chosen orthogonal to every predicted ν_i; the threshold is so far
+    # out (>10σ of ordinary tokens) that the neuron's Gaussian-expected slope (~1e-6) does not
+    # change those directions.
     block = model.blocks[cfg.planted_layer].mlp
-    ramp = ((hidden - 3, cfg.ignition_on, 1.0), (hidden - 4, cfg.ignition_full, -1.0))
-    for j, threshold, sign in ramp:
-        block.fc1.weight[j] = 0.0
-        block.fc1.bias[j] = -cfg.ignition_sharpness * threshold
-        block.fc2.weight[:, j] = sign * cfg.ignition_gain * u
+    j = hidden - 3
+    block.fc1.weight[j] = 0.0
+    block.fc1.bias[j] = -cfg.ignition_sharpness * cfg.ignition_threshold
+    block.fc2.weight[:, j] = cfg.ignition_gain * u
     directions = defect_directions(TimmViTBackbone(model, "planted:build"))
-    m = orthogonal_unit(dim, torch.cat([u[None], directions]), gen)
-    for j, _, _ in ramp:
-        block.fc1.weight[j] = cfg.ignition_sharpness * m
+    m = orthogonal_unit(dim, torch.cat([u[None], shared[None], directions]), gen)
+    block.fc1.weight[j] = cfg.ignition_sharpness * m
     positions = marker_positions(grid, cfg.num_markers, gen)
     for r, c in positions:
         model.pos_embed[0, 1 + r * grid + c] += cfg.marker_norm * m

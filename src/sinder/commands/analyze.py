@@ -5,6 +5,7 @@ import argparse
 import logging
 
 from ..analyze import AnalyzeConfig, analyze, format_table
+from ..backbones import parse_spec
 from ..errors import SinderError
 from ..images import list_images
 from .common import add_model_arguments, load_model_from_args
@@ -17,6 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders (searched recursively)")
     p.add_argument("--out", required=True, help="output folder (analysis.json, directions.safetensors, figures/)")
     p.add_argument("--resolution", type=int, default=None, help="short side in px (default: the model's native size, 518 for DINOv2)")
+    p.add_argument("--square-crop", action="store_true", help="centre-crop to a square instead of keeping the aspect ratio")
     p.add_argument("--directions", choices=("exact", "montecarlo"), default="exact", help="how Â is computed (default: exact)")
     p.add_argument("--mask-thr", type=float, default=4.0, help="defect if |cos| > mean + THR·std (default 4)")
     p.add_argument("--high-norm-factor", type=float, default=3.0, help="high-norm if norm > F × median (default 3)")
@@ -28,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = AnalyzeConfig(
         resolution=args.resolution,
+        square=args.square_crop,
         directions=args.directions,
         mask_thr=args.mask_thr,
         high_norm_factor=args.high_norm_factor,
@@ -35,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         figures=not args.no_figures,
     )
+    parse_spec(args.model)  # an unknown spec fails before any work
     paths, missing = list_images(args.images)
     if missing:
         raise SinderError(f"input not found: {missing[0]['path']}; check the path")

@@ -1,0 +1,117 @@
+"""Training checkpoints: one safetensors file (ε, momentum buffers, RNG states) whose metadata
+holds the rest as JSON (step, data position, skip history, config signature). Written with
+temp file + ``os.replace``; read without unpickling anything.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, WeightsError
+from ..io import atomic_path
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.safetensors"
+FORMAT = "sinder-repair-checkpoint/1"
+
+
+@dataclass
+class TrainState:
+    """Everything besides tensors that a resumed run needs to continue exactly."""
+
+    step: int = 0
+    position: int = 0  # global data position (images consumed by all ranks)
+    images_seen: int = 0  # decodable images processed
+    skipped_images: int = 0  # images without a qualifying layer
+    optimizer_steps: int = 0
+    nonfinite_steps: int = 0
+    seconds: float = 0.0
+    crossed: list[float] = field(default_factory=list)  # save_at_skip values already saved
+    stop_reason: str | None = None
+    window: int = 1000
+    history: deque = field(default_factory=deque)  # recent skip flags, newest last
+
+    def __post_init__(self) -> None:
+        self.history = deque(self.history, maxlen=self.window)
+
+    def record(self, flags: list[bool]) -> None:
+        self.history.extend(flags)
+        self.images_seen += len(flags)
+        self.skipped_images += sum(flags)
+
+    def skip_ratio(self) -> float:
+        """Skipped fraction of the last ``window`` images; images not seen yet count as not skipped."""
+        return sum(self.history) / self.window
+
+    def to_json(self) -> dict:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "history"}
+        d["history"] = "".join("1" if f else "0" for f in self.history)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> TrainState:
+        d = dict(d)
+        hist = [c == "1" for c in d.pop("history", "")]
+        return cls(**d, history=deque(hist))
+
+
+def save_checkpoint(path: str | Path, eps: dict[str, torch.Tensor], momentum: dict[str, torch.Tensor], state: TrainState, meta: dict) -> Path:
+    from safetensors.torch import save_file
+
+    tensors = {f"eps/{k}": v.detach().cpu().contiguous() for k, v in eps.items()}
+    tensors.update({f"momentum/{k}": v.detach().cpu().contiguous() for k, v in momentum.items()})
+    tensors["rng/torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["rng/cuda"] = torch.cuda.get_rng_state()
+    info = {"format": FORMAT, "state": state.to_json(), **meta}
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"sinder": json.dumps(info)})
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], TrainState, dict]:
+    """-> (ε, momentum buffers, state, metadata); RNG states are restored as a side effect."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types
+        raise WeightsError(f"{path}: not a readable repair checkpoint ({err}); start again with --overwrite") from None
+    try:
+        info = json.loads(raw["sinder"])
+    except (KeyError, json.JSONDecodeError):
+        raise WeightsError(f"{path}: missing repair metadata; start again with --overwrite") from None
+    if info.get("format") != FORMAT:
+        raise WeightsError(f"{path}: unknown checkpoint format {info.get('format')!r}; start again with --overwrite")
+    eps = {k[4:]: v for k, v in tensors.items() if k.startswith("eps/")}
+    momentum = {k[9:]: v for k, v in tensors.items() if k.startswith("momentum/")}
+    if "rng/torch" in tensors:
+        torch.set_rng_state(tensors["rng/torch"])
+    if "rng/cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng/cuda"])
+    state = TrainState.from_json(info.pop("state"))
+    return eps, momentum, state, info
+
+
+def check_compatible(info: dict, signature: dict, data_digest: str) -> None:
+    """A resumed run must train exactly as the checkpointed one did."""
+    saved = info.get("signature", {})
+    for key, value in signature.items():
+        if key in saved and _norm(saved[key]) != _norm(value):
+            raise ConfigError(f"--resume: {key} is {value!r} but the checkpoint used {saved[key]!r}; pass the same value or use --overwrite")
+    if info.get("data_digest") not in (None, data_digest):
+        raise ConfigError("--resume: the training images differ from the checkpointed run's; pass the same --data or use --overwrite")
+
+
+def _norm(v):
+    return list(v) if isinstance(v, tuple) else v

@@ -1,0 +1,110 @@
+"""``RepairConfig``: every knob of a SINDER repair run, validated once at the boundary."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Literal
+
+from ..errors import ConfigError
+
+Impl = Literal["fast", "reference"]
+
+# Fields that change what training computes: a resumed run must match them exactly.
+TRAINING_FIELDS = (
+    "impl", "batch_size", "resolution", "lr", "momentum", "mask_thr", "kernel", "tau", "skip_less_than",
+    "limit_layers", "window", "gram_weight", "num_train_max", "directions", "seed",
+)  # fmt: skip
+
+
+@dataclass
+class RepairConfig:
+    """Hyper-parameters of a repair run (defaults: the reference SINDER settings).
+
+    ``max_steps`` counts iterations (one batch per rank each); with ``batch_size=1`` an
+    iteration is one image, as in the reference. ``window`` is the number of recent images
+    the skip ratio is computed over (capped by the dataset size); images not seen yet count
+    as not skipped, as the reference's pre-filled history does.
+    """
+
+    impl: Impl = "fast"
+    max_steps: int = 30000
+    batch_size: int = 1
+    resolution: int | None = None  # None: the backbone's native image size
+    lr: float = 0.005
+    momentum: float = 0.9
+    mask_thr: float = 4.0
+    kernel: int = 3
+    tau: float = 0.1
+    skip_less_than: int = 3
+    limit_layers: int = 10
+    window: int = 1000
+    stop_skip_ratio: float = 0.75
+    save_at_skip: tuple[float, ...] = ()
+    checkpoint_every: int = 500
+    gram_weight: float = 0.0
+    num_train_max: int = 30000
+    num_eval_max: int = 64
+    directions: Literal["exact", "montecarlo"] = "exact"
+    device: str = "auto"  # CLI only: ``repair()`` trains on the backbone's own device
+    seed: int = 0
+    amp: Literal["auto", "bf16", "off"] = "auto"  # bf16 autocast on CUDA (fast path only)
+    compile: bool = False  # torch.compile the block calls (fast path, CUDA)
+    one_pass: bool | None = None  # fast path: search with grad (None: on CPU, or when it fits in GPU memory)
+    high_norm_factor: float = 3.0
+    export: bool = True
+    export_tol: float = 1e-4  # relative to the largest |token|
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+    prefetch: bool = True  # decode the next batch in a background thread
+
+    def __post_init__(self) -> None:
+        self.save_at_skip = tuple(float(v) for v in self.save_at_skip)
+        self.validate()
+
+    def validate(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(msg)
+
+        need(self.impl in ("fast", "reference"), f"impl must be 'fast' or 'reference', got {self.impl!r}")
+        need(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        need(self.impl == "fast" or self.batch_size == 1, "the reference implementation uses batch size 1; use --impl fast for --batch-size > 1")
+        need(self.resolution is None or self.resolution >= 14, f"resolution must be >= 14 px, got {self.resolution}")
+        for name in ("lr", "tau"):
+            v = getattr(self, name)
+            need(math.isfinite(v) and v > 0, f"{name} must be a positive number, got {v}")
+        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        need(math.isfinite(self.mask_thr) and self.mask_thr > 0, f"mask_thr must be > 0, got {self.mask_thr}")
+        need(self.kernel in (3, 5), f"kernel must be 3 or 5, got {self.kernel}")
+        need(self.skip_less_than >= 1, f"skip_less_than must be >= 1, got {self.skip_less_than}")
+        need(self.limit_layers >= 1, f"limit_layers must be >= 1, got {self.limit_layers}")
+        need(self.window >= 1, f"window must be >= 1, got {self.window}")
+        need(0 < self.stop_skip_ratio <= 1, f"stop_skip_ratio must be in (0, 1], got {self.stop_skip_ratio}")
+        need(all(0 < v <= 1 for v in self.save_at_skip), f"save_at_skip values must be in (0, 1], got {list(self.save_at_skip)}")
+        need(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        need(math.isfinite(self.gram_weight) and self.gram_weight >= 0, f"gram_weight must be >= 0, got {self.gram_weight}")
+        need(self.num_train_max >= 1, f"num_train_max must be >= 1, got {self.num_train_max}")
+        need(self.num_eval_max >= 0, f"num_eval_max must be >= 0, got {self.num_eval_max}")
+        need(self.directions in ("exact", "montecarlo"), f"directions must be 'exact' or 'montecarlo', got {self.directions!r}")
+        need(self.amp in ("auto", "bf16", "off"), f"amp must be auto, bf16 or off, got {self.amp!r}")
+        need(self.high_norm_factor > 1, f"high_norm_factor must be > 1, got {self.high_norm_factor}")
+        need(self.export_tol > 0, f"export_tol must be > 0, got {self.export_tol}")
+        need(not (self.resume and self.overwrite), "pass either --resume or --overwrite, not both")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["save_at_skip"] = list(self.save_at_skip)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RepairConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown repair option(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+    def training_signature(self) -> dict:
+        return {k: getattr(self, k) for k in TRAINING_FIELDS}

@@ -1,0 +1,375 @@
+"""σ-parametrisation of a backbone's block linears, and folding back to plain weights.
+
+Every ``nn.Linear`` a block view names is factorised per row slice, W = U·diag(σ)·Vᵀ (SVD in
+float64, stored in the model dtype), with U, V frozen and an additive correction ε (init 0)
+to σ as the only trainable tensor. q and k never train (in a fused qkv only the v rows do).
+
+The Linear is replaced in its parent by a :class:`SingularLinear` stand-in, so the model's own
+block code runs unchanged; the stand-in exposes ``weight``/``bias``/``in_features`` for code
+that reads them (timm Eva calls ``F.linear(x, qkv.weight, ...)``). :meth:`SingularModel.fold`
+writes W₀ + U·diag(ε)·Vᵀ (= U·diag(σ+ε)·Vᵀ, computed in float64) into the original Linear
+objects and puts them back: module types and state-dict keys are exactly the original ones.
+
+Three ways to evaluate the same function (``SingularModel.mode``):
+  * ``reference`` — the reference code: ``U @ diag(σ+ε) @ Vᵀ`` rebuilt on every call, q/k too.
+  * ``fast`` — per call, whichever is cheaper in FLOPs: three matmuls x·V, ·(σ+ε), ·Uᵀ (no
+    weight is formed; dε = Σ_t (xV)⊙(gU)), or a folded weight cached until ε changes whose
+    backward gives dε_j = u_jᵀ·dW·v_j.
+  * ``original`` — the untouched weights (for before/after comparisons and Gram anchoring).
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backbones.base import Backbone
+from ..errors import ModelSpecError
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["fast", "reference", "original"]
+MODES = ("fast", "reference", "original")
+
+
+@dataclass
+class Part:
+    """A contiguous row range of one Linear: factorised (``U``, ``S``, ``Vt``) and maybe trainable."""
+
+    start: int
+    stop: int
+    key: str | None  # canonical name of a trainable part ("blocks.3.v"), None when frozen
+    index: int  # position in the stand-in's buffers/parameters
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.start, self.stop)
+
+
+class _EpsGrad(torch.autograd.Function):
+    """Pass a cached folded weight through; backward maps dW to dε_j = u_jᵀ·dW_rows·v_j."""
+
+    @staticmethod
+    def forward(ctx, weight, module, *eps):  # noqa: D401 - autograd signature
+        ctx.module = module
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx, grad_w):
+        m: SingularLinear = ctx.module
+        grads = []
+        for part in m.trainable_parts:
+            u, vt = m.factors(part)
+            g = grad_w[part.rows].to(u.dtype)
+            grads.append(((u.T @ g) * vt).sum(dim=1))
+        return (None, None, *grads)
+
+
+class SingularLinear(nn.Module):
+    """Stand-in for an ``nn.Linear`` whose row slices are W = U·diag(σ+ε)·Vᵀ."""
+
+    def __init__(self, linear: nn.Linear, parts: list[tuple[int, int, str | None]], factor_frozen: bool = False) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self._original = (linear,)  # a tuple: not a submodule, put back by fold
+        self.weight_orig = linear.weight
+        self.bias = linear.bias
+        self.mode: Mode = "fast"
+        self.parts: list[Part] = []
+        self._cache: torch.Tensor | None = None
+        self._cache_key: tuple | None = None
+        w = linear.weight.detach()
+        covered = 0
+        for start, stop, key in sorted(parts):
+            if start < covered:
+                raise ModelSpecError(f"overlapping row slices in a {linear.out_features}-row linear")
+            for a, b, k in ((covered, start, None), (start, stop, key)):
+                if b <= a or (k is None and not factor_frozen):
+                    continue
+                self._add_part(w, a, b, k)
+            covered = stop
+        if covered < self.out_features and factor_frozen:
+            self._add_part(w, covered, self.out_features, None)
+        self.trainable_parts = [p for p in self.parts if p.key is not None]
+        # contiguous segments of the output: (start, stop, part or None for pass-through rows)
+        self._segments: list[tuple[int, int, Part | None]] = []
+        pos = 0
+        for p in self.parts:
+            if p.start > pos:
+                self._segments.append((pos, p.start, None))
+            self._segments.append((p.start, p.stop, p))
+            pos = p.stop
+        if pos < self.out_features:
+            self._segments.append((pos, self.out_features, None))
+
+    def _add_part(self, w: torch.Tensor, start: int, stop: int, key: str | None) -> None:
+        i = len(self.parts)
+        u, s, vt = torch.linalg.svd(w[start:stop].double(), full_matrices=False)
+        self.register_buffer(f"U_{i}", u.to(w.dtype), persistent=False)
+        self.register_buffer(f"S_{i}", s.to(w.dtype), persistent=False)
+        self.register_buffer(f"Vt_{i}", vt.to(w.dtype), persistent=False)
+        if key is not None:
+            self.register_parameter(f"eps_{i}", nn.Parameter(torch.zeros_like(s, dtype=w.dtype)))
+        self.parts.append(Part(start, stop, key, i))
+
+    # -- pieces ---------------------------------------------------------------------------
+    @property
+    def original(self) -> nn.Linear:
+        return self._original[0]
+
+    def factors(self, part: Part) -> tuple[torch.Tensor, torch.Tensor]:
+        return getattr(self, f"U_{part.index}"), getattr(self, f"Vt_{part.index}")
+
+    def sigma(self, part: Part) -> torch.Tensor:
+        return getattr(self, f"S_{part.index}")
+
+    def eps(self, part: Part) -> nn.Parameter:
+        return getattr(self, f"eps_{part.index}")
+
+    def eps_list(self) -> list[nn.Parameter]:
+        return [self.eps(p) for p in self.trainable_parts]
+
+    def _needs_grad(self) -> bool:
+        return torch.is_grad_enabled() and any(e.requires_grad for e in self.eps_list())
+
+    # -- weights --------------------------------------------------------------------------
+    def _reference_weight(self) -> torch.Tensor:
+        rows = []
+        for start, stop, part in self._segments:
+            if part is None:
+                rows.append(self.weight_orig[start:stop])
+                continue
+            u, vt = self.factors(part)
+            s = self.sigma(part) + self.eps(part) if part.key is not None else self.sigma(part)
+            rows.append(u @ torch.diag(s) @ vt)  # literally the reference's rebuild
+        return rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
+
+    def _cache_valid(self) -> bool:
+        return self._cache_key == self._key()
+
+    def _key(self) -> tuple:
+        return tuple(e._version for e in self.eps_list()) + (self.weight_orig._version,)
+
+    def folded_weight(self) -> torch.Tensor:
+        """W₀ rows where frozen, U·diag(σ+ε)·Vᵀ where trainable; cached until ε changes (no graph)."""
+        if not self._cache_valid():
+            with torch.no_grad():
+                w = self.weight_orig.detach().clone()
+                for part in self.trainable_parts:
+                    u, vt = self.factors(part)
+                    w[part.rows] = (u * (self.sigma(part) + self.eps(part))) @ vt
+            self._cache, self._cache_key = w, self._key()
+        return self._cache
+
+    def _fast_weight(self) -> torch.Tensor:
+        w = self.folded_weight()
+        if self._needs_grad():
+            return _EpsGrad.apply(w, self, *self.eps_list())
+        return w
+
+    @property
+    def weight(self) -> torch.Tensor:
+        if self.mode == "original" or not self.trainable_parts:
+            return self.weight_orig
+        if self.mode == "reference":
+            return self._reference_weight()
+        return self._fast_weight()
+
+    # -- forward --------------------------------------------------------------------------
+    def _factored_is_cheaper(self, x: torch.Tensor) -> bool:
+        tokens = x.numel() // self.in_features
+        d_in = self.in_features
+        factored = plain = rebuild = 0
+        for p in self.trainable_parts:
+            rows, r = p.stop - p.start, self.sigma(p).numel()
+            factored += tokens * r * (d_in + rows)
+            plain += tokens * d_in * rows
+            rebuild += d_in * rows * r
+        cached = rebuild if not self._cache_valid() else 0
+        if self._needs_grad():  # forward + backward (dx), vs rebuild + 3 GEMMs (y, dx, dW) + dε
+            return 2 * factored < cached + 3 * plain + rebuild
+        return factored < cached + plain
+
+    def _factored(self, x: torch.Tensor) -> torch.Tensor:
+        outs = []
+        for start, stop, part in self._segments:
+            bias = None if self.bias is None else self.bias[start:stop]
+            if part is None or part.key is None:
+                outs.append(F.linear(x, self.weight_orig[start:stop], bias))
+                continue
+            u, vt = self.factors(part)
+            h = F.linear(x, vt) * (self.sigma(part) + self.eps(part))  # fp32 scale: dε summed in fp32 under autocast
+            outs.append(F.linear(h, u, bias))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "fast" and self.trainable_parts and self._factored_is_cheaper(x):
+            return self._factored(x)
+        return F.linear(x, self.weight, self.bias)
+
+    @torch.no_grad()
+    def fold_into_original(self) -> nn.Linear:
+        """Write W₀ + U·diag(ε)·Vᵀ (float64) into the original Linear and return it."""
+        w = self.weight_orig.detach().double().clone()
+        for part in self.trainable_parts:
+            u, vt = self.factors(part)
+            w[part.rows] += (u.double() * self.eps(part).double()) @ vt.double()
+        lin = self.original
+        lin.weight.data.copy_(w.to(lin.weight.dtype))
+        return lin
+
+    def extra_repr(self) -> str:
+        parts = ", ".join(f"{p.key or 'frozen'}[{p.start}:{p.stop}]" for p in self.parts)
+        return f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode}, parts=({parts})"
+
+
+@dataclass
+class TrainablePart:
+    """One trainable ε: its canonical key, block index, owning stand-in and parameter."""
+
+    key: str
+    block: int
+    module: SingularLinear
+    part: Part
+    label: str  # where it lives in the model: "blocks.3.attn.qkv[768:1152]", "blocks.3.mlp.fc2"
+
+    @property
+    def eps(self) -> nn.Parameter:
+        return self.module.eps(self.part)
+
+
+def _parents(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:
+    out: dict[int, tuple[nn.Module, str]] = {}
+    for mod in model.modules():
+        for name, child in mod._modules.items():
+            if child is not None:
+                out[id(child)] = (mod, name)
+    return out
+
+
+class SingularModel:
+    """A backbone whose block linears are σ-parametrised; ``fold()`` makes it plain again.
+
+    Attaching freezes every parameter of the model (restored by ``fold``) and leaves only the ε
+    corrections trainable: v (never q, k), proj, the MLP input(s) and output of every block.
+    """
+
+    def __init__(self, backbone: Backbone, factor_frozen: bool = False) -> None:
+        self.backbone = backbone
+        model = backbone.model
+        self._requires_grad = [(p, p.requires_grad) for p in model.parameters()]
+        parents = _parents(model)
+        self.modules: list[SingularLinear] = []
+        self.parts: list[TrainablePart] = []
+        self._swapped: list[tuple[nn.Module, str, nn.Linear, SingularLinear]] = []
+        self._folded = False
+        model.requires_grad_(False)
+        for i in range(backbone.depth):
+            view = backbone.block_view(i)
+            roles = [("q", view.q), ("k", view.k), ("v", view.v), ("proj", view.proj)]
+            roles += [(f"mlp_in.{j}" if len(view.mlp_in) > 1 else "mlp_in", s) for j, s in enumerate(view.mlp_in)]
+            roles.append(("mlp_out", view.mlp_out))
+            by_module: dict[int, tuple[nn.Linear, list]] = {}
+            labels: dict[str, str] = {}
+            for role, sl in roles:
+                if not isinstance(sl.module, nn.Linear) or isinstance(sl.module, SingularLinear):
+                    raise ModelSpecError(f"block {i} {role}: expected a plain nn.Linear, got {type(sl.module).__name__}")
+                key = None if role in ("q", "k") else f"blocks.{i}.{role}"
+                rows = sl.rows
+                by_module.setdefault(id(sl.module), (sl.module, []))[1].append((rows.start, rows.stop, key))
+                whole = rows.start == 0 and rows.stop == sl.module.out_features
+                labels[key] = sl.name if whole else f"{sl.name}[{rows.start}:{rows.stop}]"
+            for lin, parts in by_module.values():
+                if all(k is None for _, _, k in parts):
+                    continue  # a separate q or k projection: nothing trains there
+                if id(lin) not in parents:
+                    raise ModelSpecError(f"block {i}: a view linear is not a submodule of the model")
+                parent, name = parents[id(lin)]
+                stand_in = SingularLinear(lin, parts, factor_frozen=factor_frozen)
+                setattr(parent, name, stand_in)
+                self._swapped.append((parent, name, lin, stand_in))
+                self.modules.append(stand_in)
+                for p in stand_in.trainable_parts:
+                    self.parts.append(TrainablePart(p.key, i, stand_in, p, labels[p.key]))
+        for tp in self.parts:
+            tp.eps.requires_grad_(True)
+        self.parts.sort(key=lambda tp: tp.block)  # stable: block order, then view order
+        log.debug("σ-parametrised %d linears, %d trainable ε (%d values)", len(self.modules), len(self.parts), self.num_trainable())
+
+    # -- parameters -----------------------------------------------------------------------
+    def parameters(self) -> list[nn.Parameter]:
+        return [tp.eps for tp in self.parts]
+
+    def block_parameters(self, start: int, stop: int) -> list[nn.Parameter]:
+        """ε of blocks ``start..stop`` (inclusive)."""
+        return [tp.eps for tp in self.parts if start <= tp.block <= stop]
+
+    def num_trainable(self) -> int:
+        return sum(tp.eps.numel() for tp in self.parts)
+
+    def eps_state(self) -> dict[str, torch.Tensor]:
+        return {tp.key: tp.eps.detach().clone() for tp in self.parts}
+
+    def sigma_state(self) -> dict[str, torch.Tensor]:
+        """``<label>/sigma`` (σ) and ``<label>/delta`` (ε) per trainable part, for reports."""
+        out = {}
+        for tp in self.parts:
+            out[f"{tp.label}/sigma"] = tp.module.sigma(tp.part).detach().float().cpu().contiguous()
+            out[f"{tp.label}/delta"] = tp.eps.detach().float().cpu().contiguous()
+        return out
+
+    @torch.no_grad()
+    def load_eps_state(self, state: dict[str, torch.Tensor]) -> None:
+        keys = {tp.key for tp in self.parts}
+        if set(state) != keys:
+            missing, extra = sorted(keys - set(state))[:3], sorted(set(state) - keys)[:3]
+            raise ModelSpecError(f"ε state does not fit this model (missing {missing}, unexpected {extra}); was it made for another model?")
+        for tp in self.parts:
+            src = state[tp.key]
+            if src.shape != tp.eps.shape:
+                raise ModelSpecError(f"ε {tp.key} has shape {tuple(src.shape)}, expected {tuple(tp.eps.shape)}")
+            tp.eps.copy_(src.to(tp.eps.device, tp.eps.dtype))
+
+    # -- modes ----------------------------------------------------------------------------
+    def set_mode(self, mode: Mode) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        for m in self.modules:
+            m.mode = mode
+
+    @contextmanager
+    def mode(self, mode: Mode) -> Iterator[None]:
+        previous = self.modules[0].mode if self.modules else "fast"
+        self.set_mode(mode)
+        try:
+            yield
+        finally:
+            self.set_mode(previous)
+
+    # -- folding --------------------------------------------------------------------------
+    @torch.no_grad()
+    def fold(self) -> None:
+        """Write U·diag(σ+ε)·Vᵀ into the original Linears, put them back, restore requires_grad."""
+        if self._folded:
+            return
+        for parent, name, lin, stand_in in self._swapped:
+            stand_in.fold_into_original()
+            setattr(parent, name, lin)
+        for p, flag in self._requires_grad:
+            p.requires_grad_(flag)
+        self._folded = True
+
+    @property
+    def folded(self) -> bool:
+        return self._folded
+
+
+def attach(backbone: Backbone, factor_frozen: bool = False) -> SingularModel:
+    """σ-parametrise ``backbone`` in place (see :class:`SingularModel`)."""
+    return SingularModel(backbone, factor_frozen=factor_frozen)

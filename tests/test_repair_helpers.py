@@ -1,0 +1,96 @@
+"""Shared fixtures for the repair tests: a tiny timm ViT (3 blocks, d=48, 12×12 grid at 84 px)
+with a planted singular defect, and smooth random photos. No tests here."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMG, PATCH, DIM, DEPTH = 84, 7, 48, 3
+GRID = IMG // PATCH
+MARKERS = ((3, 4), (7, 8), (5, 9), (8, 3))
+IGNITE = 1  # the block whose MLP writes the defect direction u on marked tokens
+
+
+def tiny_backbone(seed: int = 0, depth: int = DEPTH):
+    """(backbone, directions): marked positions get a large u component from block ``IGNITE`` on.
+
+    As in ``planted:small``: a marker m in the positional embedding at a few positions, an MLP
+    neuron in block 1 that reads m and writes u, and u/m projected out of everything else, so
+    the first layer with defects is 1 and ν_i = u there.
+    """
+    import timm
+
+    from sinder.backbones.timm_loader import wrap_timm
+
+    torch.manual_seed(seed)
+    model = timm.create_model(
+        "vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=IMG, patch_size=PATCH,
+        embed_dim=DIM, depth=depth, num_heads=3, init_values=0.1, dynamic_img_size=True,
+    ).eval()  # fmt: skip
+    gen = torch.Generator().manual_seed(seed + 1)
+    basis = torch.randn(DIM, 2, generator=gen, dtype=torch.float64)
+    basis -= basis.mean(dim=0, keepdim=True)
+    q, _ = torch.linalg.qr(basis)
+    u, m = q[:, 0].float(), q[:, 1].float()
+    quiet = torch.stack([u, m])
+
+    def project_out(t: torch.Tensor, dim: int) -> None:
+        moved = t.movedim(dim, -1)
+        moved -= (moved @ quiet.T) @ quiet
+
+    with torch.no_grad():
+        model.cls_token.normal_(0.0, 0.5, generator=gen)
+        model.pos_embed.normal_(0.0, 0.3, generator=gen)
+        project_out(model.patch_embed.proj.weight, 0)
+        project_out(model.patch_embed.proj.bias, 0)
+        project_out(model.pos_embed, 2)
+        project_out(model.cls_token, 2)
+        for blk in model.blocks:
+            for lin in (blk.attn.proj, blk.mlp.fc2):
+                project_out(lin.weight, 0)
+                project_out(lin.bias, 0)
+        for r, c in MARKERS:
+            model.pos_embed[0, 1 + r * GRID + c] += 8.0 * m
+        fc1, fc2 = model.blocks[IGNITE].mlp.fc1, model.blocks[IGNITE].mlp.fc2
+        j = fc1.out_features - 1
+        fc1.weight[j] = 1.0 * m
+        fc1.bias[j] = -2.0
+        fc2.weight[:, j] = 40.0 * u
+    bb = wrap_timm(model, "timm:vit_small_patch14_dinov2")
+    bb.timm_name = "vit_small_patch14_dinov2"  # lets sinder.export re-create it
+    bb.timm_kwargs = dict(patch_size=PATCH, embed_dim=DIM, depth=depth, num_heads=3, init_values=0.1)
+    return bb, u.expand(depth, DIM).clone()
+
+
+def photos(n: int, seed: int = 0, size: int = IMG) -> list[Image.Image]:
+    """Smooth random RGB images (bicubic upsampled 8×8 noise)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        a = (rng.random((8, 8, 3)) * 255).astype(np.uint8)
+        out.append(Image.fromarray(a).resize((size, size), Image.BICUBIC))
+    return out
+
+
+def pixels(images, backbone) -> torch.Tensor:
+    from sinder.images import preprocess
+
+    return torch.stack([preprocess(im, IMG, PATCH, backbone.mean, backbone.std, square=True) for im in images])
+
+
+def single_thread():
+    """Context for tests: tiny models gain nothing from intra-op threads, and on a shared
+    2-core machine OpenMP spin-waiting makes them 10× slower."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(n)
+
+    return ctx()

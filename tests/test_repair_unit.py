@@ -1,0 +1,293 @@
+"""σ-parametrisation, folding, the neighbourhood loss, data order and config validation."""
+from __future__ import annotations
+
+import pytest
+import torch
+from test_repair_helpers import DEPTH, DIM, photos, pixels, single_thread, tiny_backbone
+from torch import nn
+
+from sinder.errors import ConfigError
+from sinder.repair import RepairConfig, attach
+from sinder.repair.data import ImageSet, SeededOrder, split_holdout
+from sinder.repair.loss import defect_mask, full_target, gaussian_kernel, neighbour_loss, neighbourhood_target
+from sinder.repair.singular import SingularLinear
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with single_thread():
+        yield
+
+
+def _randomise_eps(handle, scale=0.05, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in handle.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * scale)
+
+
+# -- trainable set ------------------------------------------------------------------------
+def test_trainable_set_is_exactly_v_proj_fc1_fc2_singular_values():
+    bb, _ = tiny_backbone()
+    before = {n: p.requires_grad for n, p in bb.model.named_parameters()}
+    handle = attach(bb)
+    trainable = {n: tuple(p.shape) for n, p in bb.model.named_parameters() if p.requires_grad}
+    expected = {}
+    for i in range(DEPTH):
+        expected[f"blocks.{i}.attn.qkv.eps_0"] = (DIM,)  # only the v rows of the fused qkv
+        expected[f"blocks.{i}.attn.proj.eps_0"] = (DIM,)
+        expected[f"blocks.{i}.mlp.fc1.eps_0"] = (DIM,)  # min(4D, D) singular values
+        expected[f"blocks.{i}.mlp.fc2.eps_0"] = (DIM,)
+    assert trainable == expected
+    assert sorted(tp.key for tp in handle.parts) == sorted(
+        f"blocks.{i}.{r}" for i in range(DEPTH) for r in ("v", "proj", "mlp_in", "mlp_out")
+    )
+    qkv = bb.model.blocks[0].attn.qkv
+    assert [(p.start, p.stop, p.key) for p in qkv.parts] == [(2 * DIM, 3 * DIM, "blocks.0.v")]
+    # norms, biases, layer scales, embeddings, tokens and the original weights are all frozen
+    frozen = [n for n, p in bb.model.named_parameters() if not p.requires_grad]
+    assert any("norm" in n for n in frozen) and any("ls1.gamma" in n for n in frozen)
+    assert "pos_embed" in frozen and "cls_token" in frozen and "blocks.0.attn.qkv.weight_orig" in frozen
+    assert handle.num_trainable() == DEPTH * 4 * DIM
+    handle.fold()
+    assert {n: p.requires_grad for n, p in bb.model.named_parameters()} == before
+
+
+# -- folding --------------------------------------------------------------------------------
+def test_fold_gives_u_diag_sigma_plus_eps_vt_and_original_modules():
+    bb, _ = tiny_backbone()
+    px = pixels(photos(2), bb)
+    keys = list(bb.model.state_dict().keys())
+    types = {n: type(m) for n, m in bb.model.named_modules()}
+    originals = {n: m for n, m in bb.model.named_modules() if isinstance(m, nn.Linear)}
+    handle = attach(bb)
+    _randomise_eps(handle)
+    expected = {}
+    for mod in handle.modules:
+        w = mod.weight_orig.detach().double().clone()
+        for part in mod.trainable_parts:
+            u, vt = mod.factors(part)
+            s = (mod.sigma(part) + mod.eps(part)).detach()
+            w[part.rows] = u.double() @ torch.diag(s.double()) @ vt.double()
+        expected[id(mod.original)] = w
+    with torch.no_grad():
+        unfolded = bb.model_forward(px)
+    handle.fold()
+    for mod_id, w in expected.items():
+        lin = next(m for m in originals.values() if id(m) == mod_id)
+        rel = (lin.weight.double() - w).norm() / w.norm()
+        assert rel <= 1e-5
+    assert list(bb.model.state_dict().keys()) == keys
+    assert {n: type(m) for n, m in bb.model.named_modules()} == types
+    assert all(bb.model.get_submodule(n) is m for n, m in originals.items())  # the very same objects
+    assert not any(isinstance(m, SingularLinear) for m in bb.model.modules())
+    with torch.no_grad():
+        folded = bb.model_forward(px)
+    assert (folded - unfolded).abs().max() <= 1e-4 * unfolded.abs().max()
+
+
+def test_parametrised_model_computes_the_original_function_at_eps_zero():
+    bb, _ = tiny_backbone()
+    px = pixels(photos(2), bb)
+    with torch.no_grad():
+        ref = bb.model_forward(px)
+    handle = attach(bb, factor_frozen=True)
+    with torch.no_grad():
+        for mode in ("fast", "reference", "original"):
+            with handle.mode(mode):
+                out = bb.model_forward(px)
+            assert (out - ref).abs().max() <= 1e-5 * ref.abs().max(), mode
+
+
+def test_factored_cached_and_reference_forms_agree_in_value_and_gradient():
+    bb, _ = tiny_backbone()
+    handle = attach(bb, factor_frozen=True)
+    _randomise_eps(handle)
+    lin = bb.model.blocks[1].attn.qkv
+    x = torch.randn(2, 10, DIM)
+    results = {}
+    for form in ("factored", "cached", "reference"):
+        handle.set_mode("reference" if form == "reference" else "fast")
+        for p in handle.parameters():
+            p.grad = None
+        y = lin._factored(x) if form == "factored" else nn.functional.linear(x, lin.weight, lin.bias)
+        (y * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
+        results[form] = (y.detach(), lin.eps(lin.trainable_parts[0]).grad.clone())
+    handle.set_mode("fast")
+    proj = bb.model.blocks[1].attn.proj  # square: three matmuls cost 2× a plain one per token
+    assert proj._factored_is_cheaper(torch.zeros(1, 10, DIM))
+    assert not proj._factored_is_cheaper(torch.zeros(1, 1000, DIM))  # many tokens: rebuild the weight once
+    y0, g0 = results["reference"]
+    for form in ("factored", "cached"):
+        y, g = results[form]
+        assert (y - y0).abs().max() <= 1e-5 * y0.abs().max()
+        assert (g - g0).abs().max() <= 1e-4 * g0.abs().max()
+
+
+def test_cached_weight_is_rebuilt_when_eps_changes():
+    bb, _ = tiny_backbone()
+    attach(bb)
+    lin = bb.model.blocks[0].mlp.fc2
+    w0 = lin.folded_weight().clone()
+    with torch.no_grad():
+        lin.eps(lin.trainable_parts[0]).add_(0.1)
+    w1 = lin.folded_weight()
+    u, vt = lin.factors(lin.trainable_parts[0])
+    assert torch.allclose(w1 - w0, 0.1 * u @ vt, atol=1e-5)
+
+
+# -- loss and target --------------------------------------------------------------------
+def test_spike_in_constant_field_target_and_loss_are_known():
+    d, h, w = 4, 7, 7
+    c = torch.tensor([0.0, 1.0, 0.0, 0.0]) * 2.0  # the field: orthogonal to ν, |cos| = 0
+    nu = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    s = torch.tensor([3.0, 4.0, 0.0, 0.0])  # the spike: |cos(s, ν)| = 0.6
+    grid = c.expand(1, h, w, d).clone()
+    grid[0, 3, 3] = s
+    tau = 0.1
+    # centre weight exp(-0.6/τ)·4/16 against neighbours exp(0)·12/16 (after renormalisation)
+    wc = torch.exp(torch.tensor(-0.6 / tau)) * 4 / 16
+    wn = 12 / 16
+    t_expected = (wn * c + wc * s) / (wn + wc)
+    target = full_target(grid, nu, kernel=3, tau=tau)  # interior positions 1..5
+    assert torch.allclose(target[0, 2, 2], t_expected, atol=1e-6)
+    assert torch.allclose(target[0, 0, 0], c, atol=1e-6)  # a window without the spike: the field itself
+    # a neighbour of the spike: the spike is one of 9 with weight exp(-6)·1/16 or 2/16
+    mask = torch.zeros(1, h, w, dtype=torch.bool)
+    mask[0, 3, 3] = True
+    loss = neighbour_loss(grid.clone().requires_grad_(True), nu, mask, kernel=3, tau=tau)
+    alpha = (24 * c.norm() + s.norm()) / 25  # mean norm of the 5×5 interior
+    assert torch.allclose(loss, ((s - t_expected).norm() / alpha)[None], atol=1e-6)
+    # the 5×5 kernel on a 7×7 field: same structure, centre weight 41/273
+    grid5 = c.expand(1, 7, 7, d).clone()
+    grid5[0, 3, 3] = s
+    wc5 = torch.exp(torch.tensor(-0.6 / tau)) * 41 / 273
+    t5 = ((1 - 41 / 273) * c + wc5 * s) / ((1 - 41 / 273) + wc5)
+    assert torch.allclose(full_target(grid5, nu, kernel=5, tau=tau)[0, 1, 1], t5, atol=1e-6)
+
+
+def test_loss_gradient_moves_only_defects_toward_target():
+    grid = torch.randn(2, 6, 6, 64)
+    nu = torch.randn(64)
+    grid[0, 2, 3] += 20 * nu / nu.norm()
+    mask = defect_mask(-(torch.nn.functional.normalize(grid, dim=-1) @ (nu / nu.norm())).abs(), 3.0, 1)
+    assert mask[0, 2, 3] and mask.sum() >= 1
+    x = grid.clone().requires_grad_(True)
+    loss = neighbour_loss(x, nu, mask)
+    loss.sum().backward()
+    assert loss[1] == 0 or mask[1].any()
+    moved = x.grad.abs().sum(-1) > 0
+    assert torch.equal(moved, mask)  # the target and the normaliser carry no gradient
+
+
+def test_defect_mask_uses_whole_grid_statistics_and_excludes_border():
+    logits = torch.zeros(1, 7, 7)
+    logits[0, 3, 3] = -1.0
+    logits[0, 0, 0] = -1.0  # a border outlier: counted in the statistics, never a defect
+    m = defect_mask(logits, 3.0, border=1)
+    assert m.sum() == 1 and m[0, 3, 3]
+    flat = logits.flatten()
+    assert flat.mean() - 3.0 * flat.std() > -1.0  # whole-grid statistics (as the reference)
+    assert defect_mask(logits, 3.0, border=3)[0, 3, 3]  # border 3 leaves only the centre
+    assert not defect_mask(logits, 3.0, border=4).any()
+    k3, k5 = gaussian_kernel(3), gaussian_kernel(5)
+    assert torch.allclose(k3, torch.tensor([1.0, 2, 1])[:, None] * torch.tensor([1.0, 2, 1]) / 16)
+    assert abs(float(k5.sum()) - 1.0) < 1e-6 and float(k5[2, 2]) == pytest.approx(41 / 273)
+
+
+def test_target_ignores_defect_like_neighbours():
+    """A neighbour aligned with ν gets a small weight: the target stays close to the clean tokens."""
+    c = torch.tensor([0.0, 1.0, 0.0])
+    nu = torch.tensor([1.0, 0.0, 0.0])
+    grid = c.expand(1, 3, 3, 3).clone()
+    grid[0, 0, 1] = torch.tensor([5.0, 0.1, 0.0])  # a second defect in the window
+    logits = -(torch.nn.functional.normalize(grid, dim=-1) @ nu).abs()
+    t = neighbourhood_target(grid, logits, torch.tensor([[0, 1, 1]]), 3, 0.1)[0]
+    assert (t - c).norm() < 0.01 * 5.0
+
+
+# -- data -----------------------------------------------------------------------------------
+def test_seeded_order_is_a_permutation_per_epoch_and_reproducible():
+    order = SeededOrder(7, seed=3)
+    first = [order(p) for p in range(14)]
+    assert sorted(first[:7]) == list(range(7)) and sorted(first[7:]) == list(range(7))
+    assert first[:7] != first[7:]
+    again = SeededOrder(7, seed=3)
+    assert [again(p) for p in range(10, 14)] == first[10:14]  # random access = sequential
+    assert [SeededOrder(7, seed=4)(p) for p in range(7)] != first[:7]
+
+
+def test_image_set_skips_bad_files_and_subsamples(tmp_path):
+    for i, im in enumerate(photos(5)):
+        im.save(tmp_path / f"img{i}.png")
+    (tmp_path / "sub").mkdir()
+    photos(1, seed=3)[0].save(tmp_path / "sub" / "deep.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    bb, _ = tiny_backbone()
+    data = ImageSet.from_inputs([tmp_path], bb, 84)
+    assert len(data) == 7
+    loaded = [data.load(i) for i in range(len(data))]
+    assert sum(x is None for x in loaded) == 1 and len(data.skipped) == 1
+    assert all(x.shape == (3, 84, 84) for x in loaded if x is not None)
+    assert len(ImageSet.from_inputs([tmp_path], bb, 84, limit=3)) == 3
+    mem = ImageSet.from_inputs(photos(2), bb, 56)
+    assert mem.load(0).shape == (3, 56, 56) and mem.digest() != data.digest()
+    train, held = split_holdout(list(range(20)), 4)
+    assert len(held) == 4 and not set(train) & set(held) and len(train) == 16
+
+
+# -- config ---------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(kernel=4), dict(lr=0), dict(momentum=1.0), dict(impl="reference", batch_size=2), dict(stop_skip_ratio=0),
+     dict(save_at_skip=(1.5,)), dict(resume=True, overwrite=True), dict(limit_layers=0), dict(impl="quick")],
+)  # fmt: skip
+def test_config_rejects_bad_values(kwargs):
+    with pytest.raises(ConfigError):
+        RepairConfig(**kwargs)
+
+
+def test_config_round_trips_through_dict():
+    cfg = RepairConfig(max_steps=7, save_at_skip=(0.5, 0.75), kernel=5)
+    assert RepairConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError):
+        RepairConfig.from_dict({"nope": 1})
+
+
+# -- every backbone family ------------------------------------------------------------------
+def _family_cases():
+    try:
+        from test_backbones import HF_CASES, TIMM_CASES
+    except ImportError:  # the backbone tests own these tiny builders
+        return []
+    return list(TIMM_CASES) + list(HF_CASES)
+
+
+@pytest.mark.parametrize("case", _family_cases())
+def test_every_family_parametrises_trains_and_folds(case):
+    from test_backbones import make
+    from test_backbones import pixels as family_pixels
+
+    bb = make(case)
+    px = family_pixels(bb)
+    with torch.no_grad():
+        ref = bb.model_forward(px)
+    keys, types = list(bb.model.state_dict()), [type(m) for m in bb.model.modules()]
+    handle = attach(bb, factor_frozen=True)
+    roles = sorted(tp.key.split(".", 2)[2] for tp in handle.parts if tp.block == 0)
+    assert roles in (["mlp_in", "mlp_out", "proj", "v"], ["mlp_in.0", "mlp_in.1", "mlp_out", "proj", "v"])
+    for mode in ("fast", "reference", "original"):
+        with handle.mode(mode), torch.no_grad():
+            assert (bb.model_forward(px) - ref).abs().max() <= 1e-5 * ref.abs().max(), mode
+    _randomise_eps(handle)
+    with torch.enable_grad():
+        bb.model_forward(px).square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in handle.parameters())
+    with torch.no_grad():
+        fast = bb.model_forward(px)
+        with handle.mode("reference"):
+            assert (bb.model_forward(px) - fast).abs().max() <= 1e-5 * fast.abs().max()
+    handle.fold()
+    with torch.no_grad():
+        assert (bb.model_forward(px) - fast).abs().max() <= 1e-5 * fast.abs().max()
+    assert list(bb.model.state_dict()) == keys and [type(m) for m in bb.model.modules()] == types
