@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from ..errors import ModelSpecError
-from .base import Backbone, TokenContext
-from .timm_vit import timm_mlp_view
+from .base import TokenContext
+from .timm_vit import TimmBackbone, timm_mlp_view
 from .view import BlockView, LinearSlice
 
 
@@ -28,9 +28,7 @@ def _eval_mode_call(module: nn.Module | None, fn):
         module.train()
 
 
-class TimmEvaBackbone(Backbone):
-    family = "timm"
-
+class TimmEvaBackbone(TimmBackbone):
     def __init__(self, model: nn.Module, spec: str, family: str = "timm") -> None:
         from timm.models.eva import Eva, EvaAttention, EvaBlock
 
@@ -48,21 +46,7 @@ class TimmEvaBackbone(Backbone):
                 raise ModelSpecError(f"{spec}: attention with an inner norm or a gate is not supported by the linear theory")
         if model.pos_embed is None and model.rope is None:
             raise ModelSpecError(f"{spec}: model has neither absolute nor rotary position embeddings")
-        self.model = model
-        self.spec = spec
-        self.family = family
-        self.patch_size = model.patch_embed.patch_size[0]
-        self.num_prefix_tokens = model.num_prefix_tokens
-        self.embed_dim = model.embed_dim
-        self.depth = len(model.blocks)
-        self.image_size = model.patch_embed.img_size[0]
-        self.has_cls_token = model.cls_token is not None
-        cfg = getattr(model, "pretrained_cfg", None) or {}
-        self.mean = tuple(cfg.get("mean", self.mean))
-        self.std = tuple(cfg.get("std", self.std))
-
-    def blocks(self) -> list[nn.Module]:
-        return list(self.model.blocks)
+        super().__init__(model, spec, family)
 
     def block_view(self, index: int) -> BlockView:
         blk = self.model.blocks[index]
@@ -123,8 +107,3 @@ class TimmEvaBackbone(Backbone):
         k = torch.cat([k[:, :, :npt], apply_rot_embed_cat(k[:, :, npt:], rope, half=half)], dim=2)
         return q, k
 
-    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.norm(x)
-
-    def model_forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(pixels)

@@ -52,19 +52,12 @@ def layer_scale_gamma(ls: nn.Module | None) -> torch.Tensor | None:
     return getattr(ls, "gamma", None) if ls is not None else None
 
 
-class TimmViTBackbone(Backbone):
+class TimmBackbone(Backbone):
+    """What timm's ViT-like models share: attribute names, block list, final norm and forward."""
+
     family = "timm"
 
     def __init__(self, model: nn.Module, spec: str, family: str = "timm") -> None:
-        from timm.models.vision_transformer import Block, VisionTransformer
-
-        if not isinstance(model, VisionTransformer):
-            raise ModelSpecError(f"{spec}: expected a timm VisionTransformer, got {type(model).__name__}")
-        for i, blk in enumerate(model.blocks):
-            if type(blk) is not Block:
-                raise ModelSpecError(f"{spec}: block {i} is {type(blk).__name__}; only pre-norm timm Blocks are supported")
-            if not isinstance(blk.attn.norm, nn.Identity):
-                raise ModelSpecError(f"{spec}: attention with an inner norm (scale_attn_norm) is not supported")
         self.model = model
         self.spec = spec
         self.family = family
@@ -80,6 +73,27 @@ class TimmViTBackbone(Backbone):
 
     def blocks(self) -> list[nn.Module]:
         return list(self.model.blocks)
+
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.norm(x)
+
+    def model_forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(pixels)
+
+
+class TimmViTBackbone(TimmBackbone):
+
+    def __init__(self, model: nn.Module, spec: str, family: str = "timm") -> None:
+        from timm.models.vision_transformer import Block, VisionTransformer
+
+        if not isinstance(model, VisionTransformer):
+            raise ModelSpecError(f"{spec}: expected a timm VisionTransformer, got {type(model).__name__}")
+        for i, blk in enumerate(model.blocks):
+            if type(blk) is not Block:
+                raise ModelSpecError(f"{spec}: block {i} is {type(blk).__name__}; only pre-norm timm Blocks are supported")
+            if not isinstance(blk.attn.norm, nn.Identity):
+                raise ModelSpecError(f"{spec}: attention with an inner norm (scale_attn_norm) is not supported")
+        super().__init__(model, spec, family)
 
     def block_view(self, index: int) -> BlockView:
         blk = self.model.blocks[index]
@@ -118,9 +132,3 @@ class TimmViTBackbone(Backbone):
 
     def run_block(self, index: int, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
         return self.model.blocks[index](x)
-
-    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.norm(x)
-
-    def model_forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model.forward_features(pixels)

@@ -43,6 +43,19 @@ def image_files(folder: Path, recursive: bool = False) -> list[Path]:
 # -- knn ---------------------------------------------------------------------------------
 
 
+def pair_by_stem(img_dir: Path, side_dir: Path, suffix: str, reason: str) -> tuple[list[Path], list[Path], list[dict]]:
+    """Images of ``img_dir`` with the ``side_dir`` file of the same stem; the others as skips."""
+    sides = {p.stem: p for p in side_dir.iterdir() if p.is_file() and p.suffix.lower() == suffix}
+    images, paired, skipped = [], [], []
+    for p in image_files(img_dir):
+        if p.stem in sides:
+            images.append(p)
+            paired.append(sides[p.stem])
+        else:
+            skipped.append({"path": str(p), "reason": reason.format(stem=p.stem)})
+    return images, paired, skipped
+
+
 @dataclass
 class LabelledImages:
     paths: list[Path]
@@ -95,14 +108,7 @@ def seg_layout(root: Path, task: str, splits: tuple[str, ...]) -> dict[str, SegS
         img_dir, mask_dir = root / split / "images", root / split / "masks"
         if not img_dir.is_dir() or not mask_dir.is_dir():
             raise layout_error(task, root, f"no {split}/images/ and {split}/masks/ folders")
-        masks = {p.stem: p for p in mask_dir.iterdir() if p.is_file() and p.suffix.lower() == ".png"}
-        s = SegSplit([], [])
-        for p in image_files(img_dir):
-            if p.stem in masks:
-                s.images.append(p)
-                s.masks.append(masks[p.stem])
-            else:
-                s.skipped.append({"path": str(p), "reason": f"no mask {split}/masks/{p.stem}.png"})
+        s = SegSplit(*pair_by_stem(img_dir, mask_dir, ".png", f"no mask {split}/masks/{{stem}}.png"))
         if not s.images:
             raise layout_error(task, root, f"{split}/ has no image with a matching mask")
         out[split] = s
@@ -169,14 +175,7 @@ def lost_layout(root: Path) -> BoxData:
     img_dir, ann_dir = root / "images", root / "annotations"
     if not img_dir.is_dir() or not ann_dir.is_dir():
         raise layout_error("lost", root, "no images/ and annotations/ folders")
-    anns = {p.stem: p for p in ann_dir.iterdir() if p.is_file() and p.suffix.lower() == ".xml"}
-    data = BoxData([], [])
-    for p in image_files(img_dir):
-        if p.stem in anns:
-            data.images.append(p)
-            data.annotations.append(anns[p.stem])
-        else:
-            data.skipped.append({"path": str(p), "reason": f"no annotation annotations/{p.stem}.xml"})
+    data = BoxData(*pair_by_stem(img_dir, ann_dir, ".xml", "no annotation annotations/{stem}.xml"))
     if not data.images:
         raise layout_error("lost", root, "no image has a matching annotation")
     return data
