@@ -63,3 +63,32 @@ def test_two_gloo_ranks_agree_and_match_one_process_with_the_same_global_batch(t
     single = repair(bb, photos(6), _config(2), directions=dirs)
     for k, v in single.epsilon.items():
         assert (v - eps[0][k]).abs().max() <= 1e-5 * max(v.abs().max().item(), 1e-8), k
+
+
+def test_resume_refuses_a_checkpoint_that_only_some_ranks_can_see(tmp_path):
+    """Only rank 0 writes checkpoints: without a shared --out another rank would start from scratch
+    and the ranks would diverge (then hang in a collective). All ranks must decide alike."""
+    from sinder.errors import ConfigError
+    from sinder.repair.api import _resume_from
+    from sinder.repair.distributed import DistContext
+
+    class OtherRank(DistContext):
+        """Rank 0 of two; the other rank's contributions to the next all-reduces are scripted."""
+
+        def __init__(self, sees_checkpoint: bool) -> None:
+            super().__init__(rank=0, world_size=2)
+            self.script = [0.0, 1.0] if sees_checkpoint else [1.0, 0.0]  # agree(found), agree(not found)
+
+        def all_reduce_sum(self, t):
+            return t + self.script.pop(0)
+
+    ckpt = tmp_path / "checkpoint.safetensors"
+    ckpt.write_bytes(b"")
+    cfg = RepairConfig(resume=True)
+    assert _resume_from(ckpt, cfg, OtherRank(sees_checkpoint=True)) is True
+    with pytest.raises(ConfigError):
+        _resume_from(ckpt, cfg, OtherRank(sees_checkpoint=False))
+    ckpt.unlink()  # seen by no rank (the other one scripted as seeing it): also refused
+    with pytest.raises(ConfigError):
+        _resume_from(ckpt, cfg, OtherRank(sees_checkpoint=True))
+    assert _resume_from(ckpt, cfg, DistContext()) is False and _resume_from(None, cfg, DistContext()) is False

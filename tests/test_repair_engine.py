@@ -55,6 +55,33 @@ def test_batched_fast_step_is_the_mean_of_reference_steps():
         assert (batched[k] - mean).abs().max() <= 1e-5 * max(mean.abs().max().item(), 1e-8)
 
 
+def test_images_with_different_defect_layers_each_train_their_own_window():
+    """Images whose first qualifying layers differ: the fast groups (one and two pass) and the
+    reference loop over the same batch all give the mean of the single-image reference steps."""
+    depth = 4
+    bb, u = tiny_backbone(depth=depth)
+    px = pixels(photos(3, seed=11), bb)
+    dirs = torch.randn(depth, u.shape[1], generator=torch.Generator().manual_seed(0))
+    kw = {"mask_thr": 2.5, "limit_layers": 1, "lr": 1.0, "progress": False}
+
+    def step(impl, batch, **extra):
+        b, _ = tiny_backbone(depth=depth)
+        handle = attach(b, factor_frozen=impl == "reference")
+        res = Trainer(b, handle, dirs, RepairConfig(impl=impl, **kw, **extra)).step(batch)
+        return handle.eps_state(), res
+
+    singles = [step("reference", px[i : i + 1]) for i in range(3)]
+    layers = [r.image_layers[0] for _, r in singles]
+    assert len(set(layers)) == 3 and -1 not in layers  # three different windows
+    mean = {k: sum(e[k] for e, _ in singles) / 3 for k in singles[0][0]}
+    scale = max(v.abs().max().item() for v in mean.values())
+    assert scale > 1e-5
+    for impl, extra in (("reference", {}), ("fast", {"one_pass": True}), ("fast", {"one_pass": False})):
+        eps, res = step(impl, px, **extra)
+        assert res.image_layers == layers and res.contributing == 3, (impl, extra)
+        assert max((eps[k] - mean[k]).abs().max().item() for k in mean) <= 1e-4 * scale, (impl, extra)
+
+
 def _run(out, steps, **kw):
     bb, dirs = tiny_backbone()
     cfg = RepairConfig(max_steps=steps, progress=False, export=False, checkpoint_every=kw.pop("checkpoint_every", 2), **kw)
@@ -166,6 +193,13 @@ def test_repair_removes_the_planted_defects_and_keeps_features(tmp_path):
     assert len(entries) == 4 * 3 and (IGNITE, "attn.qkv[96:144]") in entries and (IGNITE, "mlp.fc2") in entries
     delta = entries[(IGNITE, "mlp.fc1")].delta
     assert torch.equal(torch.from_numpy(delta).float(), res.epsilon[f"blocks.{IGNITE}.mlp_in"])
+
+
+def test_num_eval_max_zero_means_no_held_out_metrics():
+    bb, dirs = tiny_backbone()
+    cfg = RepairConfig(max_steps=1, progress=False, num_eval_max=0)
+    res = repair(bb, photos(2), cfg, eval_images=photos(1, seed=9), directions=dirs)  # was a ZeroDivisionError
+    assert res.summary["metrics"] is None and res.summary["num_eval_images"] == 0 and res.steps == 1
 
 
 def test_gram_anchor_is_zero_at_start_and_training_runs():

@@ -6,7 +6,7 @@ import torch
 from test_repair_helpers import DEPTH, DIM, photos, pixels, single_thread, tiny_backbone
 from torch import nn
 
-from sinder.errors import ConfigError
+from sinder.errors import ConfigError, ModelSpecError
 from sinder.repair import RepairConfig, attach
 from sinder.repair.data import ImageSet, SeededOrder, split_holdout
 from sinder.repair.loss import defect_mask, full_target, gaussian_kernel, neighbour_loss, neighbourhood_target
@@ -51,6 +51,53 @@ def test_trainable_set_is_exactly_v_proj_fc1_fc2_singular_values():
     assert handle.num_trainable() == DEPTH * 4 * DIM
     handle.fold()
     assert {n: p.requires_grad for n, p in bb.model.named_parameters()} == before
+
+
+def test_fused_gated_mlp_input_is_one_svd_like_the_reference_w12():
+    """timm GluMlp / official w12 keep [gate; value] in one Linear: one U·diag(σ+ε)·Vᵀ over all its rows."""
+    from test_backbones import make
+
+    bb = make("dinov2_giant_swiglu")
+    fc1 = bb.model.blocks[0].mlp.fc1
+    w = fc1.weight.detach().double().clone()
+    handle = attach(bb)
+    stand_in = bb.model.blocks[0].mlp.fc1
+    assert [(p.start, p.stop, p.key) for p in stand_in.trainable_parts] == [(0, w.shape[0], "blocks.0.mlp_in")]
+    part = stand_in.trainable_parts[0]
+    assert torch.allclose(stand_in.sigma(part).double(), torch.linalg.svdvals(w), rtol=1e-5)
+    assert stand_in.eps(part).shape == (min(w.shape),)
+    assert {tp.key.split(".", 2)[2] for tp in handle.parts if tp.block == 0} == {"v", "proj", "mlp_in", "mlp_out"}
+    _randomise_eps(handle)
+    u, vt = stand_in.factors(part)
+    expected = u.double() @ torch.diag((stand_in.sigma(part) + stand_in.eps(part)).detach().double()) @ vt.double()
+    handle.fold()
+    assert (fc1.weight.double() - expected).norm() / expected.norm() <= 1e-5
+
+
+def test_failed_attach_leaves_the_model_as_it_was():
+    class NotLinear(nn.Module):  # a wrapped/quantised layer the parametrisation cannot handle
+        def __init__(self, lin: nn.Linear) -> None:
+            super().__init__()
+            self.weight, self.bias = lin.weight, lin.bias
+            self.in_features, self.out_features = lin.in_features, lin.out_features
+
+        def forward(self, x):
+            return nn.functional.linear(x, self.weight, self.bias)
+
+    bb, _ = tiny_backbone()
+    bb.model.blocks[DEPTH - 1].mlp.fc2 = NotLinear(bb.model.blocks[DEPTH - 1].mlp.fc2)
+    px = pixels(photos(1), bb)
+    with torch.no_grad():
+        ref = bb.model_forward(px)
+    state = {k: v.clone() for k, v in bb.model.state_dict().items()}
+    flags = {n: p.requires_grad for n, p in bb.model.named_parameters()}
+    with pytest.raises(ModelSpecError):
+        attach(bb)
+    assert not any(isinstance(m, SingularLinear) for m in bb.model.modules())  # blocks 0..1 were swapped back
+    assert {n: p.requires_grad for n, p in bb.model.named_parameters()} == flags
+    assert all(torch.equal(v, state[k]) for k, v in bb.model.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(bb.model_forward(px), ref)
 
 
 # -- folding --------------------------------------------------------------------------------
@@ -178,6 +225,12 @@ def test_loss_gradient_moves_only_defects_toward_target():
     assert loss[1] == 0 or mask[1].any()
     moved = x.grad.abs().sum(-1) > 0
     assert torch.equal(moved, mask)  # the target and the normaliser carry no gradient
+    # d‖x − T‖/dx = (x − T)/‖x − T‖: a descent step moves the defect straight toward its target
+    pos = mask.nonzero()
+    logits = -(torch.nn.functional.normalize(grid, dim=-1) @ (nu / nu.norm())).abs()
+    toward = neighbourhood_target(grid, logits, pos) - grid[pos[:, 0], pos[:, 1], pos[:, 2]]
+    step = -x.grad[pos[:, 0], pos[:, 1], pos[:, 2]]
+    assert torch.nn.functional.cosine_similarity(step, toward, dim=-1).min() > 1 - 1e-5
 
 
 def test_defect_mask_uses_whole_grid_statistics_and_excludes_border():
@@ -188,6 +241,11 @@ def test_defect_mask_uses_whole_grid_statistics_and_excludes_border():
     assert m.sum() == 1 and m[0, 3, 3]
     flat = logits.flatten()
     assert flat.mean() - 3.0 * flat.std() > -1.0  # whole-grid statistics (as the reference)
+    # five border outliers raise σ of the whole grid: the centre is no longer a defect, although
+    # interior-only statistics (mean -0.04, std 0.2) would still flag it
+    crowded = logits.clone()
+    crowded[0, 0, 1:5] = -1.0
+    assert not defect_mask(crowded, 3.0, border=1).any()
     assert defect_mask(logits, 3.0, border=3)[0, 3, 3]  # border 3 leaves only the centre
     assert not defect_mask(logits, 3.0, border=4).any()
     k3, k5 = gaussian_kernel(3), gaussian_kernel(5)
@@ -204,6 +262,16 @@ def test_target_ignores_defect_like_neighbours():
     logits = -(torch.nn.functional.normalize(grid, dim=-1) @ nu).abs()
     t = neighbourhood_target(grid, logits, torch.tensor([[0, 1, 1]]), 3, 0.1)[0]
     assert (t - c).norm() < 0.01 * 5.0
+
+
+def test_target_is_finite_for_small_tau_when_the_whole_window_is_defect_like():
+    """exp(−1/τ) underflows to 0 for τ = 1e-3; the normalised weights must still be the Gaussian kernel."""
+    nu = torch.tensor([1.0, 0.0, 0.0])
+    grid = (torch.arange(1.0, 10.0).reshape(1, 3, 3, 1) * nu).clone()  # every token ∥ ν: all logits −1
+    logits = -(torch.nn.functional.normalize(grid, dim=-1) @ nu).abs()
+    t = neighbourhood_target(grid, logits, torch.tensor([[0, 1, 1]]), 3, 1e-3)[0]
+    expected = (gaussian_kernel(3).flatten()[:, None] * grid[0].reshape(9, 3)).sum(0)
+    assert torch.allclose(t, expected, atol=1e-6)
 
 
 # -- data -----------------------------------------------------------------------------------

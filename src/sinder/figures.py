@@ -73,7 +73,7 @@ def angle_violins(distributions: dict, depth: int, title: str = "Angle between t
     fig, ax = plt.subplots(figsize=(max(6, 0.7 * depth + 2), 4))
     pos = np.arange(depth)
     violin(ax, [distributions[f"angles_{i}"] for i in range(depth)], pos - 0.2, "tab:red", "to ν_i (theory)", 0.4)
-    if f"angles_random_0" in distributions:
+    if "angles_random_0" in distributions:
         violin(ax, [distributions[f"angles_random_{i}"] for i in range(depth)], pos + 0.2, "tab:gray", "to a random direction (control)", 0.4)
     ax.set_xticks(pos)
     ax.set_ylim(0, 90)

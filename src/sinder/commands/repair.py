@@ -132,8 +132,9 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(rank_device(dist, args.device))
         backbone = load_backbone(args.model, args.weights, random_init=args.random_init, device=device)
         analysable = [item for item in eval_items if isinstance(item, (str, os.PathLike))]
-        if dist.is_main and analysable and not args.no_analysis:
-            # Maps and per-layer curves before/after on the held-out images, for `sinder report`.
+        if dist.world_size == 1 and analysable and not args.no_analysis:
+            # Maps and per-layer curves before/after on the held-out images, for `sinder report`
+            # (single process only: other ranks would wait in collectives meanwhile).
             def run_repair(directions):
                 return repair(backbone, train_items, config, eval_items, out_dir=out, dist=dist, directions=directions)
 

@@ -203,7 +203,8 @@ def repair(
     train = ImageSet.from_inputs(train_images, backbone, config.resolution, limit=config.num_train_max)
     if len(train) == 0:
         raise ImageError("no training images found; pass image files, folders or PIL images")
-    held_out = ImageSet.from_inputs(eval_images, backbone, config.resolution, limit=config.num_eval_max) if eval_images else None
+    use_eval = eval_images and config.num_eval_max > 0  # 0: no held-out metrics
+    held_out = ImageSet.from_inputs(eval_images, backbone, config.resolution, limit=config.num_eval_max) if use_eval else None
     dirs = _directions(backbone, config, directions, dist)
 
     handle = attach(backbone, factor_frozen=config.impl == "reference")
@@ -242,7 +243,7 @@ def _run(
     meta = {"signature": config.training_signature(), "data_digest": train.digest(), "model": backbone.spec}
     ckpt = out / CHECKPOINT if out is not None else None
     resumed = False
-    if config.resume and ckpt is not None and ckpt.exists():
+    if _resume_from(ckpt, config, dist):
         eps, momentum, state, info = load_checkpoint(ckpt)
         check_compatible(info, meta["signature"], meta["data_digest"])
         handle.load_eps_state(eps)
@@ -389,6 +390,15 @@ def _run(
         written.append(write_json(out / "summary.json", summary))
     dist.barrier()
     return RepairResult(backbone, config, summary, epsilon, logger.rows, out, weights_path, written)
+
+
+def _resume_from(ckpt: Path | None, config: RepairConfig, dist: DistContext) -> bool:
+    """Whether to load ``ckpt``; every rank must decide alike (only rank 0 writes checkpoints)."""
+    found = bool(config.resume and ckpt is not None and ckpt.exists())
+    everywhere, nowhere = dist.agree(found), dist.agree(not found)
+    if not (everywhere or nowhere):
+        raise ConfigError(f"--resume: {ckpt} is visible on some ranks only; put --out on a filesystem shared by all ranks")
+    return found
 
 
 def _write_sigma(path: Path, tensors: dict[str, torch.Tensor]) -> Path:

@@ -182,10 +182,16 @@ class Trainer:
                     bad = True
                     continue
                 loss_sum += float(loss.detach())
+                earlier = [p.grad for p in self.params]  # other images' gradients: not this window's to drop
+                for p in self.params:
+                    p.grad = None
                 loss.backward()
                 start, _ = self.window(layer)
                 for p in self.handle.block_parameters(0, start - 1):
                     p.grad = None  # the reference drops gradients outside the window
+                for p, g in zip(self.params, earlier):
+                    if g is not None:
+                        p.grad = g if p.grad is None else p.grad + g
         finally:
             self.handle.set_mode("fast")
         return bad, loss_sum

@@ -52,8 +52,7 @@ def neighbourhood_target(
     """Targets (n, D) at ``positions`` (n, 3) = (image, row, col), each at least k//2 from the border."""
     dy, dx = window_offsets(kernel, grid.device)
     b, y, x = positions[:, 0:1], positions[:, 1:2] + dy, positions[:, 2:3] + dx  # (n, k²)
-    w = torch.exp(logits[b, y, x] / tau)
-    w = w / w.sum(dim=1, keepdim=True)
+    w = torch.softmax(logits[b, y, x] / tau, dim=1)  # = exp(l/τ) normalised, without underflow for small τ
     w = w * gaussian_kernel(kernel, grid.device).flatten()
     w = w / w.sum(dim=1, keepdim=True)
     neighbours = grid.detach()[b, y, x].float()  # (n, k², D)

@@ -2,7 +2,8 @@
 
 Every ``nn.Linear`` a block view names is factorised per row slice, W = U·diag(σ)·Vᵀ (SVD in
 float64, stored in the model dtype), with U, V frozen and an additive correction ε (init 0)
-to σ as the only trainable tensor. q and k never train (in a fused qkv only the v rows do).
+to σ as the only trainable tensor. q and k never train (in a fused qkv only the v rows do);
+a gated MLP input fused in one Linear ([gate; value]) is one SVD, as the reference does for w12.
 
 The Linear is replaced in its parent by a :class:`SingularLinear` stand-in, so the model's own
 block code runs unchanged; the stand-in exposes ``weight``/``bias``/``in_features`` for code
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import contextmanager
+from itertools import pairwise
 from dataclasses import dataclass
 from typing import Iterator, Literal
 
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backbones.base import Backbone
+from ..backbones.view import LinearSlice
 from ..errors import ModelSpecError
 
 log = logging.getLogger(__name__)
@@ -244,6 +247,16 @@ class TrainablePart:
         return self.module.eps(self.part)
 
 
+def _fuse(slices: tuple[LinearSlice, ...]) -> tuple[LinearSlice, ...]:
+    """A gated MLP input fused in one Linear (timm GluMlp, official ``w12``) is one matrix: one SVD, as the reference."""
+    if len(slices) < 2 or len({id(s.module) for s in slices}) != 1:
+        return slices
+    rows = sorted((s.rows.start, s.rows.stop) for s in slices)
+    if any(a[1] != b[0] for a, b in pairwise(rows)):
+        return slices
+    return (LinearSlice(slices[0].module, slices[0].name, rows[0][0], rows[-1][1]),)
+
+
 def _parents(model: nn.Module) -> dict[int, tuple[nn.Module, str]]:
     out: dict[int, tuple[nn.Module, str]] = {}
     for mod in model.modules():
@@ -270,10 +283,22 @@ class SingularModel:
         self._swapped: list[tuple[nn.Module, str, nn.Linear, SingularLinear]] = []
         self._folded = False
         model.requires_grad_(False)
+        try:
+            self._attach(backbone, parents, factor_frozen)
+        except BaseException:
+            self.fold()  # ε are all 0: the Linears swapped so far go back unchanged
+            raise
+        for tp in self.parts:
+            tp.eps.requires_grad_(True)
+        self.parts.sort(key=lambda tp: tp.block)  # stable: block order, then view order
+        log.debug("σ-parametrised %d linears, %d trainable ε (%d values)", len(self.modules), len(self.parts), self.num_trainable())
+
+    def _attach(self, backbone: Backbone, parents: dict, factor_frozen: bool) -> None:
         for i in range(backbone.depth):
             view = backbone.block_view(i)
             roles = [("q", view.q), ("k", view.k), ("v", view.v), ("proj", view.proj)]
-            roles += [(f"mlp_in.{j}" if len(view.mlp_in) > 1 else "mlp_in", s) for j, s in enumerate(view.mlp_in)]
+            mlp_in = _fuse(view.mlp_in)
+            roles += [(f"mlp_in.{j}" if len(mlp_in) > 1 else "mlp_in", s) for j, s in enumerate(mlp_in)]
             roles.append(("mlp_out", view.mlp_out))
             by_module: dict[int, tuple[nn.Linear, list]] = {}
             labels: dict[str, str] = {}
@@ -297,10 +322,6 @@ class SingularModel:
                 self.modules.append(stand_in)
                 for p in stand_in.trainable_parts:
                     self.parts.append(TrainablePart(p.key, i, stand_in, p, labels[p.key]))
-        for tp in self.parts:
-            tp.eps.requires_grad_(True)
-        self.parts.sort(key=lambda tp: tp.block)  # stable: block order, then view order
-        log.debug("σ-parametrised %d linears, %d trainable ε (%d values)", len(self.modules), len(self.parts), self.num_trainable())
 
     # -- parameters -----------------------------------------------------------------------
     def parameters(self) -> list[nn.Parameter]:
