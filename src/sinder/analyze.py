@@ -23,7 +23,7 @@ from .backbones import Backbone
 from .detect import abs_cosine, angle_deg, defect_mask_from_scores, high_norm_mask, mean_direction
 from .errors import ConfigError, ImageError
 from .images import SourceImage, load_image, preprocess
-from .io import atomic_path, prepare_output_dir, write_json
+from .io import atomic_path, check_output_dir, prepare_output_dir, write_json
 from .runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -178,15 +178,20 @@ def analyze(
 ) -> AnalysisResult:
     """Analyse ``backbone`` on ``inputs`` (paths or bundled images); optionally write ``out_dir``."""
     if out_dir is not None:
-        out = prepare_output_dir(out_dir, "analysis.json", overwrite)
+        check_output_dir(out_dir, "analysis.json", overwrite)  # refuse before any work; created once there is a result
     device = resolve_device(config.device)
+    resolution = config.resolution or backbone.image_size
+    if resolution // backbone.patch_size < 3:  # the border is excluded: no token could ever be a defect
+        raise ConfigError(
+            f"--resolution {resolution} gives fewer than 3 patches per side at patch size {backbone.patch_size}; "
+            f"use at least {3 * backbone.patch_size} px"
+        )
     backbone.model.to(device).eval()
     singular_values = None
     if directions is None:
         directions, singular_values = compute_directions(backbone, config.directions)
     directions = directions.float().to(device)
     depth = backbone.depth
-    resolution = config.resolution or backbone.image_size
 
     sources, skipped = load_sources(inputs)
     kept: list[SourceImage] = []
@@ -197,6 +202,9 @@ def analyze(
             kept.append(src)
         except ImageError as err:
             skipped.append({"path": src.name, "reason": str(err)})
+    if not kept:
+        first = f" ({skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""
+        raise ImageError(f"none of the {len(skipped)} input image(s) can be used{first}; pass images PIL can decode")
 
     gen = torch.Generator().manual_seed(config.seed)
     random_dir = F.normalize(torch.randn(backbone.embed_dim, generator=gen), dim=0).to(device)
@@ -292,7 +300,7 @@ def analyze(
         distributions[f"angles_random_{i}"] = acc.sample(acc.angles_random[i])
     result = AnalysisResult(summary=summary, directions=directions.cpu(), maps=[m for m in maps if m is not None], distributions=distributions)
     if out_dir is not None:
-        write_analysis(result, out, figures=config.figures)
+        write_analysis(result, prepare_output_dir(out_dir, "analysis.json", overwrite), figures=config.figures)
     return result
 
 

@@ -25,15 +25,27 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in COMMANDS.items():
         module = importlib.import_module(f"sinder.commands.{name}")
         p = sub.add_parser(name, help=help_text, description=help_text)
+        # also accepted after the command name; SUPPRESS keeps the top-level value when absent
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log debug messages")
         module.add_arguments(p)
         p.set_defaults(_module=module)
     return parser
 
 
+class _Formatter(logging.Formatter):
+    """Plain messages; warnings and errors say so (a skipped file must not read like progress)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"{record.levelname.lower()}: {text}" if record.levelno >= logging.WARNING else text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Formatter("%(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     try:
         return int(args._module.run(args) or 0)
     except SinderError as err:

@@ -36,12 +36,18 @@ def write_json(path: str | os.PathLike, obj) -> Path:
     return write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
-def prepare_output_dir(out: str | os.PathLike, marker: str, overwrite: bool, hint: str = "--overwrite") -> Path:
-    """Create ``out``; refuse when ``out/marker`` already exists and ``overwrite`` is False."""
+def check_output_dir(out: str | os.PathLike, marker: str, overwrite: bool, hint: str = "--overwrite") -> Path:
+    """Refuse (creating nothing) when ``out`` is a file, or ``out/marker`` exists and ``overwrite`` is False."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a directory; choose another --out")
     if (out / marker).exists() and not overwrite:
         raise OutputExistsError(f"{out} already holds {marker}; pass {hint} to replace it or choose another --out")
+    return out
+
+
+def prepare_output_dir(out: str | os.PathLike, marker: str, overwrite: bool, hint: str = "--overwrite") -> Path:
+    """Create ``out``; refuse when ``out/marker`` already exists and ``overwrite`` is False."""
+    out = check_output_dir(out, marker, overwrite, hint)
     out.mkdir(parents=True, exist_ok=True)
     return out

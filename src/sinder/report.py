@@ -180,12 +180,15 @@ def read_analysis(path: Path, label: str, notes: list[str]) -> AnalysisInput | N
     """Load an analysis folder; its maps/distributions are optional (noted when unreadable)."""
     from safetensors import SafetensorError
 
+    summary = read_json_dict(path / "analysis.json", notes)
+    if summary is None:
+        return None
+    if not isinstance(summary.get("layers"), list) or not summary["layers"]:
+        notes.append(f"{path / 'analysis.json'} has no per-layer results: not written by sinder analyze; skipped")
+        return None
     try:
         return AnalysisInput(label, path, load_analysis(path))
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, SafetensorError) as err:
-        summary = read_json_dict(path / "analysis.json", notes)
-        if summary is None:
-            return None
         notes.append(f"{path}: maps/distributions unreadable ({type(err).__name__}: {err}); image maps and violins skipped")
         import torch
 
@@ -238,6 +241,12 @@ def read_inputs(paths: Sequence[str | Path]) -> ReportInputs:
             if run is not None:
                 raise SinderError(f"{raw}: only one repair run per report; write one report per run")
             run, found = read_run(path, notes)
+            sinder_config = bool(run.config) and "max_steps" in run.config
+            if not (found or run.log or run.sigma or run.summary or sinder_config):  # e.g. a Hugging Face model folder
+                raise SinderError(
+                    f"{raw} holds no readable sinder run (no summary.json, log.jsonl, sigma.safetensors or analyses); "
+                    "pass a folder written by sinder repair, demo or analyze"
+                )
             analyses.extend(found)
         else:
             raise SinderError(
@@ -250,6 +259,8 @@ def read_inputs(paths: Sequence[str | Path]) -> ReportInputs:
         found = read_analysis(path, label, notes)
         if found is not None:
             analyses.append(found)
+    if run is None and not analyses:  # an empty page would look like a report of nothing
+        raise SinderError(f"nothing to report: {notes[0].removesuffix('; skipped')}; pass a folder written by sinder repair, demo or analyze")
     return ReportInputs(run, analyses, notes)
 
 

@@ -12,6 +12,8 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from torch import nn
@@ -98,13 +100,37 @@ def _resolve_config(name: str, spec: str, local: bool):
     return AutoConfig.from_pretrained(name)
 
 
+@contextmanager
+def _quiet_transformers(local: bool) -> Iterator[None]:
+    """No load-report table and, for local files, no progress bar: a misfit becomes our one-line error."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    if local:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if local and bars:
+            hf_logging.enable_progress_bar()
+
+
 def _checked_from_pretrained(cls, source: str, spec: str, what: str, **kwargs) -> nn.Module:
     """``from_pretrained`` that refuses weights which do not fit (transformers only warns and random-fills)."""
     try:
-        model, info = cls.from_pretrained(source, output_loading_info=True, **kwargs)
-    except OSError as err:  # no weights file in the folder, or a failed download
+        with _quiet_transformers(bool(kwargs.get("local_files_only"))):
+            # mismatched shapes are listed in ``info`` (and refused below) instead of a many-line RuntimeError
+            model, info = cls.from_pretrained(source, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs)
+    except (OSError, RuntimeError) as err:  # no weights file in the folder, a failed download, a bad conversion
         raise WeightsError(f"{spec}: cannot load {what} ({str(err).strip().splitlines()[0][:200]})") from None
-    bad = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    bad = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys")}
+    # (name, shape in the file, shape in the model) -> readable text
+    bad["mismatched_keys"] = [
+        f"{m[0]} {tuple(m[1])} vs {tuple(m[2])}" if isinstance(m, (tuple, list)) and len(m) == 3 else str(m)
+        for m in sorted(info.get("mismatched_keys") or [], key=str)
+    ]
     if any(bad.values()):
         summary = ", ".join(f"{k.split('_')[0]} {v[:3]}{'…' if len(v) > 3 else ''}" for k, v in bad.items() if v)
         raise WeightsError(f"{spec}: {what} does not fit the model config ({summary}); check the model id or directory")

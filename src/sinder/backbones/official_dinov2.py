@@ -47,11 +47,11 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def official_img_size(state_dict: dict, patch_size: int = 14) -> int:
+def official_img_size(state_dict: dict, patch_size: int = 14, spec: str = "dinov2") -> int:
     """Native resolution of an official checkpoint: its ``pos_embed`` always has one cls entry."""
     pos = state_dict.get("pos_embed")
     if pos is None:
-        raise WeightsError("checkpoint has no pos_embed; is this an official DINOv2 state dict?")
+        raise WeightsError(f"{spec}: the checkpoint has no pos_embed; pass an official DINOv2 state dict such as dinov2_vits14_pretrain.pth")
     return grid_from_pos_embed(pos.shape[1], 1) * patch_size
 
 
@@ -60,7 +60,7 @@ def official_to_timm(state_dict: dict, arch: str, spec: str) -> nn.Module:
     import timm
     from timm.models.vision_transformer import checkpoint_filter_fn
 
-    size = official_img_size(state_dict)
+    size = official_img_size(state_dict, spec=spec)
     # built on the meta device and filled by assign: no random init (tens of seconds for ViT-g on CPU)
     with torch.device("meta"):
         model = timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True, img_size=size)

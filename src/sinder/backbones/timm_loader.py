@@ -47,6 +47,14 @@ def native_img_size(model: nn.Module, state_dict: dict) -> int | None:
 
 
 def load_timm_state_dict(model: nn.Module, state_dict: dict, spec: str) -> None:
+    own = model.state_dict()
+    mismatched = [k for k, v in state_dict.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if mismatched:  # load_state_dict would raise a many-line RuntimeError
+        k = mismatched[0]
+        raise WeightsError(
+            f"{spec}: weights do not fit ({len(mismatched)} shape mismatch(es), e.g. {k} is {tuple(state_dict[k].shape)} "
+            f"in the file but {tuple(own[k].shape)} in the model); check the model name"
+        )
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     missing = [k for k in missing if not k.startswith("head")]
     unexpected = [k for k in unexpected if not k.startswith("head")]
@@ -58,6 +66,10 @@ def load_timm_state_dict(model: nn.Module, state_dict: dict, spec: str) -> None:
 
 
 def load_timm(name: str, spec: str, weights: str | Path | None = None, random_init: bool = False) -> Backbone:
+    import timm
+
+    if not timm.is_model(name.split(".")[0]):  # before the hub check: an unknown name is not a network problem
+        raise ModelSpecError(f"{spec}: timm has no model {name.split('.')[0]!r}; list them with timm.list_models('*dinov2*')")
     if weights is None and not random_init:
         require_hub(spec)
         return wrap_timm(create_timm(name, spec, pretrained=True), spec)

@@ -18,28 +18,40 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Common wrappers (``{"model": sd}``, ``{"state_dict": sd}``, ``{"teacher": sd}``) are unwrapped.
     """
     p = Path(path)
+    if p.is_dir():
+        raise WeightsError(f"weights {p} is a folder; pass the checkpoint file itself (.safetensors or .pth)")
     if not p.is_file():
-        raise WeightsError(f"weights file not found: {p}")
+        raise WeightsError(f"weights file not found: {p}; check --weights")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(p))
         except Exception as err:  # safetensors raises its own error types
-            raise WeightsError(f"{p}: not a readable safetensors file ({err})") from None
+            raise WeightsError(f"{p}: not a readable safetensors file ({str(err).splitlines()[0] if str(err) else type(err).__name__}); re-download or re-export it") from None
     if p.suffix not in {".pth", ".pt", ".bin", ".ckpt"}:
         raise WeightsError(f"{p}: unknown weights format; use .safetensors or a .pth state dict")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise WeightsError(f"{p}: cannot be read as a state dict with weights_only=True ({first}); convert it to safetensors") from None
+        raise WeightsError(f"{p}: cannot be read as a state dict with weights_only=True ({_load_failure(err)})") from None
     for key in ("state_dict", "model", "teacher", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise WeightsError(f"{p}: expected a state dict of tensors")
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{p}: holds a {type(obj).__name__}, not a state dict; save model.state_dict() instead")
+    bad = next((k for k, v in obj.items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        raise WeightsError(f"{p}: expected a state dict of tensors, but {bad!r} is a {type(obj[bad]).__name__}; save model.state_dict() instead")
     return dict(obj)
+
+
+def _load_failure(err: Exception) -> str:
+    """Why ``torch.load`` failed, in a few words (its own messages span many lines, with ANSI codes)."""
+    text = str(err)
+    if "Weights only load failed" in text:
+        return "it holds pickled Python objects (a whole nn.Module, training args, ...), which sinder never unpickles; save model.state_dict() or convert to safetensors"
+    return "not a PyTorch checkpoint, or the file is truncated or corrupt; re-download or re-export it"
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

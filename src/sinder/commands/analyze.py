@@ -8,6 +8,7 @@ from ..analyze import AnalyzeConfig, analyze, format_table
 from ..backbones import parse_spec
 from ..errors import SinderError
 from ..images import list_images
+from ..io import check_output_dir
 from .common import add_model_arguments, load_model_from_args
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
         raise SinderError(f"input not found: {missing[0]['path']}; check the path")
     if not paths:
         raise SinderError(f"no images found in {' '.join(args.images)}; pass image files or folders that contain them")
+    check_output_dir(args.out, "analysis.json", args.overwrite)  # before the (slow) model load
     backbone = load_model_from_args(args)
     result = analyze(backbone, paths, config, out_dir=args.out, overwrite=args.overwrite)
     print(format_table(result.summary))

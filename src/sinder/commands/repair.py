@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     from ..backbones import load_backbone
     from ..repair import repair
     from ..repair.api import _check_out
-    from ..repair.data import expand_inputs, split_holdout
+    from ..repair.data import check_decodable, expand_inputs, split_holdout
     from ..repair.distributed import init_from_env, rank_device, shutdown
     from ..runtime import resolve_device
 
@@ -123,12 +123,22 @@ def run(args: argparse.Namespace) -> int:
             eval_items, missing = expand_inputs(args.eval_data)
             if missing:
                 raise ImageError(f"input not found: {missing[0]['path']}; check --eval-data")
+            if not eval_items:
+                raise ImageError(f"no images found in {' '.join(args.eval_data)}; check --eval-data")
+            check_decodable(eval_items, "--eval-data image(s)")
             train_items = items
         else:
             n_eval = min(config.num_eval_max, max(1, len(items) // 10)) if len(items) >= 2 else 0
             train_items, eval_items = split_holdout(items, n_eval)
-            if not eval_items:
+            if not eval_items and len(items) < 2:
                 log.warning("only one image: no held-out metrics; pass --eval-data")
+        check_decodable(train_items, "training image(s)")  # before the model is loaded
+        if not args.eval_data and eval_items:
+            try:
+                check_decodable(eval_items, "held-out image(s)")
+            except ImageError as err:
+                log.warning("no held-out metrics: %s", err)
+                eval_items = []
         device = resolve_device(rank_device(dist, args.device))
         backbone = load_backbone(args.model, args.weights, random_init=args.random_init, device=device)
         analysable = [item for item in eval_items if isinstance(item, (str, os.PathLike))]

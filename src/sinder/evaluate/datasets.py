@@ -10,6 +10,7 @@ Files whose suffix is not an image suffix are ignored; images without labels are
 """
 from __future__ import annotations
 
+import logging
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageError, SinderError
 from ..images import IMAGE_SUFFIXES
+
+log = logging.getLogger(__name__)
 
 IGNORE = 255
 
@@ -89,6 +92,9 @@ def knn_layout(root: Path) -> KnnData:
         if not paths:
             raise layout_error("knn", root, f"{split}/ class folders hold no images")
         splits[split] = LabelledImages(paths, labels)
+    unseen = sorted({classes[i] for i in splits["val"].labels} - {classes[i] for i in splits["train"].labels})
+    if unseen:  # kept (the protocol scores them as misses), but a typo in a folder name should not go unnoticed
+        log.warning("knn: val/ class(es) %s have no train/ images and can never be predicted", ", ".join(unseen))
     return KnnData(classes, splits["train"], splits["val"])
 
 

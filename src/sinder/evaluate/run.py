@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from ..backbones import Backbone, load_backbone
-from ..errors import ConfigError
-from .datasets import intrinsic_layout, knn_layout, lost_layout, seg_layout
+from ..backbones import Backbone, load_backbone, parse_spec
+from ..errors import ConfigError, SinderError, WeightsError
+from .datasets import LAYOUTS, intrinsic_layout, knn_layout, lost_layout, seg_layout
 from ..runtime import resolve_device
 from .features import default_resolution
 
@@ -81,6 +81,10 @@ def load_layout(task: str, data_dir: str | os.PathLike):
     """Check the data layout of ``task`` (raises a one-line ``SinderError`` naming the expected one)."""
     check_task(task)
     root = Path(data_dir)
+    if not root.exists():
+        raise SinderError(f"--data {root} not found; check the path")
+    if not root.is_dir():
+        raise SinderError(f"--data {root} is a file; pass the dataset folder ({task} expects {LAYOUTS[task]})")
     if task == "knn":
         return knn_layout(root)
     if task == "linear-seg":
@@ -120,6 +124,11 @@ def evaluate_with_info(
             backbone_or_spec, config.weights, random_init=config.random_init, device=resolve_device(config.device)
         )
     res = default_resolution(backbone, config.resolution)
+    if task == "intrinsic" and res // backbone.patch_size < 3:  # the defect rule excludes the border
+        raise ConfigError(
+            f"resolution {res} gives fewer than 3 patches per side at patch size {backbone.patch_size}; "
+            f"intrinsic needs at least {3 * backbone.patch_size} px"
+        )
     bs, amp = config.batch_size, config.amp
     if task == "knn":
         from .knn import knn_task
@@ -181,6 +190,13 @@ def evaluate_models(
     """Evaluate several models (spec or backbone, weights) on one task; returns the metrics.json dict."""
     config = config or EvaluateConfig()
     layout = load_layout(task, data_dir)  # fail on a bad layout before loading any model
+    if any(isinstance(m, str) for m, _ in models):
+        resolve_device(config.device)  # no CUDA: one line now, not after the first model
+    for model, weights in models:  # and on a bad spec or a missing file before evaluating the first one
+        if isinstance(model, str):
+            parse_spec(model)
+        if weights is not None and not Path(weights).is_file():
+            raise WeightsError(f"weights file not found: {weights}; check --weights / --compare-weights")
     named = [(m.spec if isinstance(m, Backbone) else m, w) for m, w in models]
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("weights", "random_init")}
     report = {"task": task, "data": str(data_dir), "models": {}, "details": {}, "config": settings}

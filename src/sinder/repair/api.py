@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..backbones.base import Backbone
-from ..errors import ConfigError, ImageError, OutputExistsError, WeightsError
+from ..errors import ConfigError, ImageError, OutputExistsError, SinderError, WeightsError
 from ..io import write_json, write_text
 from .checkpoint import CHECKPOINT, TrainState, check_compatible, load_checkpoint, save_checkpoint
 from .config import RepairConfig
@@ -104,6 +104,10 @@ def _check_out(out: Path, config: RepairConfig) -> None:
         raise OutputExistsError(f"{out} exists and is not a directory; choose another --out")
     if out.exists() and any(out.iterdir()) and not (config.resume or config.overwrite):
         raise OutputExistsError(f"{out} already exists; pass --resume to continue that run, --overwrite to replace it, or choose another --out")
+    # config.json is written when a run starts: without it there is nothing to continue (a run
+    # stopped before its first checkpoint has it, and restarts from step 0)
+    if config.resume and not (out / "config.json").is_file():
+        raise ConfigError(f"--resume: {out} holds no repair run (no config.json); drop --resume to start a new run there")
 
 
 def _clear_out(out: Path) -> None:
@@ -186,25 +190,36 @@ def repair(
     out = Path(out_dir) if out_dir is not None else None
     written: list[Path] = []
 
+    if config.resolution // backbone.patch_size < 3:  # the border is excluded: no token could ever be a defect
+        raise ConfigError(
+            f"resolution {config.resolution} gives fewer than 3 patches per side at patch size {backbone.patch_size}; "
+            f"use at least {3 * backbone.patch_size} px"
+        )
     if out is not None:
         err = None
         try:
             _check_out(out, config)
-        except OutputExistsError as e:
+        except SinderError as e:
             err = e
         if not dist.agree(err is None):  # every rank raises, or none does
-            raise err or OutputExistsError(f"{out} already exists on rank 0; pass --resume or --overwrite")
+            raise err or OutputExistsError(f"{out} is refused on another rank; put --out on a filesystem shared by all ranks")
+
+    # The data is checked before anything is written; every rank sees the same inputs, so all raise alike.
+    train = ImageSet.from_inputs(train_images, backbone, config.resolution, limit=config.num_train_max)
+    if len(train) == 0:
+        raise ImageError("no training images found; pass image files, folders or PIL images")
+    if not any(train.load(i) is not None for i in range(len(train))):  # stops at the first usable image
+        name, reason = next(iter(train.skipped.items()))
+        raise ImageError(f"none of the {len(train)} training image(s) can be used ({name}: {reason}); pass images PIL can decode")
+    use_eval = eval_images and config.num_eval_max > 0  # 0: no held-out metrics
+    held_out = ImageSet.from_inputs(eval_images, backbone, config.resolution, limit=config.num_eval_max) if use_eval else None
+
+    if out is not None:
         if dist.is_main:
             if config.overwrite:
                 _clear_out(out)
             out.mkdir(parents=True, exist_ok=True)
         dist.barrier()
-
-    train = ImageSet.from_inputs(train_images, backbone, config.resolution, limit=config.num_train_max)
-    if len(train) == 0:
-        raise ImageError("no training images found; pass image files, folders or PIL images")
-    use_eval = eval_images and config.num_eval_max > 0  # 0: no held-out metrics
-    held_out = ImageSet.from_inputs(eval_images, backbone, config.resolution, limit=config.num_eval_max) if use_eval else None
     dirs = _directions(backbone, config, directions, dist)
 
     handle = attach(backbone, factor_frozen=config.impl == "reference")

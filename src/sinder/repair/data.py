@@ -41,6 +41,21 @@ def expand_inputs(inputs: Sequence[ImageItem]) -> tuple[list[ImageItem], list[di
     return items, missing
 
 
+def check_decodable(items: Sequence[ImageItem], what: str) -> None:
+    """Raise ``ImageError`` unless one of ``items`` decodes; stops at the first that does."""
+    first: tuple[ImageItem, ImageError] | None = None
+    for item in items:
+        if not isinstance(item, (str, os.PathLike)):
+            return  # in-memory images are checked when they are used
+        try:
+            load_image(item)
+            return
+        except ImageError as err:
+            first = first or (item, err)
+    if first is not None:
+        raise ImageError(f"none of the {len(items)} {what} can be used ({first[0]}: {first[1]}); pass images PIL can decode")
+
+
 def item_name(item: ImageItem, index: int) -> str:
     if isinstance(item, SourceImage):
         return item.name

@@ -1,0 +1,90 @@
+"""A demanding user's bad inputs: each is one actionable line on stderr, exit status 2, no
+traceback, and nothing written (regressions of cases that used to trace back, exit 0 or write)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """A scratch folder of good and bad inputs, shared by the cases (each writes under its own name)."""
+    root = tmp_path_factory.mktemp("cli_errors")
+    rng = np.random.default_rng(0)
+    (root / "photos").mkdir()
+    for k in range(2):
+        Image.fromarray(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)).save(root / "photos" / f"p{k}.png")
+    (root / "junk").mkdir()
+    (root / "junk" / "fake.jpg").write_text("not a jpeg")
+    (root / "junk" / "notes.txt").write_text("hello")
+    (root / "empty").mkdir()
+    (root / "afile").write_text("mine")
+    (root / "text.pth").write_text("this is not a checkpoint\n")
+    torch.save(torch.nn.Linear(2, 2), root / "module.pth")  # a pickled module, never to be unpickled
+    # ViT-Ti widths (192) where the ViT-S model has 384: another architecture's weights
+    save_file({"norm.weight": torch.ones(192), "norm.bias": torch.zeros(192)}, root / "other_arch.safetensors")
+    # A Hugging Face model folder (config.json, no sinder files) and weights of another width for it
+    from transformers import Dinov2Config, Dinov2Model
+
+    for name, width in (("hf_tiny", 32), ("hf_wide", 48)):
+        cfg = Dinov2Config(hidden_size=width, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)
+        Dinov2Model(cfg).save_pretrained(root / name)
+    (root / "bad_analysis").mkdir()
+    (root / "bad_analysis" / "analysis.json").write_text("{not json")
+    return root
+
+
+CASES = {
+    # id: (argv with {ws} placeholders, needle in the error line, path that must not be created or None)
+    "weights_pickled_module": (
+        "analyze timm:vit_small_patch14_dinov2 {ws}/photos --out {ws}/o1 --weights {ws}/module.pth", "never unpickles", "o1"),
+    "weights_text_named_pth": (
+        "analyze timm:vit_small_patch14_dinov2 {ws}/photos --out {ws}/o2 --weights {ws}/text.pth", "not a PyTorch checkpoint", "o2"),
+    "weights_other_architecture": (
+        "analyze timm:vit_small_patch14_dinov2 {ws}/photos --out {ws}/o3 --weights {ws}/other_arch.safetensors",
+        "is (192,) in the file but (384,) in the model", "o3"),
+    "weights_folder": ("repair timm:vit_small_patch14_dinov2 --data {ws}/photos --out {ws}/o5 --weights {ws}/photos", "is a folder", "o5"),
+    "hf_weights_other_width": (
+        "analyze hf:{ws}/hf_tiny {ws}/photos --out {ws}/o6 --weights {ws}/hf_wide/model.safetensors", "does not fit", "o6"),
+    "timm_unknown_name_offline": ("analyze -v timm:nonexistent {ws}/photos --out {ws}/o7", "timm has no model 'nonexistent'", "o7"),
+    "analyze_only_undecodable": ("analyze planted:small {ws}/junk --out {ws}/o8", "none of the 1 input image(s) can be used", "o8"),
+    "analyze_grid_too_small": ("analyze planted:small {ws}/photos --out {ws}/o9 --resolution 20", "use at least 42 px", "o9"),
+    "repair_only_undecodable": ("repair planted:small --data {ws}/junk/fake.jpg --out {ws}/o10", "training image(s) can be used", "o10"),
+    "repair_empty_eval_data": ("repair planted:small --data {ws}/photos --eval-data {ws}/empty --out {ws}/o11", "check --eval-data", "o11"),
+    "repair_resume_missing_run": ("repair planted:small --data {ws}/photos --out {ws}/o12 --resume", "holds no repair run", "o12"),
+    "demo_out_is_nonempty_dir": ("demo --out {ws}/photos", "pass --overwrite", None),
+    "report_hf_model_folder": ("report {ws}/hf_tiny --out {ws}/r1.html", "holds no readable sinder run", "r1.html"),
+    "report_unreadable_analysis": ("report {ws}/bad_analysis --out {ws}/r2.html", "nothing to report", "r2.html"),
+    "evaluate_bad_compare_spec": (
+        "evaluate planted:small --task intrinsic --data {ws}/photos --compare foo:bar --out {ws}/o13", "unknown model spec 'foo:bar'", "o13"),
+    "evaluate_missing_data": ("evaluate planted:small --task knn --data {ws}/nosuch --out {ws}/o14", "not found", "o14"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(ws, case):
+    template, needle, created = CASES[case]
+    argv = template.format(ws=ws).split()
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "sinder", *argv], check=False, capture_output=True, text=True, timeout=120)
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("warning: ") and "Warning" not in ln]
+    command = next(a for a in argv if not a.startswith("-"))
+    assert len(lines) == 1 and lines[0].startswith(f"sinder {command}: error: "), proc.stderr
+    assert needle in lines[0], lines[0]
+    assert "\x1b[" not in lines[0]  # no terminal colour codes copied from torch/transformers messages
+    if created is not None:
+        assert not (ws / created).exists()
+    if case == "demo_out_is_nonempty_dir":
+        assert "--resume" not in lines[0]  # demo has no --resume
+        assert seconds < 20  # refused before the model is built and analysed
+        assert sorted(p.name for p in (ws / "photos").iterdir()) == ["p0.png", "p1.png"]
