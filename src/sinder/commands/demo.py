@@ -11,7 +11,6 @@ from pathlib import Path
 
 from ..analyze import AnalyzeConfig, analyze_around, format_table
 from ..backbones import load_backbone
-from ..errors import OutputExistsError
 from ..images import BUNDLED_EVAL, BUNDLED_TRAIN, bundled_photos
 from ..runtime import resolve_device
 
@@ -48,16 +47,13 @@ def comparison_table(before: dict, after: dict, features: dict | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..repair import RepairConfig, repair
+    from ..repair.api import check_out
     from ..report import write_report
 
     out = Path(args.out)
     start = time.perf_counter()
     config = RepairConfig(max_steps=args.max_steps, device=args.device, overwrite=args.overwrite)
-    # refuse an unusable --out before minutes of work (demo has no --resume)
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out} exists and is not a directory; choose another --out")
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    check_out(out, config, resumable=False)  # refuse an unusable --out before any work
     backbone = load_backbone(args.model, device=resolve_device(args.device))
     train, held_out = bundled_photos(BUNDLED_TRAIN), bundled_photos(BUNDLED_EVAL)
     log.info("analysing %s on %d held-out photos, repairing it on %d others (at most %d steps), analysing again",

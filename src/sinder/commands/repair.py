@@ -102,14 +102,14 @@ def format_summary(summary: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..backbones import load_backbone
     from ..repair import repair
-    from ..repair.api import _check_out
+    from ..repair.api import check_out
     from ..repair.data import check_decodable, expand_inputs, split_holdout
     from ..repair.distributed import init_from_env, rank_device, shutdown
     from ..runtime import resolve_device
 
     config = config_from_args(args)
     out = Path(args.out)
-    _check_out(out, config)  # fail before loading anything
+    check_out(out, config)  # fail before loading anything
     dist = init_from_env(args.device)
     if not dist.is_main:  # one rank reports
         logging.getLogger("sinder").setLevel(logging.WARNING)

@@ -99,11 +99,13 @@ class _Log:
             self._fh.close()
 
 
-def _check_out(out: Path, config: RepairConfig) -> None:
+def check_out(out: Path, config: RepairConfig, resumable: bool = True) -> None:
+    """Refuse an unusable ``--out`` before any work (``resumable``: the caller offers --resume)."""
     if out.exists() and not out.is_dir():
         raise OutputExistsError(f"{out} exists and is not a directory; choose another --out")
     if out.exists() and any(out.iterdir()) and not (config.resume or config.overwrite):
-        raise OutputExistsError(f"{out} already exists; pass --resume to continue that run, --overwrite to replace it, or choose another --out")
+        options = "pass --resume to continue that run, --overwrite to replace it" if resumable else "pass --overwrite to replace it"
+        raise OutputExistsError(f"{out} already exists; {options}, or choose another --out")
     # config.json is written when a run starts: without it there is nothing to continue (a run
     # stopped before its first checkpoint has it, and restarts from step 0)
     if config.resume and not (out / "config.json").is_file():
@@ -198,7 +200,7 @@ def repair(
     if out is not None:
         err = None
         try:
-            _check_out(out, config)
+            check_out(out, config)
         except SinderError as e:
             err = e
         if not dist.agree(err is None):  # every rank raises, or none does
