@@ -64,7 +64,7 @@ def main() -> int:
 
     cos = (exact.directions.double() * mc.directions.double()).sum(1).abs()
     g_err = [float((ge - gm).norm() / ge.norm()) for ge, gm in zip(exact.composed, mc.composed)]
-    u = getattr(backbone, "planted", {}).get("u")
+    u = (backbone.ground_truth or {}).get("u")
     align = (exact.directions.double() @ u.double()).abs() if u is not None else None
 
     print(f"\nexact      {t_exact:8.3f} s (best of {len(times)})")

@@ -63,6 +63,9 @@ def test_outputs_and_keys(tmp_path, photo_dir):
     # Existing output is not overwritten without --overwrite.
     assert main(["analyze", "planted:small", str(photo_dir), "--out", str(out)]) == 2
     assert main(["analyze", "planted:small", str(photo_dir), "--out", str(out), "--overwrite"]) == 0
+    # --overwrite with fewer images leaves no figure of the earlier run behind
+    assert main(["analyze", "planted:small", str(photo_dir / "coffee.jpg"), "--out", str(out), "--overwrite"]) == 0
+    assert sum(p.name.startswith("maps_") for p in (out / "figures").iterdir()) == 1
 
 
 def test_bad_inputs_are_handled_or_skipped(tmp_path, bad_dir):

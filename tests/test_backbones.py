@@ -241,10 +241,15 @@ def test_official_pth_equals_timm_and_hf_tokens(tmp_path, reg):
     hf_model.load_state_dict(official_dinov2_to_hf(torch.load(path, weights_only=True)), strict=True, assign=True)
     hf = HFViTBackbone(hf_model.eval(), "hf:ref")
     x = torch.randn(1, 3, 56, 56, generator=torch.Generator().manual_seed(2))
+    # the official .pth loads straight into an HF model (converted on load)
+    cfg_dir = tmp_path / "hf_cfg"
+    hf_model.config.save_pretrained(cfg_dir)
+    from_official = load_hf(str(cfg_dir), "hf:cfg", weights=path)
     with torch.no_grad():
         tokens = official.model_forward(x)
         assert (tokens - reference.model_forward(x)).abs().max().item() <= 1e-6
         assert (tokens - hf.model_forward(x)).abs().max().item() <= 1e-5
+        assert (tokens - from_official.model_forward(x)).abs().max().item() <= 1e-5
 
 
 def test_pickled_module_is_refused(tmp_path):
@@ -360,3 +365,80 @@ def test_rope_positions_do_not_jitter_in_train_mode(case):
             outs, _ = bb.forward_layers(x)
             assert (bb.final_norm(outs[-1]) - reference).abs().max().item() <= TOL
     assert bb.model.training
+
+
+# -- the family registry ---------------------------------------------------------------------
+def test_builtin_families_are_registered():
+    from sinder.backbones.registry import families, get_family
+
+    assert [f.name for f in families()] == ["timm", "hf", "dinov2", "planted"]
+    assert get_family("dinov2").key_maps["official"] is timm_to_official_dinov2
+    with pytest.raises(ModelSpecError) as err:
+        get_family("resnet")
+    assert "timm, hf, dinov2, planted" in _one_line(err)
+
+
+def test_registering_a_family_makes_its_specs_load_and_export(tmp_path):
+    from sinder.backbones import registry
+    from sinder.backbones.registry import Family, register_family
+    from sinder.export import max_token_diff, reload_exported, save_weights
+    from sinder.families.timm import reload_timm_format, save_timm_format
+
+    kwargs = dict(depth=1, embed_dim=32, num_heads=2)
+
+    def load(name, spec, weights=None, random_init=False):
+        model = _liven(timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=28,
+                                         dynamic_img_size=True, **kwargs))  # fmt: skip
+        bb = wrap_timm(model, spec, family="toy")
+        bb.timm_name, bb.timm_kwargs = "vit_small_patch14_dinov2", kwargs
+        return bb
+
+    toy = Family(name="toy", spec_help="toy:NAME", load=load, save=save_timm_format, reload=reload_timm_format)
+    register_family(toy)
+    try:
+        with pytest.raises(ValueError):  # a second family under a taken name is a mistake
+            register_family(Family(name="toy", spec_help="toy:X", load=load, save=save_timm_format, reload=reload_timm_format))
+        bb = load_backbone("toy:x")
+        assert bb.family == "toy" and bb.spec == "toy:x" and parse_spec("toy:x") == ("toy", "x")
+        with pytest.raises(ModelSpecError) as err:
+            parse_spec("nope:x")
+        assert "toy:NAME" in _one_line(err) and "timm:NAME" in str(err.value)
+        again = reload_exported(bb, save_weights(bb, tmp_path))  # export dispatches to the family too
+        assert again.family == "toy" and max_token_diff(bb, again, pixels(bb)) <= TOL
+    finally:
+        registry._FAMILIES.pop("toy")
+    with pytest.raises(ModelSpecError):
+        parse_spec("toy:x")
+
+
+def test_loading_the_planted_model_leaves_the_global_rng_alone():
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    bb = load_backbone("planted:small")
+    assert torch.equal(torch.get_rng_state(), state)
+    assert bb.family == "planted" and set(bb.ground_truth) >= {"u", "m", "positions"}
+
+
+def _corrupt(path, kind):
+    """A checkpoint file at ``path`` that is truncated, random bytes, empty or plain text."""
+    sd = {"a": torch.randn(64, 64, generator=torch.Generator().manual_seed(0))}
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file(sd, str(path))
+    else:
+        torch.save(sd, path)
+    data = {"truncated": path.read_bytes()[: path.stat().st_size // 2], "garbage": bytes(range(256)) * 4, "empty": b"", "text": b"hello"}
+    path.write_bytes(data[kind])
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "empty", "text"])
+def test_corrupt_weight_files_are_one_line_weights_errors(tmp_path, suffix, kind):
+    from sinder.backbones.weights import read_state_dict
+
+    bad = _corrupt(tmp_path / f"model{suffix}", kind)
+    with pytest.raises(WeightsError) as err:
+        read_state_dict(bad)
+    assert str(bad) in _one_line(err)

@@ -24,8 +24,8 @@ def test_repair_removes_defects_and_keeps_features(demo):
     before, after = m["before"], m["after"]
     assert before["high_norm_rate"] > 0.01
     assert after["high_norm_rate"] <= 0.2 * before["high_norm_rate"]  # falls by >= 80%
-    assert before["max_median_norm_ratio"] > 5
-    assert after["max_median_norm_ratio"] < 2.5
+    assert before["max_over_median"] > 5
+    assert after["max_over_median"] < 2.5
     assert m["features"]["non_defect_cosine"] >= 0.95
     assert m["features"]["cls_cosine"] >= 0.95
     assert summary["export_max_token_diff"] is not None and summary["export_max_token_diff"] <= 1e-4

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from sinder.analyze import AnalyzeConfig, analyze
-from sinder.backbones.planted import PlantedConfig, build_planted
+from sinder.planted import PlantedConfig, build_planted
+from sinder.detect import DefectRule
 from sinder.images import BUNDLED_EVAL, BUNDLED_TRAIN, bundled_photos
 
 PHOTOS = BUNDLED_TRAIN[:4] + BUNDLED_EVAL[:4]
@@ -15,7 +16,7 @@ PHOTOS = BUNDLED_TRAIN[:4] + BUNDLED_EVAL[:4]
 def result(planted, planted_directions):
     # high_norm_factor 5: the "norm ≥ 5× the median" tokens; square crops keep the
     # native 16×16 grid (other grids resample the positional embedding and smear the markers).
-    cfg = AnalyzeConfig(high_norm_factor=5.0, square=True, figures=False)
+    cfg = AnalyzeConfig(rule=DefectRule(high_norm_factor=5.0), square=True, figures=False)
     return analyze(planted, bundled_photos(PHOTOS), cfg, directions=planted_directions, progress=False)
 
 
@@ -45,7 +46,7 @@ def test_last_layer_has_one_to_five_percent_high_norm_tokens(result):
 
 
 def test_theory_aligns_from_the_layer_after_the_planted_one(result, planted):
-    planted_layer = planted.planted["planted_layer"]
+    planted_layer = planted.ground_truth["planted_layer"]
     for layer in result.summary["layers"][planted_layer + 1 :]:
         assert layer["theory_alignment"] >= 0.95, layer
     # Before the planted layer there is nothing to predict: no high-norm tokens.
@@ -65,7 +66,7 @@ def test_per_image_defect_directions_agree(result):
 
 
 def test_predicted_direction_is_the_planted_one(planted, planted_directions):
-    u = planted.planted["u"]
+    u = planted.ground_truth["u"]
     last = planted_directions[-1]
     assert abs(float(torch.dot(last, u))) > 0.99
     assert math.isclose(float(last.norm()), 1.0, rel_tol=1e-5)

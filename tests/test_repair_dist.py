@@ -34,7 +34,7 @@ def _worker(rank: int, world: int, tmp: str) -> None:
         bb, dirs = tiny_backbone()
         res = repair(bb, photos(6), _config(1), eval_images=photos(2, seed=9), out_dir=Path(tmp) / "out", directions=dirs)
         save_file({k: v.contiguous() for k, v in res.epsilon.items()}, f"{tmp}/eps{rank}.safetensors")
-        info = {"written": [str(p) for p in res.written], "images_seen": res.images_seen, "steps": res.steps}
+        info = {"written": [str(p) for p in res.written], "images_seen": res.summary["images_seen"], "steps": res.summary["steps"]}
         Path(f"{tmp}/info{rank}.json").write_text(json.dumps(info))
     finally:
         dist.destroy_process_group()
@@ -60,7 +60,7 @@ def test_two_gloo_ranks_agree_and_match_one_process_with_the_same_global_batch(t
 
     # one process with batch 2 sees the same images per step (positions p, p+1): same update
     bb, dirs = tiny_backbone()
-    single = repair(bb, photos(6), _config(2), directions=dirs)
+    single = repair(bb, photos(6), _config(2), eval_images=photos(2, seed=9), directions=dirs)
     for k, v in single.epsilon.items():
         assert (v - eps[0][k]).abs().max() <= 1e-5 * max(v.abs().max().item(), 1e-8), k
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from test_repair_helpers import IGNITE, photos, pixels, single_thread, tiny_backbone
 
+from sinder.detect import DefectRule
 from sinder.errors import OutputExistsError
 from sinder.repair import RepairConfig, Trainer, attach, gram_loss, repair
 
@@ -62,7 +63,7 @@ def test_images_with_different_defect_layers_each_train_their_own_window():
     bb, u = tiny_backbone(depth=depth)
     px = pixels(photos(3, seed=11), bb)
     dirs = torch.randn(depth, u.shape[1], generator=torch.Generator().manual_seed(0))
-    kw = {"mask_thr": 2.5, "limit_layers": 1, "lr": 1.0, "progress": False}
+    kw = {"rule": DefectRule(mask_thr=2.5), "limit_layers": 1, "lr": 1.0, "progress": False}
 
     def step(impl, batch, **extra):
         b, _ = tiny_backbone(depth=depth)
@@ -84,7 +85,7 @@ def test_images_with_different_defect_layers_each_train_their_own_window():
 
 def _run(out, steps, **kw):
     bb, dirs = tiny_backbone()
-    cfg = RepairConfig(max_steps=steps, progress=False, export=False, checkpoint_every=kw.pop("checkpoint_every", 2), **kw)
+    cfg = RepairConfig(max_steps=steps, progress=False, export=False, analysis=False, checkpoint_every=kw.pop("checkpoint_every", 2), **kw)
     return repair(bb, photos(5), cfg, out_dir=out, directions=dirs, on_step=kw.get("on_step"))
 
 
@@ -106,11 +107,11 @@ def test_resumed_run_ends_with_exactly_the_same_eps(tmp_path, interrupt):
 
         with pytest.raises(KeyboardInterrupt):
             bb, dirs = tiny_backbone()
-            repair(bb, photos(5), RepairConfig(max_steps=6, progress=False, export=False, checkpoint_every=2),
+            repair(bb, photos(5), RepairConfig(max_steps=6, progress=False, export=False, analysis=False, checkpoint_every=2),
                    out_dir=tmp_path / "part", directions=dirs, on_step=kill)  # fmt: skip
         assert type(bb.model.blocks[0].mlp.fc1) is torch.nn.Linear  # a failed run leaves a plain model
     resumed = _run(tmp_path / "part", 6, resume=True)
-    assert resumed.summary["resumed"] and resumed.steps == 6
+    assert resumed.summary["resumed"] and resumed.summary["steps"] == 6
     for k, v in full.epsilon.items():
         assert torch.equal(v, resumed.epsilon[k]), k
     assert any(v.abs().max() > 0 for v in full.epsilon.values())
@@ -127,7 +128,7 @@ def test_nonfinite_gradients_skip_the_step(tmp_path):
             output.register_hook(lambda g: torch.full_like(g, float("nan")))
 
     bb.model.blocks[IGNITE].register_forward_hook(poison)
-    cfg = RepairConfig(max_steps=3, progress=False, export=False)
+    cfg = RepairConfig(max_steps=3, progress=False, export=False, analysis=False)
     res = repair(bb, photos(2), cfg, out_dir=tmp_path / "o", directions=dirs)
     assert all(torch.equal(v, torch.zeros_like(v)) for v in res.epsilon.values())
     assert res.summary["nonfinite_steps"] == 3 and res.summary["optimizer_steps"] == 0
@@ -152,31 +153,31 @@ def test_existing_output_is_refused_unless_overwrite_or_resume(tmp_path):
     (out / "notes.txt").write_text("mine")
     bb, dirs = tiny_backbone()
     with pytest.raises(OutputExistsError):
-        repair(bb, photos(2), RepairConfig(max_steps=1, progress=False, export=False), out_dir=out, directions=dirs)
+        repair(bb, photos(2), RepairConfig(max_steps=1, progress=False, export=False, analysis=False), out_dir=out, directions=dirs)
     assert type(bb.model.blocks[0].attn.qkv) is torch.nn.Linear  # refused before touching the model
-    res = repair(bb, photos(2), RepairConfig(max_steps=1, progress=False, export=False, overwrite=True), out_dir=out, directions=dirs)
+    res = repair(bb, photos(2), RepairConfig(max_steps=1, progress=False, export=False, analysis=False, overwrite=True), out_dir=out, directions=dirs)
     assert (out / "summary.json").exists() and (out / "notes.txt").read_text() == "mine"
-    assert res.steps == 1
+    assert res.summary["steps"] == 1
 
     from sinder.commands import repair as cmd
 
     parser = argparse.ArgumentParser()
     cmd.add_arguments(parser)
     args = parser.parse_args(["planted:small", "--data", str(tmp_path), "--out", str(out), "--save-at-skip", "50", "0.9"])
-    assert cmd.config_from_args(args).save_at_skip == (0.5, 0.9)
+    assert cmd.repair_config(args).save_at_skip == (0.5, 0.9)
     with pytest.raises(OutputExistsError):
         cmd.run(args)  # refused before the model is even loaded
 
 
 def test_repair_removes_the_planted_defects_and_keeps_features(tmp_path):
     bb, dirs = tiny_backbone()
-    cfg = RepairConfig(max_steps=60, lr=0.05, window=8, save_at_skip=(0.5,), progress=False)
+    cfg = RepairConfig(max_steps=60, lr=0.05, window=8, save_at_skip=(0.5,), progress=False, analysis=False)
     res = repair(bb, photos(8), cfg, eval_images=photos(3, seed=9), out_dir=tmp_path / "o", directions=dirs)
     s = res.summary
     assert s["stop_reason"] == "skip_ratio" and s["final_skip_ratio"] >= 0.75
     m = s["metrics"]
     assert m["before"]["high_norm_rate"] > 0.02 and m["after"]["high_norm_rate"] == 0
-    assert m["before"]["max_median_norm_ratio"] > 3 and m["after"]["max_median_norm_ratio"] < 2.5
+    assert m["before"]["max_over_median"] > 3 and m["after"]["max_over_median"] < 2.5
     assert m["features"]["non_defect_cosine"] > 0.999 and m["features"]["cls_cosine"] > 0.99
     assert (tmp_path / "o" / "checkpoints" / "skip_0.50.safetensors").exists()
     # the export was re-loaded and checked; load it once more here
@@ -189,7 +190,7 @@ def test_repair_removes_the_planted_defects_and_keeps_features(tmp_path):
     # σ and its learned correction per part, named where they live, for the HTML report
     from sinder.report import read_sigma
 
-    entries = {(e.layer, e.linear): e for e in read_sigma(tmp_path / "o" / "sigma.safetensors", [])}
+    entries = {(e.layer, e.linear): e for e in read_sigma(tmp_path / "o", [])}
     assert len(entries) == 4 * 3 and (IGNITE, "attn.qkv[96:144]") in entries and (IGNITE, "mlp.fc2") in entries
     delta = entries[(IGNITE, "mlp.fc1")].delta
     assert torch.equal(torch.from_numpy(delta).float(), res.epsilon[f"blocks.{IGNITE}.mlp_in"])
@@ -199,7 +200,7 @@ def test_num_eval_max_zero_means_no_held_out_metrics():
     bb, dirs = tiny_backbone()
     cfg = RepairConfig(max_steps=1, progress=False, num_eval_max=0)
     res = repair(bb, photos(2), cfg, eval_images=photos(1, seed=9), directions=dirs)  # was a ZeroDivisionError
-    assert res.summary["metrics"] is None and res.summary["num_eval_images"] == 0 and res.steps == 1
+    assert res.summary["metrics"] is None and res.summary["num_eval_images"] == 0 and res.summary["steps"] == 1
 
 
 def test_gram_anchor_is_zero_at_start_and_training_runs():
@@ -239,3 +240,35 @@ def test_cli_end_to_end_on_the_planted_model(tmp_path, capsys):
     rows = _rows(out)
     assert len(rows) == 2 and rows[0]["layer"] is not None and rows[0]["defects"] >= 3
     assert "held-out" in capsys.readouterr().out
+
+
+def test_overwrite_leaves_nothing_of_an_earlier_run(tmp_path):
+    """A rerun with --overwrite (here without analyses) must not show the earlier run's analyses or report."""
+    from sinder.report import build_report
+    from sinder.runfolder import RunFolder
+
+    out = tmp_path / "run"
+    bb, dirs = tiny_backbone()
+    first = repair(bb, photos(4), RepairConfig(max_steps=2, progress=False, export=False), eval_images=photos(2, seed=9), out_dir=out, directions=dirs)
+    folder = RunFolder(out)
+    assert first.analysis_before is not None and folder.analysis("before").holds_analysis(folder.analysis("before").path)
+    assert folder.analysis("after").holds_analysis(folder.analysis("after").path)
+    assert "after repair:" in build_report([out])  # the caption the stale page would show
+    (out / "report.html").write_text("old page")
+    bb, dirs = tiny_backbone()
+    cfg = RepairConfig(max_steps=1, progress=False, export=False, analysis=False, overwrite=True)
+    repair(bb, photos(4), cfg, eval_images=photos(2, seed=9), out_dir=out, directions=dirs)
+    left = sorted(p.name for p in out.iterdir())
+    assert left == ["checkpoint.safetensors", "config.json", "log.jsonl", "sigma.safetensors", "summary.json"]
+    page = build_report([out])
+    assert "analysis_after holds no analysis.json" in page and "after repair:" not in page
+
+
+def test_library_repair_holds_out_images_and_writes_the_complete_folder(tmp_path):
+    """Without eval images, ~10% of the training images (at least one) are kept apart and analysed."""
+    bb, dirs = tiny_backbone()
+    res = repair(bb, photos(5), RepairConfig(max_steps=1, progress=False, export=False), out_dir=tmp_path / "o", directions=dirs)
+    assert res.summary["num_train_images"] == 4 and res.summary["num_eval_images"] == 1
+    assert res.summary["metrics"]["num_images"] == 1
+    before = json.loads((tmp_path / "o" / "analysis_before" / "analysis.json").read_text())
+    assert len(before["images"]) == 1 and before["rule"]["mask_thr"] == 4.0

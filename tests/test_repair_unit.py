@@ -8,8 +8,10 @@ from torch import nn
 
 from sinder.errors import ConfigError, ModelSpecError
 from sinder.repair import RepairConfig, attach
-from sinder.repair.data import ImageSet, SeededOrder, split_holdout
-from sinder.repair.loss import defect_mask, full_target, gaussian_kernel, neighbour_loss, neighbourhood_target
+from sinder.detect import DefectRule, interior_mask
+from sinder.images import ImageSet, split_holdout
+from sinder.repair.data import SeededOrder
+from sinder.repair.loss import gaussian_kernel, neighbour_loss, neighbourhood_target, token_scores
 from sinder.repair.singular import SingularLinear
 
 
@@ -17,6 +19,15 @@ from sinder.repair.singular import SingularLinear
 def _one_thread():
     with single_thread():
         yield
+
+
+def full_target(grid: torch.Tensor, direction: torch.Tensor, kernel: int = 3, tau: float = 0.1) -> torch.Tensor:
+    """The target at every interior position (B, H−2p, W−2p, D)."""
+    bsz, h, w, _ = grid.shape
+    p = kernel // 2
+    pos = interior_mask(h, w, p).expand(bsz, h, w).nonzero()
+    t = neighbourhood_target(grid, token_scores(grid, direction), pos, kernel, tau)
+    return t.reshape(bsz, h - 2 * p, w - 2 * p, -1)
 
 
 def _randomise_eps(handle, scale=0.05, seed=1):
@@ -217,7 +228,7 @@ def test_loss_gradient_moves_only_defects_toward_target():
     grid = torch.randn(2, 6, 6, 64)
     nu = torch.randn(64)
     grid[0, 2, 3] += 20 * nu / nu.norm()
-    mask = defect_mask(-(torch.nn.functional.normalize(grid, dim=-1) @ (nu / nu.norm())).abs(), 3.0, 1)
+    mask = DefectRule(mask_thr=3.0).detect(grid, nu)
     assert mask[0, 2, 3] and mask.sum() >= 1
     x = grid.clone().requires_grad_(True)
     loss = neighbour_loss(x, nu, mask)
@@ -227,27 +238,27 @@ def test_loss_gradient_moves_only_defects_toward_target():
     assert torch.equal(moved, mask)  # the target and the normaliser carry no gradient
     # d‖x − T‖/dx = (x − T)/‖x − T‖: a descent step moves the defect straight toward its target
     pos = mask.nonzero()
-    logits = -(torch.nn.functional.normalize(grid, dim=-1) @ (nu / nu.norm())).abs()
-    toward = neighbourhood_target(grid, logits, pos) - grid[pos[:, 0], pos[:, 1], pos[:, 2]]
+    scores = (torch.nn.functional.normalize(grid, dim=-1) @ (nu / nu.norm())).abs()
+    toward = neighbourhood_target(grid, scores, pos) - grid[pos[:, 0], pos[:, 1], pos[:, 2]]
     step = -x.grad[pos[:, 0], pos[:, 1], pos[:, 2]]
     assert torch.nn.functional.cosine_similarity(step, toward, dim=-1).min() > 1 - 1e-5
 
 
 def test_defect_mask_uses_whole_grid_statistics_and_excludes_border():
-    logits = torch.zeros(1, 7, 7)
-    logits[0, 3, 3] = -1.0
-    logits[0, 0, 0] = -1.0  # a border outlier: counted in the statistics, never a defect
-    m = defect_mask(logits, 3.0, border=1)
+    scores = torch.zeros(1, 7, 7)
+    scores[0, 3, 3] = 1.0
+    scores[0, 0, 0] = 1.0  # a border outlier: counted in the statistics, never a defect
+    m = DefectRule(mask_thr=3.0, border=1).cosine_mask(scores)
     assert m.sum() == 1 and m[0, 3, 3]
-    flat = logits.flatten()
-    assert flat.mean() - 3.0 * flat.std() > -1.0  # whole-grid statistics (as the reference)
+    flat = scores.flatten()
+    assert flat.mean() + 3.0 * flat.std() < 1.0  # whole-grid statistics (as the reference)
     # five border outliers raise σ of the whole grid: the centre is no longer a defect, although
-    # interior-only statistics (mean -0.04, std 0.2) would still flag it
-    crowded = logits.clone()
-    crowded[0, 0, 1:5] = -1.0
-    assert not defect_mask(crowded, 3.0, border=1).any()
-    assert defect_mask(logits, 3.0, border=3)[0, 3, 3]  # border 3 leaves only the centre
-    assert not defect_mask(logits, 3.0, border=4).any()
+    # interior-only statistics (mean 0.04, std 0.2) would still flag it
+    crowded = scores.clone()
+    crowded[0, 0, 1:5] = 1.0
+    assert not DefectRule(mask_thr=3.0, border=1).cosine_mask(crowded).any()
+    assert DefectRule(mask_thr=3.0, border=3).cosine_mask(scores)[0, 3, 3]  # border 3 leaves only the centre
+    assert not DefectRule(mask_thr=3.0, border=4).cosine_mask(scores).any()
     k3, k5 = gaussian_kernel(3), gaussian_kernel(5)
     assert torch.allclose(k3, torch.tensor([1.0, 2, 1])[:, None] * torch.tensor([1.0, 2, 1]) / 16)
     assert abs(float(k5.sum()) - 1.0) < 1e-6 and float(k5[2, 2]) == pytest.approx(41 / 273)
@@ -259,17 +270,17 @@ def test_target_ignores_defect_like_neighbours():
     nu = torch.tensor([1.0, 0.0, 0.0])
     grid = c.expand(1, 3, 3, 3).clone()
     grid[0, 0, 1] = torch.tensor([5.0, 0.1, 0.0])  # a second defect in the window
-    logits = -(torch.nn.functional.normalize(grid, dim=-1) @ nu).abs()
-    t = neighbourhood_target(grid, logits, torch.tensor([[0, 1, 1]]), 3, 0.1)[0]
+    scores = (torch.nn.functional.normalize(grid, dim=-1) @ nu).abs()
+    t = neighbourhood_target(grid, scores, torch.tensor([[0, 1, 1]]), 3, 0.1)[0]
     assert (t - c).norm() < 0.01 * 5.0
 
 
 def test_target_is_finite_for_small_tau_when_the_whole_window_is_defect_like():
     """exp(−1/τ) underflows to 0 for τ = 1e-3; the normalised weights must still be the Gaussian kernel."""
     nu = torch.tensor([1.0, 0.0, 0.0])
-    grid = (torch.arange(1.0, 10.0).reshape(1, 3, 3, 1) * nu).clone()  # every token ∥ ν: all logits −1
-    logits = -(torch.nn.functional.normalize(grid, dim=-1) @ nu).abs()
-    t = neighbourhood_target(grid, logits, torch.tensor([[0, 1, 1]]), 3, 1e-3)[0]
+    grid = (torch.arange(1.0, 10.0).reshape(1, 3, 3, 1) * nu).clone()  # every token ∥ ν: all |cos| 1
+    scores = (torch.nn.functional.normalize(grid, dim=-1) @ nu).abs()
+    t = neighbourhood_target(grid, scores, torch.tensor([[0, 1, 1]]), 3, 1e-3)[0]
     expected = (gaussian_kernel(3).flatten()[:, None] * grid[0].reshape(9, 3)).sum(0)
     assert torch.allclose(t, expected, atol=1e-6)
 

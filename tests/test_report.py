@@ -22,7 +22,8 @@ from sinder import cli
 from sinder.analyze import AnalyzeConfig, analyze
 from sinder.images import bundled_photos
 from sinder.report import SECTION_IDS, ReportConfig, build_report, read_sigma, split_part
-from sinder.report_plots import comparison_panel
+from sinder.report.plots import comparison_panel
+from sinder.runfolder import AnalysisFolder
 
 PHOTOS = ("chelsea", "coffee")
 LINEARS = ("attn.qkv[768:1152]", "attn.proj", "mlp.fc1", "mlp.fc2")
@@ -74,10 +75,10 @@ def run_dir(tmp_path_factory, planted):
     run = tmp_path_factory.mktemp("report") / "run"
     write_fake_run_files(run)
     cfg = AnalyzeConfig(figures=False)
-    directions = torch.stack([planted.planted["u"]] * planted.depth)  # the planted defect direction
+    directions = torch.stack([planted.ground_truth["u"]] * planted.depth)  # the planted defect direction
     analyze(planted, bundled_photos(PHOTOS), cfg, directions=directions, out_dir=run / "analysis_before", progress=False)
     fixed = copy.deepcopy(planted)
-    m = fixed.planted["m"]
+    m = fixed.ground_truth["m"]
     with torch.no_grad():
         pos = fixed.model.pos_embed
         pos -= (pos @ m)[..., None] * m
@@ -122,7 +123,7 @@ def test_split_part_known_names():
 def test_read_sigma_round_trip(tmp_path):
     write_fake_run_files(tmp_path)
     notes: list[str] = []
-    entries = read_sigma(tmp_path / "sigma.safetensors", notes)
+    entries = read_sigma(tmp_path, notes)
     assert notes == []
     assert len(entries) == 12 * len(LINEARS)
     assert [e.layer for e in entries] == sorted(e.layer for e in entries)
@@ -174,10 +175,8 @@ def test_run_report_content(run_dir, run_page):
 
 
 def test_norm_colour_scale_shared(run_dir):
-    from sinder.analyze import load_analysis
-
-    a = load_analysis(run_dir / "analysis_before").maps[0]
-    b = load_analysis(run_dir / "analysis_after").maps[0]
+    a = AnalysisFolder(run_dir / "analysis_before").read().maps[0]
+    b = AnalysisFolder(run_dir / "analysis_after").read().maps[0]
     fig = comparison_panel([("A", a), ("B", b)], "t")
     axes = fig.axes
     clims = [ax.images[0].get_clim() for ax in (axes[2], axes[8])]  # row-major: column 2 of rows 0 and 1

@@ -1,10 +1,13 @@
-"""Image input: robust decoding, the models' preprocessing, and the bundled scikit-image photos."""
+"""Image input, one pipeline for every command: robust decoding, the models' preprocessing with
+two crop policies (``aspect`` keeps the aspect ratio, for analysis; ``square`` centre-crops, for
+training and batched evaluation), lazy image sets, and the bundled scikit-image photos."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Iterator, Literal, Sequence, Union
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 MIN_SIDE = 16  # smaller images hold less than two patches of information: skip them
@@ -71,14 +76,23 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     return rgb
 
 
-def list_images(inputs: list[str | os.PathLike]) -> tuple[list[Path], list[dict]]:
+def is_image_file(path: Path) -> bool:
+    """An image by its suffix, not hidden (``._x.jpg`` resource forks and dotfiles are never images here)."""
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _hidden_below(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def list_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[dict]]:
     """Expand files and folders (recursive) into image paths, sorted; missing inputs become skips."""
     found: list[Path] = []
     skipped: list[dict] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+            found.extend(sorted(f for f in p.rglob("*") if is_image_file(f) and not _hidden_below(f, p)))
         elif p.is_file():
             found.append(p)
         else:
@@ -165,3 +179,161 @@ def bundled_photos(names: tuple[str, ...] | None = None) -> list[SourceImage]:
 
 def image_digest(img: Image.Image) -> str:
     return hashlib.sha1(img.tobytes()).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------- image sets
+
+ImageItem = Union[str, os.PathLike, Image.Image, SourceImage, torch.Tensor]
+Crop = Literal["square", "aspect"]
+CACHE_BYTES = 512 * 2**20  # keep decoded pixels when the whole set fits (small sets are cycled many times)
+
+
+def expand_inputs(inputs: Sequence[ImageItem]) -> tuple[list[ImageItem], list[dict]]:
+    """Folders/files -> image paths (recursive, sorted); in-memory items pass through in order."""
+    items: list[ImageItem] = []
+    missing: list[dict] = []
+    for item in inputs:
+        if isinstance(item, (str, os.PathLike)):
+            paths, miss = list_images([item])
+            items.extend(paths)
+            missing.extend(miss)
+        elif isinstance(item, (Image.Image, SourceImage, torch.Tensor)):
+            items.append(item)
+        else:
+            raise ImageError(f"unsupported image input {type(item).__name__}; pass paths, PIL images or (3, H, W) tensors")
+    return items, missing
+
+
+def item_name(item: ImageItem, index: int) -> str:
+    if isinstance(item, SourceImage):
+        return item.name
+    if isinstance(item, Image.Image):
+        return f"image{index}:{image_digest(item)}"
+    if isinstance(item, torch.Tensor):
+        return f"tensor{index}:{tuple(item.shape)}"
+    return str(item)
+
+
+def check_decodable(items: Sequence[ImageItem], what: str) -> None:
+    """Raise ``ImageError`` unless one of ``items`` decodes; stops at the first that does."""
+    first: tuple[ImageItem, ImageError] | None = None
+    for item in items:
+        if not isinstance(item, (str, os.PathLike)):
+            return  # in-memory images are checked when they are used
+        try:
+            load_image(item)
+            return
+        except ImageError as err:
+            first = first or (item, err)
+    if first is not None:
+        raise ImageError(f"none of the {len(items)} {what} can be used ({first[0]}: {first[1]}); pass images PIL can decode")
+
+
+def split_holdout(items: list, num_eval: int) -> tuple[list, list]:
+    """Deterministic held-out split: ``num_eval`` items at a fixed stride go to evaluation."""
+    if num_eval <= 0 or len(items) < 2:
+        return list(items), []
+    num_eval = min(num_eval, len(items) - 1)
+    stride = len(items) / num_eval
+    picked = {int(i * stride + stride / 2) for i in range(num_eval)}
+    return [x for i, x in enumerate(items) if i not in picked], [x for i, x in enumerate(items) if i in picked]
+
+
+@dataclass
+class ImageSet:
+    """Images preprocessed on demand (decoded lazily: a 30k-image folder is not read up front).
+
+    ``crop``: ``square`` (centre crop, every image the same shape) or ``aspect`` (short side to
+    ``resolution``, aspect kept). Unusable images give ``None`` from :meth:`load` and their
+    reason in ``skipped``.
+    """
+
+    items: list[ImageItem]
+    resolution: int
+    patch_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    crop: Crop = "square"
+    names: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    sizes: dict[int, tuple[int, int]] = field(default_factory=dict)  # original (w, h) of decoded images
+    _cache: dict[int, torch.Tensor | None] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.crop not in ("square", "aspect"):
+            raise ValueError(f"crop must be 'square' or 'aspect', got {self.crop!r}")
+        if not self.names:
+            self.names = [item_name(x, i) for i, x in enumerate(self.items)]
+
+    @classmethod
+    def from_inputs(cls, inputs: Sequence[ImageItem], backbone, resolution: int, crop: Crop = "square", limit: int | None = None) -> ImageSet:
+        items, missing = expand_inputs(inputs)
+        if limit is not None:
+            items = subsample(items, limit)
+        out = cls(items, resolution, backbone.patch_size, tuple(backbone.mean), tuple(backbone.std), crop)
+        for m in missing:
+            out.skipped[m["path"]] = m["reason"]
+        return out
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def digest(self) -> str:
+        """Identifies the image list (names and resolution), checked when a run is resumed."""
+        h = hashlib.sha1(f"{self.resolution}|".encode())
+        for n in self.names:
+            h.update(n.encode() + b"\0")
+        return h.hexdigest()[:16]
+
+    def load(self, index: int) -> torch.Tensor | None:
+        """(3, H, W) float32 pixels, or None when the image is unusable (reason in ``skipped``)."""
+        if index in self._cache:
+            return self._cache[index]
+        item, name = self.items[index], self.names[index]
+        try:
+            px = self._check_tensor(item) if isinstance(item, torch.Tensor) else self._preprocess(index, item)
+        except ImageError as err:
+            if name not in self.skipped:
+                log.warning("skipping %s: %s", name, err)
+            self.skipped[name] = str(err)
+            px = None
+        if len(self.items) * 3 * 4 * self.resolution**2 <= CACHE_BYTES:
+            self._cache[index] = px
+        return px
+
+    def _preprocess(self, index: int, item: ImageItem) -> torch.Tensor:
+        img = item.image if isinstance(item, SourceImage) else item if isinstance(item, Image.Image) else load_image(item)
+        self.sizes[index] = img.size
+        return preprocess(img, self.resolution, self.patch_size, self.mean, self.std, square=self.crop == "square")
+
+    def _check_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        if t.ndim != 3 or t.shape[0] != 3 or t.shape[1] % self.patch_size or t.shape[2] % self.patch_size:
+            raise ImageError(f"tensor of shape {tuple(t.shape)} is not (3, H, W) with H, W multiples of {self.patch_size}")
+        return t.float()
+
+    def usable(self) -> list[int]:
+        """Indices of the images that decode (decoding each once)."""
+        return [i for i in range(len(self)) if self.load(i) is not None]
+
+    def batches(self, batch_size: int, progress: bool | None = False, desc: str = "images") -> Iterator[tuple[list[int], torch.Tensor]]:
+        """(indices, stacked pixels) of usable images, same-shape images together, input order within a shape.
+
+        ``progress``: a bar (None: only on a terminal)."""
+        from tqdm.auto import tqdm
+
+        pending: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
+        bar = tqdm(total=len(self), desc=desc, unit="img", disable=None if progress is None else not progress, leave=False)
+        for i in range(len(self)):
+            px = self.load(i)
+            bar.update(1)
+            if px is None:
+                continue
+            group = pending.setdefault(tuple(px.shape), [])
+            group.append((i, px))
+            if len(group) == batch_size:
+                yield [k for k, _ in group], torch.stack([p for _, p in group])
+                group.clear()
+        for group in pending.values():
+            if group:
+                yield [k for k, _ in group], torch.stack([p for _, p in group])
+        bar.close()

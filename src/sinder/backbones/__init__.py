@@ -1,6 +1,8 @@
 """Backbones: load any supported ViT by spec and expose the canonical block view.
 
-Specs:
+Specs are ``FAMILY:NAME``; the families live in :mod:`sinder.families` (see
+:mod:`sinder.backbones.registry`):
+
     ``timm:NAME[.TAG]``            a timm VisionTransformer or Eva (DINOv2, DINOv3, DeiT-III, CLIP)
     ``hf:ID_OR_DIR``               transformers Dinov2Model / Dinov2WithRegistersModel / DINOv3ViTModel
     ``dinov2:vits14|vitb14|vitl14|vitg14[_reg]``  official torch.hub state dicts (``--weights FILE.pth``)
@@ -14,17 +16,18 @@ import torch
 
 from ..errors import ModelSpecError
 from .base import Backbone, TokenContext
+from .registry import Family, families, get_family, register_family
 from .view import BlockView, LinearSlice
-
-FAMILIES = ("timm", "hf", "dinov2", "planted")
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
+    """``"timm:vit_small_patch14_dinov2"`` -> ``("timm", "vit_small_patch14_dinov2")``; unknown families are refused."""
     family, sep, name = spec.partition(":")
-    if not sep or family not in FAMILIES or not name:
-        raise ModelSpecError(
-            f"unknown model spec {spec!r}; use timm:NAME, hf:ID_OR_DIR, dinov2:vits14|vitb14|vitl14|vitg14[_reg] or planted:small"
-        )
+    known = families()
+    if not sep or not name or family not in {f.name for f in known}:
+        helps = [f.spec_help for f in known]
+        listing = f"{', '.join(helps[:-1])} or {helps[-1]}" if len(helps) > 1 else "".join(helps)
+        raise ModelSpecError(f"unknown model spec {spec!r}; use {listing}")
     return family, name
 
 
@@ -37,24 +40,12 @@ def load_backbone(
 ) -> Backbone:
     """Build the model named by ``spec`` and wrap it in its adapter (eval mode, on ``device``)."""
     family, name = parse_spec(spec)
-    if family == "timm":
-        from .timm_loader import load_timm
-
-        backbone = load_timm(name, spec, weights=weights, random_init=random_init)
-    elif family == "hf":
-        from .hf_loader import load_hf
-
-        backbone = load_hf(name, spec, weights=weights, random_init=random_init)
-    elif family == "dinov2":
-        from .official_dinov2 import load_official_dinov2
-
-        backbone = load_official_dinov2(name, spec, weights=weights, random_init=random_init)
-    else:
-        from .planted import load_planted
-
-        backbone = load_planted(name, spec, weights=weights)
+    backbone = get_family(family).load(name, spec, weights=weights, random_init=random_init)
     backbone.model.eval().to(device)
     return backbone
 
 
-__all__ = ["Backbone", "BlockView", "LinearSlice", "TokenContext", "load_backbone", "parse_spec"]
+__all__ = [
+    "Backbone", "BlockView", "Family", "LinearSlice", "TokenContext",
+    "families", "get_family", "load_backbone", "parse_spec", "register_family",
+]  # fmt: skip

@@ -27,10 +27,18 @@ class Backbone(ABC):
     Attributes set by every adapter:
         model: the user's own ``nn.Module`` (edited in place by repair).
         spec: the model spec string it was loaded from.
-        family: ``timm`` | ``hf`` | ``dinov2`` | ``planted``; decides the export format.
+        family: the registered family it was loaded by (``timm``, ``hf``, ``dinov2``, ``planted``,
+            see :mod:`sinder.backbones.registry`); decides the export format.
         patch_size, num_prefix_tokens (cls + registers/storage), embed_dim, depth.
         image_size: native square resolution, from the positional-embedding grid.
         mean, std: the input normalisation the model was trained with.
+
+    Source fields, set by some loaders:
+        timm_name: the timm model name that re-creates the architecture on export (None: the
+            ``timm:`` spec's own name).
+        timm_kwargs: extra ``timm.create_model`` arguments that architecture needs (None: none).
+        ground_truth: planted models only, what was planted (the builder's info dict: ``u``, ``m``,
+            ``positions``, ...); None for real models.
     """
 
     model: nn.Module
@@ -44,6 +52,9 @@ class Backbone(ABC):
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     has_cls_token: bool = True
+    timm_name: str | None = None
+    timm_kwargs: dict | None = None
+    ground_truth: object | None = None
 
     # -- family-specific -------------------------------------------------------------------
     @abstractmethod

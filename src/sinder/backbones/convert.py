@@ -60,18 +60,22 @@ def _split3(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return t[:n], t[n : 2 * n], t[2 * n :]
 
 
+# official DINOv2 <-> transformers, outside the blocks (one table, used both ways)
+_OFFICIAL_TO_HF_TOP = {
+    "cls_token": "embeddings.cls_token",
+    "mask_token": "embeddings.mask_token",
+    "pos_embed": "embeddings.position_embeddings",
+    "register_tokens": "embeddings.register_tokens",
+    "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
+    "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
+    "norm.weight": "layernorm.weight",
+    "norm.bias": "layernorm.bias",
+}
+
+
 def official_dinov2_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official DINOv2 -> transformers 5 ``Dinov2Model`` / ``Dinov2WithRegistersModel`` keys."""
-    top = {
-        "cls_token": "embeddings.cls_token",
-        "mask_token": "embeddings.mask_token",
-        "pos_embed": "embeddings.position_embeddings",
-        "register_tokens": "embeddings.register_tokens",
-        "patch_embed.proj.weight": "embeddings.patch_embeddings.projection.weight",
-        "patch_embed.proj.bias": "embeddings.patch_embeddings.projection.bias",
-        "norm.weight": "layernorm.weight",
-        "norm.bias": "layernorm.bias",
-    }
+    top = _OFFICIAL_TO_HF_TOP
     direct = {
         "norm1": "norm1", "norm2": "norm2", "attn.proj": "attention.o_proj", "mlp.fc1": "mlp.fc1",
         "mlp.fc2": "mlp.fc2", "mlp.w3": "mlp.down_proj",
@@ -114,16 +118,7 @@ _HF_LEGACY = {
 
 def hf_dinov2_to_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """transformers DINOv2 (5.x names or the legacy ``save_pretrained`` names) -> official DINOv2 keys."""
-    inv_top = {
-        "embeddings.cls_token": "cls_token",
-        "embeddings.mask_token": "mask_token",
-        "embeddings.position_embeddings": "pos_embed",
-        "embeddings.register_tokens": "register_tokens",
-        "embeddings.patch_embeddings.projection.weight": "patch_embed.proj.weight",
-        "embeddings.patch_embeddings.projection.bias": "patch_embed.proj.bias",
-        "layernorm.weight": "norm.weight",
-        "layernorm.bias": "norm.bias",
-    }
+    inv_top = {hf: official for official, hf in _OFFICIAL_TO_HF_TOP.items()}
     layers: dict[tuple[str, str, str], torch.Tensor] = {}
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():

@@ -137,19 +137,29 @@ def _checked_from_pretrained(cls, source: str, spec: str, what: str, **kwargs) -
     return model
 
 
+def is_official_dinov2(state_dict: dict) -> bool:
+    """The official DINOv2 key layout (``blocks.i.attn.qkv``, ``patch_embed.proj``), not transformers'."""
+    return "patch_embed.proj.weight" in state_dict and "blocks.0.norm1.weight" in state_dict
+
+
 def _load_state_dict_into(config, weights: Path, spec: str) -> nn.Module:
-    """Through ``from_pretrained`` on a temporary folder, so transformers' own legacy-name conversions apply."""
+    """Through ``from_pretrained`` on a temporary folder, so transformers' own legacy-name conversions
+    apply; an official DINOv2 checkpoint (``dinov2_vits14_pretrain.pth``) is converted first."""
     from safetensors.torch import save_file
 
+    from .convert import official_dinov2_to_hf
+
     cls = _model_class(config, spec)
+    state_dict = read_state_dict(weights)  # validates the file with our one-line errors
     with tempfile.TemporaryDirectory(prefix="sinder-hf-") as tmp:
         config.save_pretrained(tmp)
         target = Path(tmp) / "model.safetensors"
-        if weights.suffix == ".safetensors":
-            read_state_dict(weights)  # validates the file with our one-line errors
+        if weights.suffix == ".safetensors" and not is_official_dinov2(state_dict):
             os.symlink(weights.resolve(), target)
         else:
-            save_file({k: v.contiguous() for k, v in read_state_dict(weights).items()}, str(target))
+            if is_official_dinov2(state_dict):
+                state_dict = official_dinov2_to_hf(state_dict)
+            save_file({k: v.contiguous() for k, v in state_dict.items()}, str(target))
         return _checked_from_pretrained(cls, tmp, spec, str(weights), local_files_only=True)
 
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..errors import ModelSpecError
 from .base import TokenContext
-from .timm_vit import TimmBackbone, timm_mlp_view
+from .timm_vit import TimmBackbone, fused_qkv
 from .view import BlockView, LinearSlice
 
 
@@ -50,35 +50,13 @@ class TimmEvaBackbone(TimmBackbone):
 
     def block_view(self, index: int) -> BlockView:
         blk = self.model.blocks[index]
-        prefix = f"blocks.{index}"
-        attn = blk.attn
+        attn, prefix = blk.attn, f"blocks.{index}.attn"
         if attn.qkv is not None:
-            d = attn.qkv.out_features // 3
-            name = f"{prefix}.attn.qkv"
             # *_qkvb: biases live outside the Linear; k's is a zero buffer (None here means zero)
-            q = LinearSlice(attn.qkv, name, 0, d, bias_param=attn.q_bias)
-            k = LinearSlice(attn.qkv, name, d, 2 * d)
-            v = LinearSlice(attn.qkv, name, 2 * d, 3 * d, bias_param=attn.v_bias)
+            qkv = fused_qkv(attn.qkv, f"{prefix}.qkv", q_bias=attn.q_bias, v_bias=attn.v_bias)
         else:
-            q = LinearSlice(attn.q_proj, f"{prefix}.attn.q_proj")
-            k = LinearSlice(attn.k_proj, f"{prefix}.attn.k_proj")
-            v = LinearSlice(attn.v_proj, f"{prefix}.attn.v_proj")
-        mlp_in, act, mlp_out = timm_mlp_view(blk.mlp, f"{prefix}.mlp")
-        return BlockView(
-            norm1=blk.norm1,
-            q=q,
-            k=k,
-            v=v,
-            proj=LinearSlice(attn.proj, f"{prefix}.attn.proj"),
-            ls1=blk.gamma_1,
-            norm2=blk.norm2,
-            mlp_in=mlp_in,
-            activation=act,
-            mlp_out=mlp_out,
-            ls2=blk.gamma_2,
-            num_heads=attn.num_heads,
-            extras={"q_norm": attn.q_norm, "k_norm": attn.k_norm},
-        )
+            qkv = tuple(LinearSlice(getattr(attn, f"{n}_proj"), f"{prefix}.{n}_proj") for n in "qkv")
+        return self.timm_block_view(index, qkv, blk.gamma_1, blk.gamma_2)
 
     def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, TokenContext]:
         m = self.model

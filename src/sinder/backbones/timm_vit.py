@@ -52,6 +52,18 @@ def layer_scale_gamma(ls: nn.Module | None) -> torch.Tensor | None:
     return getattr(ls, "gamma", None) if ls is not None else None
 
 
+def fused_qkv(
+    qkv: nn.Linear, name: str, q_bias: nn.Parameter | None = None, v_bias: nn.Parameter | None = None
+) -> tuple[LinearSlice, LinearSlice, LinearSlice]:
+    """q, k, v as row thirds of a fused ``qkv`` Linear; ``q_bias``/``v_bias`` when stored outside it."""
+    d = qkv.out_features // 3
+    return (
+        LinearSlice(qkv, name, 0, d, bias_param=q_bias),
+        LinearSlice(qkv, name, d, 2 * d),
+        LinearSlice(qkv, name, 2 * d, 3 * d, bias_param=v_bias),
+    )
+
+
 class TimmBackbone(Backbone):
     """What timm's ViT-like models share: attribute names, block list, final norm and forward."""
 
@@ -80,6 +92,31 @@ class TimmBackbone(Backbone):
     def model_forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(pixels)
 
+    def timm_block_view(
+        self, index: int, qkv: tuple[LinearSlice, LinearSlice, LinearSlice], ls1: torch.Tensor | None, ls2: torch.Tensor | None
+    ) -> BlockView:
+        """The view of pre-norm block ``index`` given what differs between timm's ViT and Eva blocks:
+        where q/k/v and the LayerScale gammas live."""
+        blk = self.model.blocks[index]
+        prefix = f"blocks.{index}"
+        mlp_in, act, mlp_out = timm_mlp_view(blk.mlp, f"{prefix}.mlp")
+        q, k, v = qkv
+        return BlockView(
+            norm1=blk.norm1,
+            q=q,
+            k=k,
+            v=v,
+            proj=LinearSlice(blk.attn.proj, f"{prefix}.attn.proj"),
+            ls1=ls1,
+            norm2=blk.norm2,
+            mlp_in=mlp_in,
+            activation=act,
+            mlp_out=mlp_out,
+            ls2=ls2,
+            num_heads=blk.attn.num_heads,
+            extras={"q_norm": blk.attn.q_norm, "k_norm": blk.attn.k_norm},
+        )
+
 
 class TimmViTBackbone(TimmBackbone):
 
@@ -97,26 +134,8 @@ class TimmViTBackbone(TimmBackbone):
 
     def block_view(self, index: int) -> BlockView:
         blk = self.model.blocks[index]
-        prefix = f"blocks.{index}"
-        attn = blk.attn
-        d = attn.qkv.out_features // 3
-        qkv_name = f"{prefix}.attn.qkv"
-        mlp_in, act, mlp_out = timm_mlp_view(blk.mlp, f"{prefix}.mlp")
-        return BlockView(
-            norm1=blk.norm1,
-            q=LinearSlice(attn.qkv, qkv_name, 0, d),
-            k=LinearSlice(attn.qkv, qkv_name, d, 2 * d),
-            v=LinearSlice(attn.qkv, qkv_name, 2 * d, 3 * d),
-            proj=LinearSlice(attn.proj, f"{prefix}.attn.proj"),
-            ls1=layer_scale_gamma(blk.ls1),
-            norm2=blk.norm2,
-            mlp_in=mlp_in,
-            activation=act,
-            mlp_out=mlp_out,
-            ls2=layer_scale_gamma(blk.ls2),
-            num_heads=attn.num_heads,
-            extras={"q_norm": attn.q_norm, "k_norm": attn.k_norm},
-        )
+        qkv = fused_qkv(blk.attn.qkv, f"blocks.{index}.attn.qkv")
+        return self.timm_block_view(index, qkv, layer_scale_gamma(blk.ls1), layer_scale_gamma(blk.ls2))
 
     def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, TokenContext]:
         m = self.model

@@ -2,13 +2,23 @@
 from __future__ import annotations
 
 import os
+import pickle
 import socket
+import struct
 from pathlib import Path
 from urllib.parse import urlparse
 
 import torch
 
 from ..errors import ModelSpecError, WeightsError
+
+# What torch.load raised on empty, truncated, corrupted and pickled-object files (weights_only=True):
+# a bad zip record or CRC (RuntimeError), a refused or broken pickle (UnpicklingError, EOFError,
+# UnicodeDecodeError, IndexError, KeyError, struct.error), an unreadable record (OSError), and
+# asserts in the legacy format reader.
+_TORCH_LOAD_ERRORS = (
+    RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError, LookupError, struct.error, AssertionError,
+)  # fmt: skip
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -23,17 +33,18 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not p.is_file():
         raise WeightsError(f"weights file not found: {p}; check --weights")
     if p.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
             return load_file(str(p))
-        except Exception as err:  # safetensors raises its own error types
+        except (SafetensorError, OSError, ValueError) as err:  # a bad header or a truncated body: SafetensorError
             raise WeightsError(f"{p}: not a readable safetensors file ({str(err).splitlines()[0] if str(err) else type(err).__name__}); re-download or re-export it") from None
     if p.suffix not in {".pth", ".pt", ".bin", ".ckpt"}:
         raise WeightsError(f"{p}: unknown weights format; use .safetensors or a .pth state dict")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:
+    except _TORCH_LOAD_ERRORS as err:
         raise WeightsError(f"{p}: cannot be read as a state dict with weights_only=True ({_load_failure(err)})") from None
     for key in ("state_dict", "model", "teacher", "module"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):

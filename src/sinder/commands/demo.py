@@ -9,9 +9,10 @@ import logging
 import time
 from pathlib import Path
 
-from ..analyze import AnalyzeConfig, analyze_around, format_table
+from ..analyze import format_table
 from ..backbones import load_backbone
 from ..images import BUNDLED_EVAL, BUNDLED_TRAIN, bundled_photos
+from ..runfolder import RunFolder
 from ..runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -28,15 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def comparison_table(before: dict, after: dict, features: dict | None) -> str:
     """Before/after on the held-out photos, last layer."""
     b, a = before["layers"][-1], after["layers"][-1]
-
-    def ratio(layer: dict) -> float:
-        return layer["norm_max"] / max(layer["norm_median"], 1e-12)
-
     rows = [
         "held-out photos, last layer      before     after",
-        f"defect rate (mu+4sd)          {100 * b['defect_rate']:8.2f}% {100 * a['defect_rate']:8.2f}%",
+        f"energy along nu               {100 * b['energy_along_direction']:8.2f}% {100 * a['energy_along_direction']:8.2f}%",
+        f"defect rate                   {100 * b['defect_rate']:8.2f}% {100 * a['defect_rate']:8.2f}%",
         f"high-norm rate (>3x median)   {100 * b['high_norm_rate']:8.2f}% {100 * a['high_norm_rate']:8.2f}%",
-        f"max / median token norm       {ratio(b):9.2f} {ratio(a):9.2f}",
+        f"max / median token norm       {b['max_over_median']:9.2f} {a['max_over_median']:9.2f}",
     ]
     if features:
         for key, label in (("non_defect_cosine", "non-defect token cosine"), ("cls_cosine", "CLS token cosine")):
@@ -47,35 +45,33 @@ def comparison_table(before: dict, after: dict, features: dict | None) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from ..repair import RepairConfig, repair
-    from ..repair.api import check_out
     from ..report import write_report
 
-    out = Path(args.out)
+    out = RunFolder(args.out)
     start = time.perf_counter()
     config = RepairConfig(max_steps=args.max_steps, device=args.device, overwrite=args.overwrite)
-    check_out(out, config, resumable=False)  # refuse an unusable --out before any work
+    out.check(resume=False, overwrite=args.overwrite, resumable=False)  # refuse an unusable --out before any work
     backbone = load_backbone(args.model, device=resolve_device(args.device))
     train, held_out = bundled_photos(BUNDLED_TRAIN), bundled_photos(BUNDLED_EVAL)
     log.info("analysing %s on %d held-out photos, repairing it on %d others (at most %d steps), analysing again",
              args.model, len(held_out), len(train), args.max_steps)  # fmt: skip
 
-    def run_repair(directions):
-        return repair(backbone, train, config, eval_images=held_out, out_dir=out, directions=directions)
-
-    before, after, result = analyze_around(backbone, held_out, out, run_repair, AnalyzeConfig(device=args.device))
-    report = write_report([out], out / "report.html", overwrite=True)
+    result = repair(backbone, train, config, eval_images=held_out, out_dir=out.path)
+    before, after = result.analysis_before, result.analysis_after
+    report = write_report([out.path], out.report, overwrite=True)
 
     print("\nBefore repair (held-out photos):")
     print(format_table(before.summary))
     print("\nAfter repair:")
     print(format_table(after.summary))
     print()
-    features = (result.summary.get("metrics") or {}).get("features")
+    s = result.summary
+    features = (s.get("metrics") or {}).get("features")
     print(comparison_table(before.summary, after.summary, features))
     print(
-        f"\nrepair: {result.steps} steps, {result.images_seen} images, {result.seconds:.1f} s, stopped by {result.stop_reason}"
+        f"\nrepair: {s['steps']} steps, {s['images_seen']} images, {s['seconds']:.1f} s, stopped by {s['stop_reason']}"
         f"\nrepaired weights: {result.weights_path}"
         f"\nreport: {report.resolve()}"
-        f"\ntotal {time.perf_counter() - start:.0f} s; all outputs in {out}/"
+        f"\ntotal {time.perf_counter() - start:.0f} s; all outputs in {out.path}/"
     )
     return 0

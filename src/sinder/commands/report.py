@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 
-from ..report import ReportConfig, write_report
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..report import ReportConfig, write_report  # matplotlib: imported only when a report is drawn
+
     config = ReportConfig(title=args.title, max_images=args.max_images, dpi=args.dpi)
     out = write_report(args.inputs, args.out, config, overwrite=args.overwrite)
     print(f"report written to {out}")

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageError, SinderError
-from ..images import IMAGE_SUFFIXES
+from ..images import IMAGE_SUFFIXES, is_image_file
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def layout_error(task: str, root: Path, problem: str) -> SinderError:
 
 def image_files(folder: Path, recursive: bool = False) -> list[Path]:
     it = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+    return sorted(p for p in it if is_image_file(p))
 
 
 # -- knn ---------------------------------------------------------------------------------

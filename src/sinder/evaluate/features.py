@@ -8,12 +8,9 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-from PIL import Image
-from tqdm.auto import tqdm
 
 from ..backbones.base import Backbone, TokenContext
-from ..errors import ImageError
-from ..images import load_image, preprocess
+from ..images import ImageSet
 
 logger = logging.getLogger(__name__)
 
@@ -53,35 +50,16 @@ def iter_batches(
     square: bool = True,
     desc: str = "images",
 ) -> Iterator[Batch]:
-    """Decode, preprocess and stack images; undecodable ones are appended to ``skipped``.
-
-    With ``square=False`` images keep their aspect ratio and come one per batch.
-    """
+    """Decode, preprocess and stack images (sinder's one image pipeline); undecodable ones are
+    appended to ``skipped``. With ``square=False`` images keep their aspect ratio and come one per batch."""
+    images = ImageSet(list(paths), resolution, backbone.patch_size, tuple(backbone.mean), tuple(backbone.std), crop="square" if square else "aspect")
     size = batch_size if square else 1
-    device, dtype = backbone.device, backbone.dtype
-    pending: list[tuple[int, torch.Tensor, tuple[int, int]]] = []
-    for i, path in enumerate(tqdm(paths, desc=desc, unit="img", disable=None, leave=False)):
-        try:
-            img: Image.Image = load_image(path)
-            pixels = preprocess(img, resolution, backbone.patch_size, backbone.mean, backbone.std, square=square)
-        except ImageError as err:
-            logger.warning("skipping %s: %s", path, err)
-            skipped.append({"path": str(path), "reason": str(err)})
-            continue
-        pending.append((i, pixels, img.size))
-        if len(pending) == size:
-            yield _stack(pending, device, dtype)
-            pending = []
-    if pending:
-        yield _stack(pending, device, dtype)
-
-
-def _stack(pending: list, device: torch.device, dtype: torch.dtype) -> Batch:
-    return Batch(
-        indices=[p[0] for p in pending],
-        pixels=torch.stack([p[1] for p in pending]).to(device=device, dtype=dtype),  # a half-precision model gets half pixels
-        sizes=[p[2] for p in pending],
-    )
+    try:
+        for idxs, pixels in images.batches(size, progress=None, desc=desc):
+            # a half-precision model gets half pixels
+            yield Batch(idxs, pixels.to(device=backbone.device, dtype=backbone.dtype), [images.sizes[i] for i in idxs])
+    finally:
+        skipped.extend({"path": name, "reason": reason} for name, reason in images.skipped.items())
 
 
 def last_tokens(backbone: Backbone, pixels: torch.Tensor) -> tuple[torch.Tensor, TokenContext]:

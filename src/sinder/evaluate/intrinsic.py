@@ -1,18 +1,14 @@
 """Intrinsic feature-quality statistics at the last layer, before the final norm (no labels needed).
 
-Per image, on the patch-token grid:
-    high_norm_rate            tokens with norm > factor × the image's median norm (over all tokens)
-    max_over_median           max norm / median norm (mean over images)
-    defect_rate               μ + thr·σ defects on |cos(t, ν_L)| (ν from ``sinder.theory``; over all tokens)
-    direction_consistency_deg mean pairwise angle between the images' mean defect directions
-                              (None when fewer than two images have defects)
+Per image, on the patch-token grid, by the shared :class:`~sinder.detect.DefectRule` and
+:class:`~sinder.detect.DefectStats` (same names as analysis.json and summary.json):
+    high_norm_rate, max_over_median, defect_rate, energy_along_direction (ν_L from ``sinder.theory``),
+    direction_consistency_deg / _images (from tokens both defective and high-norm),
     neighbour_consistency     mean over tokens of the mean cosine with its 4-neighbours (mean over images)
 """
 from __future__ import annotations
 
-import itertools
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -20,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones.base import Backbone
-from ..detect import angle_deg, detect_defects, high_norm_mask, mean_direction
+from ..detect import DefectRule, DefectStats, detect_layer
 from ..errors import SinderError
 from .features import iter_batches, last_tokens
 
@@ -48,56 +44,35 @@ def neighbour_consistency(grid: torch.Tensor) -> torch.Tensor:
     return (total / count.clamp_min(1)).flatten(1).mean(1)
 
 
-@dataclass
+INTRINSIC_KEYS = ("high_norm_rate", "max_over_median", "defect_rate", "energy_along_direction", "direction_consistency_deg", "direction_consistency_images")
+
+
 class IntrinsicStats:
-    """Running totals over images; ``metrics()`` gives the final numbers."""
+    """Running totals over images: the shared :class:`~sinder.detect.DefectStats` plus neighbour consistency."""
 
-    tokens: int = 0
-    high: int = 0
-    defects: int = 0
-    images: int = 0
-    max_over_median: list[float] = field(default_factory=list)
-    neighbour: list[float] = field(default_factory=list)
-    directions: list[torch.Tensor] = field(default_factory=list)
-    has_direction: bool = False
+    def __init__(self, rule: DefectRule | None = None) -> None:
+        self.rule = rule or DefectRule()
+        self.stats = DefectStats()
+        self.neighbour: list[float] = []
+        self.has_direction = False
 
-    def update(
-        self,
-        grid: torch.Tensor,
-        direction: torch.Tensor | None,
-        factor: float = 3.0,
-        mask_thr: float = 4.0,
-        border: int = 1,
-    ) -> None:
+    @property
+    def images(self) -> int:
+        return self.stats.images
+
+    def update(self, grid: torch.Tensor, direction: torch.Tensor | None) -> None:
         grid = grid.float()
-        norms = grid.norm(dim=-1).flatten(1)
-        med = norms.median(dim=1).values
-        self.images += grid.shape[0]
-        self.tokens += norms.numel()
-        self.high += int(high_norm_mask(grid, factor).sum())
-        self.max_over_median += (norms.max(dim=1).values / med.clamp_min(1e-12)).tolist()
+        self.has_direction = self.has_direction or direction is not None
+        self.stats.add(grid, direction, detect_layer(self.rule, grid, direction))
         self.neighbour += neighbour_consistency(grid).tolist()
-        if direction is not None:
-            self.has_direction = True
-            mask = detect_defects(grid, direction, mask_thr, border)
-            self.defects += int(mask.sum())
-            for g, m in zip(grid, mask):
-                if m.any():
-                    self.directions.append(mean_direction(g[m]))
 
     def metrics(self) -> dict[str, float | None]:
-        consistency = None
-        if len(self.directions) >= 2:
-            angles = [angle_deg(a, b) for a, b in itertools.combinations(self.directions, 2)]
-            consistency = sum(angles) / len(angles)
-        mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
-        return {
-            "high_norm_rate": self.high / self.tokens if self.tokens else None,
-            "max_over_median": mean(self.max_over_median),
-            "defect_rate": self.defects / self.tokens if self.has_direction and self.tokens else None,
-            "direction_consistency_deg": consistency,
-            "neighbour_consistency": mean(self.neighbour),
-        }
+        s = self.stats.summary()
+        out = {k: s[k] for k in INTRINSIC_KEYS}
+        if not self.has_direction:
+            out.update(defect_rate=None, energy_along_direction=None, direction_consistency_deg=None)
+        out["neighbour_consistency"] = sum(self.neighbour) / len(self.neighbour) if self.neighbour else None
+        return out
 
 
 def theory_direction(backbone: Backbone) -> torch.Tensor | None:
@@ -120,20 +95,19 @@ def intrinsic(
     paths: Sequence[Path],
     resolution: int,
     batch_size: int,
-    factor: float = 3.0,
-    mask_thr: float = 4.0,
+    rule: DefectRule | None = None,
     direction: torch.Tensor | None = None,
     use_theory: bool = True,
 ) -> tuple[dict[str, float | None], dict]:
     """Intrinsic statistics over ``paths``. ``direction`` overrides the theory's ν_L."""
     if direction is None and use_theory:
         direction = theory_direction(backbone)
-    stats = IntrinsicStats()
+    stats = IntrinsicStats(rule)
     skipped: list[dict] = []
     # fp32 throughout: the statistics are about norms, which reduced precision would blur.
     for batch in iter_batches(backbone, paths, resolution, batch_size, skipped, desc="intrinsic"):
         x, ctx = last_tokens(backbone, batch.pixels)
-        stats.update(backbone.patch_grid(x, ctx), direction, factor, mask_thr)
+        stats.update(backbone.patch_grid(x, ctx), direction)
     if stats.images == 0:
         raise SinderError(f"intrinsic: none of the {len(paths)} images could be decoded; check the folder")
     return stats.metrics(), {"num_images": stats.images, "skipped": skipped}

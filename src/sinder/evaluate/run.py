@@ -6,12 +6,13 @@ import dataclasses
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..backbones import Backbone, load_backbone, parse_spec
+from ..detect import DefectRule
 from ..errors import ConfigError, SinderError, WeightsError
 from .datasets import LAYOUTS, intrinsic_layout, knn_layout, lost_layout, seg_layout
 from ..runtime import resolve_device
@@ -48,8 +49,7 @@ class EvaluateConfig:
     kmeans_restarts: int = 3
     lost_k_patches: int = 100
     corloc_iou: float = 0.5
-    high_norm_factor: float = 3.0
-    defect_threshold: float = 4.0
+    rule: DefectRule = field(default_factory=DefectRule)  # intrinsic: what a defect / a high-norm token is
 
     def __post_init__(self) -> None:
         def positive(name: str, value, kind=int) -> None:
@@ -60,7 +60,9 @@ class EvaluateConfig:
             positive("resolution", self.resolution)
         for name in ("batch_size", "probe_steps", "probe_batch_size", "kmeans_iters", "kmeans_restarts", "lost_k_patches"):
             positive(name, getattr(self, name))
-        for name in ("knn_temperature", "probe_lr", "high_norm_factor", "defect_threshold"):
+        if not isinstance(self.rule, DefectRule):
+            raise ConfigError(f"rule must be a DefectRule, got {type(self.rule).__name__}")
+        for name in ("knn_temperature", "probe_lr"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or not math.isfinite(value):
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
@@ -151,9 +153,7 @@ def evaluate_with_info(
     else:
         from .intrinsic import intrinsic
 
-        metrics, info = intrinsic(
-            backbone, layout, res, bs, config.high_norm_factor, config.defect_threshold, direction=direction
-        )
+        metrics, info = intrinsic(backbone, layout, res, bs, config.rule, direction=direction)
     info = {"resolution": res, **info}
     return {k: _clean(v) for k, v in metrics.items()}, info
 

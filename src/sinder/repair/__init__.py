@@ -5,13 +5,14 @@ neighbourhoods, then fold them back into plain weights.
     result = repair(backbone, ["train_dir/"], RepairConfig(max_steps=300), eval_images=["eval_dir/"], out_dir="out")
 
 Modules: ``config`` (RepairConfig), ``singular`` (σ-parametrisation, folding), ``loss``
-(neighbourhood target, defect mask, loss), ``data`` (image sets, seeded order), ``engine``
-(fast and reference steps), ``checkpoint``, ``distributed``, ``metrics``, ``api`` (``repair``).
+(neighbourhood target, loss), ``data`` (seeded order), ``engine`` (fast and reference steps),
+``loop`` (training loop and its callbacks), ``finish`` (fold, export, check), ``checkpoint``,
+``distributed``, ``metrics`` (before/after on held-out images), ``api`` (``repair``).
 """
 from .api import RepairResult, repair
 from .config import RepairConfig
 from .engine import StepResult, Trainer
-from .loss import defect_mask, gaussian_kernel, gram_loss, neighbour_loss, neighbourhood_target
+from .loss import gaussian_kernel, gram_loss, neighbour_loss, neighbourhood_target
 from .singular import SingularLinear, SingularModel, attach
 
 __all__ = [
@@ -22,7 +23,6 @@ __all__ = [
     "StepResult",
     "Trainer",
     "attach",
-    "defect_mask",
     "gaussian_kernel",
     "gram_loss",
     "neighbour_loss",

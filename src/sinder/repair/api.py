@@ -1,13 +1,14 @@
-"""``repair()``: the whole run — data, directions, σ-parametrisation, training loop with
-checkpoints and stop rule, before/after metrics, folding, export and its verification."""
+"""``repair()``: the whole run, producing a complete run folder.
+
+data (with a held-out split) → directions → analysis before → σ-parametrisation → training
+loop (``loop.py``) → held-out metrics, fold, export and its check (``finish.py``) → analysis
+after → ``summary.json`` (written last: it marks a finished run). The folder's files are
+owned by :mod:`sinder.runfolder`; the command line only parses arguments.
+"""
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
-import shutil
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -15,156 +16,121 @@ from typing import Callable, Sequence
 import torch
 
 from ..backbones.base import Backbone
-from ..errors import ConfigError, ImageError, OutputExistsError, SinderError, WeightsError
-from ..io import write_json, write_text
-from .checkpoint import CHECKPOINT, TrainState, check_compatible, load_checkpoint, save_checkpoint
+from ..errors import ConfigError, ImageError, OutputExistsError, SinderError
+from ..images import ImageItem, ImageSet, check_decodable, expand_inputs, split_holdout
+from ..runfolder import LOG, RunFolder, RunLog
+from .checkpoint import TrainState, check_compatible, load_checkpoint, save_checkpoint
 from .config import RepairConfig
-from .data import ImageItem, ImageSet, SeededOrder, resolve_resolution
+from .data import resolve_resolution
 from .distributed import DistContext, current
-from .engine import StepResult, Trainer
+from .engine import Trainer
+from .finish import EVAL_BATCH, export_checked, fold_checked, json_safe, probe_pixels, training_summary
+from .loop import Checkpoints, LogRows, ProgressBar, TrainingLoop
 from .metrics import compare
 from .singular import SingularModel, attach
 
 log = logging.getLogger(__name__)
-
-ARTEFACTS = ("config.json", "log.jsonl", "summary.json", "sigma.safetensors", CHECKPOINT, "checkpoints", "weights")
 
 
 @dataclass
 class RepairResult:
     backbone: Backbone  # the same object that was passed in, now repaired (folded, plain modules)
     config: RepairConfig  # with the resolution resolved
-    summary: dict
+    summary: dict  # what summary.json holds: steps, images_seen, seconds, stop_reason, metrics, …
     epsilon: dict[str, torch.Tensor]  # the learned singular-value corrections, by "blocks.i.role"
     log: list[dict] = field(default_factory=list)
     out_dir: Path | None = None
     weights_path: Path | None = None
     written: list[Path] = field(default_factory=list)  # files this process wrote
-
-    @property
-    def steps(self) -> int:
-        return self.summary["steps"]
-
-    @property
-    def images_seen(self) -> int:
-        return self.summary["images_seen"]
-
-    @property
-    def seconds(self) -> float:
-        return self.summary["seconds"]
-
-    @property
-    def stop_reason(self) -> str:
-        return self.summary["stop_reason"]
+    analysis_before: object | None = None  # AnalysisResult of the held-out images, when analysed
+    analysis_after: object | None = None
 
 
-def _finite(v):
-    return v if isinstance(v, (int, float)) and math.isfinite(v) else None
+@dataclass
+class RepairData:
+    train: ImageSet
+    held_out: ImageSet | None
 
 
-def _json_safe(obj):
-    """NaN/inf -> None, recursively (summary.json is strict JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
+def held_out_count(n: int, num_eval_max: int) -> int:
+    """How many of ``n`` training images a run without ``eval_images`` keeps apart: ~10%, at least 1."""
+    return min(num_eval_max, max(1, n // 10)) if n >= 2 else 0
 
 
-class _Log:
-    """``log.jsonl`` (rank 0 only): one JSON object per step, flushed as it goes."""
-
-    def __init__(self, path: Path | None, keep_until: int | None) -> None:
-        self.path = path
-        self.rows: list[dict] = []
-        if path is None:
-            return
-        if keep_until is not None and path.exists():
-            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= keep_until]
-            write_text(path, "".join(ln + "\n" for ln in kept))
-        else:
-            write_text(path, "")
-        self._fh = open(path, "a", encoding="utf-8")
-
-    def write(self, row: dict) -> None:
-        self.rows.append(row)
-        if self.path is not None:
-            self._fh.write(json.dumps(row) + "\n")
-            self._fh.flush()
-
-    def close(self) -> None:
-        if self.path is not None:
-            self._fh.close()
+def _expand(inputs: Sequence[ImageItem], flag: str) -> list[ImageItem]:
+    items, missing = expand_inputs(inputs)
+    if missing:
+        raise ImageError(f"input not found: {missing[0]['path']}; check {flag}")
+    if not items:
+        raise ImageError(f"no images found in {' '.join(map(str, inputs))}; check {flag}")
+    return items
 
 
-def check_out(out: Path, config: RepairConfig, resumable: bool = True) -> None:
-    """Refuse an unusable ``--out`` before any work (``resumable``: the caller offers --resume)."""
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out} exists and is not a directory; choose another --out")
-    if out.exists() and any(out.iterdir()) and not (config.resume or config.overwrite):
-        options = "pass --resume to continue that run, --overwrite to replace it" if resumable else "pass --overwrite to replace it"
-        raise OutputExistsError(f"{out} already exists; {options}, or choose another --out")
-    # config.json is written when a run starts: without it there is nothing to continue (a run
-    # stopped before its first checkpoint has it, and restarts from step 0)
-    if config.resume and not (out / "config.json").is_file():
-        raise ConfigError(f"--resume: {out} holds no repair run (no config.json); drop --resume to start a new run there")
+def split_inputs(train_images, eval_images, config: RepairConfig) -> tuple[list[ImageItem], list[ImageItem]]:
+    """(training items, held-out items), checked (one-line errors) without needing the model.
+
+    Without ``eval_images`` a strided ~10% of the training images is held out."""
+    items = _expand(train_images, "--data")
+    if eval_images is not None and config.num_eval_max > 0:
+        eval_items = _expand(eval_images, "--eval-data")
+        check_decodable(eval_items, "--eval-data image(s)")
+    elif config.num_eval_max > 0:
+        items, eval_items = split_holdout(items, held_out_count(len(items), config.num_eval_max))
+        if not eval_items:
+            log.warning("only one image: no held-out metrics; pass --eval-data")
+        elif not _decodable(eval_items):
+            eval_items = []
+    else:
+        eval_items = []
+    check_decodable(items, "training image(s)")
+    return items, eval_items
 
 
-def _clear_out(out: Path) -> None:
-    for name in ARTEFACTS:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+def prepare_data(backbone: Backbone, train_images, eval_images, config: RepairConfig) -> RepairData:
+    """The training and held-out image sets (see :func:`split_inputs`)."""
+    items, eval_items = split_inputs(train_images, eval_images, config)
+    train = ImageSet.from_inputs(items, backbone, config.resolution, limit=config.num_train_max)
+    if not any(train.load(i) is not None for i in range(len(train))):  # stops at the first usable image
+        name, reason = next(iter(train.skipped.items()))
+        raise ImageError(f"none of the {len(train)} training image(s) can be used ({name}: {reason}); pass images PIL can decode")
+    held_out = ImageSet.from_inputs(eval_items, backbone, config.resolution, limit=config.num_eval_max) if eval_items else None
+    return RepairData(train, held_out)
 
 
-def _directions(backbone: Backbone, config: RepairConfig, directions: torch.Tensor | None, dist: DistContext) -> torch.Tensor:
+def _decodable(items: list) -> bool:
+    try:
+        check_decodable(items, "held-out image(s)")
+        return True
+    except ImageError as err:
+        log.warning("no held-out metrics: %s", err)
+        return False
+
+
+def check_run_folder(out: RunFolder, config: RepairConfig, dist: DistContext) -> None:
+    """Every rank refuses, or none does."""
+    err = None
+    try:
+        out.check(resume=config.resume, overwrite=config.overwrite)
+    except SinderError as e:
+        err = e
+    if not dist.agree(err is None):
+        raise err or OutputExistsError(f"{out.path} is refused on another rank; put --out on a filesystem shared by all ranks")
+
+
+def _directions(backbone: Backbone, config: RepairConfig, directions: torch.Tensor | None, dist: DistContext):
+    """ν_i (L, D) on the CPU, the same on every rank, and the top singular values when computed here."""
+    singular_values = None
     if directions is None:
-        from ..theory import defect_directions
+        from ..theory import linearise
 
-        directions = defect_directions(backbone, method=config.directions)
+        lin = linearise(backbone, method=config.directions, keep_matrices=False)
+        directions, singular_values = lin.directions, lin.singular_values
     directions = torch.as_tensor(directions).detach().float().cpu()
     if directions.shape != (backbone.depth, backbone.embed_dim):
         raise ConfigError(f"directions must have shape ({backbone.depth}, {backbone.embed_dim}), got {tuple(directions.shape)}")
     if not bool(torch.isfinite(directions).all()):
         raise ConfigError("defect directions contain NaN/inf; check the model weights")
-    return dist.broadcast(directions)
-
-
-def _batch(data: ImageSet, order: SeededOrder, start: int, size: int) -> tuple[torch.Tensor | None, int]:
-    """Pixels of positions [start, start+size) (unusable images dropped) and how many were usable."""
-    px = [data.load(order(p)) for p in range(start, start + size)]
-    px = [p for p in px if p is not None]
-    if not px:
-        return None, 0
-    shape = px[0].shape
-    px = [p for p in px if p.shape == shape]  # square crops at one resolution: always equal
-    return torch.stack(px), len(px)
-
-
-class _Batches:
-    """Batches by global position; with ``threaded`` the next one is decoded while a step runs."""
-
-    def __init__(self, data: ImageSet, order: SeededOrder, size: int, threaded: bool) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self.data, self.order, self.size = data, order, size
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="sinder-data") if threaded else None
-        self.pending: dict = {}
-
-    def get(self, start: int, next_start: int) -> tuple[torch.Tensor | None, int]:
-        fut = self.pending.pop(start, None)
-        out = fut.result() if fut is not None else _batch(self.data, self.order, start, self.size)
-        if self.pool is not None:
-            self.pending = {next_start: self.pool.submit(_batch, self.data, self.order, next_start, self.size)}
-        return out
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+    return dist.broadcast(directions), singular_values
 
 
 def repair(
@@ -181,56 +147,139 @@ def repair(
     """Repair ``backbone`` in place with SINDER; returns what was learned and measured.
 
     ``train_images``/``eval_images``: folders, image files, PIL images, ``SourceImage``s or
-    preprocessed (3, H, W) tensors. ``directions`` (L, D) overrides the predicted ν_i.
-    With ``out_dir``: ``config.json``, ``log.jsonl``, checkpoints, ``summary.json`` and the
-    repaired weights (``weights/``, the input's format), re-loaded and checked before returning.
+    preprocessed (3, H, W) tensors. Without ``eval_images``, ~10% of the training images (at a
+    fixed stride) are held out for the before/after metrics (``num_eval_max=0``: none).
+    ``directions`` (L, D) overrides the predicted ν_i. With ``out_dir``: the complete run folder
+    (see :mod:`sinder.runfolder`), the repaired weights re-loaded and checked before returning.
     """
     config = config or RepairConfig()
     config.validate()
     dist = dist or current()
     config = replace(config, resolution=resolve_resolution(config.resolution, backbone))
-    out = Path(out_dir) if out_dir is not None else None
-    written: list[Path] = []
+    from ..analyze import check_resolution
 
-    if config.resolution // backbone.patch_size < 3:  # the border is excluded: no token could ever be a defect
-        raise ConfigError(
-            f"resolution {config.resolution} gives fewer than 3 patches per side at patch size {backbone.patch_size}; "
-            f"use at least {3 * backbone.patch_size} px"
-        )
-    if out is not None:
-        err = None
-        try:
-            check_out(out, config)
-        except SinderError as e:
-            err = e
-        if not dist.agree(err is None):  # every rank raises, or none does
-            raise err or OutputExistsError(f"{out} is refused on another rank; put --out on a filesystem shared by all ranks")
-
-    # The data is checked before anything is written; every rank sees the same inputs, so all raise alike.
-    train = ImageSet.from_inputs(train_images, backbone, config.resolution, limit=config.num_train_max)
-    if len(train) == 0:
-        raise ImageError("no training images found; pass image files, folders or PIL images")
-    if not any(train.load(i) is not None for i in range(len(train))):  # stops at the first usable image
-        name, reason = next(iter(train.skipped.items()))
-        raise ImageError(f"none of the {len(train)} training image(s) can be used ({name}: {reason}); pass images PIL can decode")
-    use_eval = eval_images and config.num_eval_max > 0  # 0: no held-out metrics
-    held_out = ImageSet.from_inputs(eval_images, backbone, config.resolution, limit=config.num_eval_max) if use_eval else None
-
-    if out is not None:
+    check_resolution(config.resolution, backbone.patch_size)
+    folder = RunFolder(out_dir) if out_dir is not None else None
+    if folder is not None:
+        check_run_folder(folder, config, dist)
+    data = prepare_data(backbone, train_images, eval_images, config)  # checked before anything is written
+    if folder is not None:
         if dist.is_main:
             if config.overwrite:
-                _clear_out(out)
-            out.mkdir(parents=True, exist_ok=True)
+                folder.clear()
+            elif config.resume:
+                folder.clear_results()
+            folder.path.mkdir(parents=True, exist_ok=True)
         dist.barrier()
-    dirs = _directions(backbone, config, directions, dist)
+    dirs, singular_values = _directions(backbone, config, directions, dist)
+    run = _Run(backbone, config, data, dirs, folder, dist, on_step)
+    run.analyse("before", singular_values)
+    return run.execute()
 
-    handle = attach(backbone, factor_frozen=config.impl == "reference")
-    try:
-        return _run(backbone, handle, train, held_out, dirs, config, out, dist, written, on_step)
-    except BaseException:
-        if not handle.folded:
-            _restore_unrepaired(handle)
-        raise
+
+class _Run:
+    """One repair run from attached σ to the finished folder (``repair()`` prepares its inputs)."""
+
+    def __init__(self, backbone, config, data: RepairData, dirs, folder: RunFolder | None, dist: DistContext, on_step) -> None:
+        self.backbone, self.config, self.data, self.dirs = backbone, config, data, dirs
+        self.folder, self.dist, self.on_step = folder, dist, on_step
+        self.main = dist.is_main
+        self.writes = self.main and folder is not None
+        self.written: list[Path] = []
+        self.analyses: dict[str, object] = {}
+
+    def analyse(self, which: str, singular_values=None) -> None:
+        """The held-out images' analysis folder (single process: other ranks would wait in collectives)."""
+        c = self.config
+        if not (self.writes and c.analysis and self.dist.world_size == 1 and self.data.held_out is not None):
+            return
+        from ..analyze import AnalyzeConfig, analyze
+
+        acfg = AnalyzeConfig(resolution=c.resolution, rule=c.rule, device=str(self.backbone.device))
+        out = self.folder.analysis(which)
+        self.analyses[which] = analyze(self.backbone, self.data.held_out.items, acfg, directions=self.dirs,
+                                       singular_values=singular_values, out_dir=out.path, overwrite=True, progress=False)  # fmt: skip
+        self.written.append(out.path)
+
+    def execute(self) -> RepairResult:
+        handle = attach(self.backbone, factor_frozen=self.config.impl == "reference")
+        try:
+            return self._train_and_finish(handle)
+        except BaseException:
+            if not handle.folded:
+                _restore_unrepaired(handle)
+            raise
+
+    def _train_and_finish(self, handle: SingularModel) -> RepairResult:
+        trainer = Trainer(self.backbone, handle, self.dirs, self.config, self.dist)
+        state, resumed, run_log = self._start(handle, trainer)
+        callbacks = [LogRows(run_log, self.on_step)]
+        if self.main and self.config.progress:
+            callbacks.append(ProgressBar(self.config.max_steps, state.step))
+        if self.writes:
+            f = self.folder
+            callbacks.append(Checkpoints(lambda p: self._save(p, handle, trainer, state), f.checkpoint, self.config.checkpoint_every, f.skip_checkpoint, self.config.save_at_skip))
+        TrainingLoop(trainer, self.data.train, state, self.config, self.dist, callbacks).run()
+        log.info("stopped after %d steps (%s), skip ratio %.2f", state.step, state.stop_reason, state.skip_ratio())
+        return self._finish(handle, trainer, state, resumed, run_log)
+
+    def _meta(self) -> dict:
+        return {"signature": self.config.training_signature(), "data_digest": self.data.train.digest(), "model": self.backbone.spec}
+
+    def _start(self, handle: SingularModel, trainer: Trainer) -> tuple[TrainState, bool, RunLog]:
+        """A fresh state, or the checkpointed one with --resume; config.json and the log opened."""
+        c, f = self.config, self.folder
+        state, resumed = TrainState(window=min(c.window, len(self.data.train))), False
+        ckpt = f.checkpoint if f is not None else None
+        if _resume_from(ckpt, c, self.dist):
+            eps, momentum, state, info = load_checkpoint(ckpt)
+            check_compatible(info, self._meta()["signature"], self._meta()["data_digest"])
+            handle.load_eps_state(eps)
+            trainer.load_momentum_state(momentum)
+            state.stop_reason = None  # re-decided with this run's max_steps
+            resumed = True
+            log.info("resumed from %s at step %d (skip ratio %.2f)", ckpt, state.step, state.skip_ratio())
+        elif c.resume:
+            log.info("--resume: no checkpoint in %s, starting from scratch", f.path)
+        if self.writes:
+            cfg = c.to_dict() | {"model": self.backbone.describe(), "num_train_images": len(self.data.train), "world_size": self.dist.world_size}
+            self.written += [f.write_config(cfg), f.path / LOG]
+            return state, resumed, f.open_log(state.step if resumed else None)
+        return state, resumed, RunLog(None)
+
+    def _save(self, path: Path, handle: SingularModel, trainer: Trainer, state: TrainState) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(path, handle.eps_state(), trainer.momentum_state(), state, self._meta())
+        if path not in self.written:
+            self.written.append(path)
+
+    def _finish(self, handle: SingularModel, trainer: Trainer, state: TrainState, resumed: bool, run_log: RunLog) -> RepairResult:
+        c, data = self.config, self.data
+        metrics = None
+        if data.held_out is not None and len(data.held_out) and self.main:
+            batch = max(c.batch_size, EVAL_BATCH)
+            metrics = compare(self.backbone, handle, data.held_out, self.dirs, c.rule, batch_size=batch, autocast=trainer.autocast)
+        epsilon = {k: v.cpu() for k, v in handle.eps_state().items()}
+        if self.writes:
+            self.written.append(self.folder.write_sigma(handle.sigma_state()))
+        probe = probe_pixels(data.held_out, data.train)
+        fold_diff = fold_checked(self.backbone, handle, probe)
+        weights_path, export_diff = None, None
+        if self.writes and c.export:
+            weights_path, export_diff = export_checked(self.backbone, self.folder.weights, probe, c.export_tol)
+            self.written.append(weights_path)
+        self.analyse("after")
+        summary = json_safe({
+            "model": self.backbone.describe(), "config": c.to_dict(),
+            **training_summary(state, data.train, data.held_out, resumed, self.dist.world_size),
+            "trainable_parameters": handle.num_trainable(), "metrics": metrics, "fold_max_token_diff": fold_diff,
+            "weights": str(weights_path) if weights_path is not None else None, "export_max_token_diff": export_diff,
+        })  # fmt: skip
+        if self.writes:
+            self.written.append(self.folder.write_summary(summary))
+        self.dist.barrier()
+        return RepairResult(self.backbone, c, summary, epsilon, run_log.rows, self.folder.path if self.folder else None,
+                            weights_path, self.written, self.analyses.get("before"), self.analyses.get("after"))  # fmt: skip
 
 
 @torch.no_grad()
@@ -241,174 +290,6 @@ def _restore_unrepaired(handle: SingularModel) -> None:
     handle.fold()
 
 
-def _run(
-    backbone: Backbone,
-    handle: SingularModel,
-    train: ImageSet,
-    held_out: ImageSet | None,
-    dirs: torch.Tensor,
-    config: RepairConfig,
-    out: Path | None,
-    dist: DistContext,
-    written: list[Path],
-    on_step: Callable[[dict], None] | None,
-) -> RepairResult:
-    main = dist.is_main
-    trainer = Trainer(backbone, handle, dirs, config, dist)
-    window = min(config.window, len(train))
-    state = TrainState(window=window)
-    meta = {"signature": config.training_signature(), "data_digest": train.digest(), "model": backbone.spec}
-    ckpt = out / CHECKPOINT if out is not None else None
-    resumed = False
-    if _resume_from(ckpt, config, dist):
-        eps, momentum, state, info = load_checkpoint(ckpt)
-        check_compatible(info, meta["signature"], meta["data_digest"])
-        handle.load_eps_state(eps)
-        trainer.load_momentum_state(momentum)
-        state.stop_reason = None  # re-decided below with this run's max_steps
-        resumed = True
-        log.info("resumed from %s at step %d (skip ratio %.2f)", ckpt, state.step, state.skip_ratio())
-    elif config.resume:
-        log.info("--resume: no checkpoint in %s, starting from scratch", out)
-
-    def save(path: Path) -> None:
-        if main and path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(path, handle.eps_state(), trainer.momentum_state(), state, meta)
-            if path not in written:
-                written.append(path)
-
-    if main and out is not None:
-        cfg = config.to_dict() | {"model": backbone.describe(), "num_train_images": len(train), "world_size": dist.world_size}
-        written.append(write_json(out / "config.json", cfg))
-    logger = _Log(out / "log.jsonl" if (main and out is not None) else None, state.step if resumed else None)
-    if main and out is not None:
-        written.append(out / "log.jsonl")
-
-    order = SeededOrder(len(train), config.seed)
-    per_step = dist.world_size * config.batch_size
-    batches = _Batches(train, order, config.batch_size, config.prefetch)
-    bar = None
-    if main and config.progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.max_steps, initial=state.step, desc="repair", unit="step", dynamic_ncols=True)
-    try:
-        while True:
-            if state.stop_reason is None and state.skip_ratio() >= config.stop_skip_ratio:
-                state.stop_reason = "skip_ratio"
-            if state.stop_reason is None and state.step >= config.max_steps:
-                state.stop_reason = "max_steps"
-            if state.stop_reason is not None:
-                break
-            t0 = time.perf_counter()
-            mine = state.position + dist.rank * config.batch_size
-            pixels, _ = batches.get(mine, mine + per_step)
-            res: StepResult = trainer.step(pixels)
-            # per image of the global batch, in position order: (skipped, layer); -1 = unusable file
-            local = torch.full((config.batch_size, 2), -1.0)
-            for k, (skipped, layer) in enumerate(zip(res.skipped, res.image_layers)):
-                local[k] = torch.tensor([float(skipped), float(layer)])
-            table = dist.all_gather(local)
-            used = table[table[:, 0] >= 0]
-            state.record([bool(f > 0.5) for f in used[:, 0].tolist()])
-            layers = [int(v) for v in used[:, 1].tolist() if v >= 0]
-            state.position += per_step
-            state.step += 1
-            state.optimizer_steps += int(res.stepped)
-            state.nonfinite_steps += int(res.nonfinite)
-            dt = time.perf_counter() - t0
-            state.seconds += dt
-            ratio = state.skip_ratio()
-            row = {
-                "step": state.step,
-                "layer": min(layers) if layers else None,
-                "layers": layers,
-                "defects": res.total_defects,
-                "loss": _finite(res.loss),
-                "skip_ratio": ratio,
-                "images": len(used),
-                "stepped": res.stepped,
-                "nonfinite": res.nonfinite,
-                "time": dt,
-            }
-            logger.write(row)
-            if on_step is not None:
-                on_step(row)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(skip=f"{ratio:.2f}", layer=row["layer"], loss=f"{row['loss']:.3f}" if row["loss"] is not None else "-")
-            for v in sorted(config.save_at_skip):
-                if v not in state.crossed and ratio >= v:
-                    state.crossed.append(v)
-                    if out is not None:
-                        save(out / "checkpoints" / f"skip_{v:.2f}.safetensors")
-                        log.info("skip ratio reached %.2f at step %d: checkpoint saved", v, state.step)
-            if ckpt is not None and state.step % config.checkpoint_every == 0:
-                save(ckpt)
-    finally:
-        batches.close()
-        if bar is not None:
-            bar.close()
-        logger.close()
-    if ckpt is not None:
-        save(ckpt)
-    log.info("stopped after %d steps (%s), skip ratio %.2f", state.step, state.stop_reason, state.skip_ratio())
-
-    metrics = None
-    if held_out is not None and len(held_out) and main:
-        metrics = compare(
-            backbone, handle, held_out, dirs, batch_size=max(config.batch_size, 8),
-            factor=config.high_norm_factor, mask_thr=config.mask_thr, autocast=trainer.autocast,
-        )  # fmt: skip
-    epsilon = {k: v.cpu() for k, v in handle.eps_state().items()}
-    if main and out is not None:
-        written.append(_write_sigma(out / "sigma.safetensors", handle.sigma_state()))
-    probe = _probe_pixels(held_out, train)
-    with torch.no_grad():
-        before_fold = backbone.model_forward(probe.to(backbone.device, backbone.dtype)) if probe is not None else None
-    handle.fold()
-    fold_diff = None
-    if before_fold is not None:
-        with torch.no_grad():
-            after = backbone.model_forward(probe.to(backbone.device, backbone.dtype))
-        fold_diff = float((after.float() - before_fold.float()).abs().max())
-
-    weights_path, export_diff = None, None
-    if out is not None and config.export and main:
-        weights_path, export_diff = _export(backbone, out / "weights", probe, config.export_tol)
-        written.append(weights_path)
-
-    summary = _json_safe({
-        "model": backbone.describe(),
-        "config": config.to_dict(),
-        "steps": state.step,
-        "optimizer_steps": state.optimizer_steps,
-        "nonfinite_steps": state.nonfinite_steps,
-        "images_seen": state.images_seen,
-        "skipped_images": state.skipped_images,
-        "seconds": state.seconds,
-        "steps_per_second": state.step / state.seconds if state.seconds > 0 else None,
-        "images_per_second": state.images_seen / state.seconds if state.seconds > 0 else None,
-        "stop_reason": state.stop_reason,
-        "final_skip_ratio": state.skip_ratio(),
-        "resumed": resumed,
-        "world_size": dist.world_size,
-        "num_train_images": len(train),
-        "num_eval_images": len(held_out) if held_out is not None else 0,
-        "skipped_files": [{"name": k, "reason": v} for k, v in {**train.skipped, **(held_out.skipped if held_out else {})}.items()],
-        "trainable_parameters": handle.num_trainable(),
-        "metrics": metrics,
-        "fold_max_token_diff": fold_diff,
-        "weights": str(weights_path) if weights_path is not None else None,
-        "export_max_token_diff": export_diff,
-    })
-    if main and out is not None:
-        written.append(write_json(out / "summary.json", summary))
-    dist.barrier()
-    return RepairResult(backbone, config, summary, epsilon, logger.rows, out, weights_path, written)
-
-
 def _resume_from(ckpt: Path | None, config: RepairConfig, dist: DistContext) -> bool:
     """Whether to load ``ckpt``; every rank must decide alike (only rank 0 writes checkpoints)."""
     found = bool(config.resume and ckpt is not None and ckpt.exists())
@@ -416,41 +297,3 @@ def _resume_from(ckpt: Path | None, config: RepairConfig, dist: DistContext) -> 
     if not (everywhere or nowhere):
         raise ConfigError(f"--resume: {ckpt} is visible on some ranks only; put --out on a filesystem shared by all ranks")
     return found
-
-
-def _write_sigma(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
-    from safetensors.torch import save_file
-
-    from ..io import atomic_path
-
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "sinder-sigma/1"})
-    return path
-
-
-def _probe_pixels(held_out: ImageSet | None, train: ImageSet) -> torch.Tensor | None:
-    for data in (held_out, train):
-        if data is None:
-            continue
-        for i in range(len(data)):
-            px = data.load(i)
-            if px is not None:
-                return px[None]
-    return None
-
-
-def _export(backbone: Backbone, folder: Path, probe: torch.Tensor | None, tol: float) -> tuple[Path, float | None]:
-    """Write the repaired weights in the input's format, re-load them and compare tokens."""
-    from ..export import max_token_diff, reload_exported, save_weights
-
-    path = save_weights(backbone, folder, overwrite=True)
-    if probe is None:
-        return path, None
-    reloaded = reload_exported(backbone, path)
-    diff = max_token_diff(backbone, reloaded, probe)
-    with torch.no_grad():
-        scale = float(backbone.model_forward(probe.to(backbone.device, backbone.dtype)).abs().max())
-    if not diff <= tol * max(1.0, scale):
-        raise WeightsError(f"re-loading {path} gives tokens {diff:.3g} away from the repaired model (tolerance {tol * max(1.0, scale):.3g}); the export is wrong, do not use it")
-    log.info("wrote %s (re-loaded: max token diff %.3g)", path, diff)
-    return path, diff

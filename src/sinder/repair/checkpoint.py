@@ -1,4 +1,4 @@
-"""Training checkpoints: one safetensors file (ε, momentum buffers, RNG states) whose metadata
+"""Training checkpoints: one safetensors file (ε and momentum buffers) whose metadata
 holds the rest as JSON (step, data position, skip history, config signature). Written with
 temp file + ``os.replace``; read without unpickling anything.
 """
@@ -17,7 +17,6 @@ from ..io import atomic_path
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.safetensors"
 FORMAT = "sinder-repair-checkpoint/1"
 
 
@@ -66,9 +65,6 @@ def save_checkpoint(path: str | Path, eps: dict[str, torch.Tensor], momentum: di
 
     tensors = {f"eps/{k}": v.detach().cpu().contiguous() for k, v in eps.items()}
     tensors.update({f"momentum/{k}": v.detach().cpu().contiguous() for k, v in momentum.items()})
-    tensors["rng/torch"] = torch.get_rng_state()
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        tensors["rng/cuda"] = torch.cuda.get_rng_state()
     info = {"format": FORMAT, "state": state.to_json(), **meta}
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -77,15 +73,16 @@ def save_checkpoint(path: str | Path, eps: dict[str, torch.Tensor], momentum: di
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], TrainState, dict]:
-    """-> (ε, momentum buffers, state, metadata); RNG states are restored as a side effect."""
-    from safetensors import safe_open
+    """-> (ε, momentum buffers, state, metadata). Training draws no random numbers (the image
+    order is a pure function of seed and position), so no RNG state is saved or restored."""
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # safetensors raises its own error types
+    except (OSError, SafetensorError, ValueError) as err:
         raise WeightsError(f"{path}: not a readable repair checkpoint ({err}); start again with --overwrite") from None
     try:
         info = json.loads(raw["sinder"])
@@ -95,10 +92,6 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
         raise WeightsError(f"{path}: unknown checkpoint format {info.get('format')!r}; start again with --overwrite")
     eps = {k[4:]: v for k, v in tensors.items() if k.startswith("eps/")}
     momentum = {k[9:]: v for k, v in tensors.items() if k.startswith("momentum/")}
-    if "rng/torch" in tensors:
-        torch.set_rng_state(tensors["rng/torch"])
-    if "rng/cuda" in tensors and torch.cuda.is_available():
-        torch.cuda.set_rng_state(tensors["rng/cuda"])
     state = TrainState.from_json(info.pop("state"))
     return eps, momentum, state, info
 

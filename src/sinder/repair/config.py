@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Literal
 
+from ..detect import DefectRule
 from ..errors import ConfigError
 
 Impl = Literal["fast", "reference"]
 
 # Fields that change what training computes: a resumed run must match them exactly.
 TRAINING_FIELDS = (
-    "impl", "batch_size", "resolution", "lr", "momentum", "mask_thr", "kernel", "tau", "skip_less_than",
+    "impl", "batch_size", "resolution", "lr", "momentum", "rule", "kernel", "tau",
     "limit_layers", "window", "gram_weight", "num_train_max", "directions", "seed",
 )  # fmt: skip
 
@@ -22,8 +23,9 @@ class RepairConfig:
 
     ``max_steps`` counts iterations (one batch per rank each); with ``batch_size=1`` an
     iteration is one image, as in the reference. ``window`` is the number of recent images
-    the skip ratio is computed over (capped by the dataset size); images not seen yet count
-    as not skipped, as the reference's pre-filled history does.
+    the skip ratio is computed over; images not seen yet count as not skipped, as the
+    reference's pre-filled history does. ``rule`` says what a defect is; its border is the
+    smoothing window's half-width (``kernel // 2``), as in the reference.
     """
 
     impl: Impl = "fast"
@@ -32,10 +34,9 @@ class RepairConfig:
     resolution: int | None = None  # None: the backbone's native image size
     lr: float = 0.005
     momentum: float = 0.9
-    mask_thr: float = 4.0
+    rule: DefectRule = field(default_factory=DefectRule)
     kernel: int = 3
     tau: float = 0.1
-    skip_less_than: int = 3
     limit_layers: int = 10
     window: int = 1000
     stop_skip_ratio: float = 0.75
@@ -50,7 +51,7 @@ class RepairConfig:
     amp: Literal["auto", "bf16", "off"] = "auto"  # bf16 autocast on CUDA (fast path only)
     compile: bool = False  # torch.compile the block calls (fast path, CUDA)
     one_pass: bool | None = None  # fast path: search with grad (None: on CPU, or when it fits in GPU memory)
-    high_norm_factor: float = 3.0
+    analysis: bool = True  # analysis_before/ and analysis_after/ of the held-out images (single process, with out_dir)
     export: bool = True
     export_tol: float = 1e-4  # relative to the largest |token|
     resume: bool = False
@@ -60,6 +61,10 @@ class RepairConfig:
 
     def __post_init__(self) -> None:
         self.save_at_skip = tuple(float(v) for v in self.save_at_skip)
+        if isinstance(self.rule, dict):
+            self.rule = DefectRule(**self.rule)
+        if isinstance(self.rule, DefectRule) and self.kernel in (3, 5):
+            self.rule = replace(self.rule, border=self.kernel // 2)  # the window must fit around a defect
         self.validate()
 
     def validate(self) -> None:
@@ -76,9 +81,8 @@ class RepairConfig:
             v = getattr(self, name)
             need(math.isfinite(v) and v > 0, f"{name} must be a positive number, got {v}")
         need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
-        need(math.isfinite(self.mask_thr) and self.mask_thr > 0, f"mask_thr must be > 0, got {self.mask_thr}")
+        need(isinstance(self.rule, DefectRule), f"rule must be a DefectRule, got {type(self.rule).__name__}")
         need(self.kernel in (3, 5), f"kernel must be 3 or 5, got {self.kernel}")
-        need(self.skip_less_than >= 1, f"skip_less_than must be >= 1, got {self.skip_less_than}")
         need(self.limit_layers >= 1, f"limit_layers must be >= 1, got {self.limit_layers}")
         need(self.window >= 1, f"window must be >= 1, got {self.window}")
         need(0 < self.stop_skip_ratio <= 1, f"stop_skip_ratio must be in (0, 1], got {self.stop_skip_ratio}")
@@ -89,7 +93,6 @@ class RepairConfig:
         need(self.num_eval_max >= 0, f"num_eval_max must be >= 0, got {self.num_eval_max}")
         need(self.directions in ("exact", "montecarlo"), f"directions must be 'exact' or 'montecarlo', got {self.directions!r}")
         need(self.amp in ("auto", "bf16", "off"), f"amp must be auto, bf16 or off, got {self.amp!r}")
-        need(self.high_norm_factor > 1, f"high_norm_factor must be > 1, got {self.high_norm_factor}")
         need(self.export_tol > 0, f"export_tol must be > 0, got {self.export_tol}")
         need(not (self.resume and self.overwrite), "pass either --resume or --overwrite, not both")
 
@@ -107,4 +110,6 @@ class RepairConfig:
         return cls(**d)
 
     def training_signature(self) -> dict:
-        return {k: getattr(self, k) for k in TRAINING_FIELDS}
+        sig = {k: getattr(self, k) for k in TRAINING_FIELDS}
+        sig["rule"] = self.rule.to_dict()
+        return sig

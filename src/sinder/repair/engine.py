@@ -2,7 +2,7 @@
 
 ``reference`` does literally what the reference code does: one image, blocks run with grad
 from the embedding (weights rebuilt as U @ diag(σ+ε) @ Vᵀ on every call) until the first
-layer with ≥ ``skip_less_than`` defects, ``loss.backward()`` through everything, gradients of
+layer with ≥ ``rule.skip_less_than`` defects, ``loss.backward()`` through everything, gradients of
 blocks before the ``limit_layers`` window dropped, SGD step.
 
 ``fast`` computes the same update:
@@ -33,7 +33,7 @@ import torch
 from ..backbones.base import Backbone
 from .config import RepairConfig
 from .distributed import DistContext
-from .loss import cos_logits, defect_mask, gram_loss, neighbour_loss
+from .loss import gram_loss, neighbour_loss
 from .singular import SingularModel
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,6 @@ class Trainer:
         self.directions = torch.nn.functional.normalize(directions.detach().float().to(self.device), dim=-1)
         self.params = handle.parameters()
         self.optimizer = torch.optim.SGD(self.params, lr=config.lr, momentum=config.momentum)
-        self.border = config.kernel // 2
         cuda = self.device.type == "cuda"
         self.amp = cuda and config.impl == "fast" and config.amp in ("auto", "bf16")
         self.run_block = backbone.run_block
@@ -113,7 +112,7 @@ class Trainer:
         return max(0, layer - self.config.limit_layers + 1), layer
 
     def _detect(self, grid: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = defect_mask(cos_logits(grid, self.directions[layer]), self.config.mask_thr, self.border)
+        mask = self.config.rule.detect(grid, self.directions[layer])
         return mask, mask.flatten(1).sum(dim=1)
 
     @torch.no_grad()
@@ -163,7 +162,7 @@ class Trainer:
                         x = self.backbone.run_block(j, x, ctx)
                         grid = self.backbone.patch_grid(x, ctx)
                         mask, counts = self._detect(grid, j)
-                        if int(counts[0]) >= self.config.skip_less_than:
+                        if int(counts[0]) >= self.config.rule.skip_less_than:
                             hit = (j, grid, mask, int(counts[0]))
                             break
                 if hit is None:
@@ -210,7 +209,7 @@ class Trainer:
                 x = self.run_block(j, x, ctx)
                 grid = bb.patch_grid(x, ctx)
                 mask, counts = self._detect(grid, j)
-                qual = counts >= self.config.skip_less_than
+                qual = counts >= self.config.rule.skip_less_than
                 if not bool(qual.any()):
                     continue
                 hit = _Hit(j, active[qual], grid[qual], mask[qual], counts[qual].tolist())

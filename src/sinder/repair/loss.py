@@ -1,11 +1,9 @@
 """The SINDER neighbourhood loss: pull defect tokens toward a smooth estimate from their window.
 
 At layer i, with ν_i the predicted defect direction and patch tokens on an H×W grid:
-  * logits = −|cos(token, ν_i)|
-  * defects: logits < mean − mask_thr·std over the image's grid, tokens within k//2 of the
-    border excluded (the k×k window must fit), as in the reference;
-  * target T at a defect: w = exp(logits/τ) over its k×k window, normalised, times the
-    Gaussian kernel, renormalised; T = Σ w·token (no gradient). The defect itself is in the
+  * defects: the :class:`~sinder.detect.DefectRule` (the caller passes its mask);
+  * target T at a defect: w = exp(−|cos(token, ν_i)|/τ) over its k×k window, normalised, times
+    the Gaussian kernel, renormalised; T = Σ w·token (no gradient). The defect itself is in the
     window but its weight is tiny (its |cos| is large);
   * loss = mean over defects of ‖x − T‖₂ / mean norm of the interior tokens (no gradient).
 """
@@ -14,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..detect import abs_cosine, defect_mask_from_scores, interior_mask
+from ..detect import abs_cosine
 
 _GAUSS3 = ((1, 2, 1), (2, 4, 2), (1, 2, 1))
 _GAUSS5 = ((1, 4, 7, 4, 1), (4, 16, 26, 16, 4), (7, 26, 41, 26, 7), (4, 16, 26, 16, 4), (1, 4, 7, 4, 1))
@@ -29,14 +27,9 @@ def gaussian_kernel(kernel: int, device: torch.device | str = "cpu") -> torch.Te
     raise ValueError(f"kernel must be 3 or 5, got {kernel}")
 
 
-def cos_logits(grid: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-    """−|cos(token, ν)| for patch tokens (B, H, W, D) -> (B, H, W), in float32."""
-    return -abs_cosine(grid.detach().float(), direction.float())
-
-
-def defect_mask(logits: torch.Tensor, mask_thr: float, border: int) -> torch.Tensor:
-    """(B, H, W) bool: logits < mean − mask_thr·std over the whole grid, border excluded (reference)."""
-    return defect_mask_from_scores(-logits, mask_thr, border)
+def token_scores(grid: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
+    """|cos(token, ν)| of patch tokens (B, H, W, D) -> (B, H, W), float32, no gradient."""
+    return abs_cosine(grid.detach().float(), direction.float())
 
 
 def window_offsets(kernel: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,26 +40,18 @@ def window_offsets(kernel: int, device: torch.device | str = "cpu") -> tuple[tor
 
 @torch.no_grad()
 def neighbourhood_target(
-    grid: torch.Tensor, logits: torch.Tensor, positions: torch.Tensor, kernel: int = 3, tau: float = 0.1
+    grid: torch.Tensor, scores: torch.Tensor, positions: torch.Tensor, kernel: int = 3, tau: float = 0.1
 ) -> torch.Tensor:
-    """Targets (n, D) at ``positions`` (n, 3) = (image, row, col), each at least k//2 from the border."""
+    """Targets (n, D) at ``positions`` (n, 3) = (image, row, col), each at least k//2 from the border.
+
+    ``scores``: |cos(token, ν)| (B, H, W)."""
     dy, dx = window_offsets(kernel, grid.device)
     b, y, x = positions[:, 0:1], positions[:, 1:2] + dy, positions[:, 2:3] + dx  # (n, k²)
-    w = torch.softmax(logits[b, y, x] / tau, dim=1)  # = exp(l/τ) normalised, without underflow for small τ
+    w = torch.softmax(-scores[b, y, x] / tau, dim=1)  # = exp(−|cos|/τ) normalised, without underflow for small τ
     w = w * gaussian_kernel(kernel, grid.device).flatten()
     w = w / w.sum(dim=1, keepdim=True)
     neighbours = grid.detach()[b, y, x].float()  # (n, k², D)
     return (w[..., None] * neighbours).sum(dim=1)
-
-
-def full_target(grid: torch.Tensor, direction: torch.Tensor, kernel: int = 3, tau: float = 0.1) -> torch.Tensor:
-    """The target at every interior position (B, H−2p, W−2p, D); for inspection and tests."""
-    bsz, h, w, _ = grid.shape
-    p = kernel // 2
-    inside = interior_mask(h, w, p, grid.device).expand(bsz, h, w)
-    pos = inside.nonzero()
-    t = neighbourhood_target(grid, cos_logits(grid, direction), pos, kernel, tau)
-    return t.reshape(bsz, h - 2 * p, w - 2 * p, -1)
 
 
 def interior_mean_norm(grid: torch.Tensor, border: int) -> torch.Tensor:
@@ -93,8 +78,7 @@ def neighbour_loss(
     pos = mask.nonzero()
     if pos.shape[0] == 0:
         return grid.sum() * 0.0 + torch.zeros(bsz, device=grid.device)
-    logits = cos_logits(grid, direction)
-    target = neighbourhood_target(grid, logits, pos, kernel, tau)
+    target = neighbourhood_target(grid, token_scores(grid, direction), pos, kernel, tau)
     dist = (grid[pos[:, 0], pos[:, 1], pos[:, 2]].float() - target).norm(dim=-1)
     counts = mask.flatten(1).sum(dim=1).clamp(min=1).to(dist.dtype)
     per_image = torch.zeros(bsz, device=grid.device, dtype=dist.dtype).index_add(0, pos[:, 0], dist) / counts

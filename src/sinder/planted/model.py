@@ -26,9 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
+from ..backbones.base import Backbone
+from ..backbones.timm_loader import load_timm_state_dict
+from ..backbones.timm_vit import TimmViTBackbone
+from ..backbones.weights import read_state_dict
 from ..errors import ConfigError, ModelSpecError
-from .base import Backbone
+from ..theory import defect_directions
 
 TIMM_NAME = "vit_small_patch14_dinov2"
 
@@ -89,14 +94,19 @@ def project_out_(tensor: torch.Tensor, direction: torch.Tensor, dim: int) -> Non
 
 
 @torch.no_grad()
-def build_planted(cfg: PlantedConfig):
-    """Return (timm model, info dict) for a planted-defect ViT-S/14."""
+def build_planted(cfg: PlantedConfig) -> tuple[nn.Module, dict]:
+    """Return (timm model, info dict) for a planted-defect ViT-S/14.
+
+    The seeded build runs in a forked RNG, so the caller's global torch RNG state is untouched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return _build(cfg)
+
+
+def _build(cfg: PlantedConfig) -> tuple[nn.Module, dict]:
     import timm
 
-    from ..theory import defect_directions
-    from .timm_vit import TimmViTBackbone
-
-    torch.manual_seed(cfg.seed)
     model = timm.create_model(TIMM_NAME, pretrained=False, num_classes=0, img_size=cfg.img_size, dynamic_img_size=True)
     model.eval()
     gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -113,6 +123,23 @@ def build_planted(cfg: PlantedConfig):
     # ordinary tokens have no component there (like the strongly anisotropic LN outputs of
     # real ViTs, whose variance along most directions is tiny).
     u = orthogonal_unit(dim, torch.zeros(0, dim), gen)
+    _keep_quiet(model, u)
+    # A large component shared by all patch tokens, as real ViTs have: it keeps token norms
+    # (and so LayerNorm's scaling) nearly content-independent, so every marked token ignites alike.
+    shared = orthogonal_unit(dim, u[None], gen)
+    model.patch_embed.proj.bias += cfg.shared_norm * shared
+
+    _plant_amplifiers(model, cfg, u)
+    m = _plant_ignition(model, cfg, u, shared, gen)
+    positions = marker_positions(grid, cfg.num_markers, gen)
+    for r, c in positions:
+        model.pos_embed[0, 1 + r * grid + c] += cfg.marker_norm * m
+    info = {"u": u, "m": m, "positions": positions, "grid": grid, "planted_layer": cfg.planted_layer}
+    return model, info
+
+
+def _keep_quiet(model: nn.Module, u: torch.Tensor) -> None:
+    """Remove ``u`` from everything that writes to the residual stream."""
     project_out_(model.patch_embed.proj.weight, u, 0)
     project_out_(model.patch_embed.proj.bias, u, 0)
     project_out_(model.pos_embed, u, 2)
@@ -121,11 +148,9 @@ def build_planted(cfg: PlantedConfig):
         for lin in (blk.attn.proj, blk.mlp.fc2):
             project_out_(lin.weight, u, 0)
             project_out_(lin.bias, u, 0)
-    # A large component shared by all patch tokens, as real ViTs have: it keeps token norms
-    # (and so LayerNorm's scaling) nearly content-independent, so every marked token ignites alike.
-    shared = orthogonal_unit(dim, u[None], gen)
-    model.patch_embed.proj.bias += cfg.shared_norm * shared
 
+
+def _plant_amplifiers(model: nn.Module, cfg: PlantedConfig, u: torch.Tensor) -> None:
     hidden = model.blocks[0].mlp.fc1.out_features
     a, t, g = cfg.amp_sharpness, cfg.amp_threshold, cfg.amp_gain
     for i in range(cfg.planted_layer, len(model.blocks)):
@@ -136,38 +161,35 @@ def build_planted(cfg: PlantedConfig):
             fc1.bias[j] = -a * t
             fc2.weight[:, j] = sign * g * u
 
+
+def _plant_ignition(
+    model: nn.Module, cfg: PlantedConfig, u: torch.Tensor, shared: torch.Tensor, gen: torch.Generator
+) -> torch.Tensor:
+    """Plant the ignition neuron; returns the marker direction m it reads."""
     # Ignition: one neuron gelu(a(s − t)) on s = ⟨m, LN(x)⟩ that writes u. Only marked tokens
     # cross the threshold. The marker m must be invisible to detection once the defect is
     # repaired, so it is chosen orthogonal to every predicted ν_i; the threshold is so far
     # out (>10σ of ordinary tokens) that the neuron's Gaussian-expected slope (~1e-6) does not
     # change those directions.
     block = model.blocks[cfg.planted_layer].mlp
-    j = hidden - 3
+    j = block.fc1.out_features - 3
     block.fc1.weight[j] = 0.0
     block.fc1.bias[j] = -cfg.ignition_sharpness * cfg.ignition_threshold
     block.fc2.weight[:, j] = cfg.ignition_gain * u
     directions = defect_directions(TimmViTBackbone(model, "planted:build"))
-    m = orthogonal_unit(dim, torch.cat([u[None], shared[None], directions]), gen)
+    m = orthogonal_unit(model.embed_dim, torch.cat([u[None], shared[None], directions]), gen)
     block.fc1.weight[j] = cfg.ignition_sharpness * m
-    positions = marker_positions(grid, cfg.num_markers, gen)
-    for r, c in positions:
-        model.pos_embed[0, 1 + r * grid + c] += cfg.marker_norm * m
-    info = {"u": u, "m": m, "positions": positions, "grid": grid, "planted_layer": cfg.planted_layer}
-    return model, info
+    return m
 
 
 def load_planted(name: str, spec: str, weights: str | Path | None = None) -> Backbone:
-    from .timm_loader import load_timm_state_dict
-    from .timm_vit import TimmViTBackbone
-    from .weights import read_state_dict
-
+    """The ``planted:NAME`` backbone; ``ground_truth`` holds the build's info dict (u, m, positions, ...)."""
     if name not in PRESETS:
         raise ModelSpecError(f"{spec}: unknown planted model {name!r}; available: {', '.join('planted:' + k for k in PRESETS)}")
-    cfg = PRESETS[name]
-    model, info = build_planted(cfg)
+    model, info = build_planted(PRESETS[name])
     if weights is not None:
         load_timm_state_dict(model, read_state_dict(weights), spec)
     backbone = TimmViTBackbone(model, spec, family="planted")
     backbone.timm_name = TIMM_NAME
-    backbone.planted = info
+    backbone.ground_truth = info
     return backbone

@@ -1,0 +1,87 @@
+"""``sinder report``: one self-contained before/after HTML page from repair runs and analyses.
+
+Inputs are a repair run folder (every piece optional) and/or analysis folders, as
+:mod:`sinder.runfolder` lays them out. Two analyses are compared side by side (A vs B); one is
+shown alone. Every image is an embedded PNG data URI, styles are inline and a
+Content-Security-Policy forbids any network access, so the page opens from disk anywhere.
+
+Modules: :mod:`.inputs` reads the folders, :mod:`.sections` builds the five sections,
+:mod:`.html` the markup around them, :mod:`.plots` every matplotlib figure.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import ConfigError, OutputExistsError
+from ..io import write_text
+from ..runfolder import REPORT
+from .html import page
+from .inputs import AnalysisInput, ReportInputs, RunInput, SigmaEntry, read_inputs, read_sigma, split_part
+from .sections import SECTION_IDS, SECTIONS
+
+__all__ = [
+    "SECTION_IDS", "AnalysisInput", "ReportConfig", "ReportInputs", "RunInput", "SigmaEntry",
+    "build_report", "read_inputs", "read_sigma", "render_report", "split_part", "write_report",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Options of ``sinder report`` (validated on construction)."""
+
+    title: str | None = None
+    max_images: int = 12
+    dpi: int = 80
+
+    def __post_init__(self) -> None:
+        if self.max_images < 1:
+            raise ConfigError(f"--max-images must be at least 1, got {self.max_images}")
+        if not 30 <= self.dpi <= 300:
+            raise ConfigError(f"--dpi must be between 30 and 300, got {self.dpi}")
+
+
+def default_title(inputs: ReportInputs) -> str:
+    model = None
+    if inputs.run is not None and inputs.run.config:
+        model = inputs.run.config.get("model")
+    if isinstance(model, dict):  # repair writes backbone.describe()
+        model = model.get("model")
+    if model is None and inputs.analyses:
+        model = inputs.analyses[0].result.summary.get("model")
+    return f"SINDER report: {model}" if model else "SINDER report"
+
+
+def render_report(inputs: ReportInputs, config: ReportConfig = ReportConfig()) -> str:
+    """The complete HTML page for ``inputs``."""
+    sections = {}
+    for sid, build in SECTIONS.items():
+        log.info("report: rendering %s", sid)
+        sections[sid] = build(inputs, config)
+    sources = [str(inputs.run.path)] if inputs.run else []
+    sources += [f"{a.label}: {a.path}" for a in inputs.analyses]
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return page(config.title or default_title(inputs), stamp, sources, inputs.notes, sections)
+
+
+def build_report(paths: Sequence[str | Path], config: ReportConfig = ReportConfig()) -> str:
+    """Read ``paths`` (run and/or analysis folders) and return the HTML page."""
+    return render_report(read_inputs(paths), config)
+
+
+def write_report(paths: Sequence[str | Path], out: str | Path, config: ReportConfig = ReportConfig(), overwrite: bool = False) -> Path:
+    """Write the report to ``out`` atomically; refuse to replace an existing file unless ``overwrite``."""
+    out = Path(out)
+    if out.is_dir():
+        raise OutputExistsError(f"{out} is a folder; pass a file name such as {out / REPORT}")
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
+    page_html = build_report(paths, config)
+    write_text(out, page_html)
+    log.info("report written to %s (%.1f MB)", out, len(page_html) / 1e6)
+    return out

@@ -1,0 +1,225 @@
+"""What a report is made from: a repair run folder and/or analysis folders, read through
+:mod:`sinder.runfolder`. Every piece is optional; what is missing or unreadable becomes a note
+shown at the top of the page instead of an error."""
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..errors import SinderError
+from ..runfolder import (
+    ANALYSIS_JSON,
+    LOG,
+    RUN_ANALYSES,
+    RUN_FILES,
+    SIGMA,
+    SUMMARY,
+    AnalysisFolder,
+    AnalysisResult,
+    RunFolder,
+    read_json_dict,
+)
+
+_LAYER_RE = re.compile(r"(?:^|\.)(\d+)\.")
+_WRITTEN_BY = "pass a folder written by sinder repair, demo or analyze"
+
+
+@dataclass
+class AnalysisInput:
+    label: str
+    path: Path
+    result: AnalysisResult
+
+
+@dataclass(frozen=True)
+class SigmaEntry:
+    """One factorised linear part: original singular values (descending) and learned − original."""
+
+    part: str
+    layer: int | None
+    linear: str
+    sigma: np.ndarray
+    delta: np.ndarray
+
+
+@dataclass
+class RunInput:
+    path: Path
+    config: dict | None = None
+    summary: dict | None = None
+    log: list[dict] = field(default_factory=list)
+    sigma: list[SigmaEntry] = field(default_factory=list)
+
+    def is_sinder_run(self, analyses: Sequence[AnalysisInput]) -> bool:
+        """Anything sinder wrote? (A Hugging Face model folder has a config.json, but no ``max_steps`` in it.)"""
+        sinder_config = bool(self.config) and "max_steps" in self.config
+        return bool(analyses or self.log or self.sigma or self.summary or sinder_config)
+
+
+@dataclass
+class ReportInputs:
+    run: RunInput | None
+    analyses: list[AnalysisInput]
+    notes: list[str] = field(default_factory=list)  # shown at the top of the page
+
+
+# ----------------------------------------------------------------------------- σ deltas
+
+
+def split_part(part: str) -> tuple[int | None, str]:
+    """``blocks.7.attn.qkv[768:1152]`` -> (7, ``attn.qkv[768:1152]``); no block index -> (None, part)."""
+    m = _LAYER_RE.search(part)
+    if m is None:
+        return None, part
+    return int(m.group(1)), part[m.end() :]
+
+
+def read_sigma(folder: str | os.PathLike, notes: list[str]) -> list[SigmaEntry]:
+    """The σ / Δσ pairs of the run ``folder``'s sigma file, ordered by layer then linear."""
+    run = RunFolder(folder)
+    before = len(notes)
+    parts = run.read_sigma(notes)
+    noted = len(notes) > before  # a missing or unreadable file, already explained
+    where = run / SIGMA
+    entries = []
+    for part, pair in parts.items():
+        if set(pair) != {"sigma", "delta"} or pair["sigma"].shape != pair["delta"].shape:
+            notes.append(f"{where}: {part} lacks a matching sigma/delta pair; skipped")
+            continue
+        layer, linear = split_part(part)
+        entries.append(SigmaEntry(part, layer, linear, pair["sigma"], pair["delta"]))
+    if not entries and (parts or not noted):
+        notes.append(f"{where} holds no <part>/sigma + <part>/delta pairs; the σ deltas are skipped")
+    entries.sort(key=lambda e: (e.layer is None, e.layer or 0, e.linear))
+    return entries
+
+
+# ----------------------------------------------------------------------------- folders
+
+
+def read_analysis(path: Path, label: str, notes: list[str]) -> AnalysisInput | None:
+    """An analysis folder; its maps/distributions are optional (noted when unreadable)."""
+    from safetensors import SafetensorError
+
+    folder = AnalysisFolder(path)
+    summary = read_json_dict(folder.path / ANALYSIS_JSON, notes)
+    if summary is None:
+        return None
+    if not isinstance(summary.get("layers"), list) or not summary["layers"]:
+        notes.append(f"{folder.path / ANALYSIS_JSON} has no per-layer results: not written by sinder analyze; skipped")
+        return None
+    try:
+        return AnalysisInput(label, path, folder.read())
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, SafetensorError) as err:
+        notes.append(f"{path}: maps/distributions unreadable ({type(err).__name__}: {err}); image maps and violins skipped")
+        return AnalysisInput(label, path, AnalysisResult(summary=summary, directions=torch.zeros(0)))
+
+
+def read_run(path: Path, notes: list[str]) -> tuple[RunInput, list[AnalysisInput]]:
+    """A run folder and the before/after analyses inside it."""
+    folder = RunFolder(path)
+    run = RunInput(path, folder.read_config(notes), folder.read_summary(notes), folder.read_log(notes), read_sigma(path, notes))
+    analyses = []
+    for sub, label in RUN_ANALYSES:
+        if AnalysisFolder.holds_analysis(folder / sub):
+            found = read_analysis(folder / sub, label, notes)
+            if found is not None:
+                analyses.append(found)
+        else:
+            notes.append(f"{folder / sub} holds no {ANALYSIS_JSON}; the '{label}' column is missing")
+    return run, analyses
+
+
+def unique_labels(paths: Sequence[Path]) -> list[str]:
+    """Column labels for analyses given by path: the folder name, made unique when needed."""
+    labels = [p.name or str(p) for p in paths]
+    if len(set(labels)) < len(labels):
+        labels = [f"{p.parent.name}/{p.name}" for p in paths]
+    if len(set(labels)) < len(labels):
+        labels = [f"{chr(ord('A') + k)}: {lab}" for k, lab in enumerate(labels)]
+    return labels
+
+
+def _classify(raw: str | Path) -> tuple[Path, bool]:
+    """(path, is an analysis folder); raise on a path that is neither an analysis nor a run folder."""
+    path = Path(raw)
+    if not path.is_dir():
+        raise SinderError(f"{raw} is not a folder; pass a repair run folder (from sinder repair/demo) or an analysis folder (from sinder analyze)")
+    if AnalysisFolder.holds_analysis(path):
+        return path, True
+    if RunFolder.holds_run(path):
+        return path, False
+    raise SinderError(
+        f"{raw} is neither a repair run folder ({', '.join(RUN_FILES)}) "
+        f"nor an analysis folder ({ANALYSIS_JSON}); {_WRITTEN_BY}"
+    )
+
+
+def read_inputs(paths: Sequence[str | Path]) -> ReportInputs:
+    """Classify each path as a run or an analysis folder and read it; raise ``SinderError`` on
+    a path that is neither, on more than one run, or on more than two analyses in all."""
+    if not paths:
+        raise SinderError("no input given; pass a repair run folder or one or two analysis folders")
+    notes: list[str] = []
+    run: RunInput | None = None
+    analyses: list[AnalysisInput] = []
+    explicit: list[Path] = []
+    for raw in paths:
+        path, is_analysis = _classify(raw)
+        if is_analysis:
+            explicit.append(path)
+            continue
+        if run is not None:
+            raise SinderError(f"{raw}: only one repair run per report; write one report per run")
+        run, found = read_run(path, notes)
+        if not run.is_sinder_run(found):
+            raise SinderError(f"{raw} holds no readable sinder run (no {SUMMARY}, {LOG}, {SIGMA} or analyses); {_WRITTEN_BY}")
+        analyses.extend(found)
+    if len(analyses) + len(explicit) > 2:
+        raise SinderError(f"{len(analyses) + len(explicit)} analyses given; a report compares at most two (A vs B)")
+    for path, label in zip(explicit, unique_labels(explicit)):
+        found = read_analysis(path, label, notes)
+        if found is not None:
+            analyses.append(found)
+    if run is None and not analyses:  # an empty page would look like a report of nothing
+        raise SinderError(f"nothing to report: {notes[0].removesuffix('; skipped')}; {_WRITTEN_BY}")
+    return ReportInputs(run, analyses, notes)
+
+
+# ----------------------------------------------------------------------------- values, old and new
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def find_stop_ratio(config: dict | None) -> float | None:
+    """The run's ``stop_skip_ratio`` (config.json), when it holds a usable one."""
+    value = _number((config or {}).get("stop_skip_ratio"))
+    return value if value is not None and 0 < value <= 1 else None
+
+
+def max_over_median(layer: dict) -> float | None:
+    """A layer's max / median token norm: ``max_over_median`` (mean over images of the per-image
+    ratio); folders written before it existed give the pooled ``norm_max / norm_median``."""
+    value = _number(layer.get("max_over_median"))
+    if value is not None:
+        return value
+    mx, med = _number(layer.get("norm_max")), _number(layer.get("norm_median"))
+    return mx / med if mx is not None and med is not None and med > 0 else None
+
+
+def mask_threshold(summary: dict) -> object:
+    """The k of the |cos| > mean + k·std rule: ``rule.mask_thr`` (older folders: ``config.mask_thr``)."""
+    for key in ("rule", "config"):
+        section = summary.get(key)
+        if isinstance(section, dict) and "mask_thr" in section:
+            return section["mask_thr"]
+    return None

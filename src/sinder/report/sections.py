@@ -1,0 +1,295 @@
+"""The five sections of the report page, each built from :class:`~.inputs.ReportInputs` alone."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+from ..runfolder import ANALYSIS_JSON, CONFIG, DISTRIBUTIONS, LOG, MAPS, SIGMA, SUMMARY, AnalysisResult, ImageMaps
+from . import plots
+from .html import esc, figure, flatten, fmt, is_number, kv_table, note, table
+from .inputs import AnalysisInput, ReportInputs, RunInput, find_stop_ratio, mask_threshold, max_over_median
+
+if TYPE_CHECKING:
+    from . import ReportConfig
+
+TIMING_KEYS = ("steps", "images_seen", "seconds")
+
+# ============================================================================= side by side
+
+
+def paired_maps(analyses: Sequence[AnalysisInput]) -> list[tuple[str, list[ImageMaps | None]]]:
+    """Images by name in first-seen order, with each analysis's maps (None where absent)."""
+    names: list[str] = []
+    by_name: list[dict[str, ImageMaps]] = []
+    for a in analyses:
+        lookup = {m.name: m for m in a.result.maps}
+        by_name.append(lookup)
+        names.extend(n for n in lookup if n not in names)
+    return [(n, [lookup.get(n) for lookup in by_name]) for n in names]
+
+
+def section_side_by_side(inputs: ReportInputs, cfg: ReportConfig) -> str:
+    thresholds = sorted({str(mask_threshold(a.result.summary) or "k") for a in inputs.analyses})
+    parts = [
+        "<h2>Side by side: last-layer maps per image</h2>",
+        "<p>Columns: the crop the model saw; PCA-RGB of last-layer patch tokens; token L2 norm "
+        "(log colour scale shared by all rows of an image); |cos| between each token and the predicted "
+        f"defect direction ν of the last layer; tokens flagged by the rule |cos| &gt; mean + {esc('/'.join(thresholds) or 'k')}·std "
+        "(border excluded); CLS attention of the last block, mean over heads (shared scale).</p>",
+    ]
+    pairs = paired_maps(inputs.analyses)
+    if not pairs:
+        parts.append(note(f"no image maps available (no analysis folder with {MAPS} was given)"))
+    for name, maps in pairs[: cfg.max_images]:
+        rows = [(a.label, m) for a, m in zip(inputs.analyses, maps)]
+        caption = "; ".join(
+            f"{label}: {int(np.asarray(m.defects).sum())} defects, max/median norm {plots.norm_ratio(m.norms):.1f}"
+            for label, m in rows
+            if m is not None
+        )
+        uri = plots.png_data_uri(plots.comparison_panel(rows, name), cfg.dpi)
+        parts.append(figure(uri, f"maps of {name}", f"{name} — {caption}"))
+    if len(pairs) > cfg.max_images:
+        parts.append(note(f"{len(pairs) - cfg.max_images} more image(s) not shown (--max-images {cfg.max_images})"))
+    return "".join(parts)
+
+
+# ============================================================================= per layer
+
+
+def depth(result: AnalysisResult) -> int:
+    return int(result.summary.get("num_layers", 0))
+
+
+def has_distributions(result: AnalysisResult, prefix: str) -> bool:
+    return depth(result) > 0 and all(f"{prefix}_{i}" in result.distributions for i in range(depth(result)))
+
+
+def section_per_layer(inputs: ReportInputs, cfg: ReportConfig) -> str:
+    parts = ["<h2>Per-layer statistics</h2>"]
+    if not inputs.analyses:
+        return "".join(parts) + note(f"no analysis folder given; per-layer plots need {ANALYSIS_JSON}")
+    uri = plots.png_data_uri(plots.layer_curves([(a.label, a.result.summary) for a in inputs.analyses]), cfg.dpi)
+    parts.append(
+        figure(uri, "theory alignment, defect rate and norm ratio per layer",
+               "Theory alignment = |cos| between ν_i and the mean direction of the high-norm tokens; "
+               "defect rate = share of patch tokens flagged by the |cos| rule; high-norm rate = share with norm > factor × median.")
+    )
+    norms = [(a.label, a.result.distributions, depth(a.result)) for a in inputs.analyses if has_distributions(a.result, "norms")]
+    if norms:
+        parts.append(figure(plots.png_data_uri(plots.norm_violins(norms), cfg.dpi), "token norm violins per layer",
+                            "Distribution of patch-token norms per layer (log scale); defects are the long upper tails."))
+    else:
+        parts.append(note(f"no norm distributions ({DISTRIBUTIONS}) available"))
+    parts.append('<div class="row">')
+    for a in inputs.analyses:
+        if has_distributions(a.result, "angles"):
+            fig = plots.angle_violins(a.result.distributions, depth(a.result), title=f"{a.label}: angle between tokens and ν_i (paper Fig. 6)")
+            parts.append(figure(plots.png_data_uri(fig, cfg.dpi), f"angle violins, {a.label}",
+                                f"{a.label}: unsigned angle between patch tokens and ν_i (red) and, as a control (appendix F), a random direction (grey). Defects sit near 0°."))
+        else:
+            parts.append(note(f"{a.label}: no angle distributions available"))
+    parts.append("</div>")
+    return "".join(parts)
+
+
+# ============================================================================= σ deltas
+
+
+def _top3(values: np.ndarray) -> list[str]:
+    return [fmt(float(v)) for v in values[:3]] + ["–"] * (3 - min(3, values.size))
+
+
+def section_sigma(inputs: ReportInputs, cfg: ReportConfig) -> str:
+    parts = ["<h2>Singular-value deltas (appendix Fig. 7)</h2>"]
+    entries = inputs.run.sigma if inputs.run is not None else []
+    if not entries:
+        return "".join(parts) + note(f"no σ deltas: pass a repair run folder with {SIGMA}")
+    plotted = [(e.layer, e.linear, e.sigma, e.delta) for e in entries if e.layer is not None]
+    if plotted:
+        parts.append(figure(plots.png_data_uri(plots.sigma_delta_plot(plotted), cfg.dpi), "singular value deltas per layer",
+                            "Learned minus original singular value for the three largest singular values of each factorised linear part, grouped by block."))
+    changed = [e for e in entries if np.any(e.delta != 0)]
+    rows = []
+    for e in changed:
+        rel = float(np.linalg.norm(e.delta) / max(np.linalg.norm(e.sigma), 1e-30))
+        rows.append((fmt(e.layer), f"<code>{esc(e.linear)}</code>", str(e.sigma.size), *_top3(e.sigma), *_top3(e.delta),
+                     fmt(float(np.abs(e.delta).max())), fmt(rel)))
+    header = ("layer", "linear", "rank", "σ₁", "σ₂", "σ₃", "Δσ₁", "Δσ₂", "Δσ₃", "max |Δσ|", "‖Δσ‖ / ‖σ‖")
+    parts.append(f"<details><summary>Table: σ and Δσ of the {len(changed)} changed linear part(s)</summary>{table(header, rows, 'num')}</details>")
+    unchanged = len(entries) - len(changed)
+    if unchanged:
+        layers = sorted({e.layer for e in entries if not np.any(e.delta != 0) and e.layer is not None})
+        parts.append(note(f"{unchanged} linear part(s) unchanged (Δσ = 0), in layer(s) {', '.join(map(str, layers)) or '–'}"))
+    return "".join(parts)
+
+
+# ============================================================================= metrics
+
+
+def split_comparisons(d: dict, prefix: str = "") -> tuple[list[tuple[str, object]], list[tuple[str, dict, dict]]]:
+    """Scalars (dotted keys) and every nested ``before``/``after`` dict pair of a run summary."""
+    scalars: list[tuple[str, object]] = []
+    comparisons: list[tuple[str, dict, dict]] = []
+    before, after = d.get("before"), d.get("after")
+    paired = isinstance(before, dict) and isinstance(after, dict)
+    if paired:
+        comparisons.append((prefix.rstrip(".") or "summary", before, after))
+    for key, value in d.items():
+        if paired and key in ("before", "after"):
+            continue
+        if isinstance(value, dict) and value:
+            s, c = split_comparisons(value, f"{prefix}{key}.")
+            scalars.extend(s)
+            comparisons.extend(c)
+        else:
+            scalars.append((f"{prefix}{key}", value))
+    return scalars, comparisons
+
+
+def comparison_table(before: dict, after: dict, names: tuple[str, str] = ("before", "after")) -> str:
+    fb, fa = dict(flatten(before)), dict(flatten(after))
+    keys = list(fb) + [k for k in fa if k not in fb]
+    rows = []
+    for key in keys:
+        b, a = fb.get(key), fa.get(key)
+        change = fmt(a - b) if is_number(a) and is_number(b) else ""
+        rows.append((f"<code>{esc(key)}</code>", esc(fmt(b)), esc(fmt(a)), esc(change)))
+    return table(("metric", *names, "change (after − before)"), rows, "cmp")
+
+
+def _last_layer(a: AnalysisInput) -> dict:
+    return (a.result.summary.get("layers") or [{}])[-1]
+
+
+def _pct(value: object) -> str:
+    return f"{100 * value:.2f} %" if is_number(value) else "–"
+
+
+def _consistency(summary: dict) -> str:
+    angle, images = summary.get("direction_consistency_deg"), summary.get("direction_consistency_images")
+    return fmt(angle) + (f" ({images} images)" if angle is not None and is_number(images) else "")
+
+
+LAST_LAYER_METRICS: tuple[tuple[str, Callable[[AnalysisInput], str]], ...] = (
+    ("images analysed", lambda a: fmt(len(a.result.summary.get("images", [])))),
+    ("defect rate, last layer", lambda a: _pct(_last_layer(a).get("defect_rate"))),
+    ("high-norm rate, last layer", lambda a: _pct(_last_layer(a).get("high_norm_rate"))),
+    ("max / median token norm, last layer", lambda a: fmt(max_over_median(_last_layer(a)))),
+    ("median token norm, last layer", lambda a: fmt(_last_layer(a).get("norm_median"))),
+    ("theory alignment, last layer", lambda a: fmt(_last_layer(a).get("theory_alignment"))),
+    ("high-norm recall of the |cos| rule, last layer", lambda a: fmt(_last_layer(a).get("high_norm_recall"))),
+    ("defect precision, last layer", lambda a: fmt(_last_layer(a).get("defect_precision"))),
+    ("direction consistency (mean pairwise angle, deg)", lambda a: _consistency(a.result.summary)),
+)
+
+PER_LAYER_KEYS = ("theory_alignment", "defect_rate", "high_norm_rate", "max_over_median", "norm_median", "norm_max",
+                  "defect_norm_mean", "normal_norm_mean", "high_norm_recall", "defect_precision")
+
+
+def per_layer_table(a: AnalysisInput) -> str:
+    rows = [(fmt(layer.get("index")), *(esc(fmt(layer.get(k))) for k in PER_LAYER_KEYS)) for layer in a.result.summary.get("layers", [])]
+    return table(("layer", *PER_LAYER_KEYS), rows, "num")
+
+
+def _run_summary(summary: dict | None) -> list[str]:
+    if summary is None:
+        return [note(f"no {SUMMARY} in the run folder")]
+    parts = []
+    scalars, comparisons = split_comparisons(summary)
+    for name, before, after in comparisons:
+        where = "" if name == "summary" else f" (<code>{esc(name)}</code>)"
+        parts.append(f"<h4>Before vs after repair{where}</h4>" + comparison_table(before, after))
+    if not comparisons:
+        parts.append(note(f"{SUMMARY} has no before/after metrics"))
+    # config.* repeats config.json (shown under #config); timing is shown there too.
+    rest = [(k, v) for k, v in scalars if k not in TIMING_KEYS and not k.startswith("config.")]
+    if rest:
+        parts.append("<h4>Other summary values</h4>" + kv_table(rest))
+    return parts
+
+
+def section_metrics(inputs: ReportInputs, cfg: ReportConfig) -> str:
+    parts = ["<h2>Metrics</h2>"]
+    if inputs.run is not None:
+        parts.append(f"<h3>Repair summary ({SUMMARY})</h3>")
+        parts.extend(_run_summary(inputs.run.summary))
+    if inputs.analyses:
+        parts.append("<h3>Held-out analysis" + (" (A vs B)" if len(inputs.analyses) == 2 else "") + "</h3>")
+        rows = [(esc(name), *(esc(get(a)) for a in inputs.analyses)) for name, get in LAST_LAYER_METRICS]
+        parts.append(table(("metric", *(a.label for a in inputs.analyses)), rows, "cmp"))
+        for a in inputs.analyses:
+            parts.append(f"<details><summary>Per-layer table: {esc(a.label)}</summary>{per_layer_table(a)}</details>")
+    if inputs.run is None and not inputs.analyses:
+        parts.append(note("no metrics available"))
+    return "".join(parts)
+
+
+# ============================================================================= configuration
+
+
+def humanise_seconds(value: object) -> str:
+    if not is_number(value):
+        return fmt(value)
+    s = float(value)
+    return f"{s:.1f} s" + (f" ({int(s // 60)} min {s % 60:.0f} s)" if s >= 60 else "")
+
+
+def analysis_config_table(analyses: Sequence[AnalysisInput]) -> str:
+    """One row per setting, one column per analysis."""
+
+    def rows(a: AnalysisInput) -> dict[str, object]:
+        s = a.result.summary
+        out = {"folder": str(a.path), "model": s.get("model"), "resolution (px, short side)": s.get("resolution"),
+               "patch size (px)": s.get("patch_size"), "layers": s.get("num_layers"), "prefix tokens": s.get("num_prefix_tokens"),
+               "images": [i.get("path") for i in s.get("images", []) if isinstance(i, dict)],
+               "skipped": [f"{i.get('path')}: {i.get('reason')}" for i in s.get("skipped", []) if isinstance(i, dict)]}
+        out.update((f"rule.{k}", v) for k, v in flatten(s.get("rule") or {}))
+        out.update((f"config.{k}", v) for k, v in flatten(s.get("config") or {}))
+        return out
+
+    columns = [rows(a) for a in analyses]
+    keys = list(dict.fromkeys(k for col in columns for k in col))
+    body = [(f"<code>{esc(k)}</code>", *(esc(fmt(col.get(k))) for col in columns)) for k in keys]
+    return table(("setting", *(a.label for a in analyses)), body, "kv")
+
+
+def _run_config(run: RunInput, cfg: ReportConfig) -> list[str]:
+    summary = run.summary or {}
+    timing = [("steps", esc(fmt(summary.get("steps")))), ("images seen", esc(fmt(summary.get("images_seen")))),
+              ("time", esc(humanise_seconds(summary.get("seconds"))))]
+    parts = [f"<h3>Repair run <code>{esc(run.path)}</code></h3>", table(("", "value"), timing, "kv")]
+    if run.log:
+        skips = [r["skip_ratio"] for r in run.log if is_number(r.get("skip_ratio"))]
+        uri = plots.png_data_uri(plots.training_curves(run.log, find_stop_ratio(run.config)), cfg.dpi)
+        parts.append(figure(uri, "skip ratio, loss and layer per step",
+                            f"{len(run.log)} logged steps; final skip ratio {fmt(skips[-1]) if skips else '–'}."))
+    else:
+        parts.append(note(f"no training log ({LOG}) to plot"))
+    if run.config is not None:
+        parts.append(f"<h4>{CONFIG}</h4>" + kv_table(flatten(run.config)))
+    else:
+        parts.append(note(f"no {CONFIG} in the run folder"))
+    return parts
+
+
+def section_config(inputs: ReportInputs, cfg: ReportConfig) -> str:
+    parts = ["<h2>Configuration and training</h2>"]
+    if inputs.run is not None:
+        parts.extend(_run_config(inputs.run, cfg))
+    if inputs.analyses:
+        parts.append("<h3>Analyses</h3>" + analysis_config_table(inputs.analyses))
+    if inputs.run is None and not inputs.analyses:
+        parts.append(note("no configuration available"))
+    return "".join(parts)
+
+
+SECTIONS: dict[str, Callable[[ReportInputs, ReportConfig], str]] = {
+    "side-by-side": section_side_by_side,
+    "per-layer": section_per_layer,
+    "sigma-deltas": section_sigma,
+    "metrics": section_metrics,
+    "config": section_config,
+}
+SECTION_IDS = tuple(SECTIONS)

@@ -1,0 +1,337 @@
+"""The folders sinder writes, owned here: their file names, writers, readers and clearing.
+
+A *run folder* (``sinder repair`` / ``sinder demo``)::
+
+    config.json            the run's settings (written when it starts)
+    log.jsonl              one JSON object per step
+    checkpoint.safetensors resumable state; checkpoints/ holds the save-at-skip ones
+    sigma.safetensors      original σ and learned Δσ per factorised linear part
+    summary.json           before/after metrics, timings (written when training ends)
+    weights/               the repaired model in the input's format
+    analysis_before/       analysis folders of the held-out images, before and after repair
+    analysis_after/
+    report.html            ``sinder report``'s page
+
+An *analysis folder* (``sinder analyze``): ``analysis.json`` (written last: it marks a complete
+analysis), ``directions.safetensors``, ``maps.npz``, ``distributions.npz`` and ``figures/``.
+
+Every other module reads and writes these through this one, so ``--overwrite`` can remove
+everything an earlier run left, and nothing stale is ever read as fresh.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, OutputExistsError
+from .io import atomic_path, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+# -- run folder names -------------------------------------------------------------------------
+CONFIG = "config.json"
+LOG = "log.jsonl"
+SUMMARY = "summary.json"
+SIGMA = "sigma.safetensors"
+CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINTS = "checkpoints"
+WEIGHTS = "weights"
+ANALYSIS_BEFORE = "analysis_before"
+ANALYSIS_AFTER = "analysis_after"
+REPORT = "report.html"
+RUN_FILES = (CONFIG, SUMMARY, LOG, SIGMA)  # any of these makes a folder a run folder
+RUN_ENTRIES = (CONFIG, LOG, SUMMARY, SIGMA, CHECKPOINT, CHECKPOINTS, WEIGHTS, ANALYSIS_BEFORE, ANALYSIS_AFTER, REPORT)
+RUN_ANALYSES = ((ANALYSIS_BEFORE, "before repair"), (ANALYSIS_AFTER, "after repair"))
+
+# -- analysis folder names --------------------------------------------------------------------
+ANALYSIS_JSON = "analysis.json"
+DIRECTIONS = "directions.safetensors"
+MAPS = "maps.npz"
+DISTRIBUTIONS = "distributions.npz"
+FIGURES = "figures"
+ANALYSIS_ENTRIES = (ANALYSIS_JSON, DIRECTIONS, MAPS, DISTRIBUTIONS, FIGURES)
+MAP_KEYS = ("input_rgb", "pca_rgb", "norms", "abs_cos", "defects", "cls_attention")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _refuse_file(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise OutputExistsError(f"{out} exists and is not a directory; choose another --out")
+
+
+# ============================================================================= analysis folder
+
+
+@dataclass
+class ImageMaps:
+    """Last-layer maps of one image, for figures and the HTML report."""
+
+    name: str
+    input_rgb: np.ndarray  # (H, W, 3) uint8, the crop the model saw
+    pca_rgb: np.ndarray  # (h, w, 3) uint8
+    norms: np.ndarray  # (h, w)
+    abs_cos: np.ndarray  # (h, w)
+    defects: np.ndarray  # (h, w) bool
+    cls_attention: np.ndarray | None  # (h, w), mean over heads
+
+
+@dataclass
+class AnalysisResult:
+    summary: dict
+    directions: torch.Tensor
+    maps: list[ImageMaps] = field(default_factory=list)
+    distributions: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class AnalysisFolder:
+    """An ``sinder analyze`` output folder."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    @staticmethod
+    def holds_analysis(path: str | os.PathLike) -> bool:
+        return (Path(path) / ANALYSIS_JSON).is_file()
+
+    def check(self, overwrite: bool) -> None:
+        """Refuse (creating nothing) a file, or a complete analysis without ``overwrite``."""
+        _refuse_file(self.path)
+        if self.holds_analysis(self.path) and not overwrite:
+            raise OutputExistsError(f"{self.path} already holds {ANALYSIS_JSON}; pass --overwrite to replace it or choose another --out")
+
+    def clear(self) -> None:
+        """Remove what an earlier analysis wrote here (and nothing else)."""
+        for name in ANALYSIS_ENTRIES:
+            _remove(self.path / name)
+
+    def write(self, result: AnalysisResult, overwrite: bool, figures: Callable[[AnalysisResult, Path], object] | None = None) -> Path:
+        """Write ``result``; ``figures(result, folder)`` draws the PNGs. ``analysis.json`` comes last."""
+        from safetensors.torch import save_file
+
+        self.check(overwrite)
+        self.clear()
+        self.path.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path / DIRECTIONS) as tmp:
+            save_file({"directions": result.directions.contiguous()}, str(tmp), metadata={"model": str(result.summary["model"])})
+        arrays = {}
+        for k, m in enumerate(result.maps):
+            for key in MAP_KEYS:
+                value = getattr(m, key)
+                if value is not None:
+                    arrays[f"{k}/{key}"] = value
+        self._savez(MAPS, names=np.array([m.name for m in result.maps]), **arrays)
+        self._savez(DISTRIBUTIONS, **result.distributions)
+        if figures is not None:
+            figures(result, self.path / FIGURES)
+        write_json(self.path / ANALYSIS_JSON, result.summary)
+        return self.path
+
+    def _savez(self, name: str, **arrays) -> None:
+        with atomic_path(self.path / name) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, **arrays)
+
+    def read(self) -> AnalysisResult:
+        """Read back what :meth:`write` wrote."""
+        from safetensors.torch import load_file
+
+        summary = json.loads((self.path / ANALYSIS_JSON).read_text())
+        directions = load_file(str(self.path / DIRECTIONS))["directions"]
+        maps = []
+        with np.load(self.path / MAPS) as z:
+            for k, name in enumerate(z["names"]):
+                got = {key: z[f"{k}/{key}"] if f"{k}/{key}" in z.files else None for key in MAP_KEYS}
+                maps.append(ImageMaps(str(name), **got))
+        with np.load(self.path / DISTRIBUTIONS) as z:
+            distributions = {k: z[k] for k in z.files}
+        return AnalysisResult(summary=summary, directions=directions, maps=maps, distributions=distributions)
+
+
+# ============================================================================= run folder
+
+
+class RunLog:
+    """``log.jsonl``: one JSON object per step, flushed as it goes; ``path=None`` keeps rows in memory only."""
+
+    def __init__(self, path: Path | None, keep_until: int | None = None) -> None:
+        self.path = path
+        self.rows: list[dict] = []
+        self._fh = None
+        if path is None:
+            return
+        if keep_until is not None and path.exists():
+            kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= keep_until]
+            write_text(path, "".join(ln + "\n" for ln in kept))
+        else:
+            write_text(path, "")
+        self._fh = open(path, "a", encoding="utf-8")
+
+    def write(self, row: dict) -> None:
+        self.rows.append(row)
+        if self._fh is not None:
+            self._fh.write(json.dumps(row) + "\n")
+            self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class RunFolder:
+    """A ``sinder repair`` output folder."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    # -- paths --------------------------------------------------------------------------------
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CHECKPOINT
+
+    def skip_checkpoint(self, ratio: float) -> Path:
+        return self.path / CHECKPOINTS / f"skip_{ratio:.2f}.safetensors"
+
+    @property
+    def weights(self) -> Path:
+        return self.path / WEIGHTS
+
+    @property
+    def report(self) -> Path:
+        return self.path / REPORT
+
+    def analysis(self, which: str) -> AnalysisFolder:
+        """``which``: ``before`` or ``after``."""
+        return AnalysisFolder(self.path / {"before": ANALYSIS_BEFORE, "after": ANALYSIS_AFTER}[which])
+
+    @staticmethod
+    def holds_run(path: str | os.PathLike) -> bool:
+        p = Path(path)
+        return any((p / f).is_file() for f in RUN_FILES) or any((p / d).is_dir() for d, _ in RUN_ANALYSES)
+
+    # -- starting ---------------------------------------------------------------------------
+    def check(self, *, resume: bool, overwrite: bool, resumable: bool = True) -> None:
+        """Refuse an unusable folder before any work (``resumable``: the caller offers --resume)."""
+        out = self.path
+        _refuse_file(out)
+        if out.exists() and any(out.iterdir()) and not (resume or overwrite):
+            options = "pass --resume to continue that run, --overwrite to replace it" if resumable else "pass --overwrite to replace it"
+            raise OutputExistsError(f"{out} already exists; {options}, or choose another --out")
+        # config.json is written when a run starts: without it there is nothing to continue
+        if resume and not (out / CONFIG).is_file():
+            raise ConfigError(f"--resume: {out} holds no repair run (no {CONFIG}); drop --resume to start a new run there")
+
+    def clear(self) -> None:
+        """Remove everything an earlier run wrote (analyses and report included)."""
+        for name in RUN_ENTRIES:
+            _remove(self.path / name)
+
+    def clear_results(self) -> None:
+        """Before a resumed run trains: what the earlier attempt concluded is not this run's result."""
+        for name in (SUMMARY, WEIGHTS, ANALYSIS_AFTER, REPORT):
+            _remove(self.path / name)
+
+    # -- writers ------------------------------------------------------------------------------
+    def write_config(self, config: dict) -> Path:
+        return write_json(self.path / CONFIG, config)
+
+    def write_summary(self, summary: dict) -> Path:
+        return write_json(self.path / SUMMARY, summary)
+
+    def open_log(self, keep_until: int | None = None) -> RunLog:
+        return RunLog(self.path / LOG, keep_until)
+
+    def write_sigma(self, tensors: dict[str, torch.Tensor]) -> Path:
+        from safetensors.torch import save_file
+
+        with atomic_path(self.path / SIGMA) as tmp:
+            save_file(tensors, str(tmp), metadata={"format": "sinder-sigma/1"})
+        return self.path / SIGMA
+
+    # -- tolerant readers (``notes`` collects what was missing or unreadable) ------------------
+    def read_config(self, notes: list[str]) -> dict | None:
+        return read_json_dict(self.path / CONFIG, notes)
+
+    def read_summary(self, notes: list[str]) -> dict | None:
+        return read_json_dict(self.path / SUMMARY, notes)
+
+    def read_log(self, notes: list[str]) -> list[dict]:
+        return read_log(self.path / LOG, notes)
+
+    def read_sigma(self, notes: list[str]) -> dict[str, dict[str, np.ndarray]]:
+        """``{part: {"sigma": σ, "delta": Δσ}}`` from ``sigma.safetensors`` (empty with a note when unreadable)."""
+        path = self.path / SIGMA
+        if not path.is_file():
+            notes.append(f"{SIGMA} not found in {self.path}; the σ deltas are skipped")
+            return {}
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(path))
+        except (OSError, SafetensorError, ValueError) as err:
+            notes.append(f"{path} cannot be read as safetensors ({err}); the σ deltas are skipped")
+            return {}
+        parts: dict[str, dict[str, np.ndarray]] = {}
+        for key, tensor in tensors.items():
+            part, _, kind = key.rpartition("/")
+            if part and kind in ("sigma", "delta"):
+                parts.setdefault(part, {})[kind] = tensor.detach().double().cpu().numpy().reshape(-1)
+        return parts
+
+
+def read_json_dict(path: Path, notes: list[str]) -> dict | None:
+    """The JSON object in ``path``, or None with a note when it is missing or unreadable."""
+    if not path.is_file():
+        notes.append(f"{path.name} not found in {path.parent}; its part of the report is skipped")
+        return None
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        notes.append(f"{path} is not valid JSON ({err}); skipped")
+        return None
+    if not isinstance(value, dict):
+        notes.append(f"{path} does not hold a JSON object; skipped")
+        return None
+    return value
+
+
+def read_log(path: Path, notes: list[str]) -> list[dict]:
+    """Rows of ``log.jsonl`` that are JSON objects with an integer ``step``; bad lines are counted."""
+    if not path.is_file():
+        notes.append(f"{LOG} not found in {path.parent}; the training curves are skipped")
+        return []
+    rows, bad = [], 0
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
+            else:
+                bad += 1
+    if bad:
+        notes.append(f"{path}: {bad} line(s) are not JSON objects with an integer 'step' (e.g. a run cut short); ignored")
+    return rows
