@@ -22,6 +22,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/theory_speed.py
 	$(PY) benchmarks/repair_speed.py
+	$(PY) benchmarks/repair_zoo.py
 
 clean:
 	rm -rf demo_out .pytest_cache

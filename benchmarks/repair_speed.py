@@ -1,116 +1,149 @@
-"""Repair speed: steps/s and images/s of ``--impl reference`` and ``--impl fast`` on the same
-model and images, in one run, and their ratio.
+"""Repair speed per trained image: sinder's fast path against a plain batch-1 loop, with peak memory.
 
-    python benchmarks/repair_speed.py [--steps 8] [--batch-size 4] [--device cpu] [--json out.json]
+The plain loop is the straightforward implementation (written here, in the style of the reference
+code): every block Linear becomes ``U @ diag(S + ε) @ Vᵀ``, rebuilt on every call; one forward
+with grad that stops at the first layer with enough defects, ``loss.backward()`` through
+everything, gradients outside the 10-block window dropped, an SGD step. The fast path is
+``sinder.repair.Trainer`` (``impl="fast"``) at batch 1 and 8. Both use the reference's defect
+rule and the same predicted directions, so they train at the same layers; the learning rate is
+tiny, so every step trains (a repaired model would skip).
 
-Model: ``planted:small`` (ViT-S/14, 224 px, real planted defects) when it loads, else a timm
-ViT-S/14 with LayerScale 0.1 and a planted marker along an artificial direction. Steps of the
-paths are interleaved (ref, fast, fast-batched, ref, ...) so that load from other processes
-hits them alike; each path has its own copy of the model and takes real optimiser steps.
+Each (model, path) runs in its own process, so its peak resident memory is its own.
+
+    python benchmarks/repair_speed.py                              # planted:small, 224 px
+    python benchmarks/repair_speed.py --models native518@L --paths plain "fast b1"   # a ViT-L/14 at 518 px
 """
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+LR = 1e-9  # so small that the model never gets repaired while we time it
+PATHS = ("plain", "fast b1", "fast b8")
 
 
-def load_model(device: str):
+class PlainSVD(nn.Module):
+    """U @ diag(S + ε) @ Vᵀ rebuilt on every call; only ε of the trainable chunks learns."""
+
+    def __init__(self, linear: nn.Linear, trainable: tuple[bool, ...] = (True,)) -> None:
+        super().__init__()
+        self.bias = linear.bias.detach()
+        self.factors = [torch.linalg.svd(w, full_matrices=False) for w in linear.weight.detach().chunk(len(trainable), dim=0)]
+        self.eps = nn.ParameterList(nn.Parameter(torch.zeros_like(s), requires_grad=t) for (_, s, _), t in zip(self.factors, trainable))
+
+    def forward(self, x):
+        return F.linear(x, torch.cat([u @ torch.diag(s + e) @ vt for (u, s, vt), e in zip(self.factors, self.eps)]), self.bias)
+
+
+class PlainLoop:
+    """The plain batch-1 training step on a timm ViT."""
+
+    def __init__(self, backbone, directions, rule, limit: int = 10) -> None:
+        self.bb, self.dirs, self.rule, self.limit = backbone, directions, rule, limit
+        model = backbone.model
+        for p in model.parameters():
+            p.requires_grad = False
+        for blk in model.blocks:
+            blk.attn.qkv = PlainSVD(blk.attn.qkv, (False, False, True))
+            blk.attn.proj, blk.mlp.fc1, blk.mlp.fc2 = PlainSVD(blk.attn.proj), PlainSVD(blk.mlp.fc1), PlainSVD(blk.mlp.fc2)
+        self.opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=LR, momentum=0.9)
+
+    def step(self, pixels: torch.Tensor) -> int:
+        from sinder.repair.loss import neighbour_loss
+
+        model, bb = self.bb.model, self.bb
+        model.zero_grad()
+        x, ctx = bb.embed(pixels)
+        for j, blk in enumerate(model.blocks):
+            x = blk(x)
+            grid = bb.patch_grid(x, ctx)
+            mask = self.rule.detect(grid, self.dirs[j])
+            if int(mask.sum()) >= self.rule.skip_less_than:
+                neighbour_loss(grid, self.dirs[j], mask).sum().backward()
+                for t in range(j - self.limit + 1):
+                    for p in model.blocks[t].parameters():
+                        p.grad = None
+                self.opt.step()
+                return 1
+        return 0
+
+
+def child(model: str, path: str, steps: int) -> dict:
+    """Time ``steps`` steps of one path (after one warm-up step) in this process."""
     from sinder.backbones import load_backbone
-
-    try:
-        bb = load_backbone("planted:small", device=device)
-        from sinder.theory import defect_directions
-
-        return bb, defect_directions(bb), "planted:small"
-    except Exception as err:  # fall back to an artificial defect in a random ViT-S
-        print(f"planted:small unavailable ({err}); using a timm ViT-S with an artificial direction")
-    import timm
-
-    from sinder.backbones.timm_loader import wrap_timm
-
-    torch.manual_seed(0)
-    model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=224, init_values=0.1, dynamic_img_size=True).eval()
-    u = torch.randn(model.embed_dim)
-    u = u - u.mean()
-    u = u / u.norm()
-    grid = 16
-    with torch.no_grad():
-        model.pos_embed.normal_(0, 0.3)
-        for r, c in ((3, 4), (8, 9), (12, 5), (6, 12), (10, 2)):
-            model.pos_embed[0, 1 + r * grid + c] += 12 * u
-    return wrap_timm(model.to(device), "timm:vit_small_patch14_dinov2"), u.expand(12, -1).clone(), "timm ViT-S (artificial)"
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=8, help="timed steps per path (after 1 warm-up step)")
-    ap.add_argument("--batch-size", type=int, default=4, help="batch size of the extra batched fast path")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    ap.add_argument("--json", help="also write the numbers here")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    from sinder.images import BUNDLED_TRAIN, bundled_photos, preprocess
+    from sinder.images import BUNDLED_TRAIN, ImageSet, bundled_photos
     from sinder.repair import RepairConfig, Trainer, attach
+    from sinder.repair.config import FAITHFUL_RULE
+    from sinder.theory import defect_directions
 
-    paths = {"reference": dict(impl="reference"), "fast": dict(impl="fast"), f"fast b{args.batch_size}": dict(impl="fast", batch_size=args.batch_size)}
-    trainers, name = {}, None
-    for label, kw in paths.items():
-        bb, dirs, name = load_model(args.device)
-        handle = attach(bb, factor_frozen=kw["impl"] == "reference")
-        trainers[label] = Trainer(bb, handle, dirs, RepairConfig(progress=False, **kw))
-    bb = next(iter(trainers.values())).backbone
-    photos = [preprocess(p.image, 224, bb.patch_size, bb.mean, bb.std, square=True) for p in bundled_photos(BUNDLED_TRAIN)]
-    times = {k: [] for k in trainers}
-    images = {k: 0 for k in trainers}
-    layers = {k: [] for k in trainers}
-    cursor = {k: 0 for k in trainers}
-    for step in range(args.steps + 1):
-        for label, tr in trainers.items():
-            b = tr.config.batch_size
-            px = torch.stack([photos[(cursor[label] + i) % len(photos)] for i in range(b)])
-            cursor[label] += b
-            if tr.device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            res = tr.step(px)
-            if tr.device.type == "cuda":
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - t0
-            if step > 0:  # step 0 warms up
-                times[label].append(dt)
-                images[label] += b
-                layers[label] += res.layers
-    out = {"model": name, "device": args.device, "threads": torch.get_num_threads(), "steps": args.steps, "paths": {}}
-    for label in trainers:
-        total = sum(times[label])
-        out["paths"][label] = {
-            "steps_per_s": len(times[label]) / total,
-            "images_per_s": images[label] / total,
-            "median_step_s": statistics.median(times[label]),
-            "defect_layers": sorted(set(layers[label])),
-        }
-    ref = out["paths"]["reference"]
-    for label, row in out["paths"].items():
-        row["speedup_images_per_s"] = row["images_per_s"] / ref["images_per_s"]
-        # medians resist the outliers that other processes on a shared machine cause
-        per_image = row["median_step_s"] / trainers[label].config.batch_size
-        row["speedup_median"] = ref["median_step_s"] / per_image
-    print(f"{name}, {args.device}, {out['threads']} threads, {args.steps} timed steps per path")
-    print(f"{'path':<12}{'steps/s':>10}{'images/s':>10}{'median s':>10}{'× ref':>8}{'× ref (median)':>16}  layers")
-    for label, row in out["paths"].items():
-        print(f"{label:<12}{row['steps_per_s']:>10.2f}{row['images_per_s']:>10.2f}{row['median_step_s']:>10.3f}"
-              f"{row['speedup_images_per_s']:>8.2f}{row['speedup_median']:>16.2f}  {row['defect_layers']}")
+    bb = load_backbone(f"planted:{model}")
+    dirs = torch.nn.functional.normalize(defect_directions(bb), dim=-1)
+    images = ImageSet.from_inputs(bundled_photos(BUNDLED_TRAIN), bb, bb.image_size)
+    photos = [images.load(i) for i in range(len(images))]
+    batch = 8 if path == "fast b8" else 1
+    if path == "plain":
+        runner = PlainLoop(bb, dirs, FAITHFUL_RULE)
+        step = lambda px: runner.step(px)  # noqa: E731
+    else:
+        trainer = Trainer(bb, attach(bb), dirs, RepairConfig.faithful(lr=LR, batch_size=batch, progress=False))
+        step = lambda px: len(trainer.step(px).layers)  # noqa: E731
+    times, trained, cursor = [], 0, 0
+    for k in range(steps + 1):
+        px = torch.stack([photos[(cursor + i) % len(photos)] for i in range(batch)])
+        cursor += batch
+        t0 = time.perf_counter()
+        n = step(px)
+        if k:  # the first step warms up
+            times.append(time.perf_counter() - t0)
+            trained += n
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"model": model, "path": path, "batch": batch, "steps": steps, "trained_images": trained,
+            "seconds": sum(times), "median_step_s": statistics.median(times), "peak_rss_mb": peak_mb,
+            "seconds_per_trained_image": sum(times) / max(trained, 1)}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="+", default=["small"], help="planted zoo names (e.g. small, native518@L)")
+    p.add_argument("--steps", type=int, default=6, help="timed steps per path (default 6; 2 for models at 518 px or larger)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    p.add_argument("--json")
+    p.add_argument("--child", nargs=2, metavar=("MODEL", "PATH"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(child(args.child[0], args.child[1], args.steps)))
+        return 0
+    rows = []
+    for model in args.models:
+        steps = args.steps if "518" not in model and "@" not in model else min(args.steps, 2)
+        for path in args.paths:
+            cmd = [sys.executable, __file__, "--child", model, path, "--steps", str(steps), "--threads", str(args.threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    print(f"{args.threads} threads; seconds per trained image (lower is better), peak resident memory")
+    print("| model | path | s / trained image | × plain | peak RSS (MB) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        plain = next(x for x in rows if x["model"] == r["model"] and x["path"] == "plain")
+        ratio = plain["seconds_per_trained_image"] / r["seconds_per_trained_image"]
+        print(f"| {r['model']} | {r['path']} | {r['seconds_per_trained_image']:.3f} | {ratio:.2f}× | {r['peak_rss_mb']:.0f} |")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(out, fh, indent=2)
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

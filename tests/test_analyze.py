@@ -100,3 +100,47 @@ def test_user_errors_are_one_line(tmp_path, photo_dir, argv, needle):
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "Warning" not in line]
     assert len(lines) == 1 and needle in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("size", [(451, 300), (300, 451), (403, 397), (225, 225)])
+def test_square_preprocessing_is_the_references_torchvision_pipeline(size):
+    """Resize(short side, long side truncated) + CenterCrop + ToTensor + Normalize, bit for bit."""
+    import torch
+    from torchvision import transforms
+
+    from sinder.images import preprocess
+
+    rng = np.random.default_rng(sum(size))
+    img = Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype(np.uint8))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    reference = transforms.Compose([
+        transforms.Resize(224, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
+        transforms.CenterCrop(224), transforms.ToTensor(), transforms.Normalize(mean, std),
+    ])(img)  # fmt: skip
+    assert torch.equal(preprocess(img, 224, 14, mean, std, square=True), reference)
+
+
+def test_low_norm_artifacts_are_reported_not_silently_dropped_by_the_norm_gate():
+    """CLIP-style artifacts: aligned with ν but of *lower* norm than their neighbours."""
+    import torch
+
+    from sinder.analyze import gate_warning
+    from sinder.detect import DefectRule, DefectStats, detect_layer
+
+    g = torch.Generator().manual_seed(0)
+    nu = torch.zeros(32)
+    nu[0] = 1.0
+    grid = torch.randn(2, 12, 12, 32, generator=g)
+    grid[..., 0] = 0.0
+    for b, r, c in ((0, 3, 4), (0, 7, 7), (1, 5, 5)):
+        grid[b, r, c] = 0.5 * nu * grid[b].norm(dim=-1).median()  # half the median norm, all along ν
+    gated, plain = DefectRule(norm_gate=2.0), DefectRule(norm_gate=0.0)
+    assert plain.detect(grid, nu).sum() == 3 and gated.detect(grid, nu).sum() == 0
+    stats = DefectStats()
+    stats.add(grid, nu, detect_layer(gated, grid, nu))
+    summary = {"rule": gated.to_dict(), "layers": [stats.summary()]}
+    assert summary["layers"][0]["gate_rejected_rate"] == pytest.approx(3 / 288)
+    assert "--norm-gate 0" in gate_warning(summary)
+    clean = DefectStats()
+    clean.add(grid, nu, detect_layer(plain, grid, nu))
+    assert gate_warning({"rule": plain.to_dict(), "layers": [clean.summary()]}) is None

@@ -206,7 +206,8 @@ def test_crop_geometry_mirrors_preprocess():
         assert out.shape[1:] == (geo.height, geo.width)
     geo = crop_geometry(336, 224, 112, 14, square=False)  # exactly halved, nothing cropped
     assert geo.to_original((14, 28, 42, 56)) == (28, 56, 84, 112)
-    assert crop_geometry(100, 60, 60, 14, square=True).original_box() == (22, 2, 78, 58)
+    # CenterCrop(60) first (offset round(40 / 2) = 20), then the bottom/right trim to 56 (the reference)
+    assert crop_geometry(100, 60, 60, 14, square=True).original_box() == (20, 0, 76, 56)
 
 
 def test_mask_and_annotation_readers(tmp_path):

@@ -27,7 +27,7 @@ def test_build_is_deterministic_and_seeded():
     sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not torch.equal(sa["blocks.0.attn.qkv.weight"], sc["blocks.0.attn.qkv.weight"])
-    assert info_a["positions"] != info_c["positions"]
+    assert info_a.positions != info_c.positions
 
 
 def test_layout_is_timm_dinov2_small(planted):
@@ -46,7 +46,7 @@ def test_last_layer_has_one_to_five_percent_high_norm_tokens(result):
 
 
 def test_theory_aligns_from_the_layer_after_the_planted_one(result, planted):
-    planted_layer = planted.ground_truth["planted_layer"]
+    planted_layer = planted.ground_truth.ignition_layer
     for layer in result.summary["layers"][planted_layer + 1 :]:
         assert layer["theory_alignment"] >= 0.95, layer
     # Before the planted layer there is nothing to predict: no high-norm tokens.
@@ -66,7 +66,58 @@ def test_per_image_defect_directions_agree(result):
 
 
 def test_predicted_direction_is_the_planted_one(planted, planted_directions):
-    u = planted.ground_truth["u"]
+    u = planted.ground_truth.u
     last = planted_directions[-1]
     assert abs(float(torch.dot(last, u))) > 0.99
     assert math.isclose(float(last.norm()), 1.0, rel_tol=1e-5)
+
+
+# -- the zoo ------------------------------------------------------------------------------------
+ZOO_PHOTOS = ("rocket", "coffee", "camera", "astronaut")  # training photos: flat sky and textured scenes
+
+
+@pytest.mark.parametrize("name", ["content", "early", "late", "noisy", "native518", "swiglu", "reg4"])
+def test_zoo_member_has_real_singular_defects(name):
+    """Built from a seed in seconds, with its ground truth: the planted u ignites on some tokens,
+    is amplified to high norm by the last layer, and the theory predicts it."""
+    import time
+
+    from sinder.backbones import load_backbone
+    from sinder.detect import DefectRule, DefectStats, detect_layer
+    from sinder.images import ImageSet
+    from sinder.theory import defect_directions
+
+    t0 = time.perf_counter()
+    bb = load_backbone(f"planted:{name}")
+    assert time.perf_counter() - t0 < 30
+    truth = bb.ground_truth
+    nu = defect_directions(bb)[-1]
+    assert abs(float(nu @ truth.u)) > 0.95
+    images = ImageSet.from_inputs(bundled_photos(ZOO_PHOTOS), bb, bb.image_size)
+    stats, ignited = DefectStats(), []
+    with torch.no_grad():
+        for _, px in images.batches(4):
+            ignited += truth.ignition(bb, px).flatten(1).sum(dim=1).tolist()
+            outs, ctx = bb.forward_layers(px)
+            grid = bb.patch_grid(outs[-1], ctx)
+            stats.add(grid, truth.u, detect_layer(DefectRule(), grid, nu))
+    s = stats.summary()
+    assert sum(ignited) > 0 and 0.003 <= s["high_norm_rate"] <= 0.05, (ignited, s["high_norm_rate"])
+    assert s["max_over_median"] > 4 and s["energy_along_direction"] > 0.2
+    if truth.config.ignition == "content":  # positions and counts follow the content
+        assert len(set(ignited)) > 1
+    else:
+        assert set(ignited) == {len(truth.positions)}
+
+
+def test_zoo_sizes_plant_the_same_circuits():
+    from sinder.planted import ARCHITECTURES, preset
+    from sinder.errors import ModelSpecError
+
+    cfg = preset("content@B")
+    assert cfg.size == "B" and cfg.timm_name == ARCHITECTURES["B"][0] and cfg.ignition == "content"
+    assert preset("swiglu").timm_name == "vit_giant_patch14_dinov2" and preset("swiglu").timm_kwargs["embed_dim"] == 384
+    with pytest.raises(ModelSpecError, match="unknown size"):
+        preset("small@XL")
+    with pytest.raises(ModelSpecError, match="unknown planted model"):
+        preset("nosuch")

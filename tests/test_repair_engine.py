@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 import pytest
 import torch
@@ -253,7 +254,8 @@ def test_overwrite_leaves_nothing_of_an_earlier_run(tmp_path):
     folder = RunFolder(out)
     assert first.analysis_before is not None and folder.analysis("before").holds_analysis(folder.analysis("before").path)
     assert folder.analysis("after").holds_analysis(folder.analysis("after").path)
-    assert "after repair:" in build_report([out])  # the caption the stale page would show
+    caption = re.compile(r"after repair: \d+ defects")  # the image caption the stale page would show
+    assert caption.search(build_report([out]))
     (out / "report.html").write_text("old page")
     bb, dirs = tiny_backbone()
     cfg = RepairConfig(max_steps=1, progress=False, export=False, analysis=False, overwrite=True)
@@ -261,7 +263,7 @@ def test_overwrite_leaves_nothing_of_an_earlier_run(tmp_path):
     left = sorted(p.name for p in out.iterdir())
     assert left == ["checkpoint.safetensors", "config.json", "log.jsonl", "sigma.safetensors", "summary.json"]
     page = build_report([out])
-    assert "analysis_after holds no analysis.json" in page and "after repair:" not in page
+    assert "analysis_after holds no analysis.json" in page and not caption.search(page)
 
 
 def test_library_repair_holds_out_images_and_writes_the_complete_folder(tmp_path):
@@ -272,3 +274,53 @@ def test_library_repair_holds_out_images_and_writes_the_complete_folder(tmp_path
     assert res.summary["metrics"]["num_images"] == 1
     before = json.loads((tmp_path / "o" / "analysis_before" / "analysis.json").read_text())
     assert len(before["images"]) == 1 and before["rule"]["mask_thr"] == 4.0
+
+
+def test_faithful_flag_gives_the_reference_settings_and_explicit_options_win(tmp_path):
+    from sinder.commands import repair as cmd
+    from sinder.repair.config import FAITHFUL_RULE
+
+    parser = argparse.ArgumentParser()
+    cmd.add_arguments(parser)
+    base = ["planted:small", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    faithful = cmd.repair_config(parser.parse_args([*base, "--faithful"]))
+    assert faithful.rule == FAITHFUL_RULE and faithful.order == "sequential" and faithful.plateau_patience == 0
+    assert faithful.window == 1000 and faithful.stop_skip_ratio == 0.75
+    default = cmd.repair_config(parser.parse_args(base))
+    assert default.rule == RepairConfig().rule and default.order == "shuffle" and default.plateau_patience > 0
+    mixed = cmd.repair_config(parser.parse_args([*base, "--faithful", "--norm-gate", "2", "--kernel", "5"]))
+    assert mixed.rule.norm_gate == 2 and mixed.rule.skip_less_than == 3 and mixed.rule.border == 2
+
+
+def _stop_run(out=None, **kw):
+    bb, dirs = tiny_backbone()
+    cfg = RepairConfig(**({"lr": 0.05, "progress": False, "export": False, "analysis": False, "checkpoint_every": 1} | kw))
+    rows: list[dict] = []
+    res = repair(bb, photos(5), cfg, eval_images=photos(2, seed=9), out_dir=out, directions=dirs, on_step=rows.append)
+    return res, rows
+
+
+def test_a_clean_pass_over_the_training_images_stops_the_run():
+    """Once no image qualifies for a whole pass, nothing can change: stop there (the reference waits for 750 skips)."""
+    res, rows = _stop_run(max_steps=400, plateau_patience=0)
+    s = res.summary
+    assert s["stop_reason"] == "clean_pass" and s["optimizer_steps"] > 0
+    assert all(r["layer"] is None for r in rows[-5:]) and rows[-6]["layer"] is not None
+    assert s["metrics"]["after"]["high_norm_rate"] == 0
+
+
+def test_the_held_out_residual_plateau_stops_the_run_and_resumes_exactly(tmp_path):
+    kw = dict(max_steps=400, stop_when_clean=False, plateau_every=4, plateau_patience=3)
+    res, rows = _stop_run(**kw)
+    s = res.summary
+    assert s["stop_reason"] == "residual_plateau" and s["steps"] < 400
+    checks = [r for r in rows if "residual" in r]
+    assert [r["step"] for r in checks] == list(range(4, s["steps"] + 1, 4))
+    # the last `patience` checks did not improve on the best before them by 1%
+    best = min(c["residual"]["energy_along_direction"] for c in checks[:-3])
+    assert all(c["residual"]["energy_along_direction"] >= best * 0.99 for c in checks[-3:])
+    # interrupted before the stop and resumed: the same stop step and the same ε
+    _stop_run(out=tmp_path / "o", **(kw | {"max_steps": s["steps"] - 5}))
+    again, _ = _stop_run(out=tmp_path / "o", **(kw | {"resume": True}))
+    assert again.summary["stop_reason"] == "residual_plateau" and again.summary["steps"] == s["steps"]
+    assert all(torch.equal(again.epsilon[k], res.epsilon[k]) for k in res.epsilon)

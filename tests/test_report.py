@@ -50,6 +50,11 @@ def write_fake_run_files(run, steps: int = 40, truncated_line: bool = True) -> N
             "before": {"defect_rate": 0.0352, "max_over_median": 15.25},
             "after": {"defect_rate": 0.0, "max_over_median": 1.5},
             "features": {"cos_non_defect_mean": 0.9975},
+            "residual": [
+                {"image": "skimage:chelsea", "high_norm_tokens": 0, "max_over_median": 1.4, "strongest": []},
+                {"image": "skimage:moon", "high_norm_tokens": 2, "max_over_median": 3.6,
+                 "strongest": [{"row": 5, "col": 7, "norm_over_median": 3.6}, {"row": 9, "col": 2, "norm_over_median": 3.1}]},
+            ],
         },
     }
     (run / "summary.json").write_text(json.dumps(summary))
@@ -75,10 +80,10 @@ def run_dir(tmp_path_factory, planted):
     run = tmp_path_factory.mktemp("report") / "run"
     write_fake_run_files(run)
     cfg = AnalyzeConfig(figures=False)
-    directions = torch.stack([planted.ground_truth["u"]] * planted.depth)  # the planted defect direction
+    directions = torch.stack([planted.ground_truth.u] * planted.depth)  # the planted defect direction
     analyze(planted, bundled_photos(PHOTOS), cfg, directions=directions, out_dir=run / "analysis_before", progress=False)
     fixed = copy.deepcopy(planted)
-    m = fixed.ground_truth["m"]
+    m = fixed.ground_truth.m
     with torch.no_grad():
         pos = fixed.model.pos_embed
         pos -= (pos @ m)[..., None] * m
@@ -172,6 +177,12 @@ def test_run_report_content(run_dir, run_page):
     assert "75.5 s (1 min 16 s)" in config
     assert "40 logged steps; final skip ratio 0.975" in config
     assert "1 line(s) are not JSON objects" in page  # the truncated log line is reported, not fatal
+
+
+def test_residual_after_repair_is_shown_per_image(run_page):
+    metrics = section(run_page, "metrics")
+    assert "1 of 2 held-out image(s) keep high-norm tokens" in metrics
+    assert "skimage:moon" in metrics and "(5, 7) 3.6×" in metrics and "(9, 2) 3.1×" in metrics
 
 
 def test_norm_colour_scale_shared(run_dir):

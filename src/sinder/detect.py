@@ -64,14 +64,15 @@ class DefectRule:
     """What counts as a defect (validated on construction).
 
     ``skip_less_than``: how many defects a layer needs before repair trains on it (the
-    reference's name). ``norm_gate`` = 0 gives exactly the reference rule.
+    reference's name). The defaults (gate 2, one defect) were chosen on the zoo of planted
+    models (README); ``norm_gate=0, skip_less_than=3`` is exactly the reference rule.
     """
 
     mask_thr: float = 4.0
     border: int = 1
-    norm_gate: float = 0.0
+    norm_gate: float = 2.0
     high_norm_factor: float = 3.0
-    skip_less_than: int = 3
+    skip_less_than: int = 1
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -99,7 +100,7 @@ class DefectRule:
         return (scores > thr[:, None, None]) & interior_mask(h, w, self.border, scores.device)
 
     def norm_mask(self, norms: torch.Tensor) -> torch.Tensor:
-        """The norm gate alone (all True when it is off)."""
+        """The norm gate alone (all True when it is off): norm > g × the image's median patch norm."""
         if self.norm_gate <= 0:
             return torch.ones_like(norms, dtype=torch.bool)
         return norms > self.norm_gate * median_norm(norms)[:, None, None]

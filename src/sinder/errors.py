@@ -23,3 +23,9 @@ class ImageError(SinderError):
 
 class OutputExistsError(SinderError):
     """The output already exists and neither --overwrite nor --resume was given."""
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise ``ConfigError(message)`` unless ``condition``: the one-line check of typed configs."""
+    if not condition:
+        raise ConfigError(message)

@@ -138,11 +138,20 @@ class CropGeometry:
 
 
 def crop_geometry(w: int, h: int, resolution: int, patch_size: int, square: bool) -> CropGeometry:
-    """Where ``preprocess`` crops an image of size (w, h)."""
-    scale = resolution / min(w, h)
-    nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
-    tw, th = (resolution, resolution) if square else (nw, nh)
-    tw, th = (tw // patch_size) * patch_size, (th // patch_size) * patch_size
+    """Where ``preprocess`` crops an image of size (w, h), with torchvision's semantics (the
+    reference's ``Resize(resolution)`` + ``CenterCrop(resolution)``): the short side becomes
+    ``resolution`` and the long side ``int(resolution · long / short)`` (truncated); a square crop
+    is centred with ``round(d / 2)`` offsets and trimmed at the bottom/right to a multiple of the
+    patch size, as the reference does; an aspect-keeping crop is trimmed evenly on both sides."""
+    if w <= h:
+        nw, nh = resolution, int(resolution * h / w)
+    else:
+        nw, nh = int(resolution * w / h), resolution
+    if square:
+        left, top = int(round((nw - resolution) / 2.0)), int(round((nh - resolution) / 2.0))
+        side = (resolution // patch_size) * patch_size
+        return CropGeometry(w, h, nw, nh, left, top, side, side)
+    tw, th = (nw // patch_size) * patch_size, (nh // patch_size) * patch_size
     return CropGeometry(w, h, nw, nh, (nw - tw) // 2, (nh - th) // 2, tw, th)
 
 

@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(AnalyzeConfig, args, square=args.square_crop, rule=rule_from_args(args), figures=not args.no_figures)
+    config = config_from_args(AnalyzeConfig(), args, square=args.square_crop, rule=rule_from_args(args), figures=not args.no_figures)
     parse_spec(args.model)  # an unknown spec fails before any work
     paths, missing = list_images(args.images)
     if missing:

@@ -21,27 +21,38 @@ def load_model_from_args(args: argparse.Namespace) -> Backbone:
     return load_backbone(args.model, args.weights, random_init=args.random_init, device=resolve_device(args.device))
 
 
-def add_rule_arguments(p: argparse.ArgumentParser, defaults=None) -> None:
-    """The defect rule's options, the same for every command (``defaults``: a DefectRule)."""
+def add_rule_arguments(p: argparse.ArgumentParser, defaults=None, faithful=None) -> None:
+    """The defect rule's options, the same for every command (``defaults``: a DefectRule; with
+    ``faithful`` the help also names the values ``--faithful`` uses). Unset options stay None and
+    take the base rule's value (:func:`rule_from_args`)."""
     from ..detect import DefectRule
 
     d = defaults or DefectRule()
-    p.add_argument("--mask-thr", type=float, default=d.mask_thr, help=f"defect if |cos(t, ν)| > mean + THR·std of the image (default {d.mask_thr:g})")
-    p.add_argument("--norm-gate", type=float, default=d.norm_gate, help=f"a defect must also have norm > G × the image's median (0: off; default {d.norm_gate:g})")
-    p.add_argument("--high-norm-factor", type=float, default=d.high_norm_factor, help=f"high-norm if norm > F × the image's median (default {d.high_norm_factor:g})")
-    p.add_argument("--skip-less-than", type=int, default=d.skip_less_than, help=f"defects a layer needs before repair trains on it (default {d.skip_less_than})")
+
+    def default(name: str) -> str:
+        alt = f"; --faithful: {getattr(faithful, name):g}" if faithful is not None else ""
+        return f"default {getattr(d, name):g}{alt}"
+
+    p.add_argument("--mask-thr", type=float, help=f"defect if |cos(t, ν)| > mean + THR·std of the image ({default('mask_thr')})")
+    p.add_argument("--norm-gate", type=float, help=f"a defect must also have norm > G × the image's median patch norm (0: off; {default('norm_gate')})")
+    p.add_argument("--high-norm-factor", type=float, help=f"high-norm if norm > F × the image's median ({default('high_norm_factor')})")
+    p.add_argument("--skip-less-than", type=int, help=f"defects a layer needs before repair trains on it ({default('skip_less_than')})")
 
 
-def rule_from_args(args: argparse.Namespace, border: int = 1):
+RULE_OPTIONS = ("mask_thr", "norm_gate", "high_norm_factor", "skip_less_than")
+
+
+def rule_from_args(args: argparse.Namespace, base=None, **fixed):
+    """``base`` (default: DefectRule()) with the rule options the user gave, and ``fixed``."""
     from ..detect import DefectRule
 
-    return DefectRule(
-        mask_thr=args.mask_thr, border=border, norm_gate=args.norm_gate,
-        high_norm_factor=args.high_norm_factor, skip_less_than=args.skip_less_than,
-    )  # fmt: skip
+    given = {k: getattr(args, k) for k in RULE_OPTIONS if getattr(args, k, None) is not None}
+    return dataclasses.replace(base or DefectRule(), **given, **fixed)
 
 
-def config_from_args(cls, args: argparse.Namespace, **explicit):
-    """``cls(...)`` from the options named like its fields, plus ``explicit`` for the renamed ones."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in vars(args).items() if k in names} | explicit)
+def config_from_args(base, args: argparse.Namespace, **explicit):
+    """``base`` (a config instance) with the options named like its fields that the user gave
+    (None means not given), plus ``explicit`` for the renamed ones; validated on construction."""
+    names = {f.name for f in dataclasses.fields(base)}
+    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return dataclasses.replace(base, **(given | explicit))

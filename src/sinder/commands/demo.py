@@ -26,6 +26,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
 
 
+def residual_lines(residual: list[dict] | None) -> list[str]:
+    """Which held-out photos keep high-norm tokens after repair, and the strongest one's norm."""
+    if not residual:
+        return []
+    left = [r for r in residual if r["high_norm_tokens"]]
+    lines = [f"held-out photos with high-norm tokens left: {len(left)} of {len(residual)}"]
+    for r in left:
+        top = r["strongest"][0] if r["strongest"] else None
+        where = f", strongest at ({top['row']}, {top['col']}): {top['norm_over_median']:.1f}x median" if top else ""
+        lines.append(f"  {r['image']}: {r['high_norm_tokens']} token(s){where}")
+    return lines
+
+
 def comparison_table(before: dict, after: dict, features: dict | None) -> str:
     """Before/after on the held-out photos, last layer."""
     b, a = before["layers"][-1], after["layers"][-1]
@@ -66,8 +79,9 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(after.summary))
     print()
     s = result.summary
-    features = (s.get("metrics") or {}).get("features")
-    print(comparison_table(before.summary, after.summary, features))
+    metrics = s.get("metrics") or {}
+    print(comparison_table(before.summary, after.summary, metrics.get("features")))
+    print("\n".join(residual_lines(metrics.get("residual"))))
     print(
         f"\nrepair: {s['steps']} steps, {s['images_seen']} images, {s['seconds']:.1f} s, stopped by {s['stop_reason']}"
         f"\nrepaired weights: {result.weights_path}"

@@ -7,6 +7,7 @@ from pathlib import Path
 from ..errors import ConfigError, OutputExistsError
 from ..evaluate import TASKS, EvaluateConfig, evaluate_models, format_table, write_metrics
 from ..evaluate.run import METRICS_FILE
+from .common import add_rule_arguments, rule_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default auto)")
     parser.add_argument("--overwrite", action="store_true", help=f"replace an existing {METRICS_FILE}")
+    add_rule_arguments(parser)  # the intrinsic task's defect rule
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         random_init=args.random_init,
+        rule=rule_from_args(args),
     )
     out = Path(args.out)
     write_metrics_check(out, args.overwrite)

@@ -24,11 +24,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolution", type=int, default=None, help="square crop side in px (default: the model's native size)")
     p.add_argument("--lr", type=float, default=d.lr, help=f"SGD learning rate for the singular-value corrections (default {d.lr})")
     p.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD momentum (default {d.momentum})")
-    add_rule_arguments(p, d.rule)
+    add_rule_arguments(p, d.rule, faithful=RepairConfig.faithful().rule)
     p.add_argument("--kernel", type=int, choices=(3, 5), default=d.kernel, help="neighbourhood window (default 3)")
     p.add_argument("--limit-layers", type=int, default=d.limit_layers, help="blocks ending at the defect layer that learn (default 10)")
     p.add_argument("--window", type=int, default=d.window, help="recent images the skip ratio is taken over (default 1000)")
     p.add_argument("--stop-skip-ratio", type=float, default=d.stop_skip_ratio, help="stop when this fraction of recent images has no defect (default 0.75)")
+    p.add_argument("--order", choices=("shuffle", "sequential"), help=f"image order: reshuffled every epoch, or walked in order as the reference does (default {d.order}; --faithful: sequential)")
+    p.add_argument("--plateau-every", type=int, default=d.plateau_every, help=f"steps between checks of the held-out residual (default {d.plateau_every})")
+    p.add_argument("--plateau-patience", type=int, help=f"stop after this many checks without a relative improvement of {d.plateau_min_delta:g} in the held-out residual (0: never; default {d.plateau_patience}; --faithful: 0)")
+    p.add_argument("--weak-defects", type=float, help=f"a layer also qualifies when this share of its tokens (at least 3) are |cos| outliers that the norm gate rejects: weakened defects, pulled to the end (0: off; default {d.weak_defects}; --faithful: 0)")
+    p.add_argument("--no-onset", action="store_true", help="also train before the first layer where the rule finds a defect in the original model (--faithful does)")
+    p.add_argument("--faithful", action="store_true", help="exactly the reference SINDER: the mu+4sd rule alone with >= 3 defects, images in order, only the skip-ratio stop")
     p.add_argument("--save-at-skip", type=float, nargs="*", default=[], help="also checkpoint when the skip ratio first reaches each value (0-1, or percent as in the reference)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help=f"steps between checkpoints (default {d.checkpoint_every})")
     p.add_argument("--gram-weight", type=float, default=d.gram_weight, help="Gram anchoring to the original model's non-defect tokens (default 0: off)")
@@ -45,10 +51,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def repair_config(args: argparse.Namespace) -> RepairConfig:
+    base = RepairConfig.faithful() if args.faithful else RepairConfig()
     save_at = tuple(v / 100 if v > 1 else v for v in args.save_at_skip)  # percent, as the reference takes it
     return config_from_args(
-        RepairConfig, args, rule=rule_from_args(args, border=args.kernel // 2), save_at_skip=save_at, num_eval_max=args.num_eval,
+        base, args, rule=rule_from_args(args, base.rule, border=args.kernel // 2), save_at_skip=save_at, num_eval_max=args.num_eval,
         amp="off" if args.no_amp else "auto", progress=not args.no_progress, analysis=not args.no_analysis,
+        **({"from_onset": False} if args.no_onset else {}),
     )  # fmt: skip
 
 

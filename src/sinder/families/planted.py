@@ -20,7 +20,7 @@ def load(name: str, spec: str, weights: str | Path | None = None, random_init: b
 
 register_family(
     Family(
-        name="planted", spec_help="planted:" + "|".join(PRESETS), load=load, save=save_timm_format,
+        name="planted", spec_help="planted:" + "|".join(PRESETS) + "[@S|B|L|g]", load=load, save=save_timm_format,
         reload=reload_timm_format, key_maps={"official": timm_to_official_dinov2}, order=40,
     )
 )  # fmt: skip

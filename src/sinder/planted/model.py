@@ -1,24 +1,10 @@
-"""``planted:small`` — a ViT-S/14 (timm ``vit_small_patch14_dinov2`` layout, 224 px) with real,
-planted singular defects, built deterministically from a seed in about a second.
+"""Build a planted-defect ViT from its config, and expose what was planted (its ground truth).
 
-No DINOv2 weights can be downloaded offline, so the toolkit ships a backbone whose defects
-arise the way the paper describes: a few tokens are pushed along one direction u, and later
-blocks amplify u, so G_i's top singular vector is u.
-
-Mechanism (see ../shared/NOTES.md for the measurements that shaped it):
-- A *marker* direction m is added to the positional embedding at a few interior grid
-  positions (~2% of patches, as in DINOv2). Positional, so every image gets defects.
-  m is orthogonal to every predicted ν_i, so a repaired marker token looks ordinary.
-- *Ignition* (block ``planted_layer``): an MLP neuron reads m through a high threshold
-  and writes u. Only marked tokens cross the threshold.
-- *Amplification* (every block from ``planted_layer`` on): a pair of neurons
-  gelu(a(s − t)) − gelu(a(−s − t)) on s = ⟨u, LN(x)⟩ that writes ±u. It is flat for the
-  small |s| of ordinary tokens (their LN output has little variance along u) but has a
-  large Gaussian-expected slope, so the linearised theory sees a strong u-gain — the gap
-  that makes ν_i = u — while only defect tokens grow.
-- LayerScale γ≈0.1 (timm's random 1e-5 would make blocks identities), a large component
-  shared by all patch tokens, and a CLS token of the same magnitude, so CLS metrics are
-  meaningful.
+No DINOv2 weights can be downloaded offline, so sinder ships backbones whose defects arise the
+way the paper describes: a few tokens are pushed along one direction u, and later blocks
+amplify u, so G_i's top singular vector is u. Each zoo member plants them differently (see
+:class:`~sinder.planted.config.PlantedConfig`); all are timm DINOv2-layout models, built from a
+seed in seconds with no files.
 """
 from __future__ import annotations
 
@@ -32,164 +18,147 @@ from ..backbones.base import Backbone
 from ..backbones.timm_loader import load_timm_state_dict
 from ..backbones.timm_vit import TimmViTBackbone
 from ..backbones.weights import read_state_dict
-from ..errors import ConfigError, ModelSpecError
 from ..theory import defect_directions
+from .circuits import (
+    TEXTURE_FILTERS, Neurons, keep_quiet_, marker_positions, orthogonal_unit, place_markers, plant_amplifiers, plant_texture_detector,
+)  # fmt: skip
+from .config import PlantedConfig, preset
 
-TIMM_NAME = "vit_small_patch14_dinov2"
-
-
-@dataclass(frozen=True)
-class PlantedConfig:
-    seed: int = 0
-    img_size: int = 224
-    planted_layer: int = 4
-    num_markers: int = 5
-    layer_scale: float = 0.1
-    cls_std: float = 1.6
-    pos_std: float = 0.3
-    shared_norm: float = 30.0
-    marker_norm: float = 14.0
-    ignition_sharpness: float = 4.0
-    ignition_threshold: float = 5.0
-    ignition_gain: float = 110.0
-    amp_sharpness: float = 4.0
-    amp_threshold: float = 0.5
-    amp_gain: float = 3.0
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.planted_layer < 12:
-            raise ConfigError(f"planted_layer must be in [0, 11], got {self.planted_layer}")
-        if self.img_size % 14:
-            raise ConfigError(f"img_size must be a multiple of 14, got {self.img_size}")
+IGNITION_SHARPNESS = 4.0
+IGNITION_MARGIN = 3.7  # on ⟨m, LN(x)⟩: how far a full-strength marker is above the threshold
+TEXTURE_SCALE = 1.6  # patch-embedding gain of the texture filters: ⟨q_k, LN(x)⟩ ≈ the filter response
+TEXTURE_GAIN = 1.0
 
 
-PRESETS = {"small": PlantedConfig()}
+@dataclass
+class PlantedTruth:
+    """What was planted: the defect direction ``u``, where and how it ignites."""
 
+    config: PlantedConfig
+    u: torch.Tensor  # the planted defect direction (unit)
+    m: torch.Tensor  # the marker direction in the positional embedding
+    positions: list[tuple[int, int]]  # marker (candidate) cells
+    grid: int
+    ignition_layer: int
+    ignition_unit: int  # its fc1 row (the gate for SwiGLU)
 
-def marker_positions(grid: int, count: int, generator: torch.Generator) -> list[tuple[int, int]]:
-    """``count`` interior grid cells, pairwise ≥3 apart (so each has a clean 3×3 neighbourhood)."""
-    chosen: list[tuple[int, int]] = []
-    while len(chosen) < count:
-        r, c = (int(v) for v in torch.randint(2, grid - 2, (2,), generator=generator))
-        if all(max(abs(r - r0), abs(c - c0)) >= 3 for r0, c0 in chosen):
-            chosen.append((r, c))
-    return chosen
-
-
-def orthogonal_unit(dim: int, avoid: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A random unit vector orthogonal to the all-ones vector and to the rows of ``avoid``.
-
-    Orthogonal to ones so that LayerNorm's centring keeps it.
-    """
-    basis, _ = torch.linalg.qr(torch.cat([torch.ones(1, dim), avoid.reshape(-1, dim).float()]).double().T)
-    v = torch.randn(dim, generator=generator, dtype=torch.float64)
-    v -= basis @ (basis.T @ v)
-    return (v / v.norm()).float()
-
-
-def project_out_(tensor: torch.Tensor, direction: torch.Tensor, dim: int) -> None:
-    """Remove the unit ``direction`` from ``tensor`` along axis ``dim``, in place."""
-    moved = tensor.movedim(dim, -1)
-    moved -= (moved @ direction)[..., None] * direction
+    @torch.no_grad()
+    def ignition(self, backbone: Backbone, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) bool: the patch tokens whose ignition unit fires on ``pixels``."""
+        fc1 = backbone.model.blocks[self.ignition_layer].mlp.fc1
+        seen: list[torch.Tensor] = []
+        hook = fc1.register_forward_hook(lambda mod, inp, out: seen.append(out[..., self.ignition_unit]))
+        try:
+            x, ctx = backbone.embed(pixels.to(backbone.device, backbone.dtype))
+            for i in range(self.ignition_layer + 1):
+                x = backbone.run_block(i, x, ctx)
+        finally:
+            hook.remove()
+        pre = seen[-1][:, backbone.num_prefix_tokens :]
+        return (pre > 0).reshape(pre.shape[0], *ctx.grid)
 
 
 @torch.no_grad()
-def build_planted(cfg: PlantedConfig) -> tuple[nn.Module, dict]:
-    """Return (timm model, info dict) for a planted-defect ViT-S/14.
-
-    The seeded build runs in a forked RNG, so the caller's global torch RNG state is untouched.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        return _build(cfg)
-
-
-def _build(cfg: PlantedConfig) -> tuple[nn.Module, dict]:
+def build_planted(cfg: PlantedConfig) -> tuple[nn.Module, PlantedTruth]:
+    """Return (timm model, ground truth). The seeded build runs in a forked RNG, so the caller's
+    global torch RNG state is untouched."""
     import timm
 
-    model = timm.create_model(TIMM_NAME, pretrained=False, num_classes=0, img_size=cfg.img_size, dynamic_img_size=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = timm.create_model(cfg.timm_name, pretrained=False, num_classes=0, img_size=cfg.img_size, dynamic_img_size=True, **cfg.timm_kwargs)
     model.eval()
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     dim = model.embed_dim
-    grid = cfg.img_size // 14
-
     for blk in model.blocks:
         blk.ls1.gamma.fill_(cfg.layer_scale)
         blk.ls2.gamma.fill_(cfg.layer_scale)
     model.cls_token.normal_(0.0, cfg.cls_std, generator=gen)
     model.pos_embed.normal_(0.0, cfg.pos_std, generator=gen)
-
-    # The defect direction u is kept quiet: nothing but the planted circuit writes to it, so
-    # ordinary tokens have no component there (like the strongly anisotropic LN outputs of
-    # real ViTs, whose variance along most directions is tiny).
+    if getattr(model, "reg_token", None) is not None:
+        model.reg_token.normal_(0.0, cfg.cls_std, generator=gen)
     u = orthogonal_unit(dim, torch.zeros(0, dim), gen)
-    _keep_quiet(model, u)
-    # A large component shared by all patch tokens, as real ViTs have: it keeps token norms
-    # (and so LayerNorm's scaling) nearly content-independent, so every marked token ignites alike.
+    # A large component shared by all patch tokens, as real ViTs have: it keeps token norms (and
+    # so LayerNorm's scaling) nearly content-independent.
     shared = orthogonal_unit(dim, u[None], gen)
+    texture = orthogonal_unit(dim, torch.stack([u, shared]), gen)
+    layer = cfg.ignition_layer
+    keep_quiet_(model, torch.stack([u, texture]))
+    stretched = _stretch(model, cfg.anisotropy, torch.stack([u, shared, texture]), gen)
+    if cfg.early_feature and layer > 0:
+        plant_amplifiers(model, 0, stretched[0], "pair", cfg.early_threshold, cfg.early_feature, stop=layer)
     model.patch_embed.proj.bias += cfg.shared_norm * shared
-
-    _plant_amplifiers(model, cfg, u)
-    m = _plant_ignition(model, cfg, u, shared, gen)
-    positions = marker_positions(grid, cfg.num_markers, gen)
-    for r, c in positions:
-        model.pos_embed[0, 1 + r * grid + c] += cfg.marker_norm * m
-    info = {"u": u, "m": m, "positions": positions, "grid": grid, "planted_layer": cfg.planted_layer}
-    return model, info
-
-
-def _keep_quiet(model: nn.Module, u: torch.Tensor) -> None:
-    """Remove ``u`` from everything that writes to the residual stream."""
-    project_out_(model.patch_embed.proj.weight, u, 0)
-    project_out_(model.patch_embed.proj.bias, u, 0)
-    project_out_(model.pos_embed, u, 2)
-    project_out_(model.cls_token, u, 2)
-    for blk in model.blocks:
-        for lin in (blk.attn.proj, blk.mlp.fc2):
-            project_out_(lin.weight, u, 0)
-            project_out_(lin.bias, u, 0)
+    if cfg.u_noise:  # a small, position- and content-dependent u component on every token
+        model.pos_embed += cfg.u_noise * cfg.shared_norm * torch.randn(model.pos_embed.shape[:2], generator=gen)[..., None] * u
+        model.patch_embed.proj.weight += torch.einsum("d,chw->dchw", u, 0.3 * cfg.u_noise * torch.randn(model.patch_embed.proj.weight.shape[1:], generator=gen))
+    used = [u, shared, texture]
+    if cfg.ignition == "content":
+        q = plant_texture_detector(model, max(0, layer - 1), TEXTURE_SCALE, TEXTURE_GAIN, texture, gen)
+        used += list(q)
+    plant_amplifiers(model, layer + 1 if cfg.amplifier == "feedback" else layer, u, cfg.amplifier, cfg.amp_threshold, cfg.amp_gain)
+    unit, m = _plant_ignition(model, cfg, u, texture, torch.stack(used), gen)
+    grid = cfg.img_size // 14
+    positions = marker_positions(grid, cfg.markers, gen)
+    spread = 1.0 + cfg.strength_spread * (2 * torch.rand(len(positions), generator=gen) - 1)
+    place_markers(model, m, positions, (cfg.marker_norm * spread).tolist())
+    return model, PlantedTruth(cfg, u, m, positions, grid, layer, unit)
 
 
-def _plant_amplifiers(model: nn.Module, cfg: PlantedConfig, u: torch.Tensor) -> None:
-    hidden = model.blocks[0].mlp.fc1.out_features
-    a, t, g = cfg.amp_sharpness, cfg.amp_threshold, cfg.amp_gain
-    for i in range(cfg.planted_layer, len(model.blocks)):
-        fc1, fc2 = model.blocks[i].mlp.fc1, model.blocks[i].mlp.fc2
-        # gelu(a(s-t)) - gelu(a(-s-t)): ~0 for |s| < t, ~a(|s|-t)·sign(s) beyond.
-        for j, sign in ((hidden - 1, 1.0), (hidden - 2, -1.0)):
-            fc1.weight[j] = sign * a * u
-            fc1.bias[j] = -a * t
-            fc2.weight[:, j] = sign * g * u
+def _plant_ignition(model, cfg: PlantedConfig, u, texture, used: torch.Tensor, gen: torch.Generator) -> tuple[int, torch.Tensor]:
+    """One unit at the ignition block: act(a(⟨m, LN⟩ − w·texture − t)) writes u.
 
-
-def _plant_ignition(
-    model: nn.Module, cfg: PlantedConfig, u: torch.Tensor, shared: torch.Tensor, gen: torch.Generator
-) -> torch.Tensor:
-    """Plant the ignition neuron; returns the marker direction m it reads."""
-    # Ignition: one neuron gelu(a(s − t)) on s = ⟨m, LN(x)⟩ that writes u. Only marked tokens
-    # cross the threshold. The marker m must be invisible to detection once the defect is
-    # repaired, so it is chosen orthogonal to every predicted ν_i; the threshold is so far
-    # out (>10σ of ordinary tokens) that the neuron's Gaussian-expected slope (~1e-6) does not
-    # change those directions.
-    block = model.blocks[cfg.planted_layer].mlp
-    j = block.fc1.out_features - 3
-    block.fc1.weight[j] = 0.0
-    block.fc1.bias[j] = -cfg.ignition_sharpness * cfg.ignition_threshold
-    block.fc2.weight[:, j] = cfg.ignition_gain * u
+    Its threshold is so far above ordinary tokens that its Gaussian-expected slope (~1e-6) leaves
+    the predicted directions alone; the marker m is chosen orthogonal to every predicted ν_i, so a
+    repaired marker token does not look like a defect."""
+    units = Neurons(model.blocks[cfg.ignition_layer].mlp)
+    marker_level = cfg.marker_norm / _token_std(cfg)
+    threshold = marker_level - IGNITION_MARGIN
+    unit = units.add(torch.zeros_like(u), IGNITION_SHARPNESS, -IGNITION_SHARPNESS * threshold, u, cfg.ignition_gain)
     directions = defect_directions(TimmViTBackbone(model, "planted:build"))
-    m = orthogonal_unit(model.embed_dim, torch.cat([u[None], shared[None], directions]), gen)
-    block.fc1.weight[j] = cfg.ignition_sharpness * m
-    return m
+    m = orthogonal_unit(model.embed_dim, torch.cat([used, directions]), gen)
+    read = m.clone()
+    if cfg.ignition == "content":
+        # a texture of ``texture_threshold`` cancels the margin: flatter patches ignite, harder the flatter
+        read -= IGNITION_MARGIN / _texture_level(cfg) * texture
+    model.blocks[cfg.ignition_layer].mlp.fc1.weight[unit] = IGNITION_SHARPNESS * read
+    return unit, m
+
+
+STRETCHED = 16  # directions of the patch embedding that anisotropy stretches
+
+
+def _stretch(model: nn.Module, factor: float, avoid: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Scale the patch embedding's output along a few random directions (orthogonal to ``avoid``); returns them."""
+    w = model.patch_embed.proj.weight
+    dirs = []
+    for _ in range(STRETCHED if factor != 1 else 0):
+        d = orthogonal_unit(w.shape[0], torch.cat([avoid, *[x[None] for x in dirs]]) if dirs else avoid, gen)
+        dirs.append(d)
+        comp = torch.einsum("d,dchw->chw", d, w)
+        w += (factor - 1) * torch.einsum("d,chw->dchw", d, comp)
+    return torch.stack(dirs) if dirs else torch.zeros(0, w.shape[0])
+
+
+def _token_std(cfg: PlantedConfig) -> float:
+    """LayerNorm's divisor for a patch token: the shared component dominates it."""
+    dim = {"S": 384, "B": 768, "L": 1024, "g": 1536}[cfg.size]
+    return (cfg.shared_norm**2 / dim + cfg.pos_std**2 + 0.35) ** 0.5
+
+
+def _texture_level(cfg: PlantedConfig) -> float:
+    """⟨texture, LN(x)⟩ expected on a patch whose filter responses have std ``texture_threshold``."""
+    z = torch.randn(200_000, generator=torch.Generator().manual_seed(0)) * 4.0 * cfg.texture_threshold
+    pair = z * torch.erf(z / 2**0.5)  # gelu(z) + gelu(−z)
+    return float(pair.mean()) * TEXTURE_FILTERS * cfg.layer_scale * TEXTURE_GAIN / _token_std(cfg)
 
 
 def load_planted(name: str, spec: str, weights: str | Path | None = None) -> Backbone:
-    """The ``planted:NAME`` backbone; ``ground_truth`` holds the build's info dict (u, m, positions, ...)."""
-    if name not in PRESETS:
-        raise ModelSpecError(f"{spec}: unknown planted model {name!r}; available: {', '.join('planted:' + k for k in PRESETS)}")
-    model, info = build_planted(PRESETS[name])
+    """The ``planted:NAME[@SIZE]`` backbone; ``ground_truth`` is its :class:`PlantedTruth`."""
+    cfg = preset(name, spec)
+    model, truth = build_planted(cfg)
     if weights is not None:
         load_timm_state_dict(model, read_state_dict(weights), spec)
     backbone = TimmViTBackbone(model, spec, family="planted")
-    backbone.timm_name = TIMM_NAME
-    backbone.ground_truth = info
+    backbone.timm_name, backbone.timm_kwargs = cfg.timm_name, cfg.timm_kwargs or None
+    backbone.ground_truth = truth
     return backbone

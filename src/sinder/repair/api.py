@@ -25,11 +25,13 @@ from .data import resolve_resolution
 from .distributed import DistContext, current
 from .engine import Trainer
 from .finish import EVAL_BATCH, export_checked, fold_checked, json_safe, probe_pixels, training_summary
-from .loop import Checkpoints, LogRows, ProgressBar, TrainingLoop
-from .metrics import compare
+from .loop import Checkpoints, LogRows, ProgressBar, ResidualPlateau, TrainingLoop
+from .metrics import compare, last_layer_residual, onset_layer
 from .singular import SingularModel, attach
 
 log = logging.getLogger(__name__)
+
+PLATEAU_IMAGES = 16  # held-out images the plateau stop looks at
 
 
 @dataclass
@@ -202,6 +204,9 @@ class _Run:
         self.written.append(out.path)
 
     def execute(self) -> RepairResult:
+        self.start_layer = 0
+        if self.config.from_onset:
+            self.start_layer = onset_layer(self.backbone, self.data.train, self.dirs, self.config.rule)
         handle = attach(self.backbone, factor_frozen=self.config.impl == "reference")
         try:
             return self._train_and_finish(handle)
@@ -212,8 +217,9 @@ class _Run:
 
     def _train_and_finish(self, handle: SingularModel) -> RepairResult:
         trainer = Trainer(self.backbone, handle, self.dirs, self.config, self.dist)
+        trainer.start_layer = self.start_layer
         state, resumed, run_log = self._start(handle, trainer)
-        callbacks = [LogRows(run_log, self.on_step)]
+        callbacks = self._plateau(trainer) + [LogRows(run_log, self.on_step)]
         if self.main and self.config.progress:
             callbacks.append(ProgressBar(self.config.max_steps, state.step))
         if self.writes:
@@ -223,13 +229,27 @@ class _Run:
         log.info("stopped after %d steps (%s), skip ratio %.2f", state.step, state.stop_reason, state.skip_ratio())
         return self._finish(handle, trainer, state, resumed, run_log)
 
+    def _plateau(self, trainer: Trainer) -> list:
+        """The held-out residual stop (before the log, so its checks are logged), when there are held-out images."""
+        c, held_out = self.config, self.data.held_out
+        if not c.plateau_patience or held_out is None:
+            return []
+        if len(held_out) > PLATEAU_IMAGES:  # a fixed subset keeps the checks cheap next to training
+            held_out = replace(held_out, items=held_out.items[:PLATEAU_IMAGES], names=[], skipped={}, sizes={}, _cache={})
+
+        def measure() -> dict:
+            batch = max(c.batch_size, EVAL_BATCH)
+            return last_layer_residual(self.backbone, held_out, self.dirs[-1], c.rule, batch_size=batch, autocast=trainer.autocast)
+
+        return [ResidualPlateau(measure, c.plateau_every, c.plateau_patience, c.plateau_min_delta, self.dist)]
+
     def _meta(self) -> dict:
         return {"signature": self.config.training_signature(), "data_digest": self.data.train.digest(), "model": self.backbone.spec}
 
     def _start(self, handle: SingularModel, trainer: Trainer) -> tuple[TrainState, bool, RunLog]:
         """A fresh state, or the checkpointed one with --resume; config.json and the log opened."""
         c, f = self.config, self.folder
-        state, resumed = TrainState(window=min(c.window, len(self.data.train))), False
+        state, resumed = TrainState(window=c.window), False  # never capped: the reference's 1000-long history
         ckpt = f.checkpoint if f is not None else None
         if _resume_from(ckpt, c, self.dist):
             eps, momentum, state, info = load_checkpoint(ckpt)

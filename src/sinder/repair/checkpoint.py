@@ -35,12 +35,18 @@ class TrainState:
     stop_reason: str | None = None
     window: int = 1000
     history: deque = field(default_factory=deque)  # recent skip flags, newest last
+    residual_best: dict = field(default_factory=dict)  # best held-out residual so far (the plateau stop)
+    residual_checks: list = field(default_factory=list)  # [step, residual] of every check
+    residual_stale: int = 0  # checks since the residual last improved
+    clean_streak: int = 0  # images in a row without a qualifying layer
 
     def __post_init__(self) -> None:
         self.history = deque(self.history, maxlen=self.window)
 
     def record(self, flags: list[bool]) -> None:
         self.history.extend(flags)
+        for skipped in flags:
+            self.clean_streak = self.clean_streak + 1 if skipped else 0
         self.images_seen += len(flags)
         self.skipped_images += sum(flags)
 

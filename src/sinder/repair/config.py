@@ -12,9 +12,12 @@ Impl = Literal["fast", "reference"]
 
 # Fields that change what training computes: a resumed run must match them exactly.
 TRAINING_FIELDS = (
-    "impl", "batch_size", "resolution", "lr", "momentum", "rule", "kernel", "tau",
-    "limit_layers", "window", "gram_weight", "num_train_max", "directions", "seed",
+    "impl", "batch_size", "resolution", "lr", "momentum", "rule", "kernel", "tau", "limit_layers", "window",
+    "gram_weight", "num_train_max", "directions", "seed", "order", "plateau_every", "plateau_patience", "plateau_min_delta",
+    "from_onset", "weak_defects",
 )  # fmt: skip
+Order = Literal["shuffle", "sequential"]
+FAITHFUL_RULE = DefectRule(mask_thr=4.0, norm_gate=0.0, skip_less_than=3)
 
 
 @dataclass
@@ -40,6 +43,13 @@ class RepairConfig:
     limit_layers: int = 10
     window: int = 1000
     stop_skip_ratio: float = 0.75
+    from_onset: bool = True  # never train before the first layer where the rule finds a defect (original model)
+    weak_defects: float = 0.01  # a layer also qualifies when this share of tokens (≥ 3) are |cos| outliers the gate rejects (0: off)
+    order: Order = "shuffle"  # sequential: image = step mod N, as the reference walks them
+    stop_when_clean: bool = True  # stop after a whole pass over the training images finds nothing to train on
+    plateau_every: int = 50  # steps between checks of the held-out residual (at most 16 images)
+    plateau_patience: int = 4  # stop after this many checks without improvement (0: never)
+    plateau_min_delta: float = 0.01  # relative improvement that counts
     save_at_skip: tuple[float, ...] = ()
     checkpoint_every: int = 500
     gram_weight: float = 0.0
@@ -86,6 +96,11 @@ class RepairConfig:
         need(self.limit_layers >= 1, f"limit_layers must be >= 1, got {self.limit_layers}")
         need(self.window >= 1, f"window must be >= 1, got {self.window}")
         need(0 < self.stop_skip_ratio <= 1, f"stop_skip_ratio must be in (0, 1], got {self.stop_skip_ratio}")
+        need(self.order in ("shuffle", "sequential"), f"order must be shuffle or sequential, got {self.order!r}")
+        need(0 <= self.weak_defects < 1, f"weak_defects must be a share of the tokens in [0, 1) (0: off), got {self.weak_defects}")
+        need(self.plateau_every >= 1, f"plateau_every must be >= 1, got {self.plateau_every}")
+        need(self.plateau_patience >= 0, f"plateau_patience must be >= 0 (0: off), got {self.plateau_patience}")
+        need(0 <= self.plateau_min_delta < 1, f"plateau_min_delta must be in [0, 1), got {self.plateau_min_delta}")
         need(all(0 < v <= 1 for v in self.save_at_skip), f"save_at_skip values must be in (0, 1], got {list(self.save_at_skip)}")
         need(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
         need(math.isfinite(self.gram_weight) and self.gram_weight >= 0, f"gram_weight must be >= 0, got {self.gram_weight}")
@@ -95,6 +110,16 @@ class RepairConfig:
         need(self.amp in ("auto", "bf16", "off"), f"amp must be auto, bf16 or off, got {self.amp!r}")
         need(self.export_tol > 0, f"export_tol must be > 0, got {self.export_tol}")
         need(not (self.resume and self.overwrite), "pass either --resume or --overwrite, not both")
+
+    @classmethod
+    def faithful(cls, **overrides) -> RepairConfig:
+        """Exactly the reference SINDER settings: the μ+4σ rule alone with ≥ 3 defects, images
+        walked in order, and the skip-ratio stop over a 1000-image history as the only stop rule."""
+        settings = dict(
+            rule=FAITHFUL_RULE, order="sequential", plateau_patience=0, window=1000, stop_skip_ratio=0.75, from_onset=False, weak_defects=0.0,
+            stop_when_clean=False,
+        )  # fmt: skip
+        return cls(**(settings | overrides))
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -33,10 +33,13 @@ import torch
 from ..backbones.base import Backbone
 from .config import RepairConfig
 from .distributed import DistContext
+from ..detect import detect_layer
 from .loss import gram_loss, neighbour_loss
 from .singular import SingularModel
 
 log = logging.getLogger(__name__)
+
+WEAK_MIN = 3  # the reference's skip_less_than: fewer |cos| outliers are the noise tail
 
 
 @dataclass
@@ -90,6 +93,7 @@ class Trainer:
         if config.compile and config.impl == "fast":
             self.run_block = torch.compile(backbone.run_block)
         self._one_pass = config.one_pass
+        self.start_layer = 0  # no training before this layer (set by repair() from the original model)
 
     # -- helpers --------------------------------------------------------------------------
     def autocast(self):
@@ -111,9 +115,24 @@ class Trainer:
     def window(self, layer: int) -> tuple[int, int]:
         return max(0, layer - self.config.limit_layers + 1), layer
 
-    def _detect(self, grid: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = self.config.rule.detect(grid, self.directions[layer])
-        return mask, mask.flatten(1).sum(dim=1)
+    def _detect(self, grid: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tokens to pull, their count, whether the layer qualifies) per image.
+
+        A layer qualifies with ``rule.skip_less_than`` defects, or when a ``weak_defects`` share of
+        its tokens (at least 3, above the μ+kσ noise tail) are |cos| outliers that the norm gate
+        rejects: defects the repair has weakened. They are pulled too, so a repair finishes what
+        it started. Never before ``start_layer``."""
+        rule, weak_share = self.config.rule, self.config.weak_defects
+        found = detect_layer(rule, grid, self.directions[layer])
+        qual = found.defects.flatten(1).sum(dim=1) >= rule.skip_less_than
+        pull = found.defects
+        if weak_share:
+            pull = found.defects | found.gate_rejected
+            needed = max(WEAK_MIN, math.ceil(weak_share * grid.shape[1] * grid.shape[2]))
+            qual = qual | (pull.flatten(1).sum(dim=1) >= needed)
+        if layer < self.start_layer:
+            qual = torch.zeros_like(qual)
+        return pull, pull.flatten(1).sum(dim=1), qual
 
     @torch.no_grad()
     def original_grid(self, pixels: torch.Tensor, layer: int) -> torch.Tensor:
@@ -161,8 +180,8 @@ class Trainer:
                     for j in range(self.backbone.depth):
                         x = self.backbone.run_block(j, x, ctx)
                         grid = self.backbone.patch_grid(x, ctx)
-                        mask, counts = self._detect(grid, j)
-                        if int(counts[0]) >= self.config.rule.skip_less_than:
+                        mask, counts, qual = self._detect(grid, j)
+                        if bool(qual[0]):
                             hit = (j, grid, mask, int(counts[0]))
                             break
                 if hit is None:
@@ -208,8 +227,7 @@ class Trainer:
                     inputs.pop(j - limit, None)
                 x = self.run_block(j, x, ctx)
                 grid = bb.patch_grid(x, ctx)
-                mask, counts = self._detect(grid, j)
-                qual = counts >= self.config.rule.skip_less_than
+                mask, counts, qual = self._detect(grid, j)
                 if not bool(qual.any()):
                     continue
                 hit = _Hit(j, active[qual], grid[qual], mask[qual], counts[qual].tolist())

@@ -70,7 +70,8 @@ class TrainingLoop:
     def __init__(self, trainer: Trainer, train: ImageSet, state: TrainState, config: RepairConfig, dist: DistContext, callbacks: list[Callback]) -> None:
         self.trainer, self.train, self.state, self.config, self.dist = trainer, train, state, config, dist
         self.callbacks = callbacks
-        self.order = SeededOrder(len(train), config.seed)
+        n = len(train)
+        self.order = SeededOrder(n, config.seed) if config.order == "shuffle" else (lambda position: position % n)
         self.per_step = dist.world_size * config.batch_size
         self._requested: str | None = None
 
@@ -82,6 +83,9 @@ class TrainingLoop:
         state, config = self.state, self.config
         if state.skip_ratio() >= config.stop_skip_ratio:
             return "skip_ratio"
+        # a whole pass without a step leaves the model as it was: every further pass is the same
+        if config.stop_when_clean and state.clean_streak >= len(self.train):
+            return "clean_pass"
         if state.step >= config.max_steps:
             return "max_steps"
         return self._requested
@@ -180,3 +184,47 @@ class Checkpoints:
     def on_end(self, loop: TrainingLoop) -> None:
         if loop.state.stop_reason is not None:  # a normal end; after an error the last periodic one stands
             self.save(self.latest)
+
+
+RESIDUAL_KEYS = ("energy_along_direction", "max_over_median", "high_norm_rate")
+
+
+def improved(new: dict, best: dict, min_delta: float) -> bool:
+    """Whether any residual metric fell by more than ``min_delta`` (relative) below its best."""
+    if not best:
+        return True
+    for key in RESIDUAL_KEYS:
+        b, n = best.get(key), new.get(key)
+        if n is not None and b is not None and n < b * (1 - min_delta) - 1e-12:
+            return True
+    return False
+
+
+class ResidualPlateau:
+    """Stop when the held-out residual (energy along ν, max/median norm, high-norm rate at the last
+    layer) has not improved for ``patience`` checks, one every ``every`` steps. Its counters live in
+    the train state, so a resumed run stops where an uninterrupted one would."""
+
+    def __init__(self, measure: Callable[[], dict], every: int, patience: int, min_delta: float, dist: DistContext) -> None:
+        self.measure, self.every, self.patience, self.min_delta, self.dist = measure, every, patience, min_delta, dist
+
+    def on_step(self, loop: TrainingLoop, row: dict) -> None:
+        state = loop.state
+        if state.step % self.every:
+            return
+        stop = torch.zeros(1)
+        if self.dist.is_main:
+            residual = {k: self.measure()[k] for k in RESIDUAL_KEYS}
+            state.residual_checks.append([state.step, residual])
+            if improved(residual, state.residual_best, self.min_delta):
+                state.residual_best = {k: min(v, state.residual_best.get(k, v)) for k, v in residual.items() if v is not None}
+                state.residual_stale = 0
+            else:
+                state.residual_stale += 1
+            row["residual"] = residual
+            stop[0] = float(state.residual_stale >= self.patience)
+        if float(self.dist.broadcast(stop)[0]) > 0:  # every rank stops at the same step
+            loop.request_stop("residual_plateau")
+
+    def on_end(self, loop: TrainingLoop) -> None:
+        pass

@@ -104,3 +104,41 @@ def compare(
             repaired = _last_layer(backbone, pixels, autocast)
         comparison.add(backbone, [images.names[k] for k in idxs], original, repaired)
     return comparison.summary()
+
+
+@torch.no_grad()
+def last_layer_residual(backbone: Backbone, images: ImageSet, direction: torch.Tensor, rule: DefectRule, *, batch_size: int = 8, autocast=None) -> dict:
+    """The current model's last-layer statistics on ``images`` (what the plateau stop watches)."""
+    autocast = autocast or contextlib.nullcontext
+    stats = DefectStats()
+    direction = direction.to(backbone.device)
+    for _, pixels in images.batches(batch_size):
+        last, _, ctx = _last_layer(backbone, pixels.to(backbone.device, backbone.dtype), autocast)
+        grid = backbone.patch_grid(last, ctx)
+        stats.add(grid, direction, detect_layer(rule, grid, direction))
+    return stats.summary()
+
+
+ONSET_IMAGES = 32  # training images scanned to find where the defects start
+
+
+@torch.no_grad()
+def onset_layer(backbone: Backbone, images: ImageSet, directions: torch.Tensor, rule: DefectRule, *, batch_size: int = 8) -> int:
+    """The first layer at which the rule finds a defect in any of the first training images (0 when none)."""
+    first: list[int] = []
+    seen = 0
+    for _, pixels in images.batches(batch_size):
+        x, ctx = backbone.embed(pixels.to(backbone.device, backbone.dtype))
+        pending = torch.ones(pixels.shape[0], dtype=torch.bool)
+        for j in range(backbone.depth):
+            x = backbone.run_block(j, x, ctx)
+            grid = backbone.patch_grid(x, ctx)
+            hit = rule.detect(grid, directions[j].to(grid.device)).flatten(1).any(dim=1).cpu() & pending
+            first += [j] * int(hit.sum())
+            pending &= ~hit
+            if not pending.any():
+                break
+        seen += pixels.shape[0]
+        if seen >= ONSET_IMAGES:
+            break
+    return min(first) if first else 0

@@ -193,21 +193,52 @@ def per_layer_table(a: AnalysisInput) -> str:
     return table(("layer", *PER_LAYER_KEYS), rows, "num")
 
 
+def residual_table(residual: object) -> str:
+    """Per held-out image: the high-norm tokens the repair left, strongest first."""
+    if not isinstance(residual, list) or not residual:
+        return ""
+    rows = []
+    for r in residual:
+        if not isinstance(r, dict):
+            continue
+        strongest = ", ".join(
+            f"({s.get('row')}, {s.get('col')}) {fmt(s.get('norm_over_median'))}×" for s in r.get("strongest") or [] if isinstance(s, dict)
+        )
+        rows.append((esc(r.get("image")), esc(fmt(r.get("high_norm_tokens"))), esc(fmt(r.get("max_over_median"))), esc(strongest or "none")))
+    left = sum(1 for r in residual if isinstance(r, dict) and r.get("high_norm_tokens"))
+    head = f"<h4>Residual after repair: {left} of {len(rows)} held-out image(s) keep high-norm tokens</h4>"
+    return head + table(("image", "high-norm tokens left", "max / median norm", "strongest (row, col) norm / median"), rows, "num")
+
+
 def _run_summary(summary: dict | None) -> list[str]:
     if summary is None:
         return [note(f"no {SUMMARY} in the run folder")]
     parts = []
+    summary = dict(summary)
+    metrics = dict(summary.get("metrics") or {})
+    residual = metrics.pop("residual", None)
+    summary["metrics"] = metrics or summary.get("metrics")
     scalars, comparisons = split_comparisons(summary)
     for name, before, after in comparisons:
         where = "" if name == "summary" else f" (<code>{esc(name)}</code>)"
         parts.append(f"<h4>Before vs after repair{where}</h4>" + comparison_table(before, after))
     if not comparisons:
         parts.append(note(f"{SUMMARY} has no before/after metrics"))
+    parts.append(residual_table(residual))
     # config.* repeats config.json (shown under #config); timing is shown there too.
     rest = [(k, v) for k, v in scalars if k not in TIMING_KEYS and not k.startswith("config.")]
     if rest:
         parts.append("<h4>Other summary values</h4>" + kv_table(rest))
     return parts
+
+
+def _gate_warning(summary: dict) -> str | None:
+    from ..analyze import gate_warning
+
+    try:
+        return gate_warning(summary)
+    except (KeyError, IndexError, TypeError):  # an older or partial analysis.json
+        return None
 
 
 def section_metrics(inputs: ReportInputs, cfg: ReportConfig) -> str:
@@ -220,6 +251,9 @@ def section_metrics(inputs: ReportInputs, cfg: ReportConfig) -> str:
         rows = [(esc(name), *(esc(get(a)) for a in inputs.analyses)) for name, get in LAST_LAYER_METRICS]
         parts.append(table(("metric", *(a.label for a in inputs.analyses)), rows, "cmp"))
         for a in inputs.analyses:
+            warning = _gate_warning(a.result.summary)
+            if warning:
+                parts.append(note(f"{a.label}: {warning}"))
             parts.append(f"<details><summary>Per-layer table: {esc(a.label)}</summary>{per_layer_table(a)}</details>")
     if inputs.run is None and not inputs.analyses:
         parts.append(note("no metrics available"))

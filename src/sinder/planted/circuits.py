@@ -1,0 +1,126 @@
+"""The pieces a planted defect is built from, written into a timm ViT's own weights.
+
+Every piece is an MLP neuron (GELU ``Mlp`` or the fused SwiGLU ``GluMlp`` of DINOv2-g) that reads
+one direction of LN(x) through a threshold and writes another direction into the residual
+stream; planted neurons take the last hidden units of a block. Directions are kept
+orthogonal to the all-ones vector, so LayerNorm's centring keeps them.
+
+Measured facts that shaped them (../shared/NOTES.md): a gate with a strongly negative bias
+has a tiny (even negative) Gaussian-expected slope, so the linear theory cannot see an ignition
+neuron; an odd dead-zone pair, gelu(a(s − t)) − gelu(a(−s − t)), is flat for the small |s| of
+ordinary tokens yet has a large Gaussian slope, so the theory sees the amplification.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+TEXTURE_FILTERS = 8  # zero-mean patch filters whose |response| sums to a local-texture measure
+
+
+def orthogonal_unit(dim: int, avoid: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random unit vector orthogonal to the all-ones vector and to the rows of ``avoid``."""
+    basis, _ = torch.linalg.qr(torch.cat([torch.ones(1, dim), avoid.reshape(-1, dim).float()]).double().T)
+    v = torch.randn(dim, generator=generator, dtype=torch.float64)
+    v -= basis @ (basis.T @ v)
+    return (v / v.norm()).float()
+
+
+def project_out_(tensor: torch.Tensor, direction: torch.Tensor, dim: int) -> None:
+    """Remove the unit ``direction`` from ``tensor`` along axis ``dim``, in place."""
+    moved = tensor.movedim(dim, -1)
+    moved -= (moved @ direction)[..., None] * direction
+
+
+def keep_quiet_(model: nn.Module, directions: torch.Tensor) -> None:
+    """Remove ``directions`` (k, D) from everything that writes to the residual stream."""
+    writers = [model.patch_embed.proj.weight, model.patch_embed.proj.bias]
+    for blk in model.blocks:
+        writers += [blk.attn.proj.weight, blk.attn.proj.bias, blk.mlp.fc2.weight, blk.mlp.fc2.bias]
+    for d in directions:
+        for w in writers:
+            project_out_(w, d, 0)
+        for name in ("pos_embed", "cls_token", "reg_token"):
+            t = getattr(model, name, None)
+            if t is not None:
+                project_out_(t, d, 2)
+
+
+class Neurons:
+    """Hands out a block's hidden units from the last one down, and writes neurons into them."""
+
+    def __init__(self, mlp: nn.Module) -> None:
+        from timm.layers.mlp import GluMlp
+
+        self.mlp = mlp
+        self.gated = isinstance(mlp, GluMlp)
+        if self.gated and mlp.gate_last:
+            raise ValueError("planting into a gate-last SwiGLU is not supported")
+        self.hidden = mlp.fc2.in_features
+        self.next = self.hidden - 1
+
+    def add(self, read: torch.Tensor, scale: float, bias: float, write: torch.Tensor, gain: float) -> int:
+        """act(scale·⟨read, LN(x)⟩ + bias)·gain·write; returns the unit's index (its fc1 row: the gate)."""
+        j, self.next = self.next, self.next - 1
+        fc1, fc2 = self.mlp.fc1, self.mlp.fc2
+        fc1.weight[j] = scale * read
+        fc1.bias[j] = bias
+        if self.gated:  # fc1 = [gate | value] (DINOv2-g): value ≡ 1, so the unit is silu(gate)
+            fc1.weight[self.hidden + j] = 0.0
+            fc1.bias[self.hidden + j] = 1.0
+        fc2.weight[:, j] = gain * write
+        return j
+
+
+def plant_texture_detector(model: nn.Module, block: int, scale: float, gain: float, out: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Patch-embedding filters q_k·h_k and, at ``block``, even pairs act(a·s_k) + act(−a·s_k) ≈ a|s_k|
+    that write their sum along ``out``: a measure of the patch's local texture (≈0 on flat
+    background). Returns the filter directions q (K, D), to be kept quiet."""
+    proj = model.patch_embed.proj
+    dim, chans, p, _ = proj.weight.shape
+    q = torch.zeros(0, dim)
+    for _ in range(TEXTURE_FILTERS):
+        q = torch.cat([q, orthogonal_unit(dim, torch.cat([q, out[None]]), gen)[None]])
+    keep_quiet_(model, q)  # only the filters below write these directions
+    filters = torch.randn(TEXTURE_FILTERS, chans, p, p, generator=gen)
+    filters -= filters.mean(dim=(2, 3), keepdim=True)  # zero mean per channel: blind to flat colour
+    filters /= filters.flatten(1).norm(dim=1)[:, None, None, None]
+    proj.weight += scale * torch.einsum("kd,kchw->dchw", q, filters)
+    units = Neurons(model.blocks[block].mlp)
+    for k in range(TEXTURE_FILTERS):
+        for sign in (1.0, -1.0):
+            units.add(q[k], sign * 4.0, 0.0, out, gain)
+    return q
+
+
+def plant_amplifiers(
+    model: nn.Module, start: int, u: torch.Tensor, kind: str, threshold: float, gain: float, sharpness: float = 4.0, stop: int | None = None
+) -> None:
+    """In blocks [start, stop) (default: to the end), grow u on tokens that carry it.
+
+    ``pair``: act(a(s − t)) − act(a(−s − t)) writes ±u, flat for |s| < t; ``feedback``: one
+    unit act(a(s − t)) writes +u (a re-igniting positive feedback)."""
+    for blk in model.blocks[start:stop]:
+        units = Neurons(blk.mlp)
+        units.add(u, sharpness, -sharpness * threshold, u, gain)
+        if kind == "pair":
+            units.add(u, -sharpness, -sharpness * threshold, u, -gain)
+
+
+def marker_positions(grid: int, count: int, generator: torch.Generator) -> list[tuple[int, int]]:
+    """``count`` interior grid cells, pairwise ≥3 apart where the grid allows (each has a clean 3×3 neighbourhood)."""
+    chosen: list[tuple[int, int]] = []
+    spacing = 3 if count * 9 <= (grid - 4) ** 2 // 2 else 2
+    while len(chosen) < count:
+        r, c = (int(v) for v in torch.randint(2, grid - 2, (2,), generator=generator))
+        if all(max(abs(r - r0), abs(c - c0)) >= spacing for r0, c0 in chosen):
+            chosen.append((r, c))
+    return chosen
+
+
+def place_markers(model: nn.Module, m: torch.Tensor, positions, norms) -> None:
+    """Add ``norm``·m to the positional embedding at each grid cell."""
+    grid = model.patch_embed.grid_size[1]
+    offset = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
+    for (r, c), norm in zip(positions, norms):
+        model.pos_embed[0, offset + r * grid + c] += norm * m

@@ -1,0 +1,136 @@
+"""What a planted model is made of: one typed config, and the zoo of named presets.
+
+A name is ``NAME[@SIZE]``: ``planted:content`` is the ViT-S/14 preset, ``planted:content@L``
+plants the same circuits in a ViT-L/14 (sizes S, B, L, g: the DINOv2 layouts).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from ..errors import ModelSpecError, require
+
+Size = Literal["S", "B", "L", "g"]
+# (timm name, timm name with 4 registers, overrides) per size; the giant layout (fused SwiGLU
+# fc1 = [gate | value]) at other widths comes from overriding the giant's dimensions.
+ARCHITECTURES = {
+    "S": ("vit_small_patch14_dinov2", "vit_small_patch14_reg4_dinov2", {"embed_dim": 384, "depth": 12, "num_heads": 6}),
+    "B": ("vit_base_patch14_dinov2", "vit_base_patch14_reg4_dinov2", {"embed_dim": 768, "depth": 12, "num_heads": 12}),
+    "L": ("vit_large_patch14_dinov2", "vit_large_patch14_reg4_dinov2", {"embed_dim": 1024, "depth": 24, "num_heads": 16}),
+    "g": ("vit_giant_patch14_dinov2", "vit_giant_patch14_reg4_dinov2", {"embed_dim": 1536, "depth": 40, "num_heads": 24}),
+}
+GIANT, GIANT_REG = ARCHITECTURES["g"][:2]
+
+
+@dataclass(frozen=True)
+class PlantedConfig:
+    """A planted-defect ViT, built deterministically from ``seed``.
+
+    Circuits (see :mod:`sinder.planted.circuits`): an *ignition* neuron at block
+    ``round(onset · depth)`` writes the defect direction u on the tokens it selects; *amplifier*
+    neurons in every later block grow u on tokens that already carry it.
+
+    ignition: ``marker`` ignites every token at ``markers`` positional cells (same cells in every
+        image); ``content`` ignites only the low-texture patches among ``markers`` candidate cells,
+        so positions and counts change from image to image, with unequal strengths.
+    amplifier: ``pair`` (a dead-zone pair, odd in ⟨u, LN(x)⟩) or ``feedback`` (one gate on u that
+        writes more u: a partly repaired token can re-ignite).
+    u_noise: ordinary tokens carry a small random u component of this size (relative to the shared
+        token norm), as a real network's would; 0 keeps u quiet (only the planted units write it).
+    anisotropy: the patch embedding's output is stretched along a few random directions by this
+        factor, so ordinary tokens are strongly anisotropic (as real ViT tokens are) and the |cos|
+        rule finds a noise tail in layers without defects.
+    strength_spread: marker norms vary by ± this fraction from cell to cell.
+    early_feature: gain of dead-zone amplifiers on a stretched content direction in the blocks
+        before the ignition; the theory then predicts that direction there, and the |cos| rule
+        finds a noise tail of ordinary tokens (edges, bright patches) in those layers, as the
+        reference did on an independently built model (0: none).
+    """
+
+    size: Size = "S"
+    swiglu: bool = False
+    registers: bool = False
+    img_size: int = 224
+    seed: int = 0
+    onset: float = 4 / 12
+    ignition: Literal["marker", "content"] = "marker"
+    amplifier: Literal["pair", "feedback"] = "pair"
+    u_noise: float = 0.0
+    anisotropy: float = 1.0
+    early_feature: float = 0.0
+    early_threshold: float = 2.5  # its dead zone, on ⟨d, LN(x)⟩: only rare, extreme patches cross it
+    markers: int = 5
+    strength_spread: float = 0.0
+    texture_threshold: float = 0.15  # content: ignite below this local texture (std of normalised pixels)
+    layer_scale: float = 0.1
+    cls_std: float = 1.6
+    pos_std: float = 0.3
+    shared_norm: float = 30.0
+    marker_norm: float = 14.0
+    ignition_gain: float = 110.0
+    amp_threshold: float = 0.5
+    amp_gain: float = 3.0
+
+    def __post_init__(self) -> None:
+        require(self.size in ARCHITECTURES, f"size must be one of {', '.join(ARCHITECTURES)}, got {self.size!r}")
+        require(0 <= self.onset < 1, f"onset must be in [0, 1) (a fraction of the depth), got {self.onset}")
+        require(self.img_size % 14 == 0 and self.img_size >= 70, f"img_size must be a multiple of 14 and >= 70, got {self.img_size}")
+        require(self.ignition in ("marker", "content"), f"ignition must be marker or content, got {self.ignition!r}")
+        require(self.amplifier in ("pair", "feedback"), f"amplifier must be pair or feedback, got {self.amplifier!r}")
+        require(self.markers >= 1, f"markers must be >= 1, got {self.markers}")
+        require(0 <= self.strength_spread < 1, f"strength_spread must be in [0, 1), got {self.strength_spread}")
+        require(0 <= self.u_noise < 0.1, f"u_noise must be in [0, 0.1), got {self.u_noise}")
+        require(self.anisotropy >= 1, f"anisotropy must be >= 1, got {self.anisotropy}")
+        require(self.early_feature == 0 or self.anisotropy > 1, "early_feature needs anisotropy > 1 (it amplifies a stretched direction)")
+
+    @property
+    def timm_name(self) -> str:
+        plain, reg, _ = ARCHITECTURES[self.size]
+        if self.swiglu:
+            return GIANT_REG if self.registers else GIANT
+        return reg if self.registers else plain
+
+    @property
+    def timm_kwargs(self) -> dict:
+        """Overrides of the timm architecture (JSON-able: they are recorded for export)."""
+        return dict(ARCHITECTURES[self.size][2]) if self.swiglu and self.size != "g" else {}
+
+    @property
+    def depth(self) -> int:
+        return ARCHITECTURES[self.size][2]["depth"]
+
+    @property
+    def ignition_layer(self) -> int:
+        return min(self.depth - 1, round(self.onset * self.depth))
+
+
+PRESETS: dict[str, PlantedConfig] = {
+    # 5 positional cells, equal strength, ignition at block 4 of 12, quiet u
+    "small": PlantedConfig(),
+    # content-gated: low-texture patches among 10 candidate cells, mid-depth, re-igniting amplifier
+    "content": PlantedConfig(ignition="content", markers=10, onset=5 / 12, amplifier="feedback", u_noise=0.01, seed=1),
+    # early and late onset, 1–8 defects per image of unequal strength
+    "early": PlantedConfig(ignition="content", markers=10, onset=2 / 12, strength_spread=0.4, seed=2),
+    "late": PlantedConfig(ignition="content", markers=10, onset=8 / 12, strength_spread=0.4, amplifier="feedback", ignition_gain=150.0, amp_gain=5.0, seed=3),
+    # like an independently built model the reference failed on: strongly anisotropic tokens and
+    # a dominant early feature whose noise tail the |cos| rule flags before the defects appear
+    "noisy": PlantedConfig(ignition="content", markers=10, onset=6 / 12, amplifier="feedback", u_noise=0.01, anisotropy=6.0, early_feature=3.0, seed=7),
+    # DINOv2's native 518 px (37×37 grid), ~2% defect tokens
+    "native518": PlantedConfig(img_size=518, markers=27, strength_spread=0.2, u_noise=0.01, seed=4),
+    # the ViT-g layout (fused SwiGLU w12/fc1) at ViT-S width, and a 4-register model
+    "swiglu": PlantedConfig(swiglu=True, ignition="content", markers=10, onset=5 / 12, seed=5),
+    "reg4": PlantedConfig(registers=True, markers=6, strength_spread=0.3, amplifier="feedback", seed=6),
+}
+
+
+def preset(name: str, spec: str = "") -> PlantedConfig:
+    """The config of ``NAME[@SIZE]``; a one-line ``ModelSpecError`` for unknown names or sizes."""
+    base, _, size = name.partition("@")
+    if base not in PRESETS:
+        raise ModelSpecError(f"{spec or name}: unknown planted model {base!r}; available: {', '.join('planted:' + k for k in PRESETS)} (optionally @S|@B|@L|@g)")
+    cfg = PRESETS[base]
+    if size:
+        if size not in ARCHITECTURES:
+            raise ModelSpecError(f"{spec or name}: unknown size {size!r}; use @S, @B, @L or @g")
+        cfg = replace(cfg, size=size)
+    return cfg
