@@ -98,7 +98,9 @@ def test_user_errors_are_one_line(tmp_path, photo_dir, argv, needle):
     proc = subprocess.run([sys.executable, "-m", "sinder", *argv], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "Warning" not in line]
-    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    # info lines ("loading MODEL") may come first; the error is one line, and the last
+    assert lines and lines[-1].startswith("sinder analyze: error: ") and needle in lines[-1], proc.stderr
+    assert sum(": error: " in line for line in lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
 
 

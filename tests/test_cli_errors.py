@@ -55,7 +55,22 @@ CASES = {
         "analyze hf:{ws}/hf_tiny {ws}/photos --out {ws}/o6 --weights {ws}/hf_wide/model.safetensors", "does not fit", "o6"),
     "timm_unknown_name_offline": ("analyze -v timm:nonexistent {ws}/photos --out {ws}/o7", "timm has no model 'nonexistent'", "o7"),
     "analyze_only_undecodable": ("analyze planted:small {ws}/junk --out {ws}/o8", "none of the 1 input image(s) can be used", "o8"),
-    "analyze_grid_too_small": ("analyze planted:small {ws}/photos --out {ws}/o9 --resolution 20", "use at least 42 px", "o9"),
+    "analyze_grid_too_small": (
+        "analyze planted:small {ws}/photos --out {ws}/o9 --resolution 20",
+        "--resolution must be between 42 and 4096 px for 14 px patches (at least 3 per side) (got 20)", "o9"),
+    # one wording for --resolution whatever the value and the command (0 used to say ">= 14 px" in
+    # repair and "a positive int" in evaluate; 100000 was accepted and hung resizing to 100000 px)
+    "repair_resolution_zero": (
+        "repair planted:small --data {ws}/photos --out {ws}/o15 --resolution 0", "--resolution must be between 16 and 4096 px (got 0)", "o15"),
+    "repair_resolution_huge": (
+        "repair planted:small --data {ws}/photos --out {ws}/o16 --resolution 100000", "--resolution must be between 16 and 4096 px (got 100000)", "o16"),
+    "evaluate_resolution_zero": (
+        "evaluate planted:small --task intrinsic --data {ws}/photos --out {ws}/o17 --resolution 0", "--resolution must be between 16 and 4096 px (got 0)", "o17"),
+    "evaluate_resolution_huge": (
+        "evaluate planted:small --task intrinsic --data {ws}/photos --out {ws}/o18 --resolution 100000",
+        "--resolution must be between 16 and 4096 px (got 100000)", "o18"),
+    "analyze_resolution_huge": (
+        "analyze planted:small {ws}/photos --out {ws}/o19 --resolution 100000", "--resolution must be between 16 and 4096 px (got 100000)", "o19"),
     "repair_only_undecodable": ("repair planted:small --data {ws}/junk/fake.jpg --out {ws}/o10", "training image(s) can be used", "o10"),
     "repair_empty_eval_data": ("repair planted:small --data {ws}/photos --eval-data {ws}/empty --out {ws}/o11", "check --eval-data", "o11"),
     "repair_resume_missing_run": ("repair planted:small --data {ws}/photos --out {ws}/o12 --resume", "holds no repair run", "o12"),
@@ -79,12 +94,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(ws, case):
     assert "Traceback" not in proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("warning: ") and "Warning" not in ln]
     command = next(a for a in argv if not a.startswith("-"))
-    assert len(lines) == 1 and lines[0].startswith(f"sinder {command}: error: "), proc.stderr
-    assert needle in lines[0], lines[0]
-    assert "\x1b[" not in lines[0]  # no terminal colour codes copied from torch/transformers messages
+    # the error is one line, the last; before it only sinder's one-line progress notes ("loading MODEL")
+    assert lines and lines[-1].startswith(f"sinder {command}: error: "), proc.stderr
+    assert sum(": error: " in ln for ln in lines) == 1 and not any(ln[0].isspace() for ln in lines), proc.stderr
+    error = lines[-1]
+    assert needle in error, error
+    assert "\x1b[" not in error  # no terminal colour codes copied from torch/transformers messages
     if created is not None:
         assert not (ws / created).exists()
     if case == "demo_out_is_nonempty_dir":
-        assert "--resume" not in lines[0]  # demo has no --resume
+        assert "--resume" not in error  # demo has no --resume
         assert seconds < 20  # refused before the model is built and analysed
         assert sorted(p.name for p in (ws / "photos").iterdir()) == ["p0.png", "p1.png"]

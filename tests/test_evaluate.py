@@ -3,7 +3,10 @@ with a known answer (and a shuffled-label control), and the CLI contract."""
 from __future__ import annotations
 
 import json
+import logging
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +26,8 @@ from sinder.evaluate.metrics import box_iou, confusion_matrix, corloc, hungarian
 from sinder.evaluate.unsup_seg import kmeans
 from sinder.images import preprocess
 
-KNN_KEYS = {f"{p}top1@{k}" for p in ("", "patch_") for k in (10, 20, 100, 200)}
+KNN_KS = (5, 10, 20)  # each at most the train images of the generated sets (k > train images is refused)
+KNN_KEYS = {f"{p}top1@{k}" for p in ("", "patch_") for k in KNN_KS}
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 230)]
 
 
@@ -260,7 +264,7 @@ def test_intrinsic_statistics_on_synthetic_grids():
 def test_knn_separates_colour_classes_and_shuffled_control_is_at_chance(tmp_path):
     root = make_knn(tmp_path / "knn")
     (root / "val" / "class0" / "broken.jpg").write_bytes(b"not an image")
-    cfg = EvaluateConfig(resolution=56, batch_size=16)
+    cfg = EvaluateConfig(resolution=56, batch_size=16, knn_ks=KNN_KS)
     metrics, info = evaluate_with_info(tiny_vit(), "knn", root, cfg)
     assert set(metrics) == KNN_KEYS
     assert min(metrics.values()) >= 0.9
@@ -272,7 +276,7 @@ def test_knn_separates_colour_classes_and_shuffled_control_is_at_chance(tmp_path
 
 def test_knn_report_compares_models_and_writes_metrics(tmp_path):
     root = make_knn(tmp_path / "knn", n_train=3, n_val=2)
-    cfg = EvaluateConfig(resolution=56)
+    cfg = EvaluateConfig(resolution=56, knn_ks=(5, 9))
     no_cls = tiny_vit(seed=1, class_token=False, global_pool="avg")
     report = evaluate_models([(tiny_vit(seed=0), None), (no_cls, None)], "knn", root, cfg)
     assert list(report["models"]) == ["test:tiny", "test:tiny #2"]
@@ -280,7 +284,7 @@ def test_knn_report_compares_models_and_writes_metrics(tmp_path):
     assert min(v for k, v in report["models"]["test:tiny #2"].items() if k.startswith("patch_")) >= 0.9
     table = format_table(report).splitlines()
     assert len(table) == 4 and table[0].split()[1:] == list(report["models"]["test:tiny"])
-    assert table[3].split()[2:6] == ["-"] * 4
+    assert table[3].split()[2:4] == ["-"] * 2
     path = write_metrics(tmp_path / "out", report)
     assert json.loads(path.read_text())["models"] == report["models"]
     with pytest.raises(OutputExistsError):
@@ -350,10 +354,10 @@ def test_config_is_validated():
 def test_cli_end_to_end_knn(tmp_path, capsys):
     from sinder.cli import main
 
-    root = make_knn(tmp_path / "knn", n_train=3, n_val=2)
+    root = make_knn(tmp_path / "knn", n_train=7, n_val=2)
     out = tmp_path / "out"
     argv = ["evaluate", "timm:vit_tiny_patch16_224", "--random-init", "--task", "knn", "--data", str(root),
-            "--out", str(out), "--resolution", "64", "--device", "cpu"]
+            "--out", str(out), "--resolution", "64", "--device", "cpu", "--knn-k", *map(str, KNN_KS)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "timm:vit_tiny_patch16_224" in printed and "top1@10" in printed
@@ -375,3 +379,149 @@ def test_cli_end_to_end_knn(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "DIR/train/CLASS" in err[0]
     assert not (tmp_path / "out2").exists()
+
+
+# -- degenerate data: refused with one actionable line, nothing written -------------------
+
+CLI_MODEL = ["timm:vit_tiny_patch16_224", "--random-init", "--device", "cpu"]
+
+
+def write_seg_split(root: Path, split: str, masks: list[np.ndarray]) -> None:
+    """Images of flat random colours beside the given (H, W) masks."""
+    rng = np.random.default_rng(len(masks))
+    for j, mask in enumerate(masks):
+        save(np.full((*mask.shape, 3), rng.integers(0, 256, 3), dtype=np.uint8), root / split / "images" / f"im{j}.png")
+        save(mask.astype(np.uint8), root / split / "masks" / f"im{j}.png")
+
+
+def halves(h: int = 112, w: int = 112) -> np.ndarray:
+    mask = np.zeros((h, w), np.uint8)
+    mask[:, w // 2 :] = 1
+    return mask
+
+
+def seg_single_class(root: Path) -> Path:
+    return make_seg(root, n_colours=1, n_train=1, n_val=3)
+
+
+def seg_only_ignore(root: Path) -> Path:
+    write_seg_split(root, "val", [np.full((112, 112), 255, np.uint8)] * 2)
+    return root
+
+
+def seg_train_single_class(root: Path) -> Path:
+    write_seg_split(root, "train", [np.zeros((112, 112), np.uint8)] * 2)
+    write_seg_split(root, "val", [halves()] * 2)
+    return root
+
+
+def seg_val_single_class(root: Path) -> Path:
+    write_seg_split(root, "train", [halves()] * 2)
+    write_seg_split(root, "val", [np.full((112, 112), 1, np.uint8)] * 2)
+    return root
+
+
+def seg_second_class_outside_crop(root: Path) -> Path:
+    """Class 1 only in the left sixth of a 3:1 image: the square centre crop that is evaluated holds class 0 alone."""
+    mask = np.zeros((56, 168), np.uint8)
+    mask[:, :28] = 1
+    write_seg_split(root, "val", [mask] * 2)
+    return root
+
+
+def seg_more_classes_than_tokens(root: Path) -> Path:
+    """5 classes (4 quadrants and a centre square) on one image of 2x2 patches."""
+    mask = np.kron(np.arange(4, dtype=np.uint8).reshape(2, 2), np.ones((16, 16), np.uint8))
+    mask[12:20, 12:20] = 4
+    write_seg_split(root, "val", [mask])
+    return root
+
+
+def knn_single_class(root: Path) -> Path:
+    make_knn(root, n_train=4, n_val=2)
+    for split in ("train", "val"):
+        for d in (root / split / "class1", root / split / "class2"):
+            for f in d.iterdir():
+                f.rename(root / split / "class0" / f"moved_{d.name}_{f.name}")
+            d.rmdir()
+    return root
+
+
+def knn_disjoint_classes(root: Path) -> Path:
+    make_knn(root, n_train=4, n_val=2)
+    for d in (root / "val").iterdir():
+        d.rename(d.with_name(f"val_{d.name}"))
+    return root
+
+
+def lost_no_boxes(root: Path) -> Path:
+    make_lost(root, n=2, size=(112, 112), cell=14)
+    for xml in (root / "annotations").iterdir():
+        xml.write_text("<annotation><object><name>square</name></object></annotation>")
+    return root
+
+
+def lost_empty_boxes(root: Path) -> Path:
+    make_lost(root, n=2, size=(112, 112), cell=14)
+    for xml in (root / "annotations").iterdir():
+        xml.write_text("<annotation><object><bndbox><xmin>9</xmin><ymin>1</ymin><xmax>3</xmax><ymax>5</ymax></bndbox></object></annotation>")
+    return root
+
+
+# (task, data builder, extra options, what the one line must say)
+DEGENERATE = {
+    "unsup-seg one class": ("unsup-seg", seg_single_class, [], "unsup-seg: the masks in"),
+    "unsup-seg only ignore": ("unsup-seg", seg_only_ignore, [], "only ignore (255) pixels; mIoU needs at least 2 classes"),
+    "unsup-seg one class in the crop": ("unsup-seg", seg_second_class_outside_crop, ["--resolution", "32"], "single class (0) in the usable images' centre crops; mIoU"),
+    "unsup-seg fewer tokens than classes": ("unsup-seg", seg_more_classes_than_tokens, ["--resolution", "32"], "5 classes need at least 5 patch tokens, the val images give 4"),
+    "unsup-seg one patch": ("unsup-seg", make_seg, ["--resolution", "16"], "1 patch(es) per side"),
+    "linear-seg one train class": ("linear-seg", seg_train_single_class, [], "train/masks hold a single class (0); a linear probe"),
+    "linear-seg one val class": ("linear-seg", seg_val_single_class, [], "val/masks hold a single class (1); mIoU"),
+    "knn one class": ("knn", knn_single_class, ["--knn-k", "5"], "train holds a single class (class0)"),
+    "knn fewer images than k": ("knn", make_knn, ["--knn-k", "10", "30", "200"], "has 24 images, fewer than k=30, 200; pass --knn-k"),
+    "knn no shared class": ("knn", knn_disjoint_classes, ["--knn-k", "5"], "no val class of"),
+    "lost no boxes": ("lost", lost_no_boxes, [], "has no object box"),
+    "lost empty boxes": ("lost", lost_empty_boxes, [], "has a box with xmax < xmin"),
+    "lost one patch": ("lost", make_lost, ["--resolution", "16"], "lost needs at least 32 px"),
+}
+
+
+@pytest.mark.parametrize("case", list(DEGENERATE))
+def test_cli_refuses_degenerate_data(case, tmp_path, capsys, caplog):
+    from sinder.cli import main
+
+    task, build, extra, needle = DEGENERATE[case]
+    data, out = build(tmp_path / "data"), tmp_path / "out"
+    argv = ["evaluate", *CLI_MODEL, "--task", task, "--data", str(data), "--out", str(out), "--resolution", "112", *extra]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sinder evaluate: error: "), captured.err
+    assert needle in err[0] and "Traceback" not in captured.err
+    assert captured.out == "" and not out.exists()
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_unsup_seg_single_class_is_refused_not_scored(tmp_path):
+    """Issue #8: masks of one class gave mIoU 1.0000 and exit 0. Now: exit 2, one line, nothing written."""
+    data, out = seg_single_class(tmp_path / "data"), tmp_path / "out"
+    argv = ["evaluate", *CLI_MODEL, "--task", "unsup-seg", "--data", str(data), "--out", str(out), "--resolution", "112"]
+    proc = subprocess.run([sys.executable, "-m", "sinder", *argv], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        f"sinder evaluate: error: unsup-seg: the masks in {data / 'val' / 'masks'} hold a single class (0); "
+        "mIoU needs at least 2 classes: pass masks with background and object labels"
+    ]
+    assert not out.exists()
+    with pytest.raises(ConfigError, match="single class"):  # the Python API says the same
+        evaluate(tiny_vit(img_size=112), "unsup-seg", data, EvaluateConfig(resolution=112))
+
+
+def test_knn_warns_about_val_classes_missing_from_train(tmp_path, caplog):
+    root = make_knn(tmp_path / "knn", n_train=4, n_val=2)
+    (root / "val" / "class2").rename(root / "val" / "clas2")  # a typo: scored as misses, and said once
+    with caplog.at_level(logging.WARNING):
+        m = evaluate(tiny_vit(), "knn", root, EvaluateConfig(resolution=56, knn_ks=(5,)))
+    assert m["top1@5"] <= 2 / 3 + 1e-6
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "clas2" in warnings[0]

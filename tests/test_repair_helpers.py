@@ -80,17 +80,7 @@ def pixels(images, backbone) -> torch.Tensor:
 
 
 def single_thread():
-    """Context for tests: tiny models gain nothing from intra-op threads, and on a shared
-    2-core machine OpenMP spin-waiting makes them 10× slower."""
-    import contextlib
+    """Context for tests: tiny models gain nothing from intra-op threads."""
+    from sinder.runtime import one_thread
 
-    @contextlib.contextmanager
-    def ctx():
-        n = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(n)
-
-    return ctx()
+    return one_thread()

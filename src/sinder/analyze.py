@@ -62,8 +62,8 @@ def check_resolution(resolution: int, patch_size: int, flag: str = "--resolution
     """Refuse a resolution whose grid has no interior token (the border is never a defect)."""
     if resolution // patch_size < MIN_GRID:
         raise ConfigError(
-            f"{flag} {resolution} gives fewer than {MIN_GRID} patches per side at patch size {patch_size}; "
-            f"use at least {MIN_GRID * patch_size} px"
+            f"{flag} must be between {MIN_GRID * patch_size} and {MAX_RESOLUTION} px for {patch_size} px patches "
+            f"(at least {MIN_GRID} per side) (got {resolution})"
         )
 
 
@@ -155,7 +155,7 @@ def analyze(
         directions, singular_values = compute_directions(backbone, config.directions)
     directions = directions.float().to(device)
     images = ImageSet.from_inputs(inputs, backbone, resolution, crop="square" if config.square else "aspect")
-    if not images.usable():
+    if not images.any_usable():
         first = next(iter(images.skipped.items()), None)
         reason = f" ({first[0]}: {first[1]})" if first else ""
         raise ImageError(f"none of the {len(images)} input image(s) can be used{reason}; pass images PIL can decode")

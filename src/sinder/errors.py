@@ -25,7 +25,19 @@ class OutputExistsError(SinderError):
     """The output already exists and neither --overwrite nor --resume was given."""
 
 
+class DiskFullError(SinderError, OSError):
+    """The output device filled up; nothing partial is left behind."""
+
+
 def require(condition: bool, message: str) -> None:
     """Raise ``ConfigError(message)`` unless ``condition``: the one-line check of typed configs."""
     if not condition:
         raise ConfigError(message)
+
+
+class Interrupted(SinderError):
+    """SIGINT/SIGTERM arrived; the work stopped at a safe point (``exit_code``: 130 or 143)."""
+
+    def __init__(self, message: str, exit_code: int = 130) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

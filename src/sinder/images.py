@@ -3,8 +3,10 @@ two crop policies (``aspect`` keeps the aspect ratio, for analysis; ``square`` c
 training and batched evaluation), lazy image sets, and the bundled scikit-image photos."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Iterator, Literal, Sequence, Union
@@ -21,6 +23,10 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 MIN_SIDE = 16  # smaller images hold less than two patches of information: skip them
 MAX_PIXELS = 200_000_000  # larger than any photo; refuses decompression bombs
+# A large photo is first shrunk by a whole factor (JPEG: decoded at 1/2..1/8 scale; others: box
+# reduce) to no less than this many times the target size, then resized exactly. PIL's documented
+# "indistinguishable from fair resampling" gap; smaller downscales (ImageNet -> 518 px) are untouched.
+REDUCING_GAP = 3.0
 
 # Photos shipped with scikit-image (no download). Split so that repair never sees the evaluation photos.
 BUNDLED_TRAIN = ("astronaut", "coffee", "rocket", "camera", "brick", "grass", "coins", "page")
@@ -52,9 +58,29 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def link_problem(path: Path) -> str | None:
+    """Why a symlink cannot be read ("dangling symlink", "symlink loop"), or None."""
+    if not path.is_symlink():
+        return None
+    try:
+        os.stat(path)
+        return None
+    except OSError as err:
+        return "symlink loop" if err.errno == errno.ELOOP else f"dangling symlink (to {os.readlink(path)})"
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Decode ``path`` to RGB or raise ``ImageError`` whose message is the skip reason."""
+    return decode_image(path)[0]
+
+
+def decode_image(path: str | os.PathLike, short_side: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """(RGB image, its full (w, h)). With ``short_side`` a JPEG may be decoded at a reduced scale
+    (still at least ``REDUCING_GAP`` x ``short_side`` px): a 4096 px photo needs no full decode."""
     p = Path(path)
+    problem = link_problem(p)
+    if problem:
+        raise ImageError(problem)
     if not p.is_file():
         raise ImageError("file not found")
     if p.stat().st_size == 0:
@@ -63,6 +89,10 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         with Image.open(p) as im:
             if im.width * im.height > MAX_PIXELS:
                 raise ImageError(f"too large ({im.width}x{im.height} pixels)")
+            full = im.size
+            if short_side is not None:
+                _draft(im, short_side)
+            decoded = im.size
             im.load()
             rgb = to_rgb(im)
     except ImageError:
@@ -71,33 +101,83 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise ImageError("not an image PIL can decode") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageError(f"corrupt or truncated image ({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
-    if min(rgb.size) < MIN_SIDE:
-        raise ImageError(f"too small ({rgb.width}x{rgb.height}; need at least {MIN_SIDE} px per side)")
-    return rgb
+    size = full if rgb.size == decoded else full[::-1]  # EXIF rotation swaps the sides
+    if min(size) < MIN_SIDE:
+        raise ImageError(f"too small ({size[0]}x{size[1]}; need at least {MIN_SIDE} px per side)")
+    return rgb, size
+
+
+def _draft(im: Image.Image, short_side: int) -> None:
+    """Let the decoder skip detail the resize would average away (JPEG only; a no-op elsewhere)."""
+    scale = REDUCING_GAP * short_side / min(im.size)
+    if scale < 0.5:
+        im.draft(im.mode, (math.ceil(im.width * scale), math.ceil(im.height * scale)))
 
 
 def is_image_file(path: Path) -> bool:
-    """An image by its suffix, not hidden (``._x.jpg`` resource forks and dotfiles are never images here)."""
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    """An image by its suffix, not hidden (``._x.jpg`` resource forks and dotfiles are never images
+    here); a broken symlink so named counts, so that it is reported as skipped, not lost."""
+    named = path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    return named and (path.is_file() or link_problem(path) is not None)
 
 
 def _hidden_below(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def list_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[dict]]:
-    """Expand files and folders (recursive) into image paths, sorted; missing inputs become skips."""
-    found: list[Path] = []
-    skipped: list[dict] = []
-    for item in inputs:
+def file_identity(path: Path) -> tuple:
+    """What makes two paths one image: the same inode (symlinks, hard links, ``a/../a``)."""
+    try:
+        st = os.stat(path)
+    except OSError:  # a broken link is its own entry: two dangling links are two skips
+        return ("link", os.path.abspath(path))
+    return ("inode", st.st_dev, st.st_ino) if st.st_ino else ("path", os.path.realpath(path))
+
+
+class _Collector:
+    """Image paths in input order, each file once (the first path that reaches it)."""
+
+    def __init__(self) -> None:
+        self.found: list[Path] = []
+        self.skipped: list[dict] = []
+        self.seen: dict[tuple, Path] = {}
+        self.repeats: list[tuple[Path, Path]] = []
+
+    def add_input(self, item: str | os.PathLike) -> list[Path]:
         p = Path(item)
         if p.is_dir():
-            found.extend(sorted(f for f in p.rglob("*") if is_image_file(f) and not _hidden_below(f, p)))
-        elif p.is_file():
-            found.append(p)
+            candidates = sorted(f for f in p.rglob("*") if is_image_file(f) and not _hidden_below(f, p))
+        elif p.is_file() or link_problem(p):
+            candidates = [p]  # a broken link given by name is skipped with its reason, later
         else:
-            skipped.append({"path": str(p), "reason": "file not found"})
-    return found, skipped
+            self.skipped.append({"path": str(p), "reason": "file not found"})
+            return []
+        added = []
+        for f in candidates:
+            key = file_identity(f)
+            if key in self.seen:
+                self.repeats.append((f, self.seen[key]))
+                continue
+            self.seen[key] = f
+            added.append(f)
+        self.found += added
+        return added
+
+    def report(self) -> None:
+        log.debug("%d image path(s) listed, %d input(s) missing", len(self.found), len(self.skipped))
+        if self.repeats:
+            again, first = self.repeats[0]
+            log.info("%d image path(s) skipped as repeats of a file already listed (e.g. %s, the same file as %s); each file is used once",
+                     len(self.repeats), again, first)  # fmt: skip
+
+
+def list_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[dict]]:
+    """Expand files and folders (recursive, sorted) into image paths, each file once; missing inputs become skips."""
+    collector = _Collector()
+    for item in inputs:
+        collector.add_input(item)
+    collector.report()
+    return collector.found, collector.skipped
 
 
 def subsample(paths: list[Path], limit: int) -> list[Path]:
@@ -162,13 +242,17 @@ def preprocess(
     mean: tuple[float, float, float],
     std: tuple[float, float, float],
     square: bool = False,
+    size: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Resize the short side to ``resolution``, centre-crop (to a square if ``square``) to a
-    multiple of the patch size, and normalise. Returns (3, H, W) float32."""
-    geo = crop_geometry(*img.size, resolution, patch_size, square)
+    multiple of the patch size, and normalise. Returns (3, H, W) float32.
+
+    ``size``: the full (w, h) when ``img`` was decoded smaller (:func:`decode_image`); the crop
+    is the full image's either way. Bit-exact with torchvision below a ``2·REDUCING_GAP`` x downscale."""
+    geo = crop_geometry(*(size or img.size), resolution, patch_size, square)
     if geo.width == 0 or geo.height == 0:
         raise ImageError(f"resolution {resolution} is smaller than the patch size {patch_size}")
-    img = img.resize((geo.resized_w, geo.resized_h), Image.BICUBIC)
+    img = img.resize((geo.resized_w, geo.resized_h), Image.BICUBIC, reducing_gap=REDUCING_GAP)
     img = img.crop((geo.left, geo.top, geo.left + geo.width, geo.top + geo.height))
     arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
     return (arr - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
@@ -198,19 +282,18 @@ CACHE_BYTES = 512 * 2**20  # keep decoded pixels when the whole set fits (small 
 
 
 def expand_inputs(inputs: Sequence[ImageItem]) -> tuple[list[ImageItem], list[dict]]:
-    """Folders/files -> image paths (recursive, sorted); in-memory items pass through in order."""
+    """Folders/files -> image paths (recursive, sorted, each file once); in-memory items pass through in order."""
     items: list[ImageItem] = []
-    missing: list[dict] = []
+    collector = _Collector()
     for item in inputs:
         if isinstance(item, (str, os.PathLike)):
-            paths, miss = list_images([item])
-            items.extend(paths)
-            missing.extend(miss)
+            items.extend(collector.add_input(item))
         elif isinstance(item, (Image.Image, SourceImage, torch.Tensor)):
             items.append(item)
         else:
             raise ImageError(f"unsupported image input {type(item).__name__}; pass paths, PIL images or (3, H, W) tensors")
-    return items, missing
+    collector.report()
+    return items, collector.skipped
 
 
 def item_name(item: ImageItem, index: int) -> str:
@@ -311,9 +394,13 @@ class ImageSet:
         return px
 
     def _preprocess(self, index: int, item: ImageItem) -> torch.Tensor:
-        img = item.image if isinstance(item, SourceImage) else item if isinstance(item, Image.Image) else load_image(item)
-        self.sizes[index] = img.size
-        return preprocess(img, self.resolution, self.patch_size, self.mean, self.std, square=self.crop == "square")
+        if isinstance(item, (SourceImage, Image.Image)):
+            img = item.image if isinstance(item, SourceImage) else item
+            size = img.size
+        else:
+            img, size = decode_image(item, short_side=self.resolution)
+        self.sizes[index] = size
+        return preprocess(img, self.resolution, self.patch_size, self.mean, self.std, square=self.crop == "square", size=size)
 
     def _check_tensor(self, t: torch.Tensor) -> torch.Tensor:
         if t.ndim != 3 or t.shape[0] != 3 or t.shape[1] % self.patch_size or t.shape[2] % self.patch_size:
@@ -324,25 +411,34 @@ class ImageSet:
         """Indices of the images that decode (decoding each once)."""
         return [i for i in range(len(self)) if self.load(i) is not None]
 
-    def batches(self, batch_size: int, progress: bool | None = False, desc: str = "images") -> Iterator[tuple[list[int], torch.Tensor]]:
+    def any_usable(self) -> bool:
+        """Whether some image decodes; stops at the first that does (a large set is not read up front)."""
+        return any(self.load(i) is not None for i in range(len(self)))
+
+    def batches(self, batch_size: int, progress: bool = False, desc: str = "images") -> Iterator[tuple[list[int], torch.Tensor]]:
         """(indices, stacked pixels) of usable images, same-shape images together, input order within a shape.
 
-        ``progress``: a bar (None: only on a terminal)."""
-        from tqdm.auto import tqdm
+        ``progress``: a bar, drawn only on a terminal (:func:`sinder.progress.progress_bar`); an
+        image counts once its batch has been used, so the bar never sits ahead of the work."""
+        from .progress import progress_bar
 
         pending: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
-        bar = tqdm(total=len(self), desc=desc, unit="img", disable=None if progress is None else not progress, leave=False)
-        for i in range(len(self)):
-            px = self.load(i)
-            bar.update(1)
-            if px is None:
-                continue
-            group = pending.setdefault(tuple(px.shape), [])
-            group.append((i, px))
-            if len(group) == batch_size:
-                yield [k for k, _ in group], torch.stack([p for _, p in group])
-                group.clear()
-        for group in pending.values():
-            if group:
-                yield [k for k, _ in group], torch.stack([p for _, p in group])
-        bar.close()
+        bar = progress_bar(progress, total=len(self), desc=desc, unit="img", leave=False)
+        try:
+            for i in range(len(self)):
+                px = self.load(i)
+                if px is None:
+                    bar.update(1)
+                    continue
+                group = pending.setdefault(tuple(px.shape), [])
+                group.append((i, px))
+                if len(group) == batch_size:
+                    yield [k for k, _ in group], torch.stack([p for _, p in group])
+                    bar.update(len(group))
+                    group.clear()
+            for group in pending.values():
+                if group:
+                    yield [k for k, _ in group], torch.stack([p for _, p in group])
+                    bar.update(len(group))
+        finally:
+            bar.close()

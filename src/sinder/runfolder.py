@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,9 @@ DISTRIBUTIONS = "distributions.npz"
 FIGURES = "figures"
 ANALYSIS_ENTRIES = (ANALYSIS_JSON, DIRECTIONS, MAPS, DISTRIBUTIONS, FIGURES)
 MAP_KEYS = ("input_rgb", "pca_rgb", "norms", "abs_cos", "defects", "cls_attention")
+# atomic_path's mkstemp(prefix=".NAME.", suffix=…), and safetensors' own ".tmpXXXXXX" staging file
+TEMPORARY = re.compile(r"^(\..+\.[a-z0-9_]{8}(\.[A-Za-z0-9]+)?|\.tmp[A-Za-z0-9]{6})$")
+HF_TEMPORARY = ".sinder-hf-"  # the HF family's save_pretrained staging folder
 
 
 def _remove(path: Path) -> None:
@@ -120,11 +124,19 @@ class AnalysisFolder:
 
     def write(self, result: AnalysisResult, overwrite: bool, figures: Callable[[AnalysisResult, Path], object] | None = None) -> Path:
         """Write ``result``; ``figures(result, folder)`` draws the PNGs. ``analysis.json`` comes last."""
-        from safetensors.torch import save_file
-
         self.check(overwrite)
         self.clear()
         self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            self._write_entries(result, figures)
+        except BaseException:
+            self.clear()  # a half-written analysis (e.g. on a full disk) must not pass for a finished one
+            raise
+        return self.path
+
+    def _write_entries(self, result: AnalysisResult, figures: Callable[[AnalysisResult, Path], object] | None) -> None:
+        from safetensors.torch import save_file
+
         with atomic_path(self.path / DIRECTIONS) as tmp:
             save_file({"directions": result.directions.contiguous()}, str(tmp), metadata={"model": str(result.summary["model"])})
         arrays = {}
@@ -138,7 +150,6 @@ class AnalysisFolder:
         if figures is not None:
             figures(result, self.path / FIGURES)
         write_json(self.path / ANALYSIS_JSON, result.summary)
-        return self.path
 
     def _savez(self, name: str, **arrays) -> None:
         with atomic_path(self.path / name) as tmp:
@@ -224,7 +235,7 @@ class RunFolder:
     @staticmethod
     def holds_run(path: str | os.PathLike) -> bool:
         p = Path(path)
-        return any((p / f).is_file() for f in RUN_FILES) or any((p / d).is_dir() for d, _ in RUN_ANALYSES)
+        return any((p / f).is_file() for f in (*RUN_FILES, CHECKPOINT)) or any((p / d).is_dir() for d in (WEIGHTS, ANALYSIS_BEFORE, ANALYSIS_AFTER))
 
     # -- starting ---------------------------------------------------------------------------
     def check(self, *, resume: bool, overwrite: bool, resumable: bool = True) -> None:
@@ -239,9 +250,27 @@ class RunFolder:
             raise ConfigError(f"--resume: {out} holds no repair run (no {CONFIG}); drop --resume to start a new run there")
 
     def clear(self) -> None:
-        """Remove everything an earlier run wrote (analyses and report included)."""
+        """Remove everything an earlier run wrote (analyses, report and half-written files included)."""
         for name in RUN_ENTRIES:
             _remove(self.path / name)
+        self.clear_temporaries()
+
+    def clear_temporaries(self) -> list[Path]:
+        """Remove the temporary files an interrupted write left (``atomic_path``'s ``.NAME.XXXXXXXX…``
+        and ``save_pretrained``'s ``.sinder-hf-*``); returns what was removed."""
+        removed = []
+        if not self.path.is_dir():
+            return removed
+        for p in [self.path, *(self.path / d for d in (WEIGHTS, CHECKPOINTS, ANALYSIS_BEFORE, ANALYSIS_AFTER))]:
+            if not p.is_dir():
+                continue
+            for child in p.iterdir():
+                if TEMPORARY.match(child.name) or child.name.startswith(HF_TEMPORARY):
+                    _remove(child)
+                    removed.append(child)
+        if removed:
+            log.info("removed %d temporary file(s) an interrupted run left in %s", len(removed), self.path)
+        return removed
 
     def clear_results(self) -> None:
         """Before a resumed run trains: what the earlier attempt concluded is not this run's result."""

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from .backbones.base import Backbone
 from .backbones.view import BlockView, LinearSlice, norm_weight
+from .backbones.weights import check_finite
 from .errors import ConfigError
 from .gaussian import gaussian_expectation
 
@@ -233,7 +234,7 @@ def linearise(
     only the running G is held (ViT-g: 40 blocks × 4 matrices × 1536² float64 would be 3 GB).
     """
     _check(method, samples)
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     d, depth = backbone.embed_dim, backbone.depth
     mats: dict[str, list[Tensor]] = {"attention": [], "mlp": [], "blocks": [], "composed": []}
@@ -241,8 +242,9 @@ def linearise(
     singular = torch.zeros(depth, 3, dtype=torch.float64)
     g = torch.eye(d, dtype=torch.float64)
     start = time.perf_counter()
-    for i in tqdm(range(depth), desc=f"linearise ({method})", disable=not progress):
+    for i in progress_bar(progress, iterable=range(depth), desc=f"linearise ({method})"):
         view = backbone.block_view(i)
+        check_finite([(f"block {i} {n}", t) for n, t in view.named_tensors()], backbone.spec)
         a = attention_matrix(view)
         c = mlp_matrix(view, method, samples, seed + i)
         e = c @ a

@@ -18,6 +18,7 @@ from ..errors import ModelSpecError
 from .base import Backbone, TokenContext
 from .registry import Family, families, get_family, register_family
 from .view import BlockView, LinearSlice
+from .weights import check_finite
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -41,6 +42,7 @@ def load_backbone(
     """Build the model named by ``spec`` and wrap it in its adapter (eval mode, on ``device``)."""
     family, name = parse_spec(spec)
     backbone = get_family(family).load(name, spec, weights=weights, random_init=random_init)
+    check_finite(backbone.model.state_dict().items(), str(weights or spec))
     backbone.model.eval().to(device)
     return backbone
 

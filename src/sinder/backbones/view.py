@@ -93,6 +93,18 @@ class BlockView:
         """Every linear map of the block, q/k/v split (fused layers appear once per part)."""
         return [self.q, self.k, self.v, self.proj, *self.mlp_in, self.mlp_out]
 
+    def named_tensors(self) -> list[tuple[str, torch.Tensor]]:
+        """Every weight the linearisation reads, by its module name (for the finite-weights check)."""
+        out = []
+        for part in self.slices():
+            out.append((f"{part.name}.weight", part.weight))
+            if part.bias is not None:
+                out.append((f"{part.name}.bias", part.bias))
+        for name, t in (("norm1.weight", getattr(self.norm1, "weight", None)), ("norm2.weight", getattr(self.norm2, "weight", None)), ("ls1", self.ls1), ("ls2", self.ls2)):
+            if t is not None:
+                out.append((name, t))
+        return out
+
 
 def norm_weight(norm: nn.Module, dim: int) -> torch.Tensor:
     """The elementwise scale of a LayerNorm/RMSNorm (ones when it has none)."""

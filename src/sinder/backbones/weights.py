@@ -92,3 +92,11 @@ def grid_from_pos_embed(num_positions: int, prefix_in_pos_embed: int) -> int:
     if side * side != n:
         raise WeightsError(f"positional embedding has {num_positions} entries: not a square grid plus {prefix_in_pos_embed} prefix")
     return side
+
+
+def check_finite(named_tensors, source: str) -> None:
+    """Refuse weights with NaN/Inf, naming the first such tensor (SVD and quadrature would fail far away)."""
+    for name, t in named_tensors:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise WeightsError(f"{source}: tensor {name} holds {bad} non-finite value(s) (NaN/Inf); the weights are corrupt: re-download or re-export them")

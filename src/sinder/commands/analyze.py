@@ -4,12 +4,12 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..analyze import AnalyzeConfig, analyze, format_table
+from ..analyze import AnalyzeConfig, analyze, compute_directions, format_table
 from ..backbones import parse_spec
 from ..errors import SinderError
-from ..images import list_images
+from ..images import check_decodable, list_images
 from ..runfolder import AnalysisFolder
-from .common import add_model_arguments, add_rule_arguments, config_from_args, load_model_from_args, rule_from_args
+from .common import add_model_arguments, add_rule_arguments, check_resolution_fits, config_from_args, load_model_from_args, rule_from_args
 
 log = logging.getLogger(__name__)
 
@@ -18,12 +18,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders (searched recursively)")
     p.add_argument("--out", required=True, help="output folder (analysis.json, directions.safetensors, figures/)")
-    p.add_argument("--resolution", type=int, default=None, help="short side in px (default: the model's native size, 518 for DINOv2)")
+    p.add_argument("--resolution", type=int, default=None, help="short side in px, 16 to 4096 (default: the model's native size, 518 for DINOv2)")
     p.add_argument("--square-crop", action="store_true", help="centre-crop to a square instead of keeping the aspect ratio")
     p.add_argument("--directions", choices=("exact", "montecarlo"), default="exact", help="how Â is computed (default: exact)")
     add_rule_arguments(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--no-figures", action="store_true", help="skip the matplotlib figures")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar (it is only drawn on a terminal anyway)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing analysis in --out")
 
 
@@ -35,9 +36,17 @@ def run(args: argparse.Namespace) -> int:
         raise SinderError(f"input not found: {missing[0]['path']}; check the path")
     if not paths:
         raise SinderError(f"no images found in {' '.join(args.images)}; pass image files or folders that contain them")
-    AnalysisFolder(args.out).check(args.overwrite)  # before the (slow) model load
+    check_decodable(paths, "input image(s)")  # stops at the first that decodes; all unusable fails before the model load
+    AnalysisFolder(args.out).check(args.overwrite)
     backbone = load_model_from_args(args)
-    result = analyze(backbone, paths, config, out_dir=args.out, overwrite=args.overwrite)
+    resolution = config.resolution or backbone.image_size
+    check_resolution_fits(resolution, backbone)
+    # computed here rather than inside analyze() so that the slow phases are announced
+    log.info("predicting the defect directions of %d layers (%s)", backbone.depth, config.directions)
+    directions, singular_values = compute_directions(backbone, config.directions)
+    log.info("analysing %d image(s) at %d px", len(paths), resolution)
+    result = analyze(backbone, paths, config, directions=directions, singular_values=singular_values,
+                     out_dir=args.out, overwrite=args.overwrite, progress=not args.no_progress)  # fmt: skip
     print(format_table(result.summary))
     n_ok, n_skip = len(result.summary["images"]), len(result.summary["skipped"])
     print(f"{n_ok} image(s) analysed, {n_skip} skipped; outputs in {args.out}")

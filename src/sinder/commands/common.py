@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 
+from ..analyze import MAX_RESOLUTION, MIN_GRID, MIN_RESOLUTION
 from ..backbones import Backbone, load_backbone
+from ..errors import ConfigError
 from ..runtime import resolve_device
+
+log = logging.getLogger(__name__)
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,7 +23,31 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def load_model_from_args(args: argparse.Namespace) -> Backbone:
+    log.info("loading %s%s", args.model, f" with {args.weights}" if args.weights else "")
     return load_backbone(args.model, args.weights, random_init=args.random_init, device=resolve_device(args.device))
+
+
+def resolution_message(value: int, patch_size: int | None = None) -> str:
+    """The one wording of a bad --resolution, whatever the value or the stage that finds it
+    (before the model is loaded its patch size is unknown, so the floor is the absolute one)."""
+    if patch_size is None:
+        return f"--resolution must be between {MIN_RESOLUTION} and {MAX_RESOLUTION} px (got {value})"
+    low = MIN_GRID * patch_size
+    return f"--resolution must be between {low} and {MAX_RESOLUTION} px for {patch_size} px patches (at least {MIN_GRID} per side) (got {value})"
+
+
+def check_common_options(args: argparse.Namespace) -> None:
+    """Options every command checks the same way, before any model is loaded (--resolution is the
+    short side for analyze and the crop side for repair and evaluate: one range for all)."""
+    value = getattr(args, "resolution", None)
+    if value is not None and not MIN_RESOLUTION <= value <= MAX_RESOLUTION:
+        raise ConfigError(resolution_message(value))
+
+
+def check_resolution_fits(resolution: int, backbone: Backbone) -> None:
+    """Once the patch size is known: enough patches per side for analysis and repair."""
+    if resolution < MIN_GRID * backbone.patch_size:
+        raise ConfigError(resolution_message(resolution, backbone.patch_size))
 
 
 def add_rule_arguments(p: argparse.ArgumentParser, defaults=None, faithful=None) -> None:

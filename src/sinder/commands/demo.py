@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     p.add_argument("--model", default="planted:small", help="model spec (default: planted:small)")
     p.add_argument("--max-steps", type=int, default=300, help="repair step budget (default 300)")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: auto)")
+    p.add_argument("--no-progress", action="store_true", help="hide the repair progress bar (it is only drawn on a terminal anyway)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
 
 
@@ -62,8 +63,9 @@ def run(args: argparse.Namespace) -> int:
 
     out = RunFolder(args.out)
     start = time.perf_counter()
-    config = RepairConfig(max_steps=args.max_steps, device=args.device, overwrite=args.overwrite)
+    config = RepairConfig(max_steps=args.max_steps, device=args.device, overwrite=args.overwrite, progress=not args.no_progress)
     out.check(resume=False, overwrite=args.overwrite, resumable=False)  # refuse an unusable --out before any work
+    log.info("loading %s", args.model)
     backbone = load_backbone(args.model, device=resolve_device(args.device))
     train, held_out = bundled_photos(BUNDLED_TRAIN), bundled_photos(BUNDLED_EVAL)
     log.info("analysing %s on %d held-out photos, repairing it on %d others (at most %d steps), analysing again",

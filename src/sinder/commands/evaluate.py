@@ -25,6 +25,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=int, help="input side in pixels (default: the model's native size)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default auto)")
+    parser.add_argument(
+        "--knn-k", nargs="+", type=int, metavar="K",
+        help="knn: neighbour counts, each at most the number of train images "
+        f"(default {' '.join(map(str, EvaluateConfig().knn_ks))})",
+    )
     parser.add_argument("--overwrite", action="store_true", help=f"replace an existing {METRICS_FILE}")
     add_rule_arguments(parser)  # the intrinsic task's defect rule
 
@@ -36,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
             "give one per model ('-' for none)"
         )
     compare_weights = [None if w == "-" else w for w in args.compare_weights] or [None] * len(args.compare)
+    knn = {"knn_ks": tuple(args.knn_k)} if args.knn_k else {}
     config = EvaluateConfig(
+        **knn,
         resolution=args.resolution,
         batch_size=args.batch_size,
         device=args.device,

@@ -10,7 +10,6 @@ Files whose suffix is not an image suffix are ignored; images without labels are
 """
 from __future__ import annotations
 
-import logging
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +18,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import ImageError, SinderError
-from ..images import IMAGE_SUFFIXES, is_image_file
-
-log = logging.getLogger(__name__)
+from ..images import is_image_file
 
 IGNORE = 255
 
@@ -70,6 +67,7 @@ class KnnData:
     classes: list[str]
     train: LabelledImages
     val: LabelledImages
+    root: Path = Path(".")
 
 
 def knn_layout(root: Path) -> KnnData:
@@ -92,10 +90,7 @@ def knn_layout(root: Path) -> KnnData:
         if not paths:
             raise layout_error("knn", root, f"{split}/ class folders hold no images")
         splits[split] = LabelledImages(paths, labels)
-    unseen = sorted({classes[i] for i in splits["val"].labels} - {classes[i] for i in splits["train"].labels})
-    if unseen:  # kept (the protocol scores them as misses), but a typo in a folder name should not go unnoticed
-        log.warning("knn: val/ class(es) %s have no train/ images and can never be predicted", ", ".join(unseen))
-    return KnnData(classes, splits["train"], splits["val"])
+    return KnnData(classes, splits["train"], splits["val"], root)  # checked by checks.check_knn_labels
 
 
 # -- segmentation ------------------------------------------------------------------------
@@ -202,6 +197,8 @@ def read_voc_boxes(path: Path) -> np.ndarray:
         raise ImageError(f"annotation {path.name} is not a readable VOC file ({type(err).__name__})") from None
     if not boxes:
         raise ImageError(f"annotation {path.name} has no object box")
+    if any(x1 <= x0 or y1 <= y0 for x0, y0, x1, y1 in boxes):
+        raise ImageError(f"annotation {path.name} has a box with xmax < xmin or ymax < ymin")
     return np.asarray(boxes, dtype=np.float64)
 
 

@@ -55,7 +55,7 @@ def iter_batches(
     images = ImageSet(list(paths), resolution, backbone.patch_size, tuple(backbone.mean), tuple(backbone.std), crop="square" if square else "aspect")
     size = batch_size if square else 1
     try:
-        for idxs, pixels in images.batches(size, progress=None, desc=desc):
+        for idxs, pixels in images.batches(size, progress=True, desc=desc):  # drawn on a terminal only
             # a half-precision model gets half pixels
             yield Batch(idxs, pixels.to(device=backbone.device, dtype=backbone.dtype), [images.sizes[i] for i in idxs])
     finally:

@@ -2,7 +2,9 @@
 
 Features are L2-normalised; a val image's k nearest train images by cosine similarity vote for
 their class with weight exp(sim / T), T = 0.07; the prediction is the class with the largest
-summed vote. k is capped by the train-set size.
+summed vote. :func:`knn_votes` caps k by the train-set size; the task refuses a k larger than
+the train set, a single train class, or val classes none of which is in train (the accuracy would
+not measure the features).
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import torch.nn.functional as F
 
 from ..backbones.base import Backbone
 from ..errors import SinderError
+from .checks import check_knn_labels
 from .datasets import KnnData
 from .features import extract_features
 
@@ -83,6 +86,7 @@ def knn_task(
         feats[split] = f
         labels[split] = torch.tensor([part.labels[i] for i in f.kept])
         skipped += f.skipped
+    check_knn_labels(data.root, data.classes, labels["train"].tolist(), labels["val"].tolist(), ks, warn=False)
     num_classes = len(data.classes)
     metrics: dict[str, float | None] = {}
     cls_ok = feats["train"].cls is not None and feats["val"].cls is not None

@@ -18,6 +18,7 @@ from PIL import Image
 
 from ..backbones.base import Backbone
 from ..errors import ImageError, SinderError
+from .checks import first_skip, require_mask_classes, warn_unseen
 from .datasets import IGNORE, SegSplit, load_mask
 from ..images import crop_geometry
 from .features import extract_features
@@ -62,7 +63,7 @@ def load_split(backbone: Backbone, split: SegSplit, resolution: int, batch_size:
         eval_labels.append(mask[y0:y1, x0:x1].copy())
         keep_rows.append(row)
     if not keep_rows:
-        raise SinderError(f"{desc}: no usable image/mask pair ({len(skipped)} skipped); check the images and masks")
+        raise SinderError(f"{desc}: no usable image/mask pair ({len(skipped)} skipped{first_skip(skipped)}); check the images and masks")
     patches = feats.patches[keep_rows] if feats.patches is not None else torch.empty(0)
     return SegFeatures(patches, input_labels, eval_labels, skipped)
 
@@ -129,6 +130,13 @@ def segmentation_metrics(preds: list[np.ndarray], gts: list[np.ndarray], num_cla
     return {"miou": miou(conf), "pixel_acc": pixel_accuracy(conf)}
 
 
+def check_classes(splits: dict[str, SegSplit], train: SegFeatures, val: SegFeatures) -> None:
+    """The probe needs two train classes, mIoU two val classes; val-only classes are warned about."""
+    seen = require_mask_classes("linear-seg", train.input_labels, splits["train"].masks[0].parent, "a linear probe")
+    wanted = require_mask_classes("linear-seg", val.eval_labels, splits["val"].masks[0].parent, "mIoU")
+    warn_unseen("linear-seg", sorted(set(wanted) - set(seen)), "train pixels")
+
+
 def linear_seg(
     backbone: Backbone,
     splits: dict[str, SegSplit],
@@ -142,9 +150,8 @@ def linear_seg(
 ) -> tuple[dict[str, float], dict]:
     train = load_split(backbone, splits["train"], resolution, batch_size, amp, "train")
     val = load_split(backbone, splits["val"], resolution, batch_size, amp, "val")
+    check_classes(splits, train, val)
     num_classes = max(train.max_label, val.max_label) + 1
-    if num_classes < 1:
-        raise SinderError("the masks hold only ignore (255) pixels; nothing to evaluate")
     labels = torch.from_numpy(np.stack(train.input_labels)).long()
     labels = training_labels(labels, train.patches.shape[1:3])
     device = backbone.device

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..backbones.base import Backbone
 from ..errors import ImageError, SinderError
+from .checks import first_skip
 from .datasets import BoxData, read_voc_boxes
 from ..images import crop_geometry
 from .features import autocast, iter_batches
@@ -91,5 +92,8 @@ def lost(
         preds.append(np.array([max(bx0, 0.0), max(by0, 0.0), min(bx1, w), min(by1, h)]))
         gts.append(gt)
     if not preds:
-        raise SinderError(f"lost: no usable image/annotation pair ({len(skipped)} skipped); check the images and annotations")
+        raise SinderError(
+            f"lost: no usable image/annotation pair ({len(skipped)} skipped{first_skip(skipped)}); "
+            "CorLoc needs images whose annotation holds an object box"
+        )
     return {"corloc": corloc(preds, gts, iou_threshold)}, {"num_images": len(preds), "skipped": skipped}

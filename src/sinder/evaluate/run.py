@@ -14,6 +14,7 @@ import torch
 from ..backbones import Backbone, load_backbone, parse_spec
 from ..detect import DefectRule
 from ..errors import ConfigError, SinderError, WeightsError
+from .checks import check_box_files, check_knn_labels, check_seg_files, require_grid
 from .datasets import LAYOUTS, intrinsic_layout, knn_layout, lost_layout, seg_layout
 from ..runtime import resolve_device
 from .features import default_resolution
@@ -21,6 +22,9 @@ from .features import default_resolution
 logger = logging.getLogger(__name__)
 
 TASKS = ("knn", "linear-seg", "unsup-seg", "lost", "intrinsic")
+# patches per side below which a task's output says nothing: one patch gives a constant map and
+# a whole-image box; the intrinsic defect rule excludes the border
+MIN_GRID = {"linear-seg": 2, "unsup-seg": 2, "lost": 2, "intrinsic": 3}
 METRICS_FILE = "metrics.json"
 
 
@@ -105,6 +109,40 @@ def _clean(value):
     return value
 
 
+def check_layout(task: str, layout, config: EvaluateConfig) -> None:
+    """Refuse, before any model runs, data on which the metric is meaningless (what the layout alone shows)."""
+    if task == "knn":
+        check_knn_labels(layout.root, layout.classes, layout.train.labels, layout.val.labels, config.knn_ks)
+    elif task in ("linear-seg", "unsup-seg"):
+        check_seg_files(task, layout)
+    elif task == "lost":
+        check_box_files(layout)
+
+
+def run_task(backbone: Backbone, task: str, layout, res: int, config: EvaluateConfig, direction: torch.Tensor | None):
+    """Dispatch to the task's module; returns (metrics, info)."""
+    bs, amp = config.batch_size, config.amp
+    if task == "knn":
+        from .knn import knn_task
+
+        return knn_task(backbone, layout, res, bs, config.knn_ks, config.knn_temperature, amp)
+    if task == "linear-seg":
+        from .linear_seg import linear_seg
+
+        return linear_seg(backbone, layout, res, bs, config.probe_steps, config.probe_lr, config.probe_batch_size, config.seed, amp)
+    if task == "unsup-seg":
+        from .unsup_seg import unsup_seg
+
+        return unsup_seg(backbone, layout, res, bs, config.seed, amp, config.kmeans_iters, config.kmeans_restarts)
+    if task == "lost":
+        from .lost import lost
+
+        return lost(backbone, layout, res, config.lost_k_patches, config.corloc_iou, amp)
+    from .intrinsic import intrinsic
+
+    return intrinsic(backbone, layout, res, bs, config.rule, direction=direction)
+
+
 def evaluate_with_info(
     backbone_or_spec: Backbone | str,
     task: str,
@@ -116,9 +154,13 @@ def evaluate_with_info(
 ) -> tuple[dict, dict]:
     """Like :func:`evaluate`, also returning details (image counts, skipped files, resolution).
 
-    ``direction`` (intrinsic only) replaces the theory's last-layer defect direction ν_L."""
+    ``layout`` (from :func:`load_layout`, already checked) saves re-reading the data folder;
+    ``direction`` (intrinsic only) replaces the theory's last-layer defect direction ν_L.
+    Data on which the metric would be meaningless raises a one-line ``ConfigError``."""
     config = config or EvaluateConfig()
-    layout = layout if layout is not None else load_layout(task, data_dir)
+    if layout is None:
+        layout = load_layout(task, data_dir)
+        check_layout(task, layout, config)
     if isinstance(backbone_or_spec, Backbone):
         backbone = backbone_or_spec
     else:
@@ -126,34 +168,11 @@ def evaluate_with_info(
             backbone_or_spec, config.weights, random_init=config.random_init, device=resolve_device(config.device)
         )
     res = default_resolution(backbone, config.resolution)
-    if task == "intrinsic" and res // backbone.patch_size < 3:  # the defect rule excludes the border
-        raise ConfigError(
-            f"resolution {res} gives fewer than 3 patches per side at patch size {backbone.patch_size}; "
-            f"intrinsic needs at least {3 * backbone.patch_size} px"
-        )
-    bs, amp = config.batch_size, config.amp
-    if task == "knn":
-        from .knn import knn_task
-
-        metrics, info = knn_task(backbone, layout, res, bs, config.knn_ks, config.knn_temperature, amp)
-    elif task == "linear-seg":
-        from .linear_seg import linear_seg
-
-        metrics, info = linear_seg(
-            backbone, layout, res, bs, config.probe_steps, config.probe_lr, config.probe_batch_size, config.seed, amp
-        )
-    elif task == "unsup-seg":
-        from .unsup_seg import unsup_seg
-
-        metrics, info = unsup_seg(backbone, layout, res, bs, config.seed, amp, config.kmeans_iters, config.kmeans_restarts)
-    elif task == "lost":
-        from .lost import lost
-
-        metrics, info = lost(backbone, layout, res, config.lost_k_patches, config.corloc_iou, amp)
-    else:
-        from .intrinsic import intrinsic
-
-        metrics, info = intrinsic(backbone, layout, res, bs, config.rule, direction=direction)
+    if task in MIN_GRID:
+        require_grid(task, res, backbone.patch_size, MIN_GRID[task])
+    weights = f" [{Path(config.weights).name}]" if config.weights else ""
+    logger.info("evaluating %s%s on %s at %d px", backbone.spec, weights, task, res)
+    metrics, info = run_task(backbone, task, layout, res, config, direction)
     info = {"resolution": res, **info}
     return {k: _clean(v) for k, v in metrics.items()}, info
 
@@ -190,6 +209,7 @@ def evaluate_models(
     """Evaluate several models (spec or backbone, weights) on one task; returns the metrics.json dict."""
     config = config or EvaluateConfig()
     layout = load_layout(task, data_dir)  # fail on a bad layout before loading any model
+    check_layout(task, layout, config)
     if any(isinstance(m, str) for m, _ in models):
         resolve_device(config.device)  # no CUDA: one line now, not after the first model
     for model, weights in models:  # and on a bad spec or a missing file before evaluating the first one
@@ -201,7 +221,6 @@ def evaluate_models(
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("weights", "random_init")}
     report = {"task": task, "data": str(data_dir), "models": {}, "details": {}, "config": settings}
     for key, (model, weights) in zip(model_keys(named), models):
-        logger.info("evaluating %s on %s", key, task)
         cfg = dataclasses.replace(config, weights=weights)
         metrics, info = evaluate_with_info(model, task, data_dir, cfg, layout=layout)
         report["models"][key] = metrics

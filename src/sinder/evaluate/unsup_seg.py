@@ -1,6 +1,7 @@
 """Unsupervised segmentation: k-means on L2-normalised patch tokens of the whole val set.
 
-k = the number of ground-truth classes present in the val masks. Cluster scores
+k = the number of ground-truth classes present in the val masks (at least 2: with one class every
+pixel would match and mIoU would be 1 whatever the features, so that is refused). Cluster scores
 (−squared distance to each centroid) are bilinearly upsampled to the masks' own resolution;
 clusters are matched to labels by the Hungarian algorithm on the pixel confusion matrix.
 """
@@ -13,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones.base import Backbone
-from ..errors import SinderError
+from ..errors import ConfigError
+from .checks import require_mask_classes
 from .datasets import IGNORE, SegSplit
 from .linear_seg import load_split, predict_scores
 from .metrics import confusion_matrix, hungarian_mapping, miou, pixel_accuracy
@@ -39,7 +41,7 @@ def kmeans(
     """Lloyd's k-means with k-means++ seeding; best of ``restarts``. Returns (centroids, labels, inertia)."""
     x = x.float()
     if x.shape[0] < k:
-        raise SinderError(f"k-means needs at least k={k} samples, got {x.shape[0]}; add images")
+        raise ConfigError(f"k-means needs at least k={k} samples, got {x.shape[0]}; add images")
     gen = torch.Generator().manual_seed(seed)
     best: tuple[torch.Tensor, torch.Tensor, float] | None = None
     sq = (x**2).sum(1)
@@ -68,6 +70,27 @@ def kmeans(
     return best
 
 
+def require_tokens(tokens: torch.Tensor, k: int) -> None:
+    """k-means into ``k`` clusters needs at least ``k`` patch tokens (n, h, w, D)."""
+    n = tokens[..., 0].numel()
+    if n < k:
+        raise ConfigError(f"unsup-seg: {k} classes need at least {k} patch tokens, the val images give {n}; add val images or raise --resolution")
+
+
+def matched_confusion(tokens: torch.Tensor, centres: torch.Tensor, masks: list[np.ndarray], present: list[int]) -> np.ndarray:
+    """Pixel confusion (labels × labels) after matching each cluster to a label (Hungarian)."""
+    k = len(present)
+    lut = np.full(256, IGNORE, dtype=np.int64)
+    lut[present] = np.arange(k)
+    bias = -(centres**2).sum(1)
+    conf = np.zeros((k, k), dtype=np.int64)
+    for t, gt in zip(tokens, masks):
+        scores = 2 * t @ centres.T + bias  # = −‖t − c‖² + const, since ‖t‖ = 1
+        conf += confusion_matrix(lut[gt], predict_scores(scores, gt.shape), k)  # rows: labels, columns: clusters
+    mapping = hungarian_mapping(conf)  # a permutation: as many clusters as labels
+    return conf[:, np.argsort(mapping)]  # column l: the cluster matched to label l
+
+
 def unsup_seg(
     backbone: Backbone,
     splits: dict[str, SegSplit],
@@ -79,25 +102,11 @@ def unsup_seg(
     restarts: int = 3,
 ) -> tuple[dict[str, float], dict]:
     val = load_split(backbone, splits["val"], resolution, batch_size, amp, "val")
-    present = sorted({int(v) for m in val.eval_labels for v in np.unique(m) if v != IGNORE})
-    if not present:
-        raise SinderError("the val masks hold only ignore (255) pixels; nothing to evaluate")
-    k = len(present)
-    lut = np.full(256, IGNORE, dtype=np.int64)
-    lut[present] = np.arange(k)
+    present = require_mask_classes("unsup-seg", val.eval_labels, splits["val"].masks[0].parent, "mIoU")
     tokens = F.normalize(val.patches.float(), dim=-1)
-    centres, _, _ = kmeans(tokens.reshape(-1, tokens.shape[-1]), k, iters=iters, restarts=restarts, seed=seed)
-    bias = -(centres**2).sum(1)
-    clusters, gts = [], []
-    for t, gt in zip(tokens, val.eval_labels):
-        scores = 2 * t @ centres.T + bias  # = −‖t − c‖² + const, since ‖t‖ = 1
-        clusters.append(predict_scores(scores, gt.shape))
-        gts.append(lut[gt])
-    conf = np.zeros((k, k), dtype=np.int64)
-    for c, g in zip(clusters, gts):
-        conf += confusion_matrix(g, c, k)  # rows: labels, columns: clusters
-    mapping = hungarian_mapping(conf)  # a permutation: as many clusters as labels
-    matched = conf[:, np.argsort(mapping)]  # column l: the cluster matched to label l
+    require_tokens(tokens, len(present))
+    centres, _, _ = kmeans(tokens.reshape(-1, tokens.shape[-1]), len(present), iters=iters, restarts=restarts, seed=seed)
+    matched = matched_confusion(tokens, centres, val.eval_labels, present)
     metrics = {"miou": miou(matched), "pixel_acc": pixel_accuracy(matched)}
-    info = {"num_images": {"val": len(gts)}, "num_classes": k, "skipped": val.skipped}
+    info = {"num_images": {"val": len(val.eval_labels)}, "num_classes": len(present), "skipped": val.skipped}
     return metrics, info

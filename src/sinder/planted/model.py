@@ -18,6 +18,7 @@ from ..backbones.base import Backbone
 from ..backbones.timm_loader import load_timm_state_dict
 from ..backbones.timm_vit import TimmViTBackbone
 from ..backbones.weights import read_state_dict
+from ..runtime import one_thread
 from ..theory import defect_directions
 from .circuits import (
     TEXTURE_FILTERS, Neurons, keep_quiet_, marker_positions, orthogonal_unit, place_markers, plant_amplifiers, plant_texture_detector,
@@ -58,10 +59,16 @@ class PlantedTruth:
         return (pre > 0).reshape(pre.shape[0], *ctx.grid)
 
 
-@torch.no_grad()
 def build_planted(cfg: PlantedConfig) -> tuple[nn.Module, PlantedTruth]:
     """Return (timm model, ground truth). The seeded build runs in a forked RNG, so the caller's
-    global torch RNG state is untouched."""
+    global torch RNG state is untouched. One thread: the build is hundreds of small ops, and the
+    weights then do not depend on the machine's thread count."""
+    with one_thread():
+        return _build(cfg)
+
+
+@torch.no_grad()
+def _build(cfg: PlantedConfig) -> tuple[nn.Module, PlantedTruth]:
     import timm
 
     with torch.random.fork_rng(devices=[]):

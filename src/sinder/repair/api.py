@@ -7,6 +7,7 @@ owned by :mod:`sinder.runfolder`; the command line only parses arguments.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass, field, replace
@@ -16,10 +17,10 @@ from typing import Callable, Sequence
 import torch
 
 from ..backbones.base import Backbone
-from ..errors import ConfigError, ImageError, OutputExistsError, SinderError
-from ..images import ImageItem, ImageSet, check_decodable, expand_inputs, split_holdout
+from ..errors import ConfigError, DiskFullError, ImageError, OutputExistsError, SinderError
+from ..images import ImageItem, ImageSet, check_decodable, expand_inputs, item_name, split_holdout, subsample
 from ..runfolder import LOG, RunFolder, RunLog
-from .checkpoint import TrainState, check_compatible, load_checkpoint, save_checkpoint
+from .checkpoint import TrainState, check_compatible, load_checkpoint, normalised, save_checkpoint
 from .config import RepairConfig
 from .data import resolve_resolution
 from .distributed import DistContext, current
@@ -108,6 +109,30 @@ def _decodable(items: list) -> bool:
         return False
 
 
+def names_digest(names: Sequence[str]) -> str:
+    """Identifies a training image list without decoding it (checked by --resume before start-up)."""
+    h = hashlib.sha1()
+    for n in names:
+        h.update(n.encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def check_resume_early(folder: RunFolder, config: RepairConfig, train_images, eval_images) -> None:
+    """Before any slow start-up: a --resume run must use the settings and images of the run it continues."""
+    saved = folder.read_config([]) if config.resume else None
+    if not saved:
+        return
+    for key, value in config.training_signature().items():
+        if key == "resolution" and value is None:  # resolved from the model later; the checkpoint check covers it
+            continue
+        if key in saved and normalised(saved[key]) != normalised(value):
+            raise ConfigError(f"--resume: {key} is {value!r} but the run in {folder.path} used {saved[key]!r}; pass the same value or use --overwrite")
+    items, _ = split_inputs(train_images, eval_images, config)
+    names = [item_name(x, i) for i, x in enumerate(subsample(items, config.num_train_max))]
+    if saved.get("data_names") not in (None, names_digest(names)):
+        raise ConfigError(f"--resume: the training images differ from those of the run in {folder.path}; pass the same --data (and --eval-data) or use --overwrite")
+
+
 def check_run_folder(out: RunFolder, config: RepairConfig, dist: DistContext) -> None:
     """Every rank refuses, or none does."""
     err = None
@@ -171,8 +196,11 @@ def repair(
                 folder.clear()
             elif config.resume:
                 folder.clear_results()
+                folder.clear_temporaries()
             folder.path.mkdir(parents=True, exist_ok=True)
         dist.barrier()
+    if directions is None:
+        log.info("predicting the defect directions of %d layers (%s)", backbone.depth, config.directions)
     dirs, singular_values = _directions(backbone, config, directions, dist)
     run = _Run(backbone, config, data, dirs, folder, dist, on_step)
     run.analyse("before", singular_values)
@@ -197,6 +225,7 @@ class _Run:
             return
         from ..analyze import AnalyzeConfig, analyze
 
+        log.info("analysing %d held-out image(s) %s repair", len(self.data.held_out), which)
         acfg = AnalyzeConfig(resolution=c.resolution, rule=c.rule, device=str(self.backbone.device))
         out = self.folder.analysis(which)
         self.analyses[which] = analyze(self.backbone, self.data.held_out.items, acfg, directions=self.dirs,
@@ -206,7 +235,9 @@ class _Run:
     def execute(self) -> RepairResult:
         self.start_layer = 0
         if self.config.from_onset:
+            log.info("finding the first layer with defects on the training images")
             self.start_layer = onset_layer(self.backbone, self.data.train, self.dirs, self.config.rule)
+        log.info("factorising the weights (one SVD per matrix)")
         handle = attach(self.backbone, factor_frozen=self.config.impl == "reference")
         try:
             return self._train_and_finish(handle)
@@ -227,7 +258,13 @@ class _Run:
             callbacks.append(Checkpoints(lambda p: self._save(p, handle, trainer, state), f.checkpoint, self.config.checkpoint_every, f.skip_checkpoint, self.config.save_at_skip))
         TrainingLoop(trainer, self.data.train, state, self.config, self.dist, callbacks).run()
         log.info("stopped after %d steps (%s), skip ratio %.2f", state.step, state.stop_reason, state.skip_ratio())
-        return self._finish(handle, trainer, state, resumed, run_log)
+        try:
+            return self._finish(handle, trainer, state, resumed, run_log)
+        except DiskFullError as err:
+            if not self.writes:
+                raise
+            self.folder.clear_temporaries()  # safetensors' own staging file, left on ENOSPC
+            raise DiskFullError(f"{err}; training finished and is checkpointed in {self.folder.checkpoint}: --resume exports without training again") from None
 
     def _plateau(self, trainer: Trainer) -> list:
         """The held-out residual stop (before the log, so its checks are logged), when there are held-out images."""
@@ -262,7 +299,10 @@ class _Run:
         elif c.resume:
             log.info("--resume: no checkpoint in %s, starting from scratch", f.path)
         if self.writes:
-            cfg = c.to_dict() | {"model": self.backbone.describe(), "num_train_images": len(self.data.train), "world_size": self.dist.world_size}
+            cfg = c.to_dict() | {
+                "model": self.backbone.describe(), "num_train_images": len(self.data.train), "world_size": self.dist.world_size,
+                "data_names": names_digest(self.data.train.names),
+            }  # fmt: skip
             self.written += [f.write_config(cfg), f.path / LOG]
             return state, resumed, f.open_log(state.step if resumed else None)
         return state, resumed, RunLog(None)
@@ -278,6 +318,7 @@ class _Run:
         metrics = None
         if data.held_out is not None and len(data.held_out) and self.main:
             batch = max(c.batch_size, EVAL_BATCH)
+            log.info("measuring the held-out images before and after repair")
             metrics = compare(self.backbone, handle, data.held_out, self.dirs, c.rule, batch_size=batch, autocast=trainer.autocast)
         epsilon = {k: v.cpu() for k, v in handle.eps_state().items()}
         if self.writes:
@@ -286,6 +327,7 @@ class _Run:
         fold_diff = fold_checked(self.backbone, handle, probe)
         weights_path, export_diff = None, None
         if self.writes and c.export:
+            log.info("exporting the repaired weights and checking them re-loaded")
             weights_path, export_diff = export_checked(self.backbone, self.folder.weights, probe, c.export_tol)
             self.written.append(weights_path)
         self.analyse("after")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,15 +103,28 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     return eps, momentum, state, info
 
 
+def read_checkpoint_step(path: str | os.PathLike) -> int:
+    """The step a checkpoint was written at, from its metadata alone (no tensor is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            info = json.loads((f.metadata() or {})["sinder"])
+        return int(info["state"]["step"])
+    except (OSError, SafetensorError, ValueError, KeyError, TypeError) as err:
+        raise WeightsError(f"{path}: not a readable repair checkpoint ({err}); start again with --overwrite") from None
+
+
 def check_compatible(info: dict, signature: dict, data_digest: str) -> None:
     """A resumed run must train exactly as the checkpointed one did."""
     saved = info.get("signature", {})
     for key, value in signature.items():
-        if key in saved and _norm(saved[key]) != _norm(value):
+        if key in saved and normalised(saved[key]) != normalised(value):
             raise ConfigError(f"--resume: {key} is {value!r} but the checkpoint used {saved[key]!r}; pass the same value or use --overwrite")
     if info.get("data_digest") not in (None, data_digest):
         raise ConfigError("--resume: the training images differ from the checkpointed run's; pass the same --data or use --overwrite")
 
 
-def _norm(v):
+def normalised(v):
+    """Settings as JSON gives them back (tuples become lists)."""
     return list(v) if isinstance(v, tuple) else v

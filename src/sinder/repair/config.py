@@ -86,7 +86,7 @@ class RepairConfig:
         need(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
         need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         need(self.impl == "fast" or self.batch_size == 1, "the reference implementation uses batch size 1; use --impl fast for --batch-size > 1")
-        need(self.resolution is None or self.resolution >= 14, f"resolution must be >= 14 px, got {self.resolution}")
+        need(self.resolution is None or 16 <= self.resolution <= 4096, f"--resolution must be between 16 and 4096 px (got {self.resolution})")
         for name in ("lr", "tau"):
             v = getattr(self, name)
             need(math.isfinite(v) and v > 0, f"{name} must be a positive number, got {v}")

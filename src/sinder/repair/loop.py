@@ -13,6 +13,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from ..errors import Interrupted
 from ..images import ImageSet
 from ..runfolder import RunLog
 from .checkpoint import TrainState
@@ -20,6 +21,7 @@ from .config import RepairConfig
 from .data import SeededOrder
 from .distributed import DistContext
 from .engine import StepResult, Trainer
+from ..interrupt import GracefulStop
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +30,11 @@ class Callback(Protocol):
     def on_step(self, loop: TrainingLoop, row: dict) -> None: ...
 
     def on_end(self, loop: TrainingLoop) -> None: ...
+
+
+def interrupted_message(step: int, signame: str, saved: list[Path]) -> str:
+    where = f"checkpoint saved to {saved[0]}; rerun the same command with --resume to continue" if saved else "nothing was saved (no output folder)"
+    return f"{signame} at step {step}: the step was finished, {where}"
 
 
 def _batch(data: ImageSet, order: Callable[[int], int], start: int, size: int) -> torch.Tensor | None:
@@ -74,6 +81,7 @@ class TrainingLoop:
         self.order = SeededOrder(n, config.seed) if config.order == "shuffle" else (lambda position: position % n)
         self.per_step = dist.world_size * config.batch_size
         self._requested: str | None = None
+        self.interrupt = GracefulStop()
 
     def request_stop(self, reason: str) -> None:
         """Stop after the current step (callbacks call this)."""
@@ -93,17 +101,30 @@ class TrainingLoop:
     def run(self) -> TrainState:
         batches = Batches(self.train, self.order, self.config.batch_size, self.config.prefetch)
         try:
-            while self.state.stop_reason is None:
-                self.state.stop_reason = self.stop_reason()
-                if self.state.stop_reason is None:
-                    row = self.step(batches)
-                    for cb in self.callbacks:
-                        cb.on_step(self, row)
+            with self.interrupt:
+                while self.state.stop_reason is None:
+                    self.state.stop_reason = self.stop_reason()
+                    if self.state.stop_reason is None:
+                        row = self.step(batches)
+                        for cb in self.callbacks:
+                            cb.on_step(self, row)
+                        self._check_interrupt()
         finally:
             batches.close()
             for cb in self.callbacks:
                 cb.on_end(self)
         return self.state
+
+    def _check_interrupt(self) -> None:
+        """After a finished step: when a signal came (on any rank), checkpoint and raise ``Interrupted``."""
+        flag = torch.tensor([float(self.interrupt.signum or 0)])
+        if self.dist.enabled:
+            flag = self.dist.all_reduce_sum(flag)
+        if float(flag[0]) == 0:
+            return
+        saved = [p for cb in self.callbacks if (p := getattr(cb, "on_interrupt", lambda loop: None)(self)) is not None]
+        signame = self.interrupt.name or "a signal on another rank"
+        raise Interrupted(interrupted_message(self.state.step, signame, saved), self.interrupt.exit_code)
 
     def step(self, batches: Batches) -> dict:
         state, config, dist = self.state, self.config, self.dist
@@ -151,9 +172,9 @@ class LogRows:
 
 class ProgressBar:
     def __init__(self, total: int, initial: int) -> None:
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
-        self.bar = tqdm(total=total, initial=initial, desc="repair", unit="step", dynamic_ncols=True)
+        self.bar = progress_bar(total=total, initial=initial, desc="repair", unit="step", dynamic_ncols=True)
 
     def on_step(self, loop: TrainingLoop, row: dict) -> None:
         self.bar.update(1)
@@ -184,6 +205,10 @@ class Checkpoints:
     def on_end(self, loop: TrainingLoop) -> None:
         if loop.state.stop_reason is not None:  # a normal end; after an error the last periodic one stands
             self.save(self.latest)
+
+    def on_interrupt(self, loop: TrainingLoop) -> Path:
+        self.save(self.latest)
+        return self.latest
 
 
 RESIDUAL_KEYS = ("energy_along_direction", "max_over_median", "high_norm_rate")

@@ -57,16 +57,22 @@ def default_title(inputs: ReportInputs) -> str:
     return f"SINDER report: {model}" if model else "SINDER report"
 
 
+def sources(inputs: ReportInputs) -> list[str]:
+    """The folders the page is made from: the run, and each analysis given on its own (a run's
+    analyses live inside it; a label repeats its folder's name, so it is not shown again)."""
+    out = [str(inputs.run.path)] if inputs.run else []
+    out += [str(a.path) for a in inputs.analyses if inputs.run is None or a.path.parent != inputs.run.path]
+    return out
+
+
 def render_report(inputs: ReportInputs, config: ReportConfig = ReportConfig()) -> str:
     """The complete HTML page for ``inputs``."""
     sections = {}
     for sid, build in SECTIONS.items():
         log.info("report: rendering %s", sid)
         sections[sid] = build(inputs, config)
-    sources = [str(inputs.run.path)] if inputs.run else []
-    sources += [f"{a.label}: {a.path}" for a in inputs.analyses]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return page(config.title or default_title(inputs), stamp, sources, inputs.notes, sections)
+    return page(config.title or default_title(inputs), stamp, sources(inputs), inputs.notes, sections, inputs.unfinished)
 
 
 def build_report(paths: Sequence[str | Path], config: ReportConfig = ReportConfig()) -> str:
@@ -75,13 +81,19 @@ def build_report(paths: Sequence[str | Path], config: ReportConfig = ReportConfi
 
 
 def write_report(paths: Sequence[str | Path], out: str | Path, config: ReportConfig = ReportConfig(), overwrite: bool = False) -> Path:
-    """Write the report to ``out`` atomically; refuse to replace an existing file unless ``overwrite``."""
+    """Write the report to ``out`` atomically; refuse to replace an existing file unless ``overwrite``.
+    An unfinished run is reported all the same, with a warning (the page shows it as a banner)."""
     out = Path(out)
     if out.is_dir():
         raise OutputExistsError(f"{out} is a folder; pass a file name such as {out / REPORT}")
     if out.exists() and not overwrite:
         raise OutputExistsError(f"{out} already exists; pass --overwrite to replace it or choose another --out")
-    page_html = build_report(paths, config)
+    inputs = read_inputs(paths)
+    unfinished = inputs.unfinished
+    if unfinished:
+        log.warning("%s", unfinished)
+    page_html = render_report(inputs, config)
     write_text(out, page_html)
-    log.info("report written to %s (%.1f MB)", out, len(page_html) / 1e6)
+    # the command line says where the page went; this is for -v and library callers
+    log.debug("wrote %s (%.1f MB)", out, len(page_html) / 1e6)
     return out

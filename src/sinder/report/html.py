@@ -4,6 +4,7 @@ Content-Security-Policy that forbids any network access."""
 from __future__ import annotations
 
 import math
+import re
 from html import escape
 from typing import Iterable, Sequence
 
@@ -21,6 +22,7 @@ table{border-collapse:collapse;margin:6px 0 14px;font-size:13px}
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}tbody tr:nth-child(even){background:#fafafa}
 table.num td,table.cmp td{font-variant-numeric:tabular-nums}
+.banner{color:#7a0b0b;background:#fde7e7;border:2px solid #d93025;border-radius:4px;padding:10px 14px;margin:14px 0 4px;font-weight:600;font-size:16px}
 .note{color:#8a5a00;background:#fff7e0;border-left:3px solid #f0b400;padding:4px 10px;margin:6px 0}
 code{font-size:12.5px}
 .row{display:flex;flex-wrap:wrap;gap:0 28px}.row figure{flex:1 1 560px;max-width:900px}
@@ -96,8 +98,22 @@ def figure(uri: str, alt: str, caption: str = "") -> str:
     return f'<figure><img src="{uri}" alt="{esc(alt)}">{cap}</figure>'
 
 
-def page(title: str, stamp: str, sources: Sequence[str], notes: Sequence[str], sections: dict[str, str]) -> str:
-    """The whole document: header (title, provenance, navigation, notes) and one <section> per entry."""
+def banner(text: str) -> str:
+    """A warning that must not be missed (an unfinished run): first on the page, red, an ARIA alert."""
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", esc(text))  # `a command` as in the CLI's warning
+    return f'<div class="banner" role="alert">{text}</div>'
+
+
+def provenance(sources: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``: the folders, escaped, each named once."""
+    names = [f"<code>{esc(s)}</code>" for s in sources] or ["nothing"]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def page(title: str, stamp: str, sources: Sequence[str], notes: Sequence[str], sections: dict[str, str],
+         warning: str | None = None) -> str:
+    """The whole document: header (``warning`` as a banner, title, provenance, navigation, notes)
+    and one <section> per entry."""
     nav = "".join(f'<a href="#{sid}">{sid.replace("-", " ")}</a>' for sid in sections)
     body = "".join(f'<section id="{sid}">{content}</section>' for sid, content in sections.items())
     return (
@@ -105,7 +121,7 @@ def page(title: str, stamp: str, sources: Sequence[str], notes: Sequence[str], s
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>"
-        f"<header><h1>{esc(title)}</h1><p>Generated {stamp} by <code>sinder report</code> from "
-        f"{esc('; '.join(sources) or 'nothing')}.</p><nav>{nav}</nav>{''.join(note(n) for n in notes)}</header>"
+        f"<header>{banner(warning) if warning else ''}<h1>{esc(title)}</h1><p>Generated {stamp} by <code>sinder report</code> from "
+        f"{provenance(sources)}.</p><nav>{nav}</nav>{''.join(note(n) for n in notes)}</header>"
         f"{body}</body></html>\n"
     )

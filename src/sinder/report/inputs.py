@@ -15,12 +15,15 @@ import torch
 
 from ..errors import SinderError
 from ..runfolder import (
+    ANALYSIS_AFTER,
     ANALYSIS_JSON,
+    CONFIG,
     LOG,
     RUN_ANALYSES,
     RUN_FILES,
     SIGMA,
     SUMMARY,
+    WEIGHTS,
     AnalysisFolder,
     AnalysisResult,
     RunFolder,
@@ -56,11 +59,17 @@ class RunInput:
     summary: dict | None = None
     log: list[dict] = field(default_factory=list)
     sigma: list[SigmaEntry] = field(default_factory=list)
+    checkpoint: int | str = "none"  # the step of checkpoint.safetensors, "none" or "unreadable"
+
+    @property
+    def finished(self) -> bool:
+        """``summary.json`` is written last: without a readable one the run stopped before its end."""
+        return self.summary is not None
 
     def is_sinder_run(self, analyses: Sequence[AnalysisInput]) -> bool:
         """Anything sinder wrote? (A Hugging Face model folder has a config.json, but no ``max_steps`` in it.)"""
         sinder_config = bool(self.config) and "max_steps" in self.config
-        return bool(analyses or self.log or self.sigma or self.summary or sinder_config)
+        return bool(analyses or self.log or self.sigma or self.summary or sinder_config or self.checkpoint != "none" or (self.path / WEIGHTS).is_dir())
 
 
 @dataclass
@@ -68,6 +77,11 @@ class ReportInputs:
     run: RunInput | None
     analyses: list[AnalysisInput]
     notes: list[str] = field(default_factory=list)  # shown at the top of the page
+
+    @property
+    def unfinished(self) -> str | None:
+        """The banner of a run folder without a readable summary (None for a finished run or analyses only)."""
+        return unfinished_message(self.run) if self.run is not None and not self.run.finished else None
 
 
 # ----------------------------------------------------------------------------- σ deltas
@@ -122,19 +136,52 @@ def read_analysis(path: Path, label: str, notes: list[str]) -> AnalysisInput | N
         return AnalysisInput(label, path, AnalysisResult(summary=summary, directions=torch.zeros(0)))
 
 
+def read_checkpoint_step(folder: RunFolder) -> int | str:
+    """The step of the run's resumable checkpoint: an int, ``"none"`` or ``"unreadable"``."""
+    if not folder.checkpoint.is_file():
+        return "none"
+    from ..repair.checkpoint import read_checkpoint_step as read_step
+
+    try:
+        return read_step(folder.checkpoint)
+    except SinderError:
+        return "unreadable"
+
+
 def read_run(path: Path, notes: list[str]) -> tuple[RunInput, list[AnalysisInput]]:
-    """A run folder and the before/after analyses inside it."""
+    """A run folder and the before/after analyses inside it. An unfinished run (no readable summary)
+    gets no 'after repair' column: only the summary, written last, vouches for its analysis_after."""
     folder = RunFolder(path)
-    run = RunInput(path, folder.read_config(notes), folder.read_summary(notes), folder.read_log(notes), read_sigma(path, notes))
+    # a missing summary is what the unfinished-run banner says; an unreadable one is noted too
+    summary = folder.read_summary(notes) if (folder / SUMMARY).exists() else None
+    run = RunInput(path, folder.read_config(notes), summary, folder.read_log(notes), read_sigma(path, notes))
+    if not run.finished:
+        run.checkpoint = read_checkpoint_step(folder)
     analyses = []
     for sub, label in RUN_ANALYSES:
-        if AnalysisFolder.holds_analysis(folder / sub):
+        if sub == ANALYSIS_AFTER and not run.finished:
+            if AnalysisFolder.holds_analysis(folder / sub):
+                notes.append(f"{folder / sub} is left out: it counts only once {SUMMARY} marks the run finished")
+        elif AnalysisFolder.holds_analysis(folder / sub):
             found = read_analysis(folder / sub, label, notes)
             if found is not None:
                 analyses.append(found)
         else:
             notes.append(f"{folder / sub} holds no {ANALYSIS_JSON}; the '{label}' column is missing")
     return run, analyses
+
+
+def unfinished_message(run: RunInput) -> str:
+    """What the page's banner and the CLI's warning say about a run that has no readable summary."""
+    missing = f"{SUMMARY} unreadable" if (run.path / SUMMARY).exists() else f"no {SUMMARY}"
+    stopped = f"training stopped at step {run.log[-1]['step']}" if run.log else "no training step was logged"
+    checkpoint = f"step {run.checkpoint}" if isinstance(run.checkpoint, int) else run.checkpoint
+    # --resume needs config.json (RunFolder.check); without it only a fresh start is possible
+    if (run.path / CONFIG).is_file():
+        advice = "Resume with the same `sinder repair` command plus --resume."
+    else:
+        advice = f"There is no {CONFIG} to resume from: start again with the same `sinder repair` command plus --overwrite."
+    return f"Unfinished run: {missing} — {stopped} (last checkpoint: {checkpoint}). {advice}"
 
 
 def unique_labels(paths: Sequence[Path]) -> list[str]:

@@ -17,7 +17,8 @@ import matplotlib
 import numpy as np
 from matplotlib.colors import ListedColormap, LogNorm, Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
+from matplotlib.transforms import offset_copy
 from mpl_toolkits.axes_grid1 import make_axes_locatable
 
 from ..io import atomic_path
@@ -28,6 +29,9 @@ from .inputs import max_over_median
 SERIES_COLORS = ("tab:blue", "tab:orange")
 MASK_CMAP = ListedColormap(["#f2f2f2", "#d62728"])
 LAYER_AXIS = "layer (block index)"
+ANGLE_LIMITS = (-5.0, 95.0)  # degrees: a violin at 0° or 90° stays clear of the frame
+LOG_MANTISSAS = ((1.0,), (1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 5.0, 7.0))  # round log ticks, coarse to fine
+LEGEND_DROP = 40  # points below an axes: past its tick labels and x label
 
 
 # ----------------------------------------------------------------------------- output
@@ -91,7 +95,9 @@ def _maps_row(fig: Figure, ax, m: ImageMaps, norm_scale: Normalize, attn_range: 
     ax[1].set_title("PCA-RGB, last layer")
     im = ax[2].imshow(m.norms, cmap="inferno", norm=norm_scale, interpolation="nearest")
     ax[2].set_title(f"token norm (max/median {norm_ratio(m.norms):.1f})")
-    _colorbar(fig, ax[2], im, "L2 norm (log, shared)")
+    bar = _colorbar(fig, ax[2], im, "L2 norm (log, shared)")
+    if isinstance(norm_scale, LogNorm):  # plain round values: narrower than 3×10², and more of them
+        label_log_axis(bar.ax.yaxis, norm_scale.vmin, norm_scale.vmax)
     im = ax[3].imshow(m.abs_cos, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
     ax[3].set_title("|cos(token, ν)|, last layer")
     _colorbar(fig, ax[3], im, "|cos| (unitless)")
@@ -126,11 +132,34 @@ def comparison_panel(rows: Sequence[tuple[str, ImageMaps | None]], title: str) -
         else:
             _maps_row(fig, ax, m, norm_scale, attn_range)
     fig.suptitle(title, fontsize=13)
-    fig.tight_layout()
+    # w_pad: clear white space between a colour bar's label and the next panel
+    fig.tight_layout(w_pad=2.5)
     return fig
 
 
 # ----------------------------------------------------------------------------- per layer
+
+
+def legend_below(ax, ncol: int = 2) -> None:
+    """The legend under the axes, past its x label, so it never hides a curve or a violin
+    (``tight_layout`` and ``bbox_inches="tight"`` make room for it)."""
+    under = offset_copy(ax.transAxes, fig=ax.figure, y=-LEGEND_DROP, units="points")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=under, ncol=ncol, fontsize=8, frameon=False)
+
+
+def label_log_axis(axis, lo: float, hi: float, want: int = 4) -> None:
+    """At least ``want`` labelled round values on a log axis over [lo, hi]: matplotlib labels only
+    the powers of ten once a range passes a decade, which left 1.1–20 with just 10⁰ and 10¹."""
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    for mantissas in LOG_MANTISSAS:
+        ticks = [m * 10.0**k for k in decades for m in mantissas if lo <= m * 10.0**k <= hi]
+        if len(ticks) >= want:
+            axis.set_major_locator(FixedLocator(ticks[:: math.ceil(len(ticks) / 10)]))  # at most 10 labels
+            break
+    else:  # under a factor of ~3 a log axis is nearly linear: evenly spaced values read best
+        axis.set_major_locator(MaxNLocator(nbins=want))
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())  # unlabelled minor ticks: labels would collide with the majors
 
 
 def violin(ax, data: list[np.ndarray], positions, color: str, label: str, width: float = 0.7) -> None:
@@ -143,6 +172,8 @@ def violin(ax, data: list[np.ndarray], positions, color: str, label: str, width:
         body.set_alpha(0.45)
     for key in ("cmedians", "cmins", "cmaxes", "cbars"):
         parts[key].set_color(color)
+    # a dot at each median: a violin of near-equal values is a hairline and would look missing
+    ax.plot(positions, [float(np.median(d)) for d in data], "o", ms=4, color=color, mec="white", mew=0.8, zorder=3)
     ax.plot([], [], color=color, lw=6, alpha=0.45, label=label)
 
 
@@ -150,7 +181,7 @@ def norm_violins(series: Sequence[tuple[str, dict, int]], title: str = "Token no
     """Token-norm violins per layer, one colour per (label, distributions, depth), log scale."""
     depth = max(d for _, _, d in series)
     width = 0.8 / len(series)
-    fig = Figure(figsize=(max(7, 0.7 * depth + 2), 4.2))
+    fig = Figure(figsize=(max(7, 0.7 * depth + 2), 4.8))
     ax = fig.add_subplot()
     for j, (label, dist, d) in enumerate(series):
         pos = np.arange(d) + (j - (len(series) - 1) / 2) * width
@@ -158,28 +189,31 @@ def norm_violins(series: Sequence[tuple[str, dict, int]], title: str = "Token no
         violin(ax, data, pos, SERIES_COLORS[j % len(SERIES_COLORS)], label, width * 0.95)
     ax.set_xticks(np.arange(depth))
     ax.set_yscale("log")
+    label_log_axis(ax.yaxis, *ax.get_ylim())
     ax.set_xlabel(LAYER_AXIS)
     ax.set_ylabel("patch-token L2 norm (log scale)")
     ax.set_title(title)
-    ax.legend(loc="upper left")
+    legend_below(ax)
     fig.tight_layout()
     return fig
 
 
 def angle_violins(distributions: dict, depth: int, title: str = "Angle between tokens and ν_i") -> Figure:
     """Angle between tokens and ν_i per layer (paper Fig. 6), beside a random direction as control."""
-    fig = Figure(figsize=(max(6, 0.7 * depth + 2), 4))
+    fig = Figure(figsize=(max(6, 0.7 * depth + 2), 4.6))
     ax = fig.add_subplot()
     pos = np.arange(depth)
     violin(ax, [distributions[f"angles_{i}"] for i in range(depth)], pos - 0.2, "tab:red", "to ν_i (theory)", 0.4)
     if "angles_random_0" in distributions:
         violin(ax, [distributions[f"angles_random_{i}"] for i in range(depth)], pos + 0.2, "tab:gray", "to a random direction (control)", 0.4)
     ax.set_xticks(pos)
-    ax.set_ylim(0, 90)
+    ax.set_ylim(*ANGLE_LIMITS)
+    ax.set_yticks(np.arange(0, 91, 15))
     ax.set_xlabel(LAYER_AXIS)
     ax.set_ylabel("unsigned angle (degrees)")
     ax.set_title(title)
-    ax.legend(loc="lower left")
+    legend_below(ax)
+    fig.tight_layout()
     return fig
 
 
@@ -196,7 +230,7 @@ def _layer_series(summary: dict, value, scale: float = 1.0) -> tuple[np.ndarray,
 
 def layer_curves(series: Sequence[tuple[str, dict]]) -> Figure:
     """Theory alignment, defect / high-norm rate and max/median norm versus layer, A vs B on each axis."""
-    fig = Figure(figsize=(17, 4.2))
+    fig = Figure(figsize=(17, 5))
     axes = fig.subplots(1, 3)
     for j, (label, summary) in enumerate(series):
         color = SERIES_COLORS[j % len(SERIES_COLORS)]
@@ -214,13 +248,15 @@ def layer_curves(series: Sequence[tuple[str, dict]]) -> Figure:
     axes[1].set_ylabel("% of patch tokens")
     axes[1].set_title("Defect rate and high-norm rate")
     axes[2].set_yscale("log")
+    if axes[2].lines:
+        label_log_axis(axes[2].yaxis, *axes[2].get_ylim())
     axes[2].set_ylabel("max / median token norm (log scale)")
     axes[2].set_title("Largest token norm relative to the median")
     for ax in axes:
         ax.set_xlabel(LAYER_AXIS)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+            legend_below(ax)
     fig.tight_layout()
     return fig
 

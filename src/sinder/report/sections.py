@@ -103,9 +103,13 @@ def _top3(values: np.ndarray) -> list[str]:
 
 def section_sigma(inputs: ReportInputs, cfg: ReportConfig) -> str:
     parts = ["<h2>Singular-value deltas (appendix Fig. 7)</h2>"]
-    entries = inputs.run.sigma if inputs.run is not None else []
+    if inputs.run is None:  # analyses only: nothing is missing, there is no repair to show
+        return "".join(parts) + f"<p>σ deltas come from a repair run folder (its {SIGMA}); analysis folders have none.</p>"
+    entries = inputs.run.sigma
     if not entries:
-        return "".join(parts) + note(f"no σ deltas: pass a repair run folder with {SIGMA}")
+        absent = not (inputs.run.path / SIGMA).exists() and not inputs.run.finished
+        why = f"the run did not finish ({SIGMA} is written when training ends)" if absent else f"{SIGMA} is missing or unreadable"
+        return "".join(parts) + note(f"no σ deltas: {why}")
     plotted = [(e.layer, e.linear, e.sigma, e.delta) for e in entries if e.layer is not None]
     if plotted:
         parts.append(figure(plots.png_data_uri(plots.sigma_delta_plot(plotted), cfg.dpi), "singular value deltas per layer",
@@ -211,8 +215,8 @@ def residual_table(residual: object) -> str:
 
 
 def _run_summary(summary: dict | None) -> list[str]:
-    if summary is None:
-        return [note(f"no {SUMMARY} in the run folder")]
+    if summary is None:  # the banner (and a note, when unreadable) at the top says why
+        return [note(f"no repair metrics without a readable {SUMMARY} (see the top of the page)")]
     parts = []
     summary = dict(summary)
     metrics = dict(summary.get("metrics") or {})
@@ -291,7 +295,9 @@ def analysis_config_table(analyses: Sequence[AnalysisInput]) -> str:
 
 def _run_config(run: RunInput, cfg: ReportConfig) -> list[str]:
     summary = run.summary or {}
-    timing = [("steps", esc(fmt(summary.get("steps")))), ("images seen", esc(fmt(summary.get("images_seen")))),
+    # an unfinished run has no summary: its log still says how far it got
+    steps = summary.get("steps") if run.finished else (run.log[-1]["step"] if run.log else None)
+    timing = [("steps", esc(fmt(steps))), ("images seen", esc(fmt(summary.get("images_seen")))),
               ("time", esc(humanise_seconds(summary.get("seconds"))))]
     parts = [f"<h3>Repair run <code>{esc(run.path)}</code></h3>", table(("", "value"), timing, "kv")]
     if run.log:

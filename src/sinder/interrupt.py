@@ -1,0 +1,69 @@
+"""SIGINT/SIGTERM during training: finish the step, write a checkpoint, say how to resume, exit.
+
+Cluster schedulers send SIGTERM before they kill a preempted job; a second Ctrl-C stops at once.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class GracefulStop:
+    """While active (main thread only), the first SIGINT/SIGTERM is recorded instead of killing."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop now
+        self.signum = signum
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            for s in EXIT_CODES:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.signum, 130)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM outside a graceful section: unwinds like Ctrl-C, so atomic writes remove their temporaries."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+class TerminateAsInterrupt:
+    """While active (main thread only, and only where SIGTERM has its default action), SIGTERM
+    raises :class:`Terminated` instead of killing the process silently mid-write."""
+
+    def __init__(self) -> None:
+        self._previous = None
+
+    def __enter__(self) -> TerminateAsInterrupt:
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            self._previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None

@@ -1,0 +1,348 @@
+"""Fault injection: SIGKILL at points of training and export, SIGINT/SIGTERM, a full disk and
+non-finite weights. In every case: one line (never a traceback), nothing half-written left to pass
+for a result, and ``--resume`` reaches the same bytes as a run that was never interrupted."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from sinder.runfolder import TEMPORARY
+
+STEPS = 24
+REPAIR = ["repair", "planted:small", "--max-steps", str(STEPS), "--checkpoint-every", "4", "--no-analysis", "--num-eval", "0", "--no-progress"]
+WEIGHTS = Path("weights") / "model.safetensors"
+
+
+def sinder(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sinder", *args]
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(sinder(*args), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def run(args: list[str], cwd: Path) -> tuple[int, str, str]:
+    return finish(start(args, cwd))
+
+
+def logged_steps(out: Path) -> int:
+    try:
+        return len((out / "log.jsonl").read_text().splitlines())
+    except OSError:
+        return 0
+
+
+def wait_for(proc: subprocess.Popen, ready, what: str, timeout: float = 300) -> None:
+    """Poll until ``ready()``; fail when the process ends first."""
+    end = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}) before {what}: {proc.stderr.read()[-2000:]}")
+        if time.monotonic() > end:
+            proc.kill()
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.002)
+
+
+def one_line(err: str) -> str:
+    """The single message line of a failed command (progress/info lines excluded)."""
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("sinder ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def temporaries(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if TEMPORARY.match(p.name) or p.name.startswith(".sinder-hf-")]
+
+
+def checkpoint_step(out: Path) -> int:
+    from sinder.repair.checkpoint import load_checkpoint
+
+    return load_checkpoint(out / "checkpoint.safetensors")[2].step
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> Path:
+    from skimage import data
+
+    root = tmp_path_factory.mktemp("faults")
+    (root / "photos").mkdir()
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        Image.fromarray(getattr(data, name)()).save(root / "photos" / f"{name}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def clean(ws) -> bytes:
+    """The weights of an uninterrupted run: what every resumed run must reproduce byte for byte."""
+    rc, _, err = run([*REPAIR, "--data", "photos", "--out", "clean"], ws)
+    assert rc == 0, err
+    summary = json.loads((ws / "clean" / "summary.json").read_text())
+    assert summary["steps"] == STEPS and summary["optimizer_steps"] > 0  # it trained: equality means something
+    return (ws / "clean" / WEIGHTS).read_bytes()
+
+
+def resume_matches(ws: Path, out: str, clean: bytes) -> None:
+    checkpointed = (ws / out / "checkpoint.safetensors").is_file()
+    rc, _, err = run([*REPAIR, "--data", "photos", "--out", out, "--resume"], ws)
+    assert rc == 0, err
+    assert (ws / out / WEIGHTS).read_bytes() == clean
+    assert json.loads((ws / out / "summary.json").read_text())["resumed"] is checkpointed  # else it starts afresh
+    assert temporaries(ws / out) == []
+    rows = [json.loads(ln) for ln in (ws / out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+
+
+def assert_nothing_stale(out: Path, exporting: bool = False) -> None:
+    """A run that did not finish shows no result: no summary, no weights (unless it was killed while
+    writing them), and the report says the run is unfinished."""
+    from sinder.cli import main
+
+    assert not (out / "summary.json").exists()
+    assert exporting or not (out / WEIGHTS).exists()
+    assert main(["report", str(out), "--out", str(out / "report.html"), "--overwrite"]) == 0
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "nfinished" in page and "--resume" in page
+
+
+# ----------------------------------------------------------------------------- SIGKILL, SIGINT, SIGTERM
+
+
+def kill(proc: subprocess.Popen) -> None:
+    proc.kill()
+    proc.wait()
+
+
+def signal_and_check(proc: subprocess.Popen, out: Path, signum: signal.Signals, code: int) -> None:
+    """SIGINT/SIGTERM: the step finishes, the checkpoint holds it, one line says how to resume."""
+    proc.send_signal(signum)
+    rc, _, err = finish(proc)
+    assert rc == code, err
+    line = one_line(err)
+    assert line.startswith("sinder repair: interrupted:") and signum.name in line and "--resume" in line, line
+    assert checkpoint_step(out) == logged_steps(out), line  # nothing done is lost
+    assert f"step {logged_steps(out)}:" in line
+
+
+# Each attempt resumes the one before, the last one finishes. The steps are drawn at random within
+# each stage's range (SINDER_FAULT_SEED picks another draw; the failure message names the plan).
+SEED = int(os.environ.get("SINDER_FAULT_SEED", "0"))
+
+
+def fault_plan(seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    return [
+        ("SIGKILL", f"step {rng.randint(1, 3)}"),  # before the first checkpoint (step 4): starts afresh
+        ("SIGINT", f"step {rng.randint(5, 8)}"),
+        ("SIGKILL", f"step {rng.choice([13, 14, 15])}"),  # between checkpoints: those steps are done again
+        ("SIGTERM", f"step {rng.randint(17, 21)}"),
+        ("SIGKILL", "export"),  # leaves half-written weights behind
+    ]
+
+
+def test_every_interruption_then_resume_gives_the_same_bytes(ws, clean):
+    """One run folder through SIGKILL (training and export), SIGINT and SIGTERM: after each the
+    folder shows no result and the report says the run is unfinished; the last resume ends with
+    the bytes of the uninterrupted run and no temporary file."""
+    out = ws / "faults"
+    plan = fault_plan(SEED)
+    print(f"fault plan (SINDER_FAULT_SEED={SEED}): {plan}")
+    for attempt, (how, when) in enumerate(plan):
+        proc = start([*REPAIR, "--data", "photos", "--out", out.name, *(["--resume"] if attempt else [])], ws)
+        if when == "export":
+            wait_for(proc, lambda: (out / "weights").is_dir(), "the export")
+        else:
+            step = int(when.split()[1])
+            wait_for(proc, lambda: logged_steps(out) >= step, when)
+        if how == "SIGKILL":
+            kill(proc)
+        else:
+            signal_and_check(proc, out, getattr(signal, how), {"SIGINT": 130, "SIGTERM": 143}[how])
+        assert_nothing_stale(out, exporting=when == "export")
+    resume_matches(ws, out.name, clean)
+
+
+# ----------------------------------------------------------------------------- full disk
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of a given size (root with mount rights only), resizable; unmounted afterwards."""
+    mounted = []
+
+    def mount(size: str) -> Path:
+        point = tmp_path / "disk"
+        point.mkdir(exist_ok=True)
+        opts = f"size={size}" if not mounted else f"remount,size={size}"
+        res = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(point)], capture_output=True, text=True)
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or 'not root'}); the patched-writer tests cover a full disk")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted[:1]:
+        subprocess.run(["umount", "-l", str(point)], capture_output=True)
+
+
+def test_repair_on_a_full_disk_is_one_line_and_resume_exports_the_same_bytes(ws, clean, small_disk):
+    disk = small_disk("40m")  # room for the run's files and checkpoints, not for the 87 MB weights
+    out = disk / "run"
+    rc, _, err = run([*REPAIR, "--data", str(ws / "photos"), "--out", str(out)], ws)
+    assert rc == 2, err
+    line = one_line(err)
+    assert "no space left on device" in line and "--resume" in line, line
+    assert temporaries(out) == [] and not (out / "weights" / "model.safetensors").exists()
+    assert_nothing_stale(out)
+    small_disk("200m")
+    rc, _, err = run([*REPAIR, "--data", str(ws / "photos"), "--out", str(out), "--resume"], ws)
+    assert rc == 0, err
+    assert (out / WEIGHTS).read_bytes() == clean
+    assert temporaries(out) == []
+
+
+def test_analyze_on_a_full_disk_leaves_no_partial_analysis(ws, small_disk):
+    disk = small_disk("64k")  # the directions fit, the maps do not
+    rc, _, err = run(["analyze", "planted:small", str(ws / "photos"), "--out", str(disk / "a")], ws)
+    assert rc == 2, err
+    assert "no space left on device" in one_line(err)
+    assert not (disk / "a").exists() or list((disk / "a").iterdir()) == []
+
+
+def _enospc(*args, **kwargs):
+    from safetensors import SafetensorError
+
+    raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+
+def test_a_full_disk_seen_by_a_patched_writer_is_one_line(ws, monkeypatch, capsys):
+    """Where no tmpfs can be mounted: the writer fails as safetensors does on ENOSPC."""
+    import safetensors.torch
+
+    from sinder.cli import main
+
+    monkeypatch.setattr(safetensors.torch, "save_file", _enospc)
+    out = ws / "patched_full"
+    assert main(["analyze", "planted:small", str(ws / "photos" / "coffee.png"), "--out", str(out)]) == 2
+    assert "no space left on device" in one_line(capsys.readouterr().err)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_enospc_from_a_plain_write_is_one_line(tmp_path, monkeypatch):
+    from sinder.errors import DiskFullError
+    from sinder.io import write_text
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", full)
+    with pytest.raises(DiskFullError, match="no space left on device while writing .*x.json.*MB free"):
+        write_text(tmp_path / "x.json", "{}")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []  # the temporary file is gone too
+
+
+# ----------------------------------------------------------------------------- bad weights
+
+
+def test_nonfinite_weights_are_refused_naming_the_tensor(ws, monkeypatch, capsys):
+    import timm
+    from safetensors.torch import save_file
+
+    from sinder.cli import main
+
+    model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, img_size=224)
+    sd = {k: v.contiguous() for k, v in model.state_dict().items()}
+    sd["blocks.3.mlp.fc1.weight"][5, 7] = float("nan")
+    save_file(sd, str(ws / "nan.safetensors"))
+    rc, _, err = run(["analyze", "timm:vit_small_patch14_dinov2", "photos", "--out", "nan_a", "--weights", "nan.safetensors"], ws)
+    assert rc == 2, err
+    assert "tensor blocks.3.mlp.fc1.weight holds 1 non-finite value" in one_line(err)
+    monkeypatch.chdir(ws)
+    assert main(["repair", "timm:vit_small_patch14_dinov2", "--data", "photos", "--out", "nan_r", "--weights", "nan.safetensors"]) == 2
+    assert "blocks.3.mlp.fc1.weight" in one_line(capsys.readouterr().err)
+    assert not (ws / "nan_a").exists() and not (ws / "nan_r").exists()
+
+
+def test_the_theory_names_a_nonfinite_tensor_of_a_model_built_in_python(planted):
+    import copy
+
+    from sinder.errors import WeightsError
+    from sinder.theory import defect_directions
+
+    bb = copy.deepcopy(planted)
+    with torch.no_grad():
+        bb.model.blocks[2].attn.proj.weight[0, 0] = float("inf")
+    with pytest.raises(WeightsError, match=r"blocks\.2\.attn\.proj\.weight holds 1 non-finite"):
+        defect_directions(bb)
+
+
+# ----------------------------------------------------------------------------- resume checks before start-up
+
+
+@pytest.mark.parametrize("change, needle", [(["--lr", "0.01"], "lr is 0.01"), (["--data", "photos/coffee.png", "photos/rocket.png"], "training images differ")])
+def test_resume_with_other_settings_is_refused_before_the_model_loads(ws, clean, monkeypatch, capsys, change, needle):
+    import sinder.backbones
+
+    from sinder.cli import main
+
+    def too_late(*a, **k):
+        raise AssertionError("the model was loaded before the settings were checked")
+
+    monkeypatch.setattr(sinder.backbones, "load_backbone", too_late)
+    monkeypatch.chdir(ws)
+    argv = [*REPAIR, "--data", "photos", "--out", "clean", "--resume", *change]
+    assert main(argv) == 2
+    assert needle in one_line(capsys.readouterr().err)
+
+
+# ----------------------------------------------------------------------------- conventions
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_output_files_follow_the_umask(tmp_path, mask):
+    from sinder.io import write_json
+
+    old = os.umask(mask)
+    try:
+        write_json(tmp_path / "a.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_a_run_folder_follows_the_umask(ws, clean):
+    from sinder.io import current_umask
+
+    for name in ("config.json", "summary.json", "checkpoint.safetensors", str(WEIGHTS)):
+        assert (ws / "clean" / name).stat().st_mode & 0o777 == 0o666 & ~current_umask(), name
+
+
+def test_sigterm_outside_training_is_one_line_and_leaves_no_temporary(ws):
+    """SIGTERM while the held-out analysis writes its files (before any training step)."""
+    out = ws / "term_early"
+    proc = start(["repair", "planted:small", "--data", "photos", "--out", out.name, "--max-steps", "2", "--no-progress"], ws)
+    wait_for(proc, lambda: (out / "analysis_before").is_dir(), "the analysis before repair")
+    proc.send_signal(signal.SIGTERM)
+    rc, _, err = finish(proc)
+    assert rc == 143, err
+    line = one_line(err)
+    assert line.startswith("sinder repair: interrupted: SIGTERM") and "rerun the same command" in line, line
+    assert temporaries(out) == [] and not (out / "analysis_before" / "analysis.json").exists()
