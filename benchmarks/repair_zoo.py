@@ -112,16 +112,25 @@ def run(member: str, mode: str, sets: dict, max_steps: int, eval_photos: tuple[s
     return row
 
 
+def save_rows(rows: list[dict], path: str | None) -> None:
+    if path:
+        with open(path, "w") as fh:
+            json.dump(rows, fh, indent=1)
+
+
+def markdown(head: str, lines: list[str]) -> str:
+    """A markdown table: ``head`` (``| a | b |``), its separator, then ``lines``."""
+    return "\n".join([head, "|---" * (head.count("|") - 1) + "|", *lines])
+
+
 def table(rows: list[dict]) -> str:
     head = "| member | mode | energy along u, before → after (drop) | max/median | high-norm rate | non-defect cos | CLS cos | steps (optimizer) | seconds | stop | targets |"
-    lines = [head, "|---" * (head.count("|") - 1) + "|"]
-    for r in rows:
-        lines.append(
-            f"| {r['member']} | {r['mode']} | {100 * r['energy_before']:.1f}% → {100 * r['energy_after']:.2f}% ({100 * r['energy_drop']:.1f}%) "
-            f"| {r['max_over_median_before']:.1f} → {r['max_over_median']:.2f} | {100 * r['high_norm_rate_before']:.2f}% → {100 * r['high_norm_rate']:.2f}% "
-            f"| {r['non_defect_cosine']:.5f} | {r['cls_cosine']:.5f} | {r['steps']} ({r['optimizer_steps']}) | {r['seconds']:.1f} | {r['stop']} | {'pass' if r['passes'] else 'FAIL'} |"
-        )
-    return "\n".join(lines)
+    return markdown(head, [
+        f"| {r['member']} | {r['mode']} | {100 * r['energy_before']:.1f}% → {100 * r['energy_after']:.2f}% ({100 * r['energy_drop']:.1f}%) "
+        f"| {r['max_over_median_before']:.1f} → {r['max_over_median']:.2f} | {100 * r['high_norm_rate_before']:.2f}% → {100 * r['high_norm_rate']:.2f}% "
+        f"| {r['non_defect_cosine']:.5f} | {r['cls_cosine']:.5f} | {r['steps']} ({r['optimizer_steps']}) | {r['seconds']:.1f} | {r['stop']} | {'pass' if r['passes'] else 'FAIL'} |"
+        for r in rows
+    ])  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,9 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(run(member, mode, sets, args.max_steps, tuple(args.eval_photos)))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     print(table(rows))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=1)
+    save_rows(rows, args.json)
     return 0
 
 

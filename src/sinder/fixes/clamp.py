@@ -1,0 +1,56 @@
+"""σ clamp (SINDER, appendix B): rebuild every Linear of every block from its SVD with the
+singular values clamped to at most γ. The paper shows γ = 2.0, 1.5, 1.3: the lower γ, the
+smaller the defects, and the more the features degrade. No data and no training; a weight edit
+that exports like a repair.
+
+Fused layers are clamped as the module they are (timm's qkv as one matrix, as the paper's
+"every linear layer" reads); LayerScale, norms and embeddings are left alone.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..backbones.base import Backbone
+from ..errors import require
+
+
+@dataclass
+class ClampResult:
+    gamma: float
+    layers: int  # Linear modules rebuilt
+    clamped_values: int  # singular values that were above γ
+    largest_sigma: float  # the largest singular value before clamping
+    per_module: dict[str, int] = field(default_factory=dict)  # module name -> values clamped
+
+
+def block_linears(backbone: Backbone) -> dict[str, nn.Linear]:
+    """Every distinct ``nn.Linear`` the block views name, by module name (a fused qkv or w12 once)."""
+    found: dict[str, nn.Linear] = {}
+    for i in range(backbone.depth):
+        for part in backbone.block_view(i).slices():
+            found.setdefault(part.name, part.module)
+    return found
+
+
+@torch.no_grad()
+def clamp_singular_values(backbone: Backbone, gamma: float) -> ClampResult:
+    """Clamp, in place, the singular values of every block Linear of ``backbone`` to ≤ ``gamma``
+    (``math.inf``: nothing changes). Biases are kept. Returns what was clamped."""
+    require(gamma > 0, f"gamma must be > 0, got {gamma}")
+    result = ClampResult(gamma=gamma, layers=0, clamped_values=0, largest_sigma=0.0)
+    for name, module in block_linears(backbone).items():
+        w = module.weight
+        u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
+        over = int((s > gamma).sum())
+        result.largest_sigma = max(result.largest_sigma, float(s[0]))
+        result.layers += 1
+        if over == 0 or math.isinf(gamma):
+            continue
+        w.copy_(((u * s.clamp(max=gamma)) @ vh).to(w.dtype))
+        result.clamped_values += over
+        result.per_module[name] = over
+    return result

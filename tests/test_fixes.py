@@ -1,0 +1,79 @@
+"""Training-free fixes compared with SINDER (issue #9): σ clamp so far."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from sinder.errors import ConfigError
+from sinder.fixes import clamp_singular_values
+from sinder.fixes.clamp import block_linears
+from sinder.images import BUNDLED_EVAL, ImageSet, bundled_photos
+
+
+@pytest.fixture(scope="module")
+def eval_pixels(planted):
+    images = ImageSet.from_inputs(bundled_photos(BUNDLED_EVAL[:4]), planted, planted.image_size)
+    return torch.stack([images.load(i) for i in range(len(images))])
+
+
+@torch.no_grad()
+def last_patches(bb, px):
+    x, ctx = bb.embed(px)
+    for i in range(bb.depth):
+        x = bb.run_block(i, x, ctx)
+    return bb.patch_grid(x, ctx).flatten(1, 2)
+
+
+def test_block_linears_are_every_block_linear_once(planted):
+    found = block_linears(planted)
+    # ViT-S layout: qkv, proj, fc1, fc2 per block
+    assert len(found) == 4 * planted.depth
+    assert set(found) == {f"blocks.{i}.{n}" for i in range(planted.depth) for n in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}
+
+
+def test_clamp_caps_every_singular_value_and_keeps_the_rest(planted):
+    bb = copy.deepcopy(planted)
+    before = {k: m.weight.clone() for k, m in block_linears(bb).items()}
+    res = clamp_singular_values(bb, 1.5)
+    assert res.layers == 4 * bb.depth and res.clamped_values > 0 and res.largest_sigma > 1.5
+    for name, m in block_linears(bb).items():
+        s_new = torch.linalg.svdvals(m.weight.detach().double())
+        s_old = torch.linalg.svdvals(before[name].detach().double())
+        assert float(s_new.max()) <= 1.5 + 1e-4, name
+        # values below γ are unchanged (the subspaces are kept)
+        keep = s_old < 1.5 - 1e-3
+        assert torch.allclose(s_new[keep], s_old[keep], atol=1e-4), name
+    assert torch.equal(bb.model.pos_embed, planted.model.pos_embed)  # only block Linears move
+
+
+def test_infinite_or_loose_gamma_changes_nothing_and_bad_gamma_is_one_line(planted):
+    bb = copy.deepcopy(planted)
+    assert clamp_singular_values(bb, math.inf).clamped_values == 0
+    big = clamp_singular_values(bb, 1e6)
+    assert big.clamped_values == 0
+    for (k, a), b in zip(planted.model.state_dict().items(), bb.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(ConfigError, match="gamma must be > 0"):
+        clamp_singular_values(bb, 0.0)
+
+
+def test_clamping_removes_the_planted_defect_and_costs_features_as_gamma_falls(planted, eval_pixels):
+    """Appendix B on the planted model: the planted circuit lives in a few large singular values,
+    so any γ ≤ 2 removes it; the cosine of ordinary tokens to the original can only fall as γ
+    falls (on this model by < 1e-4: its ordinary weights have small σ; see benchmarks/clamp_tradeoff.py)."""
+    u = planted.ground_truth.u
+    orig = last_patches(planted, eval_pixels)
+    ordinary = ~planted.ground_truth.ignition(planted, eval_pixels).flatten(1)
+    energy, cosine = [], []
+    for gamma in (math.inf, 2.0, 1.5, 1.3):
+        bb = copy.deepcopy(planted)
+        clamp_singular_values(bb, gamma)
+        t = last_patches(bb, eval_pixels)
+        energy.append(float(((t @ u) ** 2).sum() / (t**2).sum()))
+        cosine.append(float(torch.nn.functional.cosine_similarity(t[ordinary], orig[ordinary], dim=-1).mean()))
+    assert energy[0] > 0.1  # the planted defect is there before
+    assert max(energy[1:]) < 0.01 * energy[0], energy
+    assert cosine[0] > 0.99999 and cosine[3] <= cosine[2] + 1e-7 <= cosine[1] + 2e-7 and cosine[1] < cosine[0], cosine
