@@ -77,3 +77,38 @@ def test_clamping_removes_the_planted_defect_and_costs_features_as_gamma_falls(p
     assert energy[0] > 0.1  # the planted defect is there before
     assert max(energy[1:]) < 0.01 * energy[0], energy
     assert cosine[0] > 0.99999 and cosine[3] <= cosine[2] + 1e-7 <= cosine[1] + 2e-7 and cosine[1] < cosine[0], cosine
+
+
+# ----------------------------------------------------------------------------- neighbour interpolation
+
+
+def test_interpolate_defects_takes_the_mean_of_the_unmasked_ring():
+    from sinder.fixes.interpolate import interpolate_defects
+
+    g = torch.randn(2, 5, 6, 4, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(2, 5, 6, dtype=torch.bool)
+    mask[0, 2, 3] = mask[0, 1, 3] = True  # two neighbouring defects
+    mask[1, 0, 0] = True  # a corner: 3 neighbours
+    out = interpolate_defects(g, mask)
+    ring = [(1, 2), (1, 4), (2, 2), (2, 4), (3, 2), (3, 3), (3, 4)]  # (1, 3) is masked: left out
+    assert torch.allclose(out[0, 2, 3], torch.stack([g[0, r, c] for r, c in ring]).mean(0), atol=1e-6)
+    assert torch.allclose(out[1, 0, 0], torch.stack([g[1, 0, 1], g[1, 1, 0], g[1, 1, 1]]).mean(0), atol=1e-6)
+    assert torch.equal(out[~mask], g[~mask])  # everything else untouched
+    lonely = torch.ones(1, 3, 3, dtype=torch.bool)
+    assert torch.equal(interpolate_defects(g[:1, :3, :3], lonely), g[:1, :3, :3])  # no clean neighbour: kept
+
+
+def test_neighbour_interpolation_hides_the_planted_defect_and_detaches_exactly(planted, planted_directions, eval_pixels):
+    from sinder.fixes.interpolate import NeighbourInterpolation
+
+    u = planted.ground_truth.u
+    layer = planted.ground_truth.ignition_layer
+    before = last_patches(planted, eval_pixels)
+    with NeighbourInterpolation(planted, layer, planted_directions[layer]) as fix:
+        during = last_patches(planted, eval_pixels)
+        alone = last_patches(planted, eval_pixels[1:2])
+    after = last_patches(planted, eval_pixels)
+    energy = [float(((t @ u) ** 2).sum() / (t**2).sum()) for t in (before, during)]
+    assert fix.replaced > 0 and energy[1] < 0.2 * energy[0], energy
+    assert torch.allclose(alone[0], during[1], atol=1e-4)  # per image: the same alone and in a batch
+    assert torch.equal(after, before)  # removed: the model is as it was
