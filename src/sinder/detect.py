@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from .errors import require
 
 # Per batch, at most this many unit vectors of high-norm tokens are kept for the theory alignment.
 HIGH_UNITS_PER_BATCH = 4096
@@ -75,15 +75,11 @@ class DefectRule:
     skip_less_than: int = 1
 
     def __post_init__(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(msg)
-
-        need(math.isfinite(self.mask_thr) and self.mask_thr > 0, f"--mask-thr must be > 0, got {self.mask_thr}")
-        need(self.border >= 0, f"border must be >= 0, got {self.border}")
-        need(math.isfinite(self.norm_gate) and self.norm_gate >= 0, f"--norm-gate must be >= 0 (0: off), got {self.norm_gate}")
-        need(math.isfinite(self.high_norm_factor) and self.high_norm_factor > 1, f"--high-norm-factor must be > 1, got {self.high_norm_factor}")
-        need(self.skip_less_than >= 1, f"--skip-less-than must be >= 1, got {self.skip_less_than}")
+        require(math.isfinite(self.mask_thr) and self.mask_thr > 0, f"--mask-thr must be > 0, got {self.mask_thr}")
+        require(self.border >= 0, f"border must be >= 0, got {self.border}")
+        require(math.isfinite(self.norm_gate) and self.norm_gate >= 0, f"--norm-gate must be >= 0 (0: off), got {self.norm_gate}")
+        require(math.isfinite(self.high_norm_factor) and self.high_norm_factor > 1, f"--high-norm-factor must be > 1, got {self.high_norm_factor}")
+        require(self.skip_less_than >= 1, f"--skip-less-than must be >= 1, got {self.skip_less_than}")
 
     def to_dict(self) -> dict:
         return asdict(self)

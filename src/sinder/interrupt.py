@@ -1,6 +1,7 @@
-"""SIGINT/SIGTERM during training: finish the step, write a checkpoint, say how to resume, exit.
-
-Cluster schedulers send SIGTERM before they kill a preempted job; a second Ctrl-C stops at once.
+"""SIGINT/SIGTERM. During training (:class:`GracefulStop`): finish the step, write a checkpoint,
+say how to resume, exit; a second Ctrl-C stops at once. Elsewhere (:class:`TerminateAsInterrupt`):
+SIGTERM unwinds like Ctrl-C, so no half-written file is left. Cluster schedulers send SIGTERM
+before they kill a preempted job.
 """
 from __future__ import annotations
 

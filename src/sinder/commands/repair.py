@@ -96,8 +96,8 @@ def run(args: argparse.Namespace) -> int:
     config = repair_config(args)
     out = Path(args.out)
     RunFolder(out).check(resume=config.resume, overwrite=config.overwrite)  # fail before loading anything
-    split_inputs(args.data, args.eval_data, config)
-    check_resume_early(RunFolder(out), config, args.data, args.eval_data)
+    train_items, _ = split_inputs(args.data, args.eval_data, config)
+    check_resume_early(RunFolder(out), config, train_items)
     dist = init_from_env(args.device)
     if not dist.is_main:  # one rank reports
         logging.getLogger("sinder").setLevel(logging.WARNING)

@@ -20,7 +20,7 @@ from ..backbones.base import Backbone
 from ..errors import ConfigError, DiskFullError, ImageError, OutputExistsError, SinderError
 from ..images import ImageItem, ImageSet, check_decodable, expand_inputs, item_name, split_holdout, subsample
 from ..runfolder import LOG, RunFolder, RunLog
-from .checkpoint import TrainState, check_compatible, load_checkpoint, normalised, save_checkpoint
+from .checkpoint import TrainState, check_compatible, check_same_settings, load_checkpoint, save_checkpoint
 from .config import RepairConfig
 from .data import resolve_resolution
 from .distributed import DistContext, current
@@ -117,17 +117,14 @@ def names_digest(names: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def check_resume_early(folder: RunFolder, config: RepairConfig, train_images, eval_images) -> None:
-    """Before any slow start-up: a --resume run must use the settings and images of the run it continues."""
+def check_resume_early(folder: RunFolder, config: RepairConfig, items: Sequence[ImageItem]) -> None:
+    """Before any slow start-up: a --resume run must use the settings and the training images
+    (``items``: the first part of :func:`split_inputs`) of the run it continues."""
     saved = folder.read_config([]) if config.resume else None
     if not saved:
         return
-    for key, value in config.training_signature().items():
-        if key == "resolution" and value is None:  # resolved from the model later; the checkpoint check covers it
-            continue
-        if key in saved and normalised(saved[key]) != normalised(value):
-            raise ConfigError(f"--resume: {key} is {value!r} but the run in {folder.path} used {saved[key]!r}; pass the same value or use --overwrite")
-    items, _ = split_inputs(train_images, eval_images, config)
+    # resolution None is resolved from the model later; the checkpoint check covers it
+    check_same_settings(saved, config.training_signature(), f"the run in {folder.path}", undecided=("resolution",))
     names = [item_name(x, i) for i, x in enumerate(subsample(items, config.num_train_max))]
     if saved.get("data_names") not in (None, names_digest(names)):
         raise ConfigError(f"--resume: the training images differ from those of the run in {folder.path}; pass the same --data (and --eval-data) or use --overwrite")

@@ -115,12 +115,19 @@ def read_checkpoint_step(path: str | os.PathLike) -> int:
         raise WeightsError(f"{path}: not a readable repair checkpoint ({err}); start again with --overwrite") from None
 
 
+def check_same_settings(saved: dict, signature: dict, source: str, undecided: tuple[str, ...] = ()) -> None:
+    """Each setting of ``signature`` that ``saved`` also holds must be equal (``source`` names where
+    ``saved`` came from); keys in ``undecided`` are skipped while their value is still None."""
+    for key, value in signature.items():
+        if key in undecided and value is None:
+            continue
+        if key in saved and normalised(saved[key]) != normalised(value):
+            raise ConfigError(f"--resume: {key} is {value!r} but {source} used {saved[key]!r}; pass the same value or use --overwrite")
+
+
 def check_compatible(info: dict, signature: dict, data_digest: str) -> None:
     """A resumed run must train exactly as the checkpointed one did."""
-    saved = info.get("signature", {})
-    for key, value in signature.items():
-        if key in saved and normalised(saved[key]) != normalised(value):
-            raise ConfigError(f"--resume: {key} is {value!r} but the checkpoint used {saved[key]!r}; pass the same value or use --overwrite")
+    check_same_settings(info.get("signature", {}), signature, "the checkpoint")
     if info.get("data_digest") not in (None, data_digest):
         raise ConfigError("--resume: the training images differ from the checkpointed run's; pass the same --data or use --overwrite")
 

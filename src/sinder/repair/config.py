@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Literal
 
 from ..detect import DefectRule
-from ..errors import ConfigError
+from ..errors import ConfigError, require
 
 Impl = Literal["fast", "reference"]
 
@@ -78,38 +78,34 @@ class RepairConfig:
         self.validate()
 
     def validate(self) -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(msg)
-
-        need(self.impl in ("fast", "reference"), f"impl must be 'fast' or 'reference', got {self.impl!r}")
-        need(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
-        need(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        need(self.impl == "fast" or self.batch_size == 1, "the reference implementation uses batch size 1; use --impl fast for --batch-size > 1")
-        need(self.resolution is None or 16 <= self.resolution <= 4096, f"--resolution must be between 16 and 4096 px (got {self.resolution})")
+        require(self.impl in ("fast", "reference"), f"impl must be 'fast' or 'reference', got {self.impl!r}")
+        require(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
+        require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        require(self.impl == "fast" or self.batch_size == 1, "the reference implementation uses batch size 1; use --impl fast for --batch-size > 1")
+        require(self.resolution is None or 16 <= self.resolution <= 4096, f"--resolution must be between 16 and 4096 px (got {self.resolution})")
         for name in ("lr", "tau"):
             v = getattr(self, name)
-            need(math.isfinite(v) and v > 0, f"{name} must be a positive number, got {v}")
-        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
-        need(isinstance(self.rule, DefectRule), f"rule must be a DefectRule, got {type(self.rule).__name__}")
-        need(self.kernel in (3, 5), f"kernel must be 3 or 5, got {self.kernel}")
-        need(self.limit_layers >= 1, f"limit_layers must be >= 1, got {self.limit_layers}")
-        need(self.window >= 1, f"window must be >= 1, got {self.window}")
-        need(0 < self.stop_skip_ratio <= 1, f"stop_skip_ratio must be in (0, 1], got {self.stop_skip_ratio}")
-        need(self.order in ("shuffle", "sequential"), f"order must be shuffle or sequential, got {self.order!r}")
-        need(0 <= self.weak_defects < 1, f"weak_defects must be a share of the tokens in [0, 1) (0: off), got {self.weak_defects}")
-        need(self.plateau_every >= 1, f"plateau_every must be >= 1, got {self.plateau_every}")
-        need(self.plateau_patience >= 0, f"plateau_patience must be >= 0 (0: off), got {self.plateau_patience}")
-        need(0 <= self.plateau_min_delta < 1, f"plateau_min_delta must be in [0, 1), got {self.plateau_min_delta}")
-        need(all(0 < v <= 1 for v in self.save_at_skip), f"save_at_skip values must be in (0, 1], got {list(self.save_at_skip)}")
-        need(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
-        need(math.isfinite(self.gram_weight) and self.gram_weight >= 0, f"gram_weight must be >= 0, got {self.gram_weight}")
-        need(self.num_train_max >= 1, f"num_train_max must be >= 1, got {self.num_train_max}")
-        need(self.num_eval_max >= 0, f"num_eval_max must be >= 0, got {self.num_eval_max}")
-        need(self.directions in ("exact", "montecarlo"), f"directions must be 'exact' or 'montecarlo', got {self.directions!r}")
-        need(self.amp in ("auto", "bf16", "off"), f"amp must be auto, bf16 or off, got {self.amp!r}")
-        need(self.export_tol > 0, f"export_tol must be > 0, got {self.export_tol}")
-        need(not (self.resume and self.overwrite), "pass either --resume or --overwrite, not both")
+            require(math.isfinite(v) and v > 0, f"{name} must be a positive number, got {v}")
+        require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        require(isinstance(self.rule, DefectRule), f"rule must be a DefectRule, got {type(self.rule).__name__}")
+        require(self.kernel in (3, 5), f"kernel must be 3 or 5, got {self.kernel}")
+        require(self.limit_layers >= 1, f"limit_layers must be >= 1, got {self.limit_layers}")
+        require(self.window >= 1, f"window must be >= 1, got {self.window}")
+        require(0 < self.stop_skip_ratio <= 1, f"stop_skip_ratio must be in (0, 1], got {self.stop_skip_ratio}")
+        require(self.order in ("shuffle", "sequential"), f"order must be shuffle or sequential, got {self.order!r}")
+        require(0 <= self.weak_defects < 1, f"weak_defects must be a share of the tokens in [0, 1) (0: off), got {self.weak_defects}")
+        require(self.plateau_every >= 1, f"plateau_every must be >= 1, got {self.plateau_every}")
+        require(self.plateau_patience >= 0, f"plateau_patience must be >= 0 (0: off), got {self.plateau_patience}")
+        require(0 <= self.plateau_min_delta < 1, f"plateau_min_delta must be in [0, 1), got {self.plateau_min_delta}")
+        require(all(0 < v <= 1 for v in self.save_at_skip), f"save_at_skip values must be in (0, 1], got {list(self.save_at_skip)}")
+        require(self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        require(math.isfinite(self.gram_weight) and self.gram_weight >= 0, f"gram_weight must be >= 0, got {self.gram_weight}")
+        require(self.num_train_max >= 1, f"num_train_max must be >= 1, got {self.num_train_max}")
+        require(self.num_eval_max >= 0, f"num_eval_max must be >= 0, got {self.num_eval_max}")
+        require(self.directions in ("exact", "montecarlo"), f"directions must be 'exact' or 'montecarlo', got {self.directions!r}")
+        require(self.amp in ("auto", "bf16", "off"), f"amp must be auto, bf16 or off, got {self.amp!r}")
+        require(self.export_tol > 0, f"export_tol must be > 0, got {self.export_tol}")
+        require(not (self.resume and self.overwrite), "pass either --resume or --overwrite, not both")
 
     @classmethod
     def faithful(cls, **overrides) -> RepairConfig:
