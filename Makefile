@@ -23,6 +23,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/theory_speed.py
 	$(PY) benchmarks/repair_speed.py
 	$(PY) benchmarks/repair_zoo.py
+	$(PY) benchmarks/clamp_tradeoff.py
+	$(PY) benchmarks/interpolation_layers.py
 
 clean:
 	rm -rf demo_out .pytest_cache
