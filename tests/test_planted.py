@@ -76,7 +76,7 @@ def test_predicted_direction_is_the_planted_one(planted, planted_directions):
 ZOO_PHOTOS = ("rocket", "coffee", "camera", "astronaut")  # training photos: flat sky and textured scenes
 
 
-@pytest.mark.parametrize("name", ["content", "early", "late", "noisy", "native518", "swiglu", "reg4"])
+@pytest.mark.parametrize("name", ["content", "early", "late", "noisy", "native518", "swiglu", "reg4", "spectral"])
 def test_zoo_member_has_real_singular_defects(name):
     """Built from a seed in seconds, with its ground truth: the planted u ignites on some tokens,
     is amplified to high norm by the last layer, and the theory predicts it."""
@@ -108,6 +108,92 @@ def test_zoo_member_has_real_singular_defects(name):
         assert len(set(ignited)) > 1
     else:
         assert set(ignited) == {len(truth.positions)}
+
+
+# sha256 of the state dicts (u, m and the marker cells are in them) of members built before the
+# spectral member was added: new config fields must leave the others bit-identical (pinned under
+# these versions; a torch or timm upgrade may change timm's random init, so re-pin then)
+PINNED_UNDER = ("2.14.1", "1.0.31")
+PINNED = {
+    "small": "e6e54d03989331de75107e6f4a990163bafd75c2a8d30c4b6e9e937032105860",
+    "noisy": "c111ec44a8136e65e7609b4f0de33e5d310369d0f81f7f63a670ca8426b60a04",
+}
+
+
+def planted_digest(name: str) -> str:
+    import hashlib
+
+    from sinder.planted import PRESETS
+
+    model, _ = build_planted(PRESETS[name])
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_existing_zoo_members_are_bit_identical(name):
+    import timm
+
+    if (torch.__version__.split("+")[0], timm.__version__) != PINNED_UNDER:
+        pytest.skip(f"digests pinned under torch {PINNED_UNDER[0]}, timm {PINNED_UNDER[1]}")
+    assert planted_digest(name) == PINNED[name]
+
+
+@pytest.fixture(scope="module")
+def spectral():
+    from sinder.backbones import load_backbone
+
+    return load_backbone("planted:spectral")
+
+
+@torch.no_grad()
+def test_spectral_member_has_trained_looking_spectra_with_the_circuit_among_them(spectral):
+    """Every block Linear has many σ > 2 (timm's init: all < 1.3), and no planted weight stands
+    far above them, so a σ clamp at the paper's γ cuts both."""
+    from sinder.planted.circuits import ordinary_linears
+
+    truth = spectral.ground_truth
+    for weight in ordinary_linears(spectral.model):
+        s = torch.linalg.svdvals(weight.double())
+        assert (s > 2).sum() >= 10 and s[0] < 9, s[:3]
+    for i, blk in enumerate(spectral.model.blocks[truth.ignition_layer :], truth.ignition_layer):
+        assert 1.5 < float((blk.mlp.fc2.weight.T @ truth.u).norm()) < 5, i  # what writes u (all units)
+        if i > truth.ignition_layer:
+            assert 1.5 < float((blk.mlp.fc1.weight @ truth.u).norm()) < 5, i  # what reads it (the amplifier)
+
+
+@torch.no_grad()
+def test_clamping_the_spectral_member_trades_defect_for_features(spectral):
+    """SINDER appendix B's trade-off, which the other members lack: γ = 3 leaves part of the defect
+    and already moves ordinary tokens; γ = 1.3 removes it and moves them more."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from sinder.fixes import clamp_singular_values
+    from sinder.images import ImageSet
+
+    images = ImageSet.from_inputs(bundled_photos(ZOO_PHOTOS), spectral, spectral.image_size)
+    _, px = next(iter(images.batches(len(ZOO_PHOTOS))))
+    u, ordinary = spectral.ground_truth.u, ~spectral.ground_truth.ignition(spectral, px)
+
+    def last_layer(bb):  # energy along u, final-normed patch tokens
+        outs, ctx = bb.forward_layers(px)
+        grid = bb.patch_grid(outs[-1], ctx)
+        return float((grid @ u).square().sum() / grid.square().sum()), bb.patch_grid(bb.final_norm(outs[-1]), ctx)
+
+    energy, tokens = last_layer(spectral)
+    left, cos = {}, {}
+    for gamma in (3.0, 1.3):
+        bb = copy.deepcopy(spectral)
+        clamp_singular_values(bb, gamma)
+        e, t = last_layer(bb)
+        left[gamma], cos[gamma] = e / energy, float(F.cosine_similarity(tokens, t, dim=-1)[ordinary].mean())
+    assert energy > 0.4 and 0.3 < left[3.0] < 0.95 and left[1.3] < 0.02, (energy, left)
+    assert cos[1.3] < cos[3.0] < 0.995 and cos[1.3] < 0.99, cos
 
 
 def test_zoo_sizes_plant_the_same_circuits():

@@ -15,6 +15,7 @@ COMMANDS = {
     "repair": "Repair a backbone with SINDER and export it in its own format.",
     "evaluate": "Downstream evaluation on frozen features (knn, linear-seg, unsup-seg, lost, intrinsic).",
     "report": "Write a self-contained before/after HTML report.",
+    "compare": "Run SINDER, test-time registers, σ clamp and neighbour interpolation side by side on one model.",
     "demo": "Analyse, repair and re-analyse the built-in planted-defect model.",
 }
 

@@ -85,6 +85,12 @@ class Backbone(ABC):
         """Apply the family's rotary embedding to per-head q, k (B, heads, N, hd); identity by default."""
         return q, k
 
+    def extra_prefix_kwargs(self, kwargs: dict) -> dict:
+        """A block's keyword arguments for a sequence with one more prefix token (test-time
+        registers insert it after the model's own); unchanged by default, as plain ViT blocks
+        and transformers' DINOv3 (which counts prefix tokens from the shapes) need nothing."""
+        return kwargs
+
     # -- shared ----------------------------------------------------------------------------
     def views(self) -> list[BlockView]:
         return [self.block_view(i) for i in range(self.depth)]

@@ -73,6 +73,16 @@ class TimmEvaBackbone(TimmBackbone):
     def run_block(self, index: int, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
         return self.model.blocks[index](x, rope=ctx.extras.get("rope"))
 
+    def extra_prefix_kwargs(self, kwargs: dict) -> dict:
+        """timm's Eva rotates every token after its fixed prefix count, so the extra prefix token
+        gets an identity rotation row (sin 0, cos 1) in front of the patches' RoPE table."""
+        rope = kwargs.get("rope")
+        if rope is None:
+            return kwargs
+        sin, cos = rope.chunk(2, -1)
+        identity = torch.cat([torch.zeros_like(sin[..., :1, :]), torch.ones_like(cos[..., :1, :])], dim=-1)
+        return {**kwargs, "rope": torch.cat([identity, rope], dim=-2)}
+
     def rotary(self, q: torch.Tensor, k: torch.Tensor, ctx: TokenContext) -> tuple[torch.Tensor, torch.Tensor]:
         """timm's own ``apply_rot_embed_cat`` on the patch tokens; prefix tokens pass unrotated."""
         from timm.layers import apply_rot_embed_cat

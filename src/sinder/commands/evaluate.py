@@ -15,7 +15,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", metavar="FILE", help="checkpoint for MODEL (.safetensors or .pth state dict)")
     parser.add_argument("--random-init", action="store_true", help="use untrained weights when no checkpoint is given")
     parser.add_argument("--task", required=True, choices=TASKS, help="evaluation task")
-    parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder in the task's layout")
+    parser.add_argument(
+        "--data", required=True, metavar="DIR",
+        help="dataset folder in the task's layout: sinder's own, ImageNet-style class folders (knn), "
+        "a Pascal VOC root, VOCdevkit or VOC20XX (linear-seg, unsup-seg, lost) or ADEChallengeData2016 (segmentation)",
+    )
     parser.add_argument("--compare", nargs="+", default=[], metavar="MODEL2", help="more model specs to evaluate")
     parser.add_argument(
         "--compare-weights", nargs="+", default=[], metavar="FILE",
@@ -29,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--knn-k", nargs="+", type=int, metavar="K",
         help="knn: neighbour counts, each at most the number of train images "
         f"(default {' '.join(map(str, EvaluateConfig().knn_ks))})",
+    )
+    parser.add_argument(
+        "--lost-gram-bias", type=float, default=0.0, metavar="B",
+        help="lost: constant added to the key Gram matrix before LOST's sign tests, as the registers paper did "
+        "for DINOv2 (no published value; default 0 = LOST as published)",
     )
     parser.add_argument("--overwrite", action="store_true", help=f"replace an existing {METRICS_FILE}")
     add_rule_arguments(parser)  # the intrinsic task's defect rule
@@ -48,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         random_init=args.random_init,
+        lost_gram_bias=args.lost_gram_bias,
         rule=rule_from_args(args),
     )
     out = Path(args.out)

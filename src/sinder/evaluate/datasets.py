@@ -1,12 +1,13 @@
 """Dataset layouts for the evaluation tasks, and their label readers (masks, VOC boxes).
 
-Layouts (a wrong one is a ``SinderError`` naming the expected layout):
-    knn:                 DIR/{train,val}/CLASS/*
+sinder's own layouts (a wrong one is a ``SinderError`` naming the expected layout):
+    knn:                 DIR/{train,val}/CLASS/* (ImageNet's class folders, read by torchvision's ImageFolder)
     linear-seg:          DIR/{train,val}/images/* + DIR/{train,val}/masks/STEM.png
     unsup-seg:           DIR/val/images/* + DIR/val/masks/STEM.png (train is not used)
     lost:                DIR/images/* + DIR/annotations/STEM.xml (Pascal VOC boxes)
     intrinsic:           any folder of images (recursive)
-Files whose suffix is not an image suffix are ignored; images without labels are skipped and counted.
+Pascal VOC and ADE20K as they unpack are read by :mod:`.layouts`. Files whose suffix is not an
+image suffix are ignored; images without labels are skipped and counted.
 """
 from __future__ import annotations
 
@@ -23,10 +24,12 @@ from ..images import is_image_file
 IGNORE = 255
 
 LAYOUTS = {
-    "knn": "DIR/train/CLASS/* and DIR/val/CLASS/* (one sub-folder of images per class)",
-    "linear-seg": "DIR/{train,val}/images/* and DIR/{train,val}/masks/STEM.png (index or VOC palette PNG, 255 = ignore)",
-    "unsup-seg": "DIR/val/images/* and DIR/val/masks/STEM.png (index or VOC palette PNG, 255 = ignore)",
-    "lost": "DIR/images/* and DIR/annotations/STEM.xml (Pascal VOC boxes)",
+    "knn": "DIR/train/CLASS/* and DIR/val/CLASS/* (one sub-folder of images per class, as ImageNet unpacks)",
+    "linear-seg": "DIR/{train,val}/images/* and DIR/{train,val}/masks/STEM.png (index or VOC palette PNG, 255 = ignore), "
+    "or a Pascal VOC (VOCdevkit/VOC20XX) or ADE20K (ADEChallengeData2016) root",
+    "unsup-seg": "DIR/val/images/* and DIR/val/masks/STEM.png (index or VOC palette PNG, 255 = ignore), "
+    "or a Pascal VOC (VOCdevkit/VOC20XX) or ADE20K (ADEChallengeData2016) root",
+    "lost": "DIR/images/* and DIR/annotations/STEM.xml (Pascal VOC boxes), or a Pascal VOC root (VOCdevkit/VOC20XX)",
     "intrinsic": "a folder holding images (searched recursively)",
 }
 
@@ -70,36 +73,68 @@ class KnnData:
     root: Path = Path(".")
 
 
+def class_folders(folder: Path) -> list[Path]:
+    """The class sub-folders of a split (hidden ones, e.g. ``.ipynb_checkpoints``, are not classes)."""
+    return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def read_class_folders(folder: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """(class names, (path, class index) samples) of ``folder``/CLASS/**, as torchvision's
+    ImageFolder lists them, with sinder's image-suffix rule. Empty class folders are kept here so
+    that the caller can name them."""
+    from torchvision.datasets import ImageFolder
+
+    class Listing(ImageFolder):
+        def find_classes(self, directory):
+            names = [d.name for d in class_folders(Path(directory))]
+            return names, {n: i for i, n in enumerate(names)}
+
+    listing = Listing(str(folder), is_valid_file=lambda p: is_image_file(Path(p)), allow_empty=True)
+    return list(listing.classes), list(listing.samples)
+
+
 def knn_layout(root: Path) -> KnnData:
+    """DIR/{train,val}/CLASS/* (also torchvision's ImageNet layout, without its devkit files).
+    Class ids: the train classes in sorted order, then val-only classes (they can never be predicted)."""
     classes: list[str] = []
     splits = {}
     for split in ("train", "val"):
         folder = root / split
         if not folder.is_dir():
             raise layout_error("knn", root, f"no {split}/ folder")
-        class_dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
-        if not class_dirs:
+        if not class_folders(folder):
             raise layout_error("knn", root, f"{split}/ has no class sub-folders")
-        paths, labels = [], []
-        for d in class_dirs:
-            if d.name not in classes:  # val-only classes get ids too: they can never be predicted
-                classes.append(d.name)
-            files = image_files(d, recursive=True)
-            paths += files
-            labels += [classes.index(d.name)] * len(files)
-        if not paths:
-            raise layout_error("knn", root, f"{split}/ class folders hold no images")
-        splits[split] = LabelledImages(paths, labels)
+        names, samples = read_class_folders(folder)
+        empty = sorted(set(names) - {names[i] for _, i in samples})
+        if empty:
+            raise layout_error("knn", root, f"{split}/ class folder(s) {', '.join(empty)} hold no images")
+        classes += [n for n in names if n not in classes]
+        ids = [classes.index(n) for n in names]  # this split's class index -> the shared id
+        splits[split] = LabelledImages([Path(p) for p, _ in samples], [ids[i] for _, i in samples])
     return KnnData(classes, splits["train"], splits["val"], root)  # checked by checks.check_knn_labels
 
 
 # -- segmentation ------------------------------------------------------------------------
 
 
+class ZeroIgnoredMask(type(Path())):  # type: ignore[misc]  # the concrete Path class (PosixPath here)
+    """A mask path whose label 0 means "other" (ignored) and whose classes 1..254 read as 0..253.
+
+    ADE20K's annotations are stored that way; mmseg's ``reduce_zero_label`` and the DINOv2 linear
+    protocol evaluate 150 classes 0..149 with "other" ignored, and so does :func:`load_mask` for
+    such a path. The type carries the rule, so every reader of ``SegSplit.masks`` applies it."""
+
+    __slots__ = ()
+
+
+REDUCE_ZERO_LABEL = (np.arange(256) - 1).astype(np.uint8)  # k -> k - 1, and 0 wraps to 255 = ignore
+REDUCE_ZERO_LABEL[IGNORE] = IGNORE
+
+
 @dataclass
 class SegSplit:
     images: list[Path]
-    masks: list[Path]
+    masks: list[Path]  # a ZeroIgnoredMask reads with ADE20K's label shift
     skipped: list[dict] = field(default_factory=list)
 
 
@@ -132,7 +167,13 @@ def voc_colormap(n: int = 256) -> np.ndarray:
 
 def load_mask(path: Path) -> np.ndarray:
     """Class-index mask (H, W) uint8 from an index PNG, a palette PNG (its indices) or an RGB PNG
-    in the VOC palette; raises ``ImageError`` (the skip reason) otherwise."""
+    in the VOC palette; raises ``ImageError`` (the skip reason) otherwise. A :class:`ZeroIgnoredMask`
+    gets ADE20K's shift (0 -> ignore, k -> k - 1)."""
+    mask = _read_mask(path)
+    return REDUCE_ZERO_LABEL[mask] if isinstance(path, ZeroIgnoredMask) else mask
+
+
+def _read_mask(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()

@@ -16,6 +16,7 @@ from ..detect import DefectRule
 from ..errors import ConfigError, SinderError, WeightsError
 from .checks import check_box_files, check_knn_labels, check_seg_files, require_grid
 from .datasets import LAYOUTS, intrinsic_layout, knn_layout, lost_layout, seg_layout
+from .layouts import standard_layout
 from ..runtime import resolve_device
 from .features import default_resolution
 
@@ -52,6 +53,7 @@ class EvaluateConfig:
     kmeans_iters: int = 100
     kmeans_restarts: int = 3
     lost_k_patches: int = 100
+    lost_gram_bias: float = 0.0  # added to LOST's key Gram matrix (registers paper §3.3); 0 = LOST as published
     corloc_iou: float = 0.5
     rule: DefectRule = field(default_factory=DefectRule)  # intrinsic: what a defect / a high-norm token is
 
@@ -74,6 +76,9 @@ class EvaluateConfig:
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if not self.knn_ks or any(not isinstance(k, int) or isinstance(k, bool) or k <= 0 for k in self.knn_ks):
             raise ConfigError(f"knn_ks must be positive integers, got {self.knn_ks!r}")
+        bias = self.lost_gram_bias
+        if not isinstance(bias, (int, float)) or isinstance(bias, bool) or not math.isfinite(bias):
+            raise ConfigError(f"lost_gram_bias must be a finite number, got {bias!r}")
         if not 0.0 < self.corloc_iou <= 1.0:
             raise ConfigError(f"corloc_iou must be in (0, 1], got {self.corloc_iou!r}")
 
@@ -84,7 +89,8 @@ def check_task(task: str) -> None:
 
 
 def load_layout(task: str, data_dir: str | os.PathLike):
-    """Check the data layout of ``task`` (raises a one-line ``SinderError`` naming the expected one)."""
+    """Check the data layout of ``task`` (raises a one-line ``SinderError`` naming the expected one):
+    Pascal VOC or ADE20K as they unpack (:mod:`.layouts`, detected from the disk), else sinder's own."""
     check_task(task)
     root = Path(data_dir)
     if not root.exists():
@@ -93,6 +99,9 @@ def load_layout(task: str, data_dir: str | os.PathLike):
         raise SinderError(f"--data {root} is a file; pass the dataset folder ({task} expects {LAYOUTS[task]})")
     if task == "knn":
         return knn_layout(root)
+    standard = standard_layout(task, root)
+    if standard is not None:
+        return standard
     if task == "linear-seg":
         return seg_layout(root, task, ("train", "val"))
     if task == "unsup-seg":
@@ -137,7 +146,7 @@ def run_task(backbone: Backbone, task: str, layout, res: int, config: EvaluateCo
     if task == "lost":
         from .lost import lost
 
-        return lost(backbone, layout, res, config.lost_k_patches, config.corloc_iou, amp)
+        return lost(backbone, layout, res, config.lost_k_patches, config.corloc_iou, amp, config.lost_gram_bias)
     from .intrinsic import intrinsic
 
     return intrinsic(backbone, layout, res, bs, config.rule, direction=direction)

@@ -45,6 +45,15 @@ class PlantedConfig:
         before the ignition; the theory then predicts that direction there, and the |cos| rule
         finds a noise tail of ordinary tokens (edges, bright patches) in those layers, as the
         reference did on an independently built model (0: none).
+    ignition_blocks: the marker ignites u in this many consecutive blocks from the ignition block
+        on (the first is the ground truth's ignition unit). A σ clamp caps each matrix on its own,
+        so a defect fed by several blocks keeps part of its strength at a moderate γ.
+    spectrum_top, spectrum_decay: before the circuits are planted, give every block Linear (q, k,
+        v, proj, fc1, fc2 each on its own) the heavy-tailed singular values
+        ``spectrum_top · k^−spectrum_decay`` (k = 1, 2, …), keeping timm's random singular vectors.
+        timm's init has every σ < 1.3, so a σ clamp at the paper's γ leaves ordinary weights alone;
+        trained DINOv2 weights have many σ well above 2, and this brings that trade-off into the
+        zoo (0: timm's init, as the other members).
     """
 
     size: Size = "S"
@@ -68,8 +77,12 @@ class PlantedConfig:
     shared_norm: float = 30.0
     marker_norm: float = 14.0
     ignition_gain: float = 110.0
+    ignition_blocks: int = 1
+    ignition_margin: float = 3.7  # on ⟨m, LN(x)⟩: how far a full-strength marker is above the ignition threshold
     amp_threshold: float = 0.5
     amp_gain: float = 3.0
+    spectrum_top: float = 0.0
+    spectrum_decay: float = 0.5
 
     def __post_init__(self) -> None:
         require(self.size in ARCHITECTURES, f"size must be one of {', '.join(ARCHITECTURES)}, got {self.size!r}")
@@ -81,6 +94,10 @@ class PlantedConfig:
         require(0 <= self.strength_spread < 1, f"strength_spread must be in [0, 1), got {self.strength_spread}")
         require(0 <= self.u_noise < 0.1, f"u_noise must be in [0, 0.1), got {self.u_noise}")
         require(self.anisotropy >= 1, f"anisotropy must be >= 1, got {self.anisotropy}")
+        require(self.ignition_blocks >= 1, f"ignition_blocks must be >= 1, got {self.ignition_blocks}")
+        require(self.ignition_margin > 0, f"ignition_margin must be > 0, got {self.ignition_margin}")
+        require(self.spectrum_top >= 0, f"spectrum_top must be >= 0 (0: timm's init), got {self.spectrum_top}")
+        require(0 <= self.spectrum_decay <= 2, f"spectrum_decay must be in [0, 2], got {self.spectrum_decay}")
         require(self.early_feature == 0 or self.anisotropy > 1, "early_feature needs anisotropy > 1 (it amplifies a stretched direction)")
 
     @property
@@ -120,6 +137,13 @@ PRESETS: dict[str, PlantedConfig] = {
     # the ViT-g layout (fused SwiGLU w12/fc1) at ViT-S width, and a 4-register model
     "swiglu": PlantedConfig(swiglu=True, ignition="content", markers=10, onset=5 / 12, seed=5),
     "reg4": PlantedConfig(registers=True, markers=6, strength_spread=0.3, amplifier="feedback", seed=6),
+    # trained-looking weights: every block Linear has a heavy-tailed spectrum (σ₁ = 8, 15 values
+    # above 2 in each of q, k, v, proj, fc1, fc2), and the circuit sits among them (σ 2–4) instead
+    # of far above: a marker read in 2 blocks, a feedback amplifier, a weaker shared component
+    "spectral": PlantedConfig(
+        spectrum_top=8.0, spectrum_decay=0.5, shared_norm=10.0, onset=2 / 12, marker_norm=10.0, ignition_margin=9.7, ignition_gain=2.0,
+        ignition_blocks=2, amplifier="feedback", amp_gain=2.5, seed=8,
+    ),
 }
 
 

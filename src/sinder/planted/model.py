@@ -21,12 +21,12 @@ from ..backbones.weights import read_state_dict
 from ..runtime import one_thread
 from ..theory import defect_directions
 from .circuits import (
-    TEXTURE_FILTERS, Neurons, keep_quiet_, marker_positions, orthogonal_unit, place_markers, plant_amplifiers, plant_texture_detector,
+    AMPLIFIER_UNITS, TEXTURE_FILTERS, Neurons, keep_quiet_, marker_positions, ordinary_linears, orthogonal_unit, place_markers, plant_amplifiers,
+    plant_texture_detector, power_law_spectrum_,
 )  # fmt: skip
 from .config import PlantedConfig, preset
 
 IGNITION_SHARPNESS = 4.0
-IGNITION_MARGIN = 3.7  # on ⟨m, LN(x)⟩: how far a full-strength marker is above the threshold
 TEXTURE_SCALE = 1.6  # patch-embedding gain of the texture filters: ⟨q_k, LN(x)⟩ ≈ the filter response
 TEXTURE_GAIN = 1.0
 
@@ -80,6 +80,9 @@ def _build(cfg: PlantedConfig) -> tuple[nn.Module, PlantedTruth]:
     for blk in model.blocks:
         blk.ls1.gamma.fill_(cfg.layer_scale)
         blk.ls2.gamma.fill_(cfg.layer_scale)
+    if cfg.spectrum_top:  # no random draws: the other members' weights stay bit-identical
+        for weight in ordinary_linears(model):
+            power_law_spectrum_(weight, cfg.spectrum_top, cfg.spectrum_decay)
     model.cls_token.normal_(0.0, cfg.cls_std, generator=gen)
     model.pos_embed.normal_(0.0, cfg.pos_std, generator=gen)
     if getattr(model, "reg_token", None) is not None:
@@ -112,23 +115,28 @@ def _build(cfg: PlantedConfig) -> tuple[nn.Module, PlantedTruth]:
 
 
 def _plant_ignition(model, cfg: PlantedConfig, u, texture, used: torch.Tensor, gen: torch.Generator) -> tuple[int, torch.Tensor]:
-    """One unit at the ignition block: act(a(⟨m, LN⟩ − w·texture − t)) writes u.
+    """One unit in each of the ``ignition_blocks`` blocks from the ignition block on:
+    act(a(⟨m, LN⟩ − w·texture − t)) writes u. The first is the ground truth's ignition unit.
 
-    Its threshold is so far above ordinary tokens that its Gaussian-expected slope (~1e-6) leaves
-    the predicted directions alone; the marker m is chosen orthogonal to every predicted ν_i, so a
-    repaired marker token does not look like a defect."""
-    units = Neurons(model.blocks[cfg.ignition_layer].mlp)
+    Its threshold is so far above ordinary tokens that its Gaussian-expected slope (~1e-6 at the
+    default margin) leaves the predicted directions alone; the marker m is chosen orthogonal to
+    every predicted ν_i, so a repaired marker token does not look like a defect."""
     marker_level = cfg.marker_norm / _token_std(cfg)
-    threshold = marker_level - IGNITION_MARGIN
-    unit = units.add(torch.zeros_like(u), IGNITION_SHARPNESS, -IGNITION_SHARPNESS * threshold, u, cfg.ignition_gain)
+    threshold = marker_level - cfg.ignition_margin
+    blocks = range(cfg.ignition_layer, min(cfg.depth, cfg.ignition_layer + cfg.ignition_blocks))
+    # later blocks already hold their amplifier, so their unit comes after it; the first takes the
+    # block's last unit as it always has (over a pair amplifier's + half: kept, for bit-identity)
+    planted = [Neurons(model.blocks[b].mlp, taken=AMPLIFIER_UNITS[cfg.amplifier] if b > cfg.ignition_layer else 0) for b in blocks]
+    units = [n.add(torch.zeros_like(u), IGNITION_SHARPNESS, -IGNITION_SHARPNESS * threshold, u, cfg.ignition_gain) for n in planted]
     directions = defect_directions(TimmViTBackbone(model, "planted:build"))
     m = orthogonal_unit(model.embed_dim, torch.cat([used, directions]), gen)
     read = m.clone()
     if cfg.ignition == "content":
         # a texture of ``texture_threshold`` cancels the margin: flatter patches ignite, harder the flatter
-        read -= IGNITION_MARGIN / _texture_level(cfg) * texture
-    model.blocks[cfg.ignition_layer].mlp.fc1.weight[unit] = IGNITION_SHARPNESS * read
-    return unit, m
+        read -= cfg.ignition_margin / _texture_level(cfg) * texture
+    for b, unit in zip(blocks, units):
+        model.blocks[b].mlp.fc1.weight[unit] = IGNITION_SHARPNESS * read
+    return units[0], m
 
 
 STRETCHED = 16  # directions of the patch embedding that anisotropy stretches

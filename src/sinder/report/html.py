@@ -111,7 +111,7 @@ def provenance(sources: Sequence[str]) -> str:
 
 
 def page(title: str, stamp: str, sources: Sequence[str], notes: Sequence[str], sections: dict[str, str],
-         warning: str | None = None) -> str:
+         warning: str | None = None, tool: str = "sinder report") -> str:
     """The whole document: header (``warning`` as a banner, title, provenance, navigation, notes)
     and one <section> per entry."""
     nav = "".join(f'<a href="#{sid}">{sid.replace("-", " ")}</a>' for sid in sections)
@@ -121,7 +121,7 @@ def page(title: str, stamp: str, sources: Sequence[str], notes: Sequence[str], s
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>"
-        f"<header>{banner(warning) if warning else ''}<h1>{esc(title)}</h1><p>Generated {stamp} by <code>sinder report</code> from "
+        f"<header>{banner(warning) if warning else ''}<h1>{esc(title)}</h1><p>Generated {stamp} by <code>{esc(tool)}</code> from "
         f"{provenance(sources)}.</p><nav>{nav}</nav>{''.join(note(n) for n in notes)}</header>"
         f"{body}</body></html>\n"
     )

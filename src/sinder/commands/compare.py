@@ -1,0 +1,108 @@
+"""``sinder compare MODEL --methods sinder,registers,clamp,interp --data TRAIN --eval EVAL --out DIR``"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ..backbones import parse_spec
+from ..compare import METHODS, CompareConfig, check_compare_output, compare
+from ..errors import ConfigError, SinderError
+from ..images import check_decodable, list_images
+from ..repair.config import RepairConfig
+from .common import add_model_arguments, add_rule_arguments, check_resolution_fits, load_model_from_args, rule_from_args
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = CompareConfig()
+    add_model_arguments(p)
+    p.add_argument("--methods", default=",".join(d.methods), help=f"comma-separated fixes to run, from {','.join(METHODS)} (default {','.join(d.methods)})")
+    p.add_argument("--data", nargs="+", metavar="DIR_OR_FILE", help="unlabelled training images: SINDER trains on them, the register search reads them (default: none)")
+    p.add_argument("--eval", nargs="+", required=True, metavar="DIR_OR_FILE", help="evaluation images every method is judged on (keep them apart from --data)")
+    p.add_argument("--out", required=True, help="output folder: compare.json, compare.html, registers.json, sinder_run/")
+    p.add_argument("--repair-run", metavar="DIR", help="take SINDER's row from this finished `sinder repair` --out folder instead of training (default: train now)")
+    p.add_argument("--max-steps", type=int, default=RepairConfig().max_steps, help=f"SINDER training iterations at most, when it trains here (default {RepairConfig().max_steps})")
+    p.add_argument("--gamma", type=float, default=d.gamma, help=f"σ clamp: cap on every block Linear's singular values (default {d.gamma:g})")
+    p.add_argument("--interp-layer", type=int, help="neighbour interpolation: the block whose output is interpolated (default: the last)")
+    p.add_argument("--registers", metavar="FILE", help="apply this registers.json instead of searching register neurons (default: search on --data)")
+    p.add_argument("--registers-mode", choices=("move", "zero"), default=d.registers_mode, help="move: into an extra token (the method); zero: only zero them on patch tokens (an ablation) (default move)")
+    p.add_argument("--retrained", metavar="MODEL", help="the same architecture retrained with registers (e.g. dinov2:vitl14_reg), added as a row (default: none)")
+    p.add_argument("--retrained-weights", metavar="FILE", help="checkpoint for --retrained (default: its own weights)")
+    p.add_argument("--task", action="append", default=[], metavar="TASK=DIR", help="downstream evaluation on a dataset folder, e.g. knn=imagenet/ or lost=VOCdevkit/ (repeatable; default: none)")
+    p.add_argument("--resolution", type=int, default=None, help="square crop side in px, 16 to 4096 (default: the model's native size)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per forward pass (default {d.batch_size})")
+    p.add_argument("--max-maps", type=int, default=d.max_maps, help=f"evaluation images shown as side-by-side maps (default {d.max_maps})")
+    add_rule_arguments(p)
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars (they are only drawn on a terminal anyway; -q hides them too)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --out")
+
+
+def parse_tasks(items: list[str]) -> tuple[tuple[str, str], ...]:
+    tasks = []
+    for item in items:
+        task, sep, folder = item.partition("=")
+        if not sep or not task or not folder:
+            raise ConfigError(f"--task {item!r}: write TASK=DIR, e.g. --task knn=imagenet/")
+        tasks.append((task, folder))
+    return tuple(tasks)
+
+
+def compare_config(args: argparse.Namespace) -> CompareConfig:
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    rule = rule_from_args(args)
+    repair = RepairConfig(max_steps=args.max_steps, rule=rule, progress=not args.no_progress, analysis=False)
+    repair.validate()
+    return CompareConfig(
+        methods=methods, resolution=args.resolution, batch_size=args.batch_size, max_maps=args.max_maps, gamma=args.gamma,
+        interp_layer=args.interp_layer, registers_file=args.registers, registers_mode=args.registers_mode, repair_run=args.repair_run,
+        repair=repair, retrained=args.retrained, retrained_weights=args.retrained_weights, tasks=parse_tasks(args.task), rule=rule,
+        progress=not args.no_progress, overwrite=args.overwrite,
+    )  # fmt: skip
+
+
+def _images(inputs: list[str], flag: str) -> list:
+    paths, missing = list_images(inputs)
+    if missing:
+        raise SinderError(f"{flag}: input not found: {missing[0]['path']}; check the path")
+    if not paths:
+        raise SinderError(f"{flag}: no images found in {' '.join(inputs)}; pass image files or folders that contain them")
+    check_decodable(paths, f"{flag} image(s)")
+    return paths
+
+
+def run(args: argparse.Namespace) -> int:
+    config = compare_config(args)
+    parse_spec(args.model)  # an unknown spec fails before any work
+    if args.retrained:
+        parse_spec(args.retrained)
+    check_compare_output(args.out, args.overwrite)
+    needs_data = ("sinder" in config.methods and config.repair_run is None) or ("registers" in config.methods and config.registers_file is None)
+    if needs_data and not args.data:
+        raise ConfigError("--data is needed: SINDER trains on it and the register search reads it (or give --repair-run DIR and --registers FILE)")
+    train = _images(args.data, "--data") if args.data else None
+    evaluation = _images(args.eval, "--eval")
+    backbone = load_model_from_args(args)
+    check_resolution_fits(config.resolution or backbone.image_size, backbone)
+    report = compare(backbone, train, evaluation, config, args.out)
+    print(format_table(report))
+    print(f"outputs in {args.out}")
+    return 0
+
+
+def format_table(report: dict) -> str:
+    """The summary as plain text: one row per method."""
+    planted = "energy_along_u" in report["methods"]["original"]["last_layer"]
+    head = f"{'method':<11}{'energy ν':>10}{'energy u':>10}{'max/med':>9}{'high-norm':>11}{'non-def cos':>13}{'CLS cos':>9}{'prepare':>10}"
+    lines = [head]
+    for name in report["order"]:
+        m = report["methods"][name]
+        last, feats = m["last_layer"], m["features"] or {}
+        pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+        num = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        lines.append(
+            f"{name:<11}{pct(last['energy_along_direction']):>10}{(pct(last.get('energy_along_u')) if planted else '-'):>10}"
+            f"{last['max_over_median']:>9.2f}{pct(last['high_norm_rate']):>11}{num(feats.get('non_defect_cosine')):>13}"
+            f"{num(feats.get('cls_cosine')):>9}{m['prepare_seconds']:>9.1f}s"
+        )
+    return "\n".join(lines)

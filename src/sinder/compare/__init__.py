@@ -1,0 +1,6 @@
+"""``sinder compare``: SINDER, test-time registers, σ clamp and neighbour interpolation run side by
+side on one model, judged by the same numbers and maps (``compare.json``, ``compare.html``)."""
+from .methods import DESCRIPTIONS, METHODS
+from .run import COMPARE_FILE, PAGE_FILE, CompareConfig, check_compare_output, compare
+
+__all__ = ["COMPARE_FILE", "DESCRIPTIONS", "METHODS", "PAGE_FILE", "CompareConfig", "check_compare_output", "compare"]

@@ -1,0 +1,185 @@
+"""``compare()``: prepare every requested fix of one model, judge them on the same evaluation
+images (and downstream data), write ``compare.json`` and ``compare.html``.
+
+Output folder: ``compare.json``, ``compare.html``, ``registers.json`` (the register neurons
+found, to apply with :func:`sinder.fixes.apply_registers`) and, when SINDER was trained here
+rather than taken from ``repair_run``, its run folder ``sinder_run/``.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..backbones.base import Backbone
+from ..detect import DefectRule
+from ..errors import ConfigError, require
+from ..evaluate import TASKS, EvaluateConfig, load_layout
+from ..images import ImageItem, ImageSet
+from ..io import check_output_dir, write_json, write_text
+from ..repair.config import RepairConfig
+from ..repair.finish import json_safe
+from ..theory import defect_directions
+from .measure import measure
+from .methods import (
+    DESCRIPTIONS, METHODS, Method, clamp_method, interp_method, original_method, registers_method, retrained_method, sinder_by_training,
+    sinder_from_run,
+)  # fmt: skip
+from .page import build_page
+
+log = logging.getLogger(__name__)
+
+COMPARE_FILE, PAGE_FILE = "compare.json", "compare.html"
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Options of ``sinder compare`` (validated on construction).
+
+    gamma: the σ clamp's cap (the paper shows 2.0, 1.5, 1.3). interp_layer: the block whose
+    output is interpolated (None: the last, where it measured best on the zoo). registers_file:
+    apply these register neurons instead of searching. repair_run: take SINDER's row from this
+    finished run instead of training. retrained: a spec of the same architecture retrained with
+    registers, added as a row. tasks: (task, data folder) pairs for downstream evaluation.
+    """
+
+    methods: tuple[str, ...] = METHODS
+    resolution: int | None = None
+    batch_size: int = 8
+    max_maps: int = 4
+    gamma: float = 1.5
+    interp_layer: int | None = None
+    registers_file: str | None = None
+    registers_mode: str = "move"
+    repair_run: str | None = None
+    repair: RepairConfig = field(default_factory=RepairConfig)
+    retrained: str | None = None
+    retrained_weights: str | None = None
+    tasks: tuple[tuple[str, str], ...] = ()
+    rule: DefectRule = field(default_factory=DefectRule)
+    progress: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        require(len(self.methods) > 0 or self.retrained is not None, "give at least one method: --methods sinder,registers,clamp,interp")
+        unknown = [m for m in self.methods if m not in METHODS]
+        require(not unknown, f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        require(len(set(self.methods)) == len(self.methods), f"--methods names a method twice: {','.join(self.methods)}")
+        require(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
+        require(self.max_maps >= 0, f"--max-maps must be >= 0, got {self.max_maps}")
+        require(math.isfinite(self.gamma) and self.gamma > 0, f"--gamma must be > 0, got {self.gamma}")
+        require(self.registers_mode in ("move", "zero"), f"--registers-mode must be move or zero, got {self.registers_mode!r}")
+        for task, _ in self.tasks:
+            require(task in TASKS, f"--task {task}=DIR: unknown task; choose from {', '.join(TASKS)}")
+        require(len({t for t, _ in self.tasks}) == len(self.tasks), "--task names a task twice; give one folder per task")
+
+
+def check_compare_output(out: str | Path, overwrite: bool) -> Path:
+    """Refuse an existing comparison before any model loads."""
+    return check_output_dir(out, COMPARE_FILE, overwrite)
+
+
+def compare(
+    backbone: Backbone,
+    train_images: Sequence[ImageItem] | None,
+    eval_images: Sequence[ImageItem],
+    config: CompareConfig | None = None,
+    out_dir: str | Path | None = None,
+) -> dict:
+    """Run every configured fix of ``backbone`` side by side; returns the ``compare.json`` dict.
+
+    ``backbone`` is left as it was: weight edits happen on copies, hooks are removed."""
+    cfg = config or CompareConfig()
+    for task, folder in cfg.tasks:  # a wrong dataset layout is refused before any work
+        load_layout(task, folder)
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        check_compare_output(out, cfg.overwrite)
+        out.mkdir(parents=True, exist_ok=True)
+    resolution = cfg.resolution or backbone.image_size
+    evaluation = ImageSet.from_inputs(eval_images, backbone, resolution)
+    if not evaluation.any_usable():
+        raise ConfigError("no usable evaluation image; give --eval a folder of photos")
+    train = ImageSet.from_inputs(train_images, backbone, resolution) if train_images else None
+    log.info("predicting the defect directions of %s", backbone.spec)
+    directions = defect_directions(backbone)
+    layer = backbone.depth - 1 if cfg.interp_layer is None else cfg.interp_layer
+    require(0 <= layer < backbone.depth, f"--interp-layer must be in 0..{backbone.depth - 1}, got {cfg.interp_layer}")
+
+    methods: list[Method] = [original_method(backbone)]
+    for name in cfg.methods:
+        log.info("preparing %s", name)
+        methods.append(_prepare(name, backbone, train, train_images, eval_images, directions, layer, cfg, out))
+    if cfg.retrained is not None:
+        methods.append(retrained_method(cfg.retrained, cfg.retrained_weights, backbone.device, backbone))
+    directions_by = {m.name: (defect_directions(m.backbone) if m.own_directions else directions) for m in methods}
+
+    log.info("measuring %d method(s) on %d evaluation image(s)", len(methods), len(evaluation))
+    results, maps = measure(methods, evaluation, directions_by, cfg.rule, cfg.batch_size, cfg.max_maps, cfg.progress)
+    tasks = _downstream(methods, cfg, resolution) if cfg.tasks else {}
+    report = {
+        "model": backbone.describe(),
+        "out": str(out) if out is not None else "",
+        "order": [m.name for m in methods],
+        "resolution": resolution,
+        "rule": cfg.rule.to_dict(),
+        "images": {"train": len(train) if train is not None else 0, "eval": len(evaluation), "eval_names": evaluation.names},
+        "tasks": {t: d for t, d in cfg.tasks},
+        "methods": {},
+    }
+    for m in methods:
+        if m.name == "interp":
+            m.details["replaced_tokens"] = m.details.pop("fix").replaced
+        report["methods"][m.name] = {
+            "description": DESCRIPTIONS[m.name], "needs": m.needs, "prepare_seconds": m.seconds,
+            "details": m.details, **results[m.name], "tasks": tasks.get(m.name, {}),
+        }  # fmt: skip
+    report = json_safe(report)
+    if out is not None:
+        write_json(out / COMPARE_FILE, report)
+        write_text(out / PAGE_FILE, build_page(report, maps))
+        log.info("wrote %s and %s", out / COMPARE_FILE, out / PAGE_FILE)
+    return report
+
+
+def _prepare(name: str, backbone: Backbone, train: ImageSet | None, train_items, eval_items, directions: torch.Tensor, layer: int,
+             cfg: CompareConfig, out: Path | None) -> Method:  # fmt: skip
+    if name == "clamp":
+        return clamp_method(backbone, cfg.gamma)
+    if name == "interp":
+        return interp_method(backbone, layer, directions, cfg.rule)
+    if name == "registers":
+        from ..fixes import RegisterSearchConfig
+
+        search = RegisterSearchConfig(batch_size=cfg.batch_size, mode=cfg.registers_mode)
+        return registers_method(backbone, train, search, cfg.registers_file, out)
+    if cfg.repair_run is not None:
+        return sinder_from_run(backbone, cfg.repair_run)
+    if not train_items:
+        raise ConfigError("sinder: no training images; give --data, or --repair-run DIR to reuse a finished repair")
+    if out is None:
+        raise ConfigError("sinder: training needs an output folder for its run; pass out_dir (or --repair-run DIR)")
+    run_dir = out / "sinder_run"
+    repair_cfg = replace(cfg.repair, overwrite=cfg.overwrite or cfg.repair.overwrite)
+    return sinder_by_training(backbone, train_items, None, repair_cfg, run_dir)
+
+
+def _downstream(methods: list[Method], cfg: CompareConfig, resolution: int) -> dict[str, dict]:
+    from ..evaluate.run import evaluate_with_info
+
+    econf = EvaluateConfig(resolution=resolution, batch_size=cfg.batch_size, rule=cfg.rule)
+    out: dict[str, dict] = {}
+    for m in methods:
+        for task, folder in cfg.tasks:
+            start = time.perf_counter()
+            with m.active() as bb:
+                metrics, _ = evaluate_with_info(bb, task, folder, econf)
+            out.setdefault(m.name, {})[task] = {**metrics, "seconds": time.perf_counter() - start}
+    return out
+
+
