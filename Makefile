@@ -25,6 +25,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/repair_zoo.py
 	$(PY) benchmarks/clamp_tradeoff.py
 	$(PY) benchmarks/interpolation_layers.py
+	$(PY) benchmarks/compare_zoo.py
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -99,7 +99,9 @@ def _act(view, hidden):
             "quick_gelu": lambda t: t * torch.sigmoid(1.702 * t)}[view.activation](h)  # fmt: skip
 
 
-def view_block(backbone, index, x, ctx):
+def view_block(backbone, index, x, ctx, edit_hidden=None):
+    """Block ``index`` computed by hand from its view; ``edit_hidden(hidden)`` may change the MLP's
+    hidden activation in place (the test-time registers reference)."""
     view = backbone.block_view(index)
     b, n, _ = x.shape
     h = view.norm1(x)
@@ -112,6 +114,8 @@ def view_block(backbone, index, x, ctx):
     x = x + view.layer_scale(1) * F.linear(out, view.proj.weight, view.proj.bias)
     h = view.norm2(x)
     hidden = _act(view, [F.linear(h, s.weight, s.bias) for s in view.mlp_in])
+    if edit_hidden is not None:
+        edit_hidden(hidden)
     return x + view.layer_scale(2) * F.linear(hidden, view.mlp_out.weight, view.mlp_out.bias)
 
 

@@ -68,15 +68,16 @@ def test_clamping_removes_the_planted_defect_and_costs_features_as_gamma_falls(p
     orig = last_patches(planted, eval_pixels)
     ordinary = ~planted.ground_truth.ignition(planted, eval_pixels).flatten(1)
     energy, cosine = [], []
-    for gamma in (math.inf, 2.0, 1.5, 1.3):
+    for gamma in (math.inf, 2.0, 1.3):  # γ = ∞ changes nothing (tested above): the original stands for it
         bb = copy.deepcopy(planted)
-        clamp_singular_values(bb, gamma)
+        if math.isfinite(gamma):
+            clamp_singular_values(bb, gamma)
         t = last_patches(bb, eval_pixels)
         energy.append(float(((t @ u) ** 2).sum() / (t**2).sum()))
         cosine.append(float(torch.nn.functional.cosine_similarity(t[ordinary], orig[ordinary], dim=-1).mean()))
     assert energy[0] > 0.1  # the planted defect is there before
     assert max(energy[1:]) < 0.01 * energy[0], energy
-    assert cosine[0] > 0.99999 and cosine[3] <= cosine[2] + 1e-7 <= cosine[1] + 2e-7 and cosine[1] < cosine[0], cosine
+    assert cosine[0] > 0.99999 and cosine[2] <= cosine[1] + 1e-7 and cosine[1] < cosine[0], cosine
 
 
 # ----------------------------------------------------------------------------- neighbour interpolation

@@ -76,7 +76,7 @@ def test_predicted_direction_is_the_planted_one(planted, planted_directions):
 ZOO_PHOTOS = ("rocket", "coffee", "camera", "astronaut")  # training photos: flat sky and textured scenes
 
 
-@pytest.mark.parametrize("name", ["content", "early", "late", "noisy", "native518", "swiglu", "reg4", "spectral"])
+@pytest.mark.parametrize("name", ["content", "early", "late", "noisy", "native518", "swiglu", "reg4", "spectral", "spread", "attention"])
 def test_zoo_member_has_real_singular_defects(name):
     """Built from a seed in seconds, with its ground truth: the planted u ignites on some tokens,
     is amplified to high norm by the last layer, and the theory predicts it."""

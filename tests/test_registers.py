@@ -133,6 +133,33 @@ def test_registers_json_round_trip_and_one_line_errors(planted, found, tmp_path)
         NeuronRegisters(planted, RegisterNeurons(((0, 1),), "x", 24, tuple([10] * 24)))
 
 
+def zoo_search(member: str):
+    from sinder.backbones import load_backbone
+
+    bb = load_backbone(f"planted:{member}")
+    return bb, find_register_neurons(bb, ImageSet.from_inputs(bundled_photos(BUNDLED_TRAIN), bb, bb.image_size))
+
+
+def test_search_raises_top_k_until_every_unit_of_a_spread_ignition_is_found():
+    bb, found = zoo_search("spread")  # the ignition is 12 units of unequal strength in one block
+    truth = bb.ground_truth
+    units = {(truth.ignition_layer, truth.ignition_unit - k) for k in range(12)}
+    assert found.neurons[0] == (truth.ignition_layer, truth.ignition_unit)  # the strongest first
+    assert units <= set(found.neurons) and found.settings["top_k"] == 16  # 1, 2, 4, 8 were not enough
+    assert found.measured["outliers_before"] > 0 and found.measured["outliers_after"] == 0
+
+
+def test_search_says_so_when_no_mlp_neuron_writes_the_outliers(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="sinder.fixes.registers"):
+        bb, found = zoo_search("attention")  # an attention head writes the defect
+    assert bb.ground_truth.ignition_unit == -1
+    assert found.settings["top_k"] == found.settings["max_top_k"]  # every step of top-k was tried
+    assert found.measured["outliers_after"] == found.measured["outliers_before"] > 0
+    assert "may not be written by MLP neurons" in caplog.text
+
+
 def test_search_refuses_a_layer_without_outliers(planted, search_images):
     with pytest.raises(ConfigError, match="no patch token at block 0") as err:
         find_register_neurons(planted, search_images, RegisterSearchConfig(detect_layer=0, threshold=1e6))
@@ -155,30 +182,25 @@ def reference_forward(backbone, px, units_by_layer):
     prefix, each block computed by hand, the hidden edited, the token dropped at the end."""
     import copy
 
-    from test_backbones import _act
+    from test_backbones import view_block
 
     x, ctx = backbone.embed(px)
     p = backbone.num_prefix_tokens
     x = torch.cat([x[:, :p], x.new_zeros(x.shape[0], 1, x.shape[-1]), x[:, p:]], dim=1)
     extended = copy.copy(backbone)  # the extra token is one more unrotated prefix token
     extended.num_prefix_tokens = p + 1
+
+    def move(units):
+        def edit(hidden):
+            for unit in units:
+                col = hidden[:, :, unit]
+                hidden[:, p, unit] = col.gather(1, col.abs().argmax(dim=1, keepdim=True))[:, 0]
+                hidden[:, p + 1 :, unit] = 0
+
+        return edit
+
     for i in range(backbone.depth):
-        view = backbone.block_view(i)
-        b, n, _ = x.shape
-        h = view.norm1(x)
-        q, k, v = (F.linear(h, s.weight, s.bias).reshape(b, n, view.num_heads, -1).transpose(1, 2) for s in (view.q, view.k, view.v))
-        if view.extras.get("q_norm") is not None:
-            q, k = view.extras["q_norm"](q), view.extras["k_norm"](k)
-        q, k = extended.rotary(q, k, ctx)
-        attn = ((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5).softmax(-1)
-        out = (attn @ v).transpose(1, 2).reshape(b, n, -1)
-        x = x + view.layer_scale(1) * F.linear(out, view.proj.weight, view.proj.bias)
-        hidden = _act(view, [F.linear(view.norm2(x), s.weight, s.bias) for s in view.mlp_in])
-        for unit in units_by_layer.get(i, []):
-            col = hidden[:, :, unit]
-            hidden[:, p, unit] = col.gather(1, col.abs().argmax(dim=1, keepdim=True))[:, 0]
-            hidden[:, p + 1 :, unit] = 0
-        x = x + view.layer_scale(2) * F.linear(hidden, view.mlp_out.weight, view.mlp_out.bias)
+        x = view_block(extended, i, x, ctx, move(units_by_layer.get(i, [])))
     return backbone.final_norm(torch.cat([x[:, :p], x[:, p + 1 :]], dim=1))
 
 

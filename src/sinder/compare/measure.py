@@ -28,6 +28,7 @@ from ..analyze import denormalise, pca_rgb
 from ..backbones.base import Backbone
 from ..detect import DefectRule, DefectStats, detect_layer
 from ..images import ImageSet
+from ..repair.metrics import feature_summary
 from .methods import Method
 
 LAYER_KEYS = ("energy_along_direction", "max_over_median", "high_norm_rate", "defect_rate")
@@ -144,13 +145,7 @@ def _summary(method: Method, tally: _Tally, original: _Tally, directions: torch.
         last["energy_along_u"] = tally.u_along / tally.u_total if tally.u_total > 0 else None
     features = None
     if method.name != "original" and not method.own_directions:
-        features = {}
-        c = torch.cat(tally.cos_patch) if tally.cos_patch else torch.empty(0)
-        if c.numel():
-            features.update(non_defect_cosine=float(c.mean()), non_defect_cosine_p01=float(c.quantile(0.01)))
-        if tally.cos_cls:
-            c = torch.cat(tally.cos_cls)
-            features.update(cls_cosine=float(c.mean()), cls_cosine_min=float(c.min()))
+        features = feature_summary(tally.cos_patch, tally.cos_cls)
     ms = 1000 * tally.seconds / max(tally.images, 1)
     return {
         "last_layer": last,

@@ -30,7 +30,6 @@ from .methods import (
     DESCRIPTIONS, METHODS, Method, clamp_method, interp_method, original_method, registers_method, retrained_method, sinder_by_training,
     sinder_from_run,
 )  # fmt: skip
-from .page import build_page
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +131,7 @@ def compare(
         "tasks": {t: d for t, d in cfg.tasks},
         "methods": {},
     }
+    report["notes"] = _notes(methods)
     for m in methods:
         if m.name == "interp":
             m.details["replaced_tokens"] = m.details.pop("fix").replaced
@@ -142,6 +142,8 @@ def compare(
     report = json_safe(report)
     if out is not None:
         write_json(out / COMPARE_FILE, report)
+        from .page import build_page  # matplotlib loads only when a page is drawn, not with every command
+
         write_text(out / PAGE_FILE, build_page(report, maps))
         log.info("wrote %s and %s", out / COMPARE_FILE, out / PAGE_FILE)
     return report
@@ -167,6 +169,20 @@ def _prepare(name: str, backbone: Backbone, train: ImageSet | None, train_items,
     run_dir = out / "sinder_run"
     repair_cfg = replace(cfg.repair, overwrite=cfg.overwrite or cfg.repair.overwrite)
     return sinder_by_training(backbone, train_items, None, repair_cfg, run_dir)
+
+
+def _notes(methods: list[Method]) -> list[str]:
+    """Warnings the page shows above everything else."""
+    notes = []
+    for m in methods:
+        measured = m.details.get("measured_on_search_images") if m.name == "registers" else None
+        if measured and measured["outliers_after"] > m.details["settings"].get("residual", 0.05) * measured["outliers_before"]:
+            notes.append(
+                f"registers: the {len(m.details['neurons'])} register neuron(s) left {measured['outliers_after']} of "
+                f"{measured['outliers_before']} outliers on the search images; this model's outliers may not be written by "
+                "MLP neurons (e.g. by attention), which test-time registers assume"
+            )  # fmt: skip
+    return notes
 
 
 def _downstream(methods: list[Method], cfg: CompareConfig, resolution: int) -> dict[str, dict]:

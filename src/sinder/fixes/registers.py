@@ -337,6 +337,11 @@ def find_register_neurons(backbone: Backbone, images: ImageSet, config: Register
     measured = {"outliers_before": before, "outliers_after": after, "outlier_rate_before": before / outliers.numel(), "outlier_rate_after": after / outliers.numel()}
     settings = {**chosen.settings, "top_k": k, "top_k_auto": cfg.top_k is None}
     log.info("register neurons: top-%d of layers 0..%d; outliers at block %d: %d -> %d", k, limit, layer, before, after)
+    if after > cfg.residual * before:
+        log.warning(
+            "register neurons leave %d of %d outliers at block %d even at top-%d: they may not be written by MLP neurons "
+            "(e.g. by attention), and test-time registers will not remove them", after, before, layer, k,
+        )  # fmt: skip
     return RegisterNeurons(chosen.neurons, chosen.model, depth, chosen.hidden, chosen.scores, settings, measured)
 
 

@@ -45,6 +45,13 @@ class PlantedConfig:
         before the ignition; the theory then predicts that direction there, and the |cos| rule
         finds a noise tail of ordinary tokens (edges, bright patches) in those layers, as the
         reference did on an independently built model (0: none).
+    ignition_units: the ignition in each ignition block is spread over this many MLP units that
+        share ``ignition_gain``, their margins spread over ±25% of ``ignition_margin`` (the
+        strongest is the ground truth's ignition unit): no single neuron writes the defect.
+    ignition_path: ``mlp`` (the units above) or ``attention``: one head of the ignition block
+        writes u instead. Its query and key read the marker m, so marker tokens attend to one
+        another (the others to a sink on CLS); its value reads m and its output writes u. No MLP
+        neuron writes the defect, which test-time registers assume (marker ignition only).
     ignition_blocks: the marker ignites u in this many consecutive blocks from the ignition block
         on (the first is the ground truth's ignition unit). A σ clamp caps each matrix on its own,
         so a defect fed by several blocks keeps part of its strength at a moderate γ.
@@ -78,6 +85,8 @@ class PlantedConfig:
     marker_norm: float = 14.0
     ignition_gain: float = 110.0
     ignition_blocks: int = 1
+    ignition_units: int = 1
+    ignition_path: Literal["mlp", "attention"] = "mlp"
     ignition_margin: float = 3.7  # on ⟨m, LN(x)⟩: how far a full-strength marker is above the ignition threshold
     amp_threshold: float = 0.5
     amp_gain: float = 3.0
@@ -95,6 +104,12 @@ class PlantedConfig:
         require(0 <= self.u_noise < 0.1, f"u_noise must be in [0, 0.1), got {self.u_noise}")
         require(self.anisotropy >= 1, f"anisotropy must be >= 1, got {self.anisotropy}")
         require(self.ignition_blocks >= 1, f"ignition_blocks must be >= 1, got {self.ignition_blocks}")
+        require(self.ignition_units >= 1, f"ignition_units must be >= 1, got {self.ignition_units}")
+        require(self.ignition_path in ("mlp", "attention"), f"ignition_path must be mlp or attention, got {self.ignition_path!r}")
+        require(
+            self.ignition_path == "mlp" or (self.ignition == "marker" and self.ignition_blocks == 1 and self.ignition_units == 1),
+            "ignition_path='attention' plants one head in one block on positional markers: use ignition='marker', ignition_blocks=1, ignition_units=1",
+        )
         require(self.ignition_margin > 0, f"ignition_margin must be > 0, got {self.ignition_margin}")
         require(self.spectrum_top >= 0, f"spectrum_top must be >= 0 (0: timm's init), got {self.spectrum_top}")
         require(0 <= self.spectrum_decay <= 2, f"spectrum_decay must be in [0, 2], got {self.spectrum_decay}")
@@ -137,6 +152,11 @@ PRESETS: dict[str, PlantedConfig] = {
     # the ViT-g layout (fused SwiGLU w12/fc1) at ViT-S width, and a 4-register model
     "swiglu": PlantedConfig(swiglu=True, ignition="content", markers=10, onset=5 / 12, seed=5),
     "reg4": PlantedConfig(registers=True, markers=6, strength_spread=0.3, amplifier="feedback", seed=6),
+    # no single neuron: the ignition spread over 12 MLP units of unequal strength (content-gated)
+    "spread": PlantedConfig(ignition="content", markers=10, onset=5 / 12, ignition_units=12, strength_spread=0.3, seed=9),
+    # no neuron at all: an attention head writes u on the marker tokens (test-time registers'
+    # assumption does not hold here)
+    "attention": PlantedConfig(ignition_path="attention", markers=6, strength_spread=0.2, amplifier="feedback", u_noise=0.01, seed=10),
     # trained-looking weights: every block Linear has a heavy-tailed spectrum (σ₁ = 8, 15 values
     # above 2 in each of q, k, v, proj, fc1, fc2), and the circuit sits among them (σ 2–4) instead
     # of far above: a marker read in 2 blocks, a feedback amplifier, a weaker shared component

@@ -41,11 +41,16 @@ class PlantedTruth:
     positions: list[tuple[int, int]]  # marker (candidate) cells
     grid: int
     ignition_layer: int
-    ignition_unit: int  # its fc1 row (the gate for SwiGLU)
+    ignition_unit: int  # its fc1 row (the gate for SwiGLU); -1 when attention writes the defect
+
+    ATTENTION_LEVEL = 0.5  # attention path: a token ignites where ⟨m, LN1(x)⟩ is above half a marker's
 
     @torch.no_grad()
     def ignition(self, backbone: Backbone, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, H, W) bool: the patch tokens whose ignition unit fires on ``pixels``."""
+        """(B, H, W) bool: the patch tokens whose ignition unit fires on ``pixels`` (attention path:
+        whose marker reading at the ignition block is over half a full-strength marker's)."""
+        if self.ignition_unit < 0:
+            return self._marker_read(backbone, pixels)
         fc1 = backbone.model.blocks[self.ignition_layer].mlp.fc1
         seen: list[torch.Tensor] = []
         hook = fc1.register_forward_hook(lambda mod, inp, out: seen.append(out[..., self.ignition_unit]))
@@ -57,6 +62,15 @@ class PlantedTruth:
             hook.remove()
         pre = seen[-1][:, backbone.num_prefix_tokens :]
         return (pre > 0).reshape(pre.shape[0], *ctx.grid)
+
+    @torch.no_grad()
+    def _marker_read(self, backbone: Backbone, pixels: torch.Tensor) -> torch.Tensor:
+        x, ctx = backbone.embed(pixels.to(backbone.device, backbone.dtype))
+        for i in range(self.ignition_layer):
+            x = backbone.run_block(i, x, ctx)
+        read = backbone.model.blocks[self.ignition_layer].norm1(x)[:, backbone.num_prefix_tokens :] @ self.m.to(x)
+        level = self.config.marker_norm / _token_std(self.config)
+        return (read > self.ATTENTION_LEVEL * level).reshape(read.shape[0], *ctx.grid)
 
 
 def build_planted(cfg: PlantedConfig) -> tuple[nn.Module, PlantedTruth]:
@@ -115,28 +129,84 @@ def _build(cfg: PlantedConfig) -> tuple[nn.Module, PlantedTruth]:
 
 
 def _plant_ignition(model, cfg: PlantedConfig, u, texture, used: torch.Tensor, gen: torch.Generator) -> tuple[int, torch.Tensor]:
-    """One unit in each of the ``ignition_blocks`` blocks from the ignition block on:
-    act(a(⟨m, LN⟩ − w·texture − t)) writes u. The first is the ground truth's ignition unit.
+    """``ignition_units`` units in each of the ``ignition_blocks`` blocks from the ignition block on:
+    act(a(⟨m, LN⟩ − w·texture − t)) writes u. The first unit of the first block (the strongest) is
+    the ground truth's ignition unit.
 
     Its threshold is so far above ordinary tokens that its Gaussian-expected slope (~1e-6 at the
     default margin) leaves the predicted directions alone; the marker m is chosen orthogonal to
     every predicted ν_i, so a repaired marker token does not look like a defect."""
+    if cfg.ignition_path == "attention":
+        return _plant_attention_ignition(model, cfg, u, used, gen)
     marker_level = cfg.marker_norm / _token_std(cfg)
-    threshold = marker_level - cfg.ignition_margin
+    units_per_block = cfg.ignition_units
+    margins = [cfg.ignition_margin] if units_per_block == 1 else (cfg.ignition_margin * torch.linspace(1.25, 0.75, units_per_block)).tolist()
+    gain = cfg.ignition_gain / units_per_block if units_per_block > 1 else cfg.ignition_gain
     blocks = range(cfg.ignition_layer, min(cfg.depth, cfg.ignition_layer + cfg.ignition_blocks))
     # later blocks already hold their amplifier, so their unit comes after it; the first takes the
     # block's last unit as it always has (over a pair amplifier's + half: kept, for bit-identity)
     planted = [Neurons(model.blocks[b].mlp, taken=AMPLIFIER_UNITS[cfg.amplifier] if b > cfg.ignition_layer else 0) for b in blocks]
-    units = [n.add(torch.zeros_like(u), IGNITION_SHARPNESS, -IGNITION_SHARPNESS * threshold, u, cfg.ignition_gain) for n in planted]
+    units = [[n.add(torch.zeros_like(u), IGNITION_SHARPNESS, -IGNITION_SHARPNESS * (marker_level - margin), u, gain) for margin in margins] for n in planted]
     directions = defect_directions(TimmViTBackbone(model, "planted:build"))
     m = orthogonal_unit(model.embed_dim, torch.cat([used, directions]), gen)
-    read = m.clone()
-    if cfg.ignition == "content":
-        # a texture of ``texture_threshold`` cancels the margin: flatter patches ignite, harder the flatter
-        read -= cfg.ignition_margin / _texture_level(cfg) * texture
-    for b, unit in zip(blocks, units):
-        model.blocks[b].mlp.fc1.weight[unit] = IGNITION_SHARPNESS * read
-    return units[0], m
+    for margin, row in zip(margins, zip(*units)):
+        read = m.clone()
+        if cfg.ignition == "content":
+            # a texture of ``texture_threshold`` cancels the margin: flatter patches ignite, harder the flatter
+            read -= margin / _texture_level(cfg) * texture
+        for b, unit in zip(blocks, row):
+            model.blocks[b].mlp.fc1.weight[unit] = IGNITION_SHARPNESS * read
+    return units[0][0], m
+
+
+SINK_LOGIT = 10.0  # every query's logit to the CLS sink; two marker tokens' logit is twice that
+
+
+def _plant_attention_ignition(model, cfg: PlantedConfig, u, used: torch.Tensor, gen: torch.Generator) -> tuple[int, torch.Tensor]:
+    """The last head of the ignition block writes u on the marker tokens; no MLP unit does.
+
+    Its query and key read the marker m (dimension 0 of the head), so two marker tokens attend to
+    each other with logit 2·SINK_LOGIT; its dimension 1 sends every query to a sink direction that
+    only the CLS token carries (logit SINK_LOGIT), so ordinary tokens, with no m, look at CLS; the
+    value reads m (zero on CLS) and the output writes u. m and the sink are kept out of every
+    other writer. Returns (-1: no ignition unit, m)."""
+    dim = model.embed_dim
+    blk = model.blocks[cfg.ignition_layer]
+    attn = blk.attn
+    head = slice(dim - attn.head_dim, dim)
+    for part in range(3):  # the head is ours alone
+        attn.qkv.weight[part * dim :][head] = 0.0
+        attn.qkv.bias[part * dim :][head] = 0.0
+    attn.proj.weight[:, head] = 0.0
+    directions = defect_directions(TimmViTBackbone(model, "planted:build"))
+    m = orthogonal_unit(dim, torch.cat([used, directions]), gen)
+    sink = orthogonal_unit(dim, torch.cat([used, directions, m[None]]), gen)
+    keep_quiet_(model, torch.stack([m, sink]))
+    model.cls_token[0, 0] += cfg.shared_norm * sink
+    sink_level = _cls_level(model, cfg.ignition_layer, sink)
+    marker_level = cfg.marker_norm / _token_std(cfg)
+    scale = attn.head_dim**0.5  # timm scales q·k by head_dim^-1/2
+    h0 = head.start  # the head's dimension 0 (rows of q, k, v: h0, dim + h0, 2·dim + h0; column h0 of proj)
+    read = (2 * SINK_LOGIT * scale) ** 0.5 / marker_level
+    attn.qkv.weight[h0] = read * m
+    attn.qkv.weight[dim + h0] = read * m
+    attn.qkv.bias[h0 + 1] = (SINK_LOGIT * scale / sink_level) ** 0.5
+    attn.qkv.weight[dim + h0 + 1] = (SINK_LOGIT * scale / sink_level) ** 0.5 * sink
+    # value · output = the u a full-strength marker gets, as an MLP ignition unit would write it
+    written = (cfg.ignition_gain * torch.nn.functional.gelu(torch.tensor(IGNITION_SHARPNESS * cfg.ignition_margin)) / marker_level) ** 0.5
+    attn.qkv.weight[2 * dim + h0] = written * m
+    attn.proj.weight[:, h0] = written * u
+    return -1, m
+
+
+@torch.no_grad()
+def _cls_level(model, layer: int, direction: torch.Tensor) -> float:
+    """⟨direction, LN1(CLS)⟩ at the input of block ``layer`` on a mid-grey image."""
+    backbone = TimmViTBackbone(model, "planted:build")
+    x, ctx = backbone.embed(torch.zeros(1, 3, model.patch_embed.img_size[0], model.patch_embed.img_size[1]))
+    for i in range(layer):
+        x = backbone.run_block(i, x, ctx)
+    return float(model.blocks[layer].norm1(x)[0, 0] @ direction)
 
 
 STRETCHED = 16  # directions of the patch embedding that anisotropy stretches

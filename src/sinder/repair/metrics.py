@@ -44,6 +44,19 @@ def residual(name: str, grid: torch.Tensor, high: torch.Tensor) -> dict:
     }
 
 
+def feature_summary(cos_patch: list[torch.Tensor], cos_cls: list[torch.Tensor]) -> dict:
+    """Mean and 1% quantile of the non-defect patch cosines, mean and min of the CLS cosines (keys
+    only for what was measured)."""
+    feats: dict = {}
+    c = torch.cat(cos_patch) if cos_patch else torch.empty(0)
+    if c.numel():
+        feats.update(non_defect_cosine=float(c.mean()), non_defect_cosine_p01=float(c.quantile(0.01)))
+    if cos_cls:
+        c = torch.cat(cos_cls)
+        feats.update(cls_cosine=float(c.mean()), cls_cosine_min=float(c.min()))
+    return feats
+
+
 class _Comparison:
     def __init__(self, rule: DefectRule, direction: torch.Tensor) -> None:
         self.rule, self.direction = rule, direction
@@ -66,18 +79,11 @@ class _Comparison:
         self.residuals += [residual(n, g, h) for n, g, h in zip(names, grid_r, found_r.high)]
 
     def summary(self) -> dict:
-        feats: dict = {}
-        c = torch.cat(self.cos_patch) if self.cos_patch else torch.empty(0)
-        if c.numel():
-            feats.update(non_defect_cosine=float(c.mean()), non_defect_cosine_p01=float(c.quantile(0.01)))
-        if self.cos_cls:
-            c = torch.cat(self.cos_cls)
-            feats.update(cls_cosine=float(c.mean()), cls_cosine_min=float(c.min()))
         return {
             "num_images": self.before.images,
             "before": self.before.summary(),
             "after": self.after.summary(),
-            "features": feats,
+            "features": feature_summary(self.cos_patch, self.cos_cls),
             "residual": self.residuals,
         }
 
