@@ -127,6 +127,15 @@ def test_command_reuses_a_finished_run_and_registers_file_with_the_same_numbers(
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "--overwrite" in res.stderr
 
 
+def test_command_passes_the_published_style_search_settings(eval_dir, tmp_path, capsys):
+    res = sinder_cli(capsys, "compare", "-q", "planted:small", "--methods", "registers", "--data", str(eval_dir), "--eval", str(eval_dir),
+                     "--out", str(tmp_path / "c"), "--max-maps", "0", "--registers-top-k", "2", "--registers-layer-limit", "4")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    saved = json.loads((tmp_path / "c" / "registers.json").read_text())
+    assert len(saved["neurons"]) == 2 and saved["neurons"][0] == [4, 1535]
+    assert saved["settings"]["top_k"] == 2 and not saved["settings"]["top_k_auto"] and saved["settings"]["layer_limit"] == 4
+
+
 BAD = {
     "unknown_method": (["--methods", "sinder,magic"], "unknown method(s) magic"),
     "no_data_for_search": (["--methods", "registers"], "--data is needed"),
@@ -136,6 +145,7 @@ BAD = {
     "gamma": (["--methods", "clamp", "--gamma", "0"], "--gamma must be > 0"),
     "interp_layer": (["--methods", "interp", "--interp-layer", "12"], "--interp-layer must be in 0..11"),
     "missing_run": (["--methods", "sinder", "--repair-run", "{eval}"], "no summary.json"),
+    "registers_top_k": (["--methods", "registers", "--registers", "r.json", "--registers-top-k", "0"], "--registers-top-k must be >= 1"),
 }
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from sinder.runfolder import TEMPORARY
 
-STEPS = 24
+STEPS = 16  # four checkpoints: enough for every stage of the fault plan
 REPAIR = ["repair", "planted:small", "--max-steps", str(STEPS), "--checkpoint-every", "4", "--no-analysis", "--num-eval", "0", "--no-progress"]
 WEIGHTS = Path("weights") / "model.safetensors"
 
@@ -150,9 +150,9 @@ def fault_plan(seed: int) -> list[tuple[str, str]]:
     rng = random.Random(seed)
     return [
         ("SIGKILL", f"step {rng.randint(1, 3)}"),  # before the first checkpoint (step 4): starts afresh
-        ("SIGINT", f"step {rng.randint(5, 8)}"),
-        ("SIGKILL", f"step {rng.choice([13, 14, 15])}"),  # between checkpoints: those steps are done again
-        ("SIGTERM", f"step {rng.randint(17, 21)}"),
+        ("SIGINT", f"step {rng.randint(5, 7)}"),
+        ("SIGKILL", f"step {rng.choice([9, 10, 11])}"),  # between checkpoints: those steps are done again
+        ("SIGTERM", f"step {rng.randint(13, 15)}"),
         ("SIGKILL", "export"),  # leaves half-written weights behind
     ]
 
@@ -346,3 +346,22 @@ def test_sigterm_outside_training_is_one_line_and_leaves_no_temporary(ws):
     line = one_line(err)
     assert line.startswith("sinder repair: interrupted: SIGTERM") and "rerun the same command" in line, line
     assert temporaries(out) == [] and not (out / "analysis_before" / "analysis.json").exists()
+
+
+def test_an_interrupt_inside_a_savez_is_held_until_the_file_is_whole(tmp_path):
+    """numpy's savez closes its zip in a ``finally``; an interrupt raised inside it came out as a
+    ValueError traceback (seen once in test_sigterm_outside_training...). Held, it arrives after."""
+    import numpy as np
+
+    from sinder.interrupt import Terminated, TerminateAsInterrupt, interrupts_held
+
+    if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        pytest.skip("SIGTERM already has a handler in this process; TerminateAsInterrupt would not take it")
+    finished = []
+    with pytest.raises(Terminated), TerminateAsInterrupt():
+        with interrupts_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+            np.savez_compressed(tmp_path / "a.npz", x=np.arange(10))
+            finished.append(True)
+    assert finished and np.load(tmp_path / "a.npz")["x"].tolist() == list(range(10))
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # both handlers were put back

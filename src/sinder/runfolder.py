@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, OutputExistsError
+from .interrupt import interrupts_held
 from .io import atomic_path, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -153,7 +154,7 @@ class AnalysisFolder:
 
     def _savez(self, name: str, **arrays) -> None:
         with atomic_path(self.path / name) as tmp:
-            with open(tmp, "wb") as fh:
+            with open(tmp, "wb") as fh, interrupts_held():  # an interrupt inside savez became a ValueError
                 np.savez_compressed(fh, **arrays)
 
     def read(self) -> AnalysisResult:

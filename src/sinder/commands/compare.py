@@ -7,6 +7,7 @@ import logging
 from ..backbones import parse_spec
 from ..compare import METHODS, CompareConfig, check_compare_output, compare
 from ..errors import ConfigError, SinderError
+from ..fixes import RegisterSearchConfig
 from ..images import check_decodable, list_images
 from ..repair.config import RepairConfig
 from .common import add_model_arguments, add_rule_arguments, check_resolution_fits, load_model_from_args, rule_from_args
@@ -26,7 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gamma", type=float, default=d.gamma, help=f"σ clamp: cap on every block Linear's singular values (default {d.gamma:g})")
     p.add_argument("--interp-layer", type=int, help="neighbour interpolation: the block whose output is interpolated (default: the last)")
     p.add_argument("--registers", metavar="FILE", help="apply this registers.json instead of searching register neurons (default: search on --data)")
-    p.add_argument("--registers-mode", choices=("move", "zero"), default=d.registers_mode, help="move: into an extra token (the method); zero: only zero them on patch tokens (an ablation) (default move)")
+    p.add_argument("--registers-mode", choices=("move", "zero"), default=d.registers_search.mode, help="move: into an extra token (the method); zero: only zero them on patch tokens (an ablation) (default move)")
+    p.add_argument("--registers-threshold", type=float, metavar="NORM", help="register search: outlier patch-token norm (published for DINOv2-L/14: 150; default: mean + 3 std over --data)")
+    p.add_argument("--registers-layer-limit", type=int, metavar="N", help="register search: score the MLP units of blocks 0..N (published for DINOv2-L/14: 17; default: where the outliers appear)")
+    p.add_argument("--registers-top-k", type=int, metavar="K", help="register search: keep K neurons (published for DINOv2-L/14: 50; default: grow 1, 2, 4, ... until the outliers are gone)")
     p.add_argument("--retrained", metavar="MODEL", help="the same architecture retrained with registers (e.g. dinov2:vitl14_reg), added as a row (default: none)")
     p.add_argument("--retrained-weights", metavar="FILE", help="checkpoint for --retrained (default: its own weights)")
     p.add_argument("--task", action="append", default=[], metavar="TASK=DIR", help="downstream evaluation on a dataset folder, e.g. knn=imagenet/ or lost=VOCdevkit/ (repeatable; default: none)")
@@ -48,6 +52,14 @@ def parse_tasks(items: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(tasks)
 
 
+def registers_search(args: argparse.Namespace) -> RegisterSearchConfig:
+    try:
+        return RegisterSearchConfig(threshold=args.registers_threshold, layer_limit=args.registers_layer_limit, top_k=args.registers_top_k,
+                                    mode=args.registers_mode)  # fmt: skip
+    except ConfigError as err:
+        raise ConfigError(f"--registers-{str(err).replace('_', '-', 1)}") from None  # top_k -> --registers-top-k
+
+
 def compare_config(args: argparse.Namespace) -> CompareConfig:
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     rule = rule_from_args(args)
@@ -55,7 +67,7 @@ def compare_config(args: argparse.Namespace) -> CompareConfig:
     repair.validate()
     return CompareConfig(
         methods=methods, resolution=args.resolution, batch_size=args.batch_size, max_maps=args.max_maps, gamma=args.gamma,
-        interp_layer=args.interp_layer, registers_file=args.registers, registers_mode=args.registers_mode, repair_run=args.repair_run,
+        interp_layer=args.interp_layer, registers_file=args.registers, registers_search=registers_search(args), repair_run=args.repair_run,
         repair=repair, retrained=args.retrained, retrained_weights=args.retrained_weights, tasks=parse_tasks(args.task), rule=rule,
         progress=not args.no_progress, overwrite=args.overwrite,
     )  # fmt: skip

@@ -20,6 +20,7 @@ from ..backbones.base import Backbone
 from ..detect import DefectRule
 from ..errors import ConfigError, require
 from ..evaluate import TASKS, EvaluateConfig, load_layout
+from ..fixes import RegisterSearchConfig
 from ..images import ImageItem, ImageSet
 from ..io import check_output_dir, write_json, write_text
 from ..repair.config import RepairConfig
@@ -42,8 +43,10 @@ class CompareConfig:
 
     gamma: the σ clamp's cap (the paper shows 2.0, 1.5, 1.3). interp_layer: the block whose
     output is interpolated (None: the last, where it measured best on the zoo). registers_file:
-    apply these register neurons instead of searching. repair_run: take SINDER's row from this
-    finished run instead of training. retrained: a spec of the same architecture retrained with
+    apply these register neurons instead of searching. registers_search: how they are searched
+    (threshold, layer limit, top-k; DINOv2-L/14 as published: threshold=150, layer_limit=17,
+    top_k=50) and applied (mode; its batch_size is replaced by ``batch_size``). repair_run: take
+    SINDER's row from this finished run instead of training. retrained: a spec of the same architecture retrained with
     registers, added as a row. tasks: (task, data folder) pairs for downstream evaluation.
     """
 
@@ -54,7 +57,7 @@ class CompareConfig:
     gamma: float = 1.5
     interp_layer: int | None = None
     registers_file: str | None = None
-    registers_mode: str = "move"
+    registers_search: RegisterSearchConfig = field(default_factory=RegisterSearchConfig)
     repair_run: str | None = None
     repair: RepairConfig = field(default_factory=RepairConfig)
     retrained: str | None = None
@@ -72,7 +75,6 @@ class CompareConfig:
         require(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
         require(self.max_maps >= 0, f"--max-maps must be >= 0, got {self.max_maps}")
         require(math.isfinite(self.gamma) and self.gamma > 0, f"--gamma must be > 0, got {self.gamma}")
-        require(self.registers_mode in ("move", "zero"), f"--registers-mode must be move or zero, got {self.registers_mode!r}")
         for task, _ in self.tasks:
             require(task in TASKS, f"--task {task}=DIR: unknown task; choose from {', '.join(TASKS)}")
         require(len({t for t, _ in self.tasks}) == len(self.tasks), "--task names a task twice; give one folder per task")
@@ -156,9 +158,7 @@ def _prepare(name: str, backbone: Backbone, train: ImageSet | None, train_items,
     if name == "interp":
         return interp_method(backbone, layer, directions, cfg.rule)
     if name == "registers":
-        from ..fixes import RegisterSearchConfig
-
-        search = RegisterSearchConfig(batch_size=cfg.batch_size, mode=cfg.registers_mode)
+        search = replace(cfg.registers_search, batch_size=cfg.batch_size)
         return registers_method(backbone, train, search, cfg.registers_file, out)
     if cfg.repair_run is not None:
         return sinder_from_run(backbone, cfg.repair_run)

@@ -243,6 +243,7 @@ class RegisterSearchConfig:
         require(self.threshold is None or self.threshold > 0, f"threshold must be > 0, got {self.threshold}")
         require(self.sigmas > 0, f"sigmas must be > 0, got {self.sigmas}")
         require(self.top_k is None or self.top_k >= 1, f"top_k must be >= 1, got {self.top_k}")
+        require(self.layer_limit is None or self.layer_limit >= 0, f"layer_limit must be >= 0, got {self.layer_limit}")
         require(self.max_top_k >= 1, f"max_top_k must be >= 1, got {self.max_top_k}")
         require(0 <= self.residual < 1, f"residual must be in [0, 1), got {self.residual}")
         require(self.mode in ("move", "zero"), f"mode must be 'move' or 'zero', got {self.mode!r}")
