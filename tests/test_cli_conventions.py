@@ -177,11 +177,20 @@ def test_analyze_bar_on_a_terminal_unless_hidden(photos, tmp_path, flag, drawn):
     assert (b"loading planted:small" in err) == (flag != "-q"), err
 
 
+@pytest.mark.parametrize("flag, drawn", [(None, True), ("-q", False)])
+def test_evaluate_bar_on_a_terminal_unless_hidden(photos, tmp_path, flag, drawn):
+    argv = ["evaluate", "planted:small", "--task", "intrinsic", "--data", photos / "photos", "--out", tmp_path / "o", "--resolution", "42"]
+    err = on_terminal(*argv, *([flag] if flag else []))
+    assert (b"intrinsic:" in err and b"img/s" in err) == drawn, err
+
+
 def test_no_progress_is_an_option_of_every_command_with_a_bar():
     from sinder.cli import build_parser
 
     parser = build_parser()
-    for argv in (["analyze", "m", "x", "--out", "o"], ["repair", "m", "--data", "x", "--out", "o"], ["demo"]):
+    commands = (["analyze", "m", "x", "--out", "o"], ["repair", "m", "--data", "x", "--out", "o"], ["demo"],
+                ["evaluate", "m", "--task", "knn", "--data", "x", "--out", "o"], ["compare", "m", "--eval", "x", "--out", "o"])  # fmt: skip
+    for argv in commands:
         assert parser.parse_args([*argv, "--no-progress"]).no_progress
         assert parser.parse_args(["-q", *argv]).quiet and parser.parse_args([*argv, "-q"]).quiet
 

@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="lost: constant added to the key Gram matrix before LOST's sign tests, as the registers paper did "
         "for DINOv2 (no published value; default 0 = LOST as published)",
     )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars (they are only drawn on a terminal anyway; -q hides them too)")
     parser.add_argument("--overwrite", action="store_true", help=f"replace an existing {METRICS_FILE}")
     add_rule_arguments(parser)  # the intrinsic task's defect rule
 
@@ -59,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         random_init=args.random_init,
         lost_gram_bias=args.lost_gram_bias,
         rule=rule_from_args(args),
+        progress=not args.no_progress,
     )
     out = Path(args.out)
     write_metrics_check(out, args.overwrite)

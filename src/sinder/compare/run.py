@@ -188,7 +188,7 @@ def _notes(methods: list[Method]) -> list[str]:
 def _downstream(methods: list[Method], cfg: CompareConfig, resolution: int) -> dict[str, dict]:
     from ..evaluate.run import evaluate_with_info
 
-    econf = EvaluateConfig(resolution=resolution, batch_size=cfg.batch_size, rule=cfg.rule)
+    econf = EvaluateConfig(resolution=resolution, batch_size=cfg.batch_size, rule=cfg.rule, progress=cfg.progress)
     out: dict[str, dict] = {}
     for m in methods:
         for task, folder in cfg.tasks:

@@ -49,13 +49,14 @@ def iter_batches(
     skipped: list[dict],
     square: bool = True,
     desc: str = "images",
+    progress: bool = True,
 ) -> Iterator[Batch]:
     """Decode, preprocess and stack images (sinder's one image pipeline); undecodable ones are
     appended to ``skipped``. With ``square=False`` images keep their aspect ratio and come one per batch."""
     images = ImageSet(list(paths), resolution, backbone.patch_size, tuple(backbone.mean), tuple(backbone.std), crop="square" if square else "aspect")
     size = batch_size if square else 1
     try:
-        for idxs, pixels in images.batches(size, progress=True, desc=desc):  # drawn on a terminal only
+        for idxs, pixels in images.batches(size, progress=progress, desc=desc):  # drawn on a terminal only
             # a half-precision model gets half pixels
             yield Batch(idxs, pixels.to(device=backbone.device, dtype=backbone.dtype), [images.sizes[i] for i in idxs])
     finally:
@@ -77,6 +78,7 @@ def extract_features(
     want: Sequence[str] = ("cls", "patches"),
     amp: bool = True,
     desc: str = "features",
+    progress: bool = True,
 ) -> Features:
     """Final-normed features of ``paths`` (``want`` ⊂ {"cls", "patches", "patch_mean"}), on the CPU in fp32."""
     unknown = set(want) - {"cls", "patches", "patch_mean"}
@@ -85,7 +87,7 @@ def extract_features(
     out = Features(kept=[], sizes=[])
     chunks: dict[str, list[torch.Tensor]] = {k: [] for k in want}
     device = backbone.device
-    for batch in iter_batches(backbone, paths, resolution, batch_size, out.skipped, desc=desc):
+    for batch in iter_batches(backbone, paths, resolution, batch_size, out.skipped, desc=desc, progress=progress):
         with autocast(device, amp):
             x, ctx = last_tokens(backbone, batch.pixels)
             normed = backbone.final_norm(x)

@@ -98,6 +98,7 @@ def intrinsic(
     rule: DefectRule | None = None,
     direction: torch.Tensor | None = None,
     use_theory: bool = True,
+    progress: bool = True,
 ) -> tuple[dict[str, float | None], dict]:
     """Intrinsic statistics over ``paths``. ``direction`` overrides the theory's ν_L."""
     if direction is None and use_theory:
@@ -105,7 +106,7 @@ def intrinsic(
     stats = IntrinsicStats(rule)
     skipped: list[dict] = []
     # fp32 throughout: the statistics are about norms, which reduced precision would blur.
-    for batch in iter_batches(backbone, paths, resolution, batch_size, skipped, desc="intrinsic"):
+    for batch in iter_batches(backbone, paths, resolution, batch_size, skipped, desc="intrinsic", progress=progress):
         x, ctx = last_tokens(backbone, batch.pixels)
         stats.update(backbone.patch_grid(x, ctx), direction)
     if stats.images == 0:

@@ -73,6 +73,7 @@ def knn_task(
     ks: tuple[int, ...] = (10, 20, 100, 200),
     temperature: float = 0.07,
     amp: bool = True,
+    progress: bool = True,
 ) -> tuple[dict[str, float | None], dict]:
     """k-NN top-1 on CLS tokens (``top1@k``) and on mean-pooled patch tokens (``patch_top1@k``)."""
     feats = {}
@@ -80,7 +81,7 @@ def knn_task(
     skipped: list[dict] = []
     for split in ("train", "val"):
         part = getattr(data, split)
-        f = extract_features(backbone, part.paths, resolution, batch_size, want=("cls", "patch_mean"), amp=amp, desc=split)
+        f = extract_features(backbone, part.paths, resolution, batch_size, want=("cls", "patch_mean"), amp=amp, desc=split, progress=progress)
         if not f.kept:
             raise SinderError(f"knn: no {split} image could be decoded ({len(f.skipped)} skipped); check {split}/")
         feats[split] = f

@@ -42,9 +42,9 @@ class SegFeatures:
         return max(vals, default=-1)
 
 
-def load_split(backbone: Backbone, split: SegSplit, resolution: int, batch_size: int, amp: bool, desc: str) -> SegFeatures:
+def load_split(backbone: Backbone, split: SegSplit, resolution: int, batch_size: int, amp: bool, desc: str, progress: bool = True) -> SegFeatures:
     """Patch tokens and aligned masks of one split; undecodable images or masks are skipped."""
-    feats = extract_features(backbone, split.images, resolution, batch_size, want=("patches",), amp=amp, desc=desc)
+    feats = extract_features(backbone, split.images, resolution, batch_size, want=("patches",), amp=amp, desc=desc, progress=progress)
     skipped = list(split.skipped) + feats.skipped
     keep_rows, input_labels, eval_labels = [], [], []
     for row, (i, (w, h)) in enumerate(zip(feats.kept, feats.sizes)):
@@ -147,9 +147,10 @@ def linear_seg(
     probe_batch_size: int,
     seed: int,
     amp: bool,
+    progress: bool = True,
 ) -> tuple[dict[str, float], dict]:
-    train = load_split(backbone, splits["train"], resolution, batch_size, amp, "train")
-    val = load_split(backbone, splits["val"], resolution, batch_size, amp, "val")
+    train = load_split(backbone, splits["train"], resolution, batch_size, amp, "train", progress)
+    val = load_split(backbone, splits["val"], resolution, batch_size, amp, "val", progress)
     check_classes(splits, train, val)
     num_classes = max(train.max_label, val.max_label) + 1
     labels = torch.from_numpy(np.stack(train.input_labels)).long()

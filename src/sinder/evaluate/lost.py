@@ -98,11 +98,12 @@ def lost(
     iou_threshold: float,
     amp: bool,
     gram_bias: float = 0.0,
+    progress: bool = True,
 ) -> tuple[dict[str, float], dict]:
     skipped = list(data.skipped)
     preds, gts = [], []
     p = backbone.patch_size
-    for batch in iter_batches(backbone, data.images, resolution, 1, skipped, square=False, desc="lost"):
+    for batch in iter_batches(backbone, data.images, resolution, 1, skipped, square=False, desc="lost", progress=progress):
         (i,), (w, h) = batch.indices, batch.sizes[0]
         try:
             gt = read_voc_boxes(data.annotations[i])

@@ -56,6 +56,7 @@ class EvaluateConfig:
     lost_gram_bias: float = 0.0  # added to LOST's key Gram matrix (registers paper §3.3); 0 = LOST as published
     corloc_iou: float = 0.5
     rule: DefectRule = field(default_factory=DefectRule)  # intrinsic: what a defect / a high-norm token is
+    progress: bool = True  # progress bars (drawn on a terminal only)
 
     def __post_init__(self) -> None:
         def positive(name: str, value, kind=int) -> None:
@@ -130,26 +131,26 @@ def check_layout(task: str, layout, config: EvaluateConfig) -> None:
 
 def run_task(backbone: Backbone, task: str, layout, res: int, config: EvaluateConfig, direction: torch.Tensor | None):
     """Dispatch to the task's module; returns (metrics, info)."""
-    bs, amp = config.batch_size, config.amp
+    bs, amp, bars = config.batch_size, config.amp, config.progress
     if task == "knn":
         from .knn import knn_task
 
-        return knn_task(backbone, layout, res, bs, config.knn_ks, config.knn_temperature, amp)
+        return knn_task(backbone, layout, res, bs, config.knn_ks, config.knn_temperature, amp, progress=bars)
     if task == "linear-seg":
         from .linear_seg import linear_seg
 
-        return linear_seg(backbone, layout, res, bs, config.probe_steps, config.probe_lr, config.probe_batch_size, config.seed, amp)
+        return linear_seg(backbone, layout, res, bs, config.probe_steps, config.probe_lr, config.probe_batch_size, config.seed, amp, progress=bars)
     if task == "unsup-seg":
         from .unsup_seg import unsup_seg
 
-        return unsup_seg(backbone, layout, res, bs, config.seed, amp, config.kmeans_iters, config.kmeans_restarts)
+        return unsup_seg(backbone, layout, res, bs, config.seed, amp, config.kmeans_iters, config.kmeans_restarts, progress=bars)
     if task == "lost":
         from .lost import lost
 
-        return lost(backbone, layout, res, config.lost_k_patches, config.corloc_iou, amp, config.lost_gram_bias)
+        return lost(backbone, layout, res, config.lost_k_patches, config.corloc_iou, amp, config.lost_gram_bias, progress=bars)
     from .intrinsic import intrinsic
 
-    return intrinsic(backbone, layout, res, bs, config.rule, direction=direction)
+    return intrinsic(backbone, layout, res, bs, config.rule, direction=direction, progress=bars)
 
 
 def evaluate_with_info(
@@ -227,7 +228,7 @@ def evaluate_models(
         if weights is not None and not Path(weights).is_file():
             raise WeightsError(f"weights file not found: {weights}; check --weights / --compare-weights")
     named = [(m.spec if isinstance(m, Backbone) else m, w) for m, w in models]
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("weights", "random_init")}
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("weights", "random_init", "progress")}
     report = {"task": task, "data": str(data_dir), "models": {}, "details": {}, "config": settings}
     for key, (model, weights) in zip(model_keys(named), models):
         cfg = dataclasses.replace(config, weights=weights)

@@ -100,8 +100,9 @@ def unsup_seg(
     amp: bool,
     iters: int = 100,
     restarts: int = 3,
+    progress: bool = True,
 ) -> tuple[dict[str, float], dict]:
-    val = load_split(backbone, splits["val"], resolution, batch_size, amp, "val")
+    val = load_split(backbone, splits["val"], resolution, batch_size, amp, "val", progress)
     present = require_mask_classes("unsup-seg", val.eval_labels, splits["val"].masks[0].parent, "mIoU")
     tokens = F.normalize(val.patches.float(), dim=-1)
     require_tokens(tokens, len(present))
