@@ -82,8 +82,10 @@ def interrupts_held() -> Iterator[None]:
         yield
         return
     received: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in EXIT_CODES}
-    try:
+    previous: dict[int, object] = {}
+    try:  # installed inside the try, so a signal between the two installs still restores the first
+        for s in EXIT_CODES:
+            previous[s] = signal.signal(s, lambda signum, frame: received.append(signum))
         yield
     finally:
         for s, handler in previous.items():

@@ -6,11 +6,11 @@ import json
 import os
 import shutil
 import tempfile
-from contextlib import contextmanager
+import weakref
 from pathlib import Path
-from typing import Iterator
 
 from .errors import DiskFullError, OutputExistsError
+from .interrupt import interrupts_held
 
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
@@ -43,26 +43,60 @@ def disk_full_error(target: Path) -> DiskFullError:
     return DiskFullError(f"no space left on device while writing {target} ({free}); free some space or choose another --out, then rerun")
 
 
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically with the
-    permissions of a plain ``open`` (the umask), not mkstemp's 0600. A full disk is one line."""
-    target = Path(path)
+def _remove_temporary(name: str) -> None:
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix or ".tmp", dir=target.parent)
-        os.close(fd)
-    except OSError as err:
-        raise (disk_full_error(target) if is_disk_full(err) else err) from None
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~current_umask())
-        os.replace(tmp, target)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
+        os.unlink(name)
+    except FileNotFoundError:
+        pass
+
+
+class atomic_path:
+    """``with atomic_path(path) as tmp``: a temporary path beside ``path``; on success it replaces
+    ``path`` atomically with the permissions of a plain ``open`` (the umask), not mkstemp's 0600.
+    A full disk is one line.
+
+    An interrupt must not strand the temporary. SIGINT/SIGTERM are held while it is made (inside
+    mkstemp, or in a generator's ``__enter__``, one was lost with its name), and a finaliser removes
+    it when an interrupt lands before ``__exit__`` runs its first line (then ``__exit__`` never runs)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.target = Path(path)
+        self.tmp: Path | None = None
+        self._stranded: weakref.finalize | None = None
+
+    def __enter__(self) -> Path:
+        try:
+            with interrupts_held():
+                self.target.parent.mkdir(parents=True, exist_ok=True)
+                fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=self.target.suffix or ".tmp", dir=self.target.parent)
+                self._stranded = weakref.finalize(self, _remove_temporary, name)
+                self.tmp = Path(name)
+                os.close(fd)
+        except BaseException as err:
+            self._discard(err)
+            raise
+        return self.tmp
+
+    def __exit__(self, typ, err, tb) -> bool:
+        if err is None:
+            try:
+                os.chmod(self.tmp, 0o666 & ~current_umask())
+                os.replace(self.tmp, self.target)
+            except BaseException as failed:
+                self._discard(failed)
+                raise
+            self._stranded.detach()
+            return False
+        self._discard(err)
+        return False  # the body's own exception goes on
+
+    def _discard(self, err: BaseException) -> None:
+        """Remove the temporary; a full disk becomes one line."""
+        if self._stranded is not None:
+            with interrupts_held():  # a second Ctrl-C here must not strand it either
+                self._stranded()
         if is_disk_full(err):
-            raise disk_full_error(target) from None
-        raise
+            raise disk_full_error(self.target) from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
