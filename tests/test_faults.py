@@ -374,14 +374,14 @@ from sinder.interrupt import Terminated, TerminateAsInterrupt
 from sinder.io import write_text
 out, caught = Path(sys.argv[1]), 0
 with TerminateAsInterrupt():
-    print(0, flush=True)
     while caught < int(sys.argv[2]):
-        try:  # the loop inside the try: the next signal comes only after this one is acknowledged
+        try:  # acknowledged inside the try: the next signal, sent after the acknowledgement, lands in here
+            print(caught, flush=True)
             while True:
                 write_text(out / "a.txt", "x")
         except Terminated:
             caught += 1
-            print(caught, flush=True)
+    print(caught, flush=True)
 """
 
 
