@@ -43,13 +43,6 @@ def disk_full_error(target: Path) -> DiskFullError:
     return DiskFullError(f"no space left on device while writing {target} ({free}); free some space or choose another --out, then rerun")
 
 
-def _remove_temporary(name: str) -> None:
-    try:
-        os.unlink(name)
-    except FileNotFoundError:
-        pass
-
-
 class atomic_path:
     """``with atomic_path(path) as tmp``: a temporary path beside ``path``; on success it replaces
     ``path`` atomically with the permissions of a plain ``open`` (the umask), not mkstemp's 0600.
@@ -69,8 +62,8 @@ class atomic_path:
             with interrupts_held():
                 self.target.parent.mkdir(parents=True, exist_ok=True)
                 fd, name = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=self.target.suffix or ".tmp", dir=self.target.parent)
-                self._stranded = weakref.finalize(self, _remove_temporary, name)
                 self.tmp = Path(name)
+                self._stranded = weakref.finalize(self, self.tmp.unlink, missing_ok=True)
                 os.close(fd)
         except BaseException as err:
             self._discard(err)
