@@ -354,6 +354,35 @@ def test_errors_are_one_line(tmp_path, monkeypatch):
         assert isinstance(err.value, SinderError) and words in _one_line(err)
 
 
+# timm models the adapters cannot serve: other classes (the first six used to crash with a TypeError
+# on dynamic_img_size) and a VisionTransformer whose blocks are not pre-norm Blocks
+UNSUPPORTED_TIMM = {
+    "resnet50": "ResNet", "convnext_tiny": "ConvNeXt", "beit_base_patch16_224": "Beit",
+    "vit_relpos_small_patch16_224": "VisionTransformerRelPos", "naflexvit_base_patch16_siglip": "NaFlexVit",
+    "swin_tiny_patch4_window7_224": "SwinTransformer", "vit_base_patch16_xp_224": "ParallelScalingBlock",
+}
+
+
+def test_unsupported_timm_models_are_refused_in_one_line_before_they_are_built(monkeypatch):
+    """Decided by class and block structure on a meta-device probe: nothing is initialised or downloaded."""
+    devices = []
+    create = timm.create_model
+
+    def recording(*args, **kwargs):
+        devices.append(torch.get_default_device().type)
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", recording)
+    for name, what in UNSUPPORTED_TIMM.items():
+        for kwargs in ({"random_init": True}, {}):  # untrained, and from the hub (refused before the network is asked)
+            with pytest.raises(ModelSpecError) as err:
+                load_backbone(f"timm:{name}", **kwargs)
+            msg = _one_line(err)
+            assert msg.startswith(f"timm:{name}: ") and what in msg, msg
+            assert "VisionTransformer" in msg and "Eva" in msg  # names what is supported
+    assert devices and set(devices) == {"meta"}
+
+
 @pytest.mark.parametrize("case", ["hf_dinov3", "dinov3_rope_jitter"])
 def test_rope_positions_do_not_jitter_in_train_mode(case):
     if case == "dinov3_rope_jitter":

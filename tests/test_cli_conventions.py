@@ -7,6 +7,7 @@ import argparse
 import io
 import logging
 import os
+import re
 import subprocess
 import sys
 from importlib.metadata import version
@@ -112,6 +113,50 @@ def test_every_option_has_help_and_shows_its_default():
     assert not bad, "\n".join(bad)
 
 
+def test_skip_less_than_help_says_which_commands_it_acts_in():
+    """It decides what repair trains on; analyze and evaluate only record it with the rule."""
+    helps = {command: action.help for command, action in _options() if "--skip-less-than" in action.option_strings}
+    for command in ("repair", "compare"):
+        assert helps[command].startswith("defects a layer needs before repair trains on it"), helps[command]
+    for command in ("analyze", "evaluate"):
+        assert helps[command].startswith("used by sinder repair only") and "changes nothing" in helps[command], helps[command]
+
+
+# ----------------------------------------------------------------------------- numbers for people
+
+
+def _layer(rate: float, align=None) -> dict:
+    return {"index": 0, "theory_alignment": align, "defect_rate": rate, "high_norm_rate": rate, "norm_median": 32.0,
+            "max_over_median": 9.5, "gate_rejected_rate": 0.0}
+
+
+def test_rates_are_percentages_and_counts_agree_with_their_noun_in_every_command():
+    """One unit for a rate in the terminal (repair printed 0.6118 -> 1.135e-07 where the demo printed
+    57.36%), and no "1 images". JSON keeps the fractions: only the printed text changes."""
+    from sinder.analyze import format_table
+    from sinder.commands.demo import comparison_table, residual_lines
+    from sinder.commands.repair import format_summary
+    from sinder.evaluate import format_table as evaluate_table
+
+    last = {"energy_along_direction": 0.6118, "max_over_median": 9.48, "high_norm_rate": 0.0193, "defect_rate": 0.0193}
+    fixed = {"energy_along_direction": 1.135e-07, "max_over_median": 1.15, "high_norm_rate": 0.0, "defect_rate": 0.0}
+    summary = {"steps": 1, "images_seen": 1, "seconds": 1.0, "stop_reason": "clean_pass", "final_skip_ratio": 0.008,
+               "metrics": {"num_images": 1, "before": last, "after": fixed, "features": {"cls_cosine": 0.9999}}}
+    repair_text = format_summary(summary)
+    assert "energy_along_direction" in repair_text and "61.18%" in repair_text and "0.00%" in repair_text, repair_text
+    assert "0.6118" not in repair_text and "e-07" not in repair_text
+    assert "final skip ratio 0.80%" in repair_text and "held-out (1 image)" in repair_text
+    demo_text = comparison_table({"layers": [last]}, {"layers": [fixed]}, None)
+    assert "61.18%" in demo_text and "1.93%" in demo_text and "0.6118" not in demo_text, demo_text
+    residual = [{"image": "a", "high_norm_tokens": 1, "strongest": []}, {"image": "b", "high_norm_tokens": 2, "strongest": []}]
+    assert residual_lines(residual)[1:] == ["  a: 1 token", "  b: 2 tokens"]
+    table = format_table({"layers": [_layer(0.0193, 0.99)], "direction_consistency_deg": 3.0, "direction_consistency_images": 1,
+                          "rule": {"norm_gate": 2.0}})
+    assert "1.93%" in table and "(1 image with high-norm defects)" in table, table
+    report = {"models": {"m": {"high_norm_rate": 0.0193, "max_over_median": 9.48, "top1@20": 0.5}}}
+    assert evaluate_table(report).splitlines()[2].split()[1:] == ["1.93%", "9.4800", "50.00%"]
+
+
 # ----------------------------------------------------------------------------- progress bars
 
 
@@ -140,8 +185,10 @@ def test_analyze_log_has_no_carriage_returns_nor_pil_chunks(photos, tmp_path):
     assert "\r" not in proc.stderr
     assert "STREAM" not in proc.stderr and "IHDR" not in proc.stderr, proc.stderr  # PIL's PNG chunk log
     assert "image path(s) listed" in proc.stderr  # one of sinder's own debug lines
-    for note in ("loading planted:small", "predicting the defect directions", "analysing 1 image(s) at 42 px"):
+    for note in ("loading planted:small", "predicting the defect directions", "analysing 1 image at 42 px"):
         assert note in proc.stderr, proc.stderr
+    assert "1 image analysed" in proc.stdout, proc.stdout  # one photo: singular, never "1 images"
+    assert not re.search(r"\b1 images\b", proc.stdout + proc.stderr)
 
 
 def on_terminal(*argv) -> bytes:

@@ -80,7 +80,18 @@ CASES = {
     "evaluate_bad_compare_spec": (
         "evaluate planted:small --task intrinsic --data {ws}/photos --compare foo:bar --out {ws}/o13", "unknown model spec 'foo:bar'", "o13"),
     "evaluate_missing_data": ("evaluate planted:small --task knn --data {ws}/nosuch --out {ws}/o14", "not found", "o14"),
+    # timm models no adapter serves: one line naming what is supported (they used to trace back with
+    # "TypeError ... dynamic_img_size"); the in-process test in test_backbones covers the other classes
+    "timm_resnet_unsupported": (
+        "analyze timm:resnet50 {ws}/photos --out {ws}/o20 --random-init",
+        "ResNet is not a ViT that sinder can adapt; sinder adapts timm VisionTransformer", "o20"),
+    "weights_with_random_init": (
+        "analyze planted:small {ws}/photos --out {ws}/o22 --weights {ws}/text.pth --random-init", "--weights and --random-init contradict", "o22"),
+    **({} if torch.cuda.is_available() else {
+        "device_cuda_without_cuda": ("repair planted:small --data {ws}/photos --out {ws}/o23 --device cuda", "no CUDA device", "o23")}),
 }
+# refused before any model is loaded (no "loading MODEL" line)
+BEFORE_LOADING = ("weights_with_random_init", "device_cuda_without_cuda")
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +126,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(ws, outcomes, case):
     assert "\x1b[" not in error  # no terminal colour codes copied from torch/transformers messages
     if created is not None:
         assert not (ws / created).exists()
+    if case in BEFORE_LOADING:
+        assert "loading" not in proc.stderr, proc.stderr
     if case == "demo_out_is_nonempty_dir":
         assert "--resume" not in error  # demo has no --resume
         assert seconds < 20  # refused before the model is built and analysed

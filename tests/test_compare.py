@@ -5,21 +5,31 @@ renders in a real browser."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import subprocess
 
 import pytest
 import torch
 
-from sinder.compare import COMPARE_FILE, PAGE_FILE, CompareConfig, compare
-from sinder.compare.page import SECTION_IDS
+from sinder.compare import COMPARE_FILE, PAGE_FILE, CompareConfig, compare, format_table
+from sinder.compare.page import SECTION_IDS, neurons, per_layer_figure
 from sinder.errors import ConfigError
+from sinder.evaluate import EvaluateConfig
 from sinder.images import BUNDLED_EVAL, BUNDLED_TRAIN, bundled_photos
 from sinder.repair.config import RepairConfig
 
+from test_evaluate import make_knn
 from test_report import browser_check, chromium
 
 EVAL = BUNDLED_EVAL[:4]
+KNN_KEYS = {f"{p}top1@{k}" for p in ("", "patch_") for k in (1, 3)}
+
+
+@pytest.fixture(scope="module")
+def knn_dir(tmp_path_factory):
+    """A tiny kNN set: 3 colour classes, 2 train and 1 val image each (fewer train images than the default k)."""
+    return make_knn(tmp_path_factory.mktemp("compare_knn"), n_train=2, n_val=1)
 
 
 @pytest.fixture(scope="module")
@@ -31,20 +41,40 @@ def eval_dir(tmp_path_factory):
     return root
 
 
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
-def compared(planted, tmp_path_factory):
-    """All four fixes and a retrained-with-registers row, through the Python API."""
+def compared(planted, tmp_path_factory, knn_dir):
+    """All four fixes and a retrained-with-registers row, through the Python API, with a kNN task
+    (its k passed on) and the progress lines kept."""
     out = tmp_path_factory.mktemp("compare") / "out"
     before = {k: v.clone() for k, v in planted.model.state_dict().items()}
-    config = CompareConfig(max_maps=1, repair=RepairConfig(max_steps=120, progress=False, analysis=False), retrained="planted:reg4")
-    report = compare(planted, bundled_photos(BUNDLED_TRAIN), bundled_photos(EVAL), config, out)
+    config = CompareConfig(max_maps=1, repair=RepairConfig(max_steps=120, progress=False, analysis=False), retrained="planted:reg4",
+                           tasks=(("knn", str(knn_dir)),), task_options=EvaluateConfig(knn_ks=(1, 3)))  # fmt: skip
+    logger, lines = logging.getLogger("sinder.evaluate.run"), _Lines()
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(lines)
+    try:
+        report = compare(planted, bundled_photos(BUNDLED_TRAIN), bundled_photos(EVAL), config, out)
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    report["progress_lines"] = lines.lines  # not in compare.json
     return report, out, before
 
 
 def test_every_fix_removes_the_planted_defect_and_keeps_the_features(compared):
     report, out, _ = compared
     assert report["order"] == ["original", "sinder", "registers", "clamp", "interp", "retrained"]
-    assert json.loads((out / COMPARE_FILE).read_text()) == report
+    assert json.loads((out / COMPARE_FILE).read_text()) == {k: v for k, v in report.items() if k != "progress_lines"}
     methods = report["methods"]
     base = methods["original"]["last_layer"]
     assert base["energy_along_u"] > 0.3 and base["max_over_median"] > 4 and base["high_norm_rate"] > 0
@@ -64,7 +94,11 @@ def test_what_each_fix_needed_is_recorded(compared):
     m = report["methods"]
     assert m["sinder"]["needs"]["training_steps"] > 0 and m["sinder"]["needs"]["edits_weights"]
     assert (out / "sinder_run" / "summary.json").exists() and m["sinder"]["details"]["reused"] is False
-    assert m["registers"]["needs"] == {"images": len(BUNDLED_TRAIN), "training_steps": 0, "edits_weights": False}
+    summary = json.loads((out / "sinder_run" / "summary.json").read_text())
+    # two counts, never mixed: the distinct training images, and the images training processed with repeats
+    assert m["sinder"]["needs"]["images"] == summary["num_train_images"] <= len(BUNDLED_TRAIN)
+    assert m["sinder"]["needs"]["training_images_seen"] == summary["images_seen"] > len(BUNDLED_TRAIN)
+    assert m["registers"]["needs"] == {"images": len(BUNDLED_TRAIN), "training_images_seen": 0, "training_steps": 0, "edits_weights": False}
     assert m["registers"]["details"]["neurons"] == [[4, 1535]]  # the ignition unit, found on the training photos
     assert m["clamp"]["needs"]["images"] == 0 and m["clamp"]["details"]["gamma"] == 1.5
     assert m["clamp"]["details"]["clamped_values"] > 0  # the planted circuit sits above γ
@@ -87,6 +121,44 @@ def test_the_page_has_every_section_and_a_map_row_per_method(compared):
     assert html.count('alt="maps of ') == 1  # --max-maps 1
     summary = html.split('id="summary"')[1].split("</section>")[0]
     assert all(f"<b>{name}</b>" in summary for name in report["order"])
+    assert "<th>images needed (distinct)</th>" in summary and "<th>training images seen (with repeats)</th>" in summary
+    assert "<th>images</th>" not in summary
+    settings = html.split('id="settings"')[1].split("</section>")[0]
+    assert "neurons=[(4, 1535)]" in settings and "items]" not in settings
+    downstream = html.split('id="downstream"')[1].split("</section>")[0]
+    assert "top1@3" in downstream and len(re.findall(r">\d+\.\d\d%<", downstream)) == 4 * len(report["order"])  # rates in %
+
+
+def test_neurons_are_shown_and_long_lists_abbreviated():
+    assert neurons([[4, 1535]]) == "[(4, 1535)]"
+    assert neurons([[1, u] for u in range(50)]) == "[(1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 7), … +42 more (50 in all)]"
+
+
+def test_per_layer_chart_shows_rates_in_percent(compared):
+    report, _, _ = compared
+    fig = per_layer_figure(report)
+    energy, ratio, high = fig.axes[:3]
+    assert "%" in energy.get_title() and "%" in high.get_title() and "%" not in ratio.get_title()
+    rows = report["methods"]["original"]["per_layer"]
+    assert list(high.lines[0].get_ydata()) == pytest.approx([100 * r["high_norm_rate"] for r in rows])
+    assert list(energy.lines[0].get_ydata()) == pytest.approx([100 * r["energy_along_direction"] for r in rows])
+    assert list(ratio.lines[0].get_ydata()) == pytest.approx([r["max_over_median"] for r in rows])
+
+
+def test_downstream_runs_every_method_with_the_task_options_and_names_it(compared, knn_dir):
+    report, _, _ = compared
+    assert report["tasks"] == {"knn": str(knn_dir)}
+    for name in report["order"]:
+        assert set(report["methods"][name]["tasks"]["knn"]) == KNN_KEYS | {"seconds"}, name  # k = 1, 3 as passed
+        assert sum(line.startswith(f"evaluating {name} (") and " on knn " in line for line in report["progress_lines"]) == 1, name
+    table = format_table(report)  # the terminal table: downstream too, rates in %
+    block = table.split(f"downstream knn on {knn_dir}:")[1].splitlines()
+    assert "top1@3" in block[1] and all(re.match(rf"{n}\s.*\d\.\d\d%", row) for n, row in zip(report["order"], block[2:]))
+    head = table.splitlines()[0]
+    assert "distinct imgs" in head and "imgs seen" in head
+    sinder_row = next(line for line in table.splitlines() if line.startswith("sinder "))
+    needs = report["methods"]["sinder"]["needs"]
+    assert f" {needs['images']} " in sinder_row and f" {needs['training_images_seen']} " in sinder_row
 
 
 def test_headless_browser_renders_the_comparison(compared, tmp_path):
@@ -109,12 +181,16 @@ def sinder_cli(capsys, *argv: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(argv, code, out, err)
 
 
-def test_command_reuses_a_finished_run_and_registers_file_with_the_same_numbers(compared, eval_dir, tmp_path, capsys):
+def test_command_reuses_a_finished_run_and_registers_file_with_the_same_numbers(compared, eval_dir, knn_dir, tmp_path, capsys):
     report, out, _ = compared
     res = sinder_cli(capsys, "compare", "-q", "planted:small", "--methods", "sinder,registers", "--repair-run", str(out / "sinder_run"),
-                     "--registers", str(out / "registers.json"), "--eval", str(eval_dir), "--out", str(tmp_path / "c"), "--max-maps", "0")  # fmt: skip
+                     "--registers", str(out / "registers.json"), "--eval", str(eval_dir), "--out", str(tmp_path / "c"), "--max-maps", "0",
+                     "--task", f"knn={knn_dir}", "--knn-k", "1", "3")  # fmt: skip
     assert res.returncode == 0, res.stderr
     again = json.loads((tmp_path / "c" / COMPARE_FILE).read_text())
+    for name in ("original", "sinder", "registers"):  # --knn-k passed on; the same numbers as through the API
+        assert again["methods"][name]["tasks"]["knn"]["top1@3"] == pytest.approx(report["methods"][name]["tasks"]["knn"]["top1@3"]), name
+    assert f"downstream knn on {knn_dir}:" in res.stdout and re.search(r"^registers\s.*\d\.\d\d%", res.stdout.split("downstream knn")[1], re.M)
     assert again["methods"]["sinder"]["details"]["reused"] is True
     assert again["methods"]["sinder"]["needs"]["training_steps"] == report["methods"]["sinder"]["needs"]["training_steps"]
     for name in ("original", "sinder", "registers"):
@@ -157,6 +233,28 @@ def test_bad_compare_input_is_one_line_and_writes_nothing(case, eval_dir, tmp_pa
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1 and needle in lines[0], lines
     assert not (out / COMPARE_FILE).exists()
+
+
+def test_task_data_is_checked_before_the_model_loads(planted, eval_dir, knn_dir, tmp_path, capsys, monkeypatch):
+    """A k above the train images is refused in one line naming --knn-k before the model loads or
+    SINDER trains; the grid check, which needs the patch size, before any method is prepared."""
+    import sinder.commands.compare as command
+    import sinder.compare.run as run
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model loaded or a method was prepared before the task checks")
+
+    monkeypatch.setattr(command, "load_model_from_args", never)
+    res = sinder_cli(capsys, "compare", "-q", "planted:small", "--methods", "sinder", "--data", str(eval_dir), "--eval", str(eval_dir),
+                     "--out", str(tmp_path / "c"), "--task", f"knn={knn_dir}")  # fmt: skip
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and "fewer than k=10, 20, 100, 200; pass --knn-k" in lines[0], lines
+    assert not (tmp_path / "c").exists()
+    monkeypatch.setattr(run, "_prepare", never)
+    small = CompareConfig(methods=("sinder",), resolution=28, tasks=(("knn", str(knn_dir)), ("intrinsic", str(eval_dir))),
+                          task_options=EvaluateConfig(knn_ks=(1, 3)))  # fmt: skip
+    with pytest.raises(ConfigError, match="intrinsic: resolution 28 gives 2 patch"):
+        compare(planted, None, bundled_photos(EVAL), small)
 
 
 def test_config_is_validated_at_the_boundary():

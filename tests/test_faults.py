@@ -313,6 +313,149 @@ def test_resume_with_other_settings_is_refused_before_the_model_loads(ws, clean,
     assert needle in one_line(capsys.readouterr().err)
 
 
+# ----------------------------------------------------------------------------- an interrupt at every phase
+
+# A run with held-out images, so every phase exists: before-analysis, start-up, training, export,
+# after-analysis. A random ViT-Ti: the phases, not the defects, are under test, and its SVDs take a
+# sixth of a ViT-S's (each resumed run factorises the weights again). It has nothing to train, so its
+# held-out residual stays put and the plateau stop ends every run at step 2, a stop a resumed run must
+# keep (the loop looks at the plateau only at its checks).
+PHASE_STEPS = 2
+PHASE_MODEL = "timm:vit_tiny_patch16_224"
+PHASE_REPAIR = [
+    "repair", PHASE_MODEL, "--random-init", "--data", "photos", "--eval-data", "eval", "--max-steps", "6",
+    "--plateau-every", "1", "--plateau-patience", "1", "--no-progress",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from sinder.backbones import load_backbone
+
+    return load_backbone(PHASE_MODEL, random_init=True)
+
+
+@pytest.fixture
+def in_process(ws, tiny, monkeypatch):
+    """``sinder`` commands run by ``cli.main`` in this process, in ``ws`` (with a held-out folder),
+    each on a copy of one model: no interpreter start-up or model build per run."""
+    import copy
+
+    import sinder.backbones
+    from skimage import data
+
+    (ws / "eval").mkdir(exist_ok=True)
+    if not (ws / "eval" / "camera.png").exists():
+        Image.fromarray(data.camera()).save(ws / "eval" / "camera.png")
+    monkeypatch.chdir(ws)
+    monkeypatch.setattr(sinder.backbones, "load_backbone", lambda spec, *a, **k: copy.deepcopy(tiny))
+
+
+def interrupt_at(monkeypatch, owner, name: str, call: int = 1) -> None:
+    """SIGINT to this process when ``owner.name`` is called for the ``call``-th time, then the call proceeds."""
+    original, calls = getattr(owner, name), []
+
+    def hooked(*args, **kwargs):
+        calls.append(name)
+        if len(calls) == call:
+            signal.raise_signal(signal.SIGINT)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, hooked)
+
+
+def _phase_target(phase: str):
+    import sinder.export
+    import sinder.repair.api
+    import sinder.repair.loop
+    from sinder.runfolder import AnalysisFolder
+
+    return {
+        # while analysis_before/ is written: it used to be left empty, a folder neither a rerun nor --resume took
+        "before-analysis": ((AnalysisFolder, "_write_entries", 1), "during the analysis before repair"),
+        "start-up": ((sinder.repair.api, "attach", 1), "during the start-up"),  # factorising the weights
+        "training": ((sinder.repair.loop.TrainingLoop, "step", 1), "at step 1: the step was finished"),
+        "export": ((sinder.export, "reload_exported", 1), "during the export"),  # the weights are written, not yet checked
+        "after-analysis": ((AnalysisFolder, "_write_entries", 2), "during the analysis after repair"),
+    }[phase]
+
+
+@pytest.mark.parametrize("phase", ["before-analysis", "start-up", "training", "export", "after-analysis"])
+def test_an_interrupt_at_any_phase_is_continued_by_the_advised_command(in_process, ws, monkeypatch, capsys, phase):
+    """SIGINT at each phase: one line that names the phase and says to rerun with --resume, no result
+    left; the advised command then finishes the run (analysis_before/ kept when it was complete)."""
+    from sinder.cli import main
+
+    out = ws / f"phase_{phase}"
+    argv = [*PHASE_REPAIR, "--out", out.name]
+    (owner, name, call), where = _phase_target(phase)
+    with monkeypatch.context() as m:
+        interrupt_at(m, owner, name, call)
+        assert main(argv) == 130
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("sinder repair: interrupted: SIGINT") and where in line, line
+    assert "rerun the same command with --resume to continue" in line, line
+    assert (out / "config.json").is_file() and not (out / "summary.json").exists()
+    kept = out / "analysis_before" / "analysis.json"
+    kept_stamp = kept.stat().st_mtime_ns if kept.exists() else None
+
+    assert main([*argv, "--resume"]) == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed"] is (phase not in ("before-analysis", "start-up"))
+    assert summary["stop_reason"] == "residual_plateau" and summary["steps"] == PHASE_STEPS
+    assert [json.loads(row)["step"] for row in (out / "log.jsonl").read_text().splitlines()] == list(range(1, PHASE_STEPS + 1))
+    assert summary["metrics"]["after"] and summary["export_max_token_diff"] is not None
+    assert (out / WEIGHTS).is_file() and (out / "analysis_after" / "analysis.json").is_file()
+    assert kept.is_file() and (kept_stamp is None or kept.stat().st_mtime_ns == kept_stamp)
+    assert temporaries(out) == []
+
+
+def test_an_interrupt_before_the_run_started_leaves_the_folder_as_it_was(in_process, ws, monkeypatch, capsys):
+    """With --overwrite over a finished run, stopped while the model loads: nothing was replaced yet, so
+    the advice is the same command (not --resume, which would continue the old run)."""
+    import sinder.backbones
+
+    from sinder.cli import main
+
+    out = ws / "old_run"
+    out.mkdir()
+    for name in ("config.json", "summary.json"):
+        (out / name).write_text("{}")
+    interrupt_at(monkeypatch, sinder.backbones, "load_backbone")
+    assert main([*PHASE_REPAIR, "--out", out.name, "--overwrite"]) == 130
+    line = one_line(capsys.readouterr().err)
+    assert line.endswith("rerun the same command") and "--resume" not in line, line
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "summary.json"]
+
+
+def test_resume_with_other_held_out_images_is_refused_before_the_model_loads(in_process, ws, monkeypatch, capsys):
+    """The held-out images drive the plateau stop and every before/after number: --resume refuses a
+    changed --eval-data like a changed --data (it used to finish silently)."""
+    import sinder.backbones
+    import sinder.repair.api
+
+    from sinder.cli import main
+
+    out = ws / "other_eval"
+    argv = [*PHASE_REPAIR, "--out", out.name]
+    other = [a if a != "eval" else "photos/coffee.png" for a in argv]
+    with monkeypatch.context() as m:
+        interrupt_at(m, sinder.repair.api, "_directions")  # config.json is written, nothing else
+        assert main(argv) == 130
+    assert "rerun the same command with --resume" in one_line(capsys.readouterr().err)
+
+    def too_late(*a, **k):
+        raise AssertionError("the model was loaded before the held-out images were checked")
+
+    monkeypatch.setattr(sinder.backbones, "load_backbone", too_late)
+    for changed in (other, [*argv, "--num-eval", "0"]):  # other images; none
+        assert main([*changed, "--resume"]) == 2
+        assert "the held-out images differ" in one_line(capsys.readouterr().err)
+    # the same images pass the check (and reach the model)
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        main([*argv, "--resume"])
+
+
 # ----------------------------------------------------------------------------- conventions
 
 
@@ -344,7 +487,7 @@ def test_sigterm_outside_training_is_one_line_and_leaves_no_temporary(ws):
     rc, _, err = finish(proc)
     assert rc == 143, err
     line = one_line(err)
-    assert line.startswith("sinder repair: interrupted: SIGTERM") and "rerun the same command" in line, line
+    assert line.startswith("sinder repair: interrupted: SIGTERM") and "rerun the same command with --resume" in line, line
     assert temporaries(out) == [] and not (out / "analysis_before" / "analysis.json").exists()
 
 
@@ -398,3 +541,18 @@ def test_no_temporary_survives_a_storm_of_sigterms(tmp_path):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and out == f"{signals}\n", err
     assert temporaries(tmp_path) == []
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_an_interrupted_demo_says_to_start_over(ws, monkeypatch, capsys, overwrite):
+    """The demo takes no --resume: its advice is the command that works (with --overwrite, since the
+    folder now exists)."""
+    import sinder.repair.api
+
+    from sinder.cli import main
+
+    monkeypatch.chdir(ws)
+    interrupt_at(monkeypatch, sinder.repair.api, "_directions")
+    assert main(["demo", "--out", f"demo_{overwrite}", "--no-progress", *(["--overwrite"] if overwrite else [])]) == 130
+    line = one_line(capsys.readouterr().err)
+    assert line == "sinder demo: interrupted: SIGINT during the demo, which starts over: rerun the same command" + ("" if overwrite else " with --overwrite"), line

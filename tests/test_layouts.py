@@ -146,6 +146,52 @@ def test_voc_segmentation_pairs_listed_images_with_their_masks(tmp_path, where):
     assert list(load_layout("unsup-seg", data)) == ["val"]
 
 
+def test_voc_year_outside_vocdevkit_is_read_and_blank_list_lines_are_ignored(tmp_path):
+    voc = make_voc(tmp_path).rename(tmp_path / "VOC2012")  # moved out of VOCdevkit/
+    (voc / "ImageSets/Segmentation/train.txt").write_text("\n".join(["", *TRAIN[:2], "  ", MISSING, TRAIN[2], "", ""]) + "\n")
+    (voc / "ImageSets/Main/trainval.txt").write_text("\n" + "\n\n".join(VOC_IDS) + "\n\n")
+    splits = load_layout("linear-seg", voc)
+    assert splits["train"].images == [voc / "JPEGImages" / f"{i}.jpg" for i in TRAIN]
+    assert splits["train"].masks == [voc / "SegmentationClass" / f"{i}.png" for i in TRAIN]
+    assert [Path(s["path"]).name for s in splits["train"].skipped] == [f"{MISSING}.jpg"]  # no "JPEGImages/.jpg"
+    boxes = load_layout("lost", voc)
+    assert [p.stem for p in boxes.images] == list(VOC_IDS) and boxes.skipped == []
+    assert all(a.parent == voc / "Annotations" for a in boxes.annotations)
+    (voc / "ImageSets/Segmentation/val.txt").write_text("\n \n")
+    with pytest.raises(SinderError, match="val.txt lists no image"):
+        load_layout("unsup-seg", voc)
+
+
+def test_intrinsic_reads_only_the_photos_of_a_known_layout(tmp_path):
+    voc = make_voc(tmp_path / "voc")
+    photos = sorted(voc / "JPEGImages" / f"{i}.jpg" for i in [*VOC_IDS, UNLISTED])
+    for data in (tmp_path / "voc", voc.parent, voc):  # never SegmentationClass/*.png
+        assert load_layout("intrinsic", data) == photos
+    ade = make_ade(tmp_path / "ade")
+    for data in (tmp_path / "ade", ade):
+        got = load_layout("intrinsic", data)
+        assert len(got) == 2 * len(ADE_LABELS) + 1 and all(p.parent.parent == ade / "images" for p in got)
+    knn = make_class_folders(tmp_path / "in")
+    Image.fromarray(object_image(0)).save(knn / "cover.png")  # beside the class folders: not a class image
+    got = load_layout("intrinsic", knn)
+    assert len(got) == 9 and all(p.parts[-3] in ("train", "val") or p.parts[-4] in ("train", "val") for p in got)  # no hidden folder
+    own = tmp_path / "own"
+    for sub in ("images", "masks"):
+        (own / "val" / sub).mkdir(parents=True)
+    Image.fromarray(object_image(0)).save(own / "val" / "images" / "a.png")
+    palette_png(object_mask(3), own / "val" / "masks" / "a.png")
+    assert load_layout("intrinsic", own) == [own / "val" / "images" / "a.png"]
+    plain = tmp_path / "plain"  # a folder of photos stays one: every image, recursively
+    (plain / "sub").mkdir(parents=True)
+    for name in ("a.png", "sub/b.png"):
+        Image.fromarray(object_image(1)).save(plain / name)
+    assert load_layout("intrinsic", plain) == [plain / "a.png", plain / "sub" / "b.png"]
+    assert load_layout("intrinsic", voc / "JPEGImages") == photos
+    shutil.copytree(voc, voc.with_name("VOC2007"))
+    with pytest.raises(SinderError, match="holds VOC2007, VOC2012; pass --data .*VOCdevkit/VOC20XX .*JPEGImages/$"):
+        load_layout("intrinsic", voc.parent)
+
+
 def test_voc_detection_reads_trainval_boxes(tmp_path):
     voc = make_voc(tmp_path)
     (voc / "Annotations" / f"{VAL[0]}.xml").unlink()
@@ -224,6 +270,8 @@ def test_evaluate_runs_on_voc_and_ade(tmp_path, planted):
     assert info["num_images"] == {"val": 3} and info["num_classes"] == 4  # background, 12, 15 and 8 in val
     m, info = evaluate_with_info(planted, "lost", voc, cfg)
     assert set(m) == {"corloc"} and 0.0 <= m["corloc"] <= 1.0 and info["num_images"] == len(VOC_IDS)
+    m, info = evaluate_with_info(planted, "intrinsic", voc, cfg)
+    assert info["num_images"] == len(VOC_IDS) + 1 and info["skipped"] == []  # the photos of JPEGImages/, no mask
     make_ade(tmp_path / "ade")
     m, info = evaluate_with_info(planted, "linear-seg", tmp_path / "ade", cfg)
     assert info["num_images"] == {"train": 3, "val": 3} and info["num_classes"] == 150  # label 150 -> class 149
@@ -245,10 +293,6 @@ def voc_case(change, task: str = "linear-seg", data: str = "."):
         return task, tmp / data, voc
 
     return build
-
-
-def move_out(voc: Path) -> None:
-    voc.rename(voc.parents[1] / "VOC2012")
 
 
 # name -> (builder(tmp) -> (task, data, voc or ade), expected message with {voc}/{devkit}/{ade}/{root})
@@ -274,9 +318,6 @@ WRONG = {
         f"{{devkit}}: VOC2013 is not a Pascal VOC year torchvision reads (VOC2007 to VOC2012); {SEG_EXPECTS}",
     ),
     "voc no year folder": (voc_case(lambda v: unlink(v), "lost"), f"{{devkit}}: no VOC20XX folder; {LOST_EXPECTS}"),
-    "voc year outside VOCdevkit": (
-        voc_case(move_out, "unsup-seg", "VOC2012"), f"{{root}}/VOC2012: a VOC20XX folder is read where it unpacks, inside VOCdevkit/; {VAL_EXPECTS}"
-    ),
     "voc two years for lost": (
         voc_case(lambda v: shutil.copytree(v, v.with_name("VOC2007")), "lost"),
         f"{{devkit}}: holds VOC2007, VOC2012; pass --data {{devkit}}/VOC20XX for the year to evaluate; {LOST_EXPECTS}",

@@ -1,5 +1,6 @@
 """The planted-defect model really has singular defects, measured on natural photos."""
 import math
+import os
 
 import pytest
 import torch
@@ -8,6 +9,9 @@ from sinder.analyze import AnalyzeConfig, analyze
 from sinder.planted import PlantedConfig, build_planted
 from sinder.detect import DefectRule
 from sinder.images import BUNDLED_EVAL, BUNDLED_TRAIN, bundled_photos
+from sinder.planted import PRESETS
+
+from helpers.fingerprint import fingerprint, mismatches, read_pins
 
 PHOTOS = BUNDLED_TRAIN[:4] + BUNDLED_EVAL[:4]
 
@@ -90,6 +94,7 @@ def test_zoo_member_has_real_singular_defects(name):
     t0 = time.perf_counter()
     bb = load_backbone(f"planted:{name}")
     assert time.perf_counter() - t0 < 30
+    assert_unchanged(name, bb.model)  # other members' config fields leave this one as pinned
     truth = bb.ground_truth
     nu = defect_directions(bb)[-1]
     assert abs(float(nu @ truth.u)) > 0.95
@@ -110,36 +115,76 @@ def test_zoo_member_has_real_singular_defects(name):
         assert set(ignited) == {len(truth.positions)}
 
 
-# sha256 of the state dicts (u, m and the marker cells are in them) of members built before the
-# spectral member was added: new config fields must leave the others bit-identical (pinned under
-# these versions; a torch or timm upgrade may change timm's random init, so re-pin then)
-PINNED_UNDER = ("2.14.1", "1.0.31")
-PINNED = {
-    "small": "e6e54d03989331de75107e6f4a990163bafd75c2a8d30c4b6e9e937032105860",
-    "noisy": "c111ec44a8136e65e7609b4f0de33e5d310369d0f81f7f63a670ca8426b60a04",
-}
-
-
-def planted_digest(name: str) -> str:
-    import hashlib
-
-    from sinder.planted import PRESETS
-
-    model, _ = build_planted(PRESETS[name])
-    h = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        h.update(key.encode())
-        h.update(value.contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-@pytest.mark.parametrize("name", sorted(PINNED))
-def test_existing_zoo_members_are_bit_identical(name):
+# Every member's weights are pinned by a fingerprint that holds across CPUs, BLAS kernels and
+# thread counts (tests/helpers/fingerprint.py): a new config field must leave the others unchanged.
+# A torch or timm upgrade may change timm's random init: re-pin then.
+def _pins() -> dict | None:
+    """The pinned fingerprints, or None when they were pinned under other torch/timm versions."""
     import timm
 
-    if (torch.__version__.split("+")[0], timm.__version__) != PINNED_UNDER:
-        pytest.skip(f"digests pinned under torch {PINNED_UNDER[0]}, timm {PINNED_UNDER[1]}")
-    assert planted_digest(name) == PINNED[name]
+    pins = read_pins()
+    same = (torch.__version__.split("+")[0], timm.__version__) == (pins["torch"], pins["timm"])
+    return pins["members"] if same else None
+
+
+def _pins_or_skip() -> dict:
+    pins = _pins()
+    if pins is None:
+        pytest.skip(f"fingerprints pinned under torch {read_pins()['torch']}, timm {read_pins()['timm']}")
+    return pins
+
+
+def assert_unchanged(name: str, model: torch.nn.Module) -> None:
+    """``model`` is planted:NAME as pinned (checked only under the pinning versions; the
+    dedicated tests below say so when they skip)."""
+    pinned = _pins()
+    if pinned is None:
+        return
+    assert name in pinned, f"planted:{name} has no pinned fingerprint: run tests/helpers/fingerprint.py"
+    bad = mismatches(fingerprint(model.state_dict()), pinned[name])
+    assert not bad, bad[:5]
+
+
+def test_default_member_is_unchanged(planted):
+    assert set(_pins_or_skip()) == set(PRESETS), "pin every member: run tests/helpers/fingerprint.py"
+    assert_unchanged("small", planted.model)
+
+
+def test_fingerprint_ignores_float_noise_and_catches_real_changes():
+    """Float32 rounding noise (what another CPU's kernels give) passes; a change of a config
+    field, or a 1e-4 relative edit of one tensor, fails."""
+    from dataclasses import replace
+
+    pinned = _pins_or_skip()["small"]
+    model, _ = build_planted(PRESETS["small"])
+    state = model.state_dict()
+    gen = torch.Generator().manual_seed(0)
+    noisy = {k: v * (1 + 6e-8 * torch.randn(v.shape, generator=gen)) for k, v in state.items()}
+    assert mismatches(fingerprint(noisy), pinned) == []
+    edited = dict(state, **{"blocks.3.mlp.fc1.weight": state["blocks.3.mlp.fc1.weight"] * (1 + 1e-4 * torch.randn(state["blocks.3.mlp.fc1.weight"].shape, generator=gen))})
+    assert [line.split(":")[0] for line in mismatches(fingerprint(edited), pinned)] == ["blocks.3.mlp.fc1.weight"]
+    changed, _ = build_planted(replace(PRESETS["small"], marker_norm=PRESETS["small"].marker_norm * 1.01))
+    assert any(line.startswith("pos_embed") for line in mismatches(fingerprint(changed.state_dict()), pinned))
+
+
+def test_build_matches_its_pin_under_other_cpu_kernels():
+    """ATen's portable kernels (ATEN_CPU_CAPABILITY=default) stand in for another CPU model: its
+    float32 build differs in the last bits from the vectorised one, and the fingerprint holds."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _pins_or_skip()
+    code = (
+        "from helpers.fingerprint import fingerprint, mismatches, read_pins;"
+        "from sinder.planted import PRESETS, build_planted;"
+        "m, _ = build_planted(PRESETS['noisy']);"
+        "print(mismatches(fingerprint(m.state_dict()), read_pins()['members']['noisy']))"
+    )
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="default", OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 @pytest.fixture(scope="module")

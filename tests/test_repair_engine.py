@@ -263,7 +263,7 @@ def test_overwrite_leaves_nothing_of_an_earlier_run(tmp_path):
     left = sorted(p.name for p in out.iterdir())
     assert left == ["checkpoint.safetensors", "config.json", "log.jsonl", "sigma.safetensors", "summary.json"]
     page = build_report([out])
-    assert "analysis_after holds no analysis.json" in page and not caption.search(page)
+    assert "run made with --no-analysis" in page and not caption.search(page)
 
 
 def test_library_repair_holds_out_images_and_writes_the_complete_folder(tmp_path):

@@ -169,11 +169,11 @@ def test_run_report_content(run_dir, run_page):
     # The planted model has defects, the marker-free one almost none: the page must show it.
     assert before["layers"][-1]["high_norm_rate"] > 0.01 and after["layers"][-1]["high_norm_rate"] < 0.005
     metrics = section(page, "metrics")
-    assert f"{100 * before['layers'][-1]['high_norm_rate']:.2f} %" in metrics
-    assert f"{100 * after['layers'][-1]['high_norm_rate']:.2f} %" in metrics
-    # summary.json before/after table with the change column: 1.5 - 15.25
+    assert f"{100 * before['layers'][-1]['high_norm_rate']:.2f}%" in metrics
+    assert f"{100 * after['layers'][-1]['high_norm_rate']:.2f}%" in metrics
+    # summary.json before/after table with the change column: 1.5 - 15.25; rates in % and percentage points
     assert "<td>15.25</td><td>1.5</td><td>-13.75</td>" in metrics
-    assert "<td>0.0352</td><td>0</td><td>-0.0352</td>" in metrics
+    assert "<td>3.52%</td><td>0.00%</td><td>-3.52 pp</td>" in metrics
     assert "Before vs after repair (<code>metrics</code>)" in metrics
     assert "<code>metrics.features.cos_non_defect_mean</code></td><td>0.9975</td>" in metrics
     assert "config.momentum" not in metrics and "<code>momentum</code></td><td>0.9</td>" in section(page, "config")
@@ -190,14 +190,81 @@ def test_run_report_content(run_dir, run_page):
 
     config = section(page, "config")
     assert "75.5 s (1 min 16 s)" in config
-    assert "40 logged steps; final skip ratio 0.975" in config
+    assert "40 logged steps; final skip ratio 97.50%. Stopped by the skip ratio" in config
     assert "1 line(s) are not JSON objects" in page  # the truncated log line is reported, not fatal
 
 
 def test_residual_after_repair_is_shown_per_image(run_page):
     metrics = section(run_page, "metrics")
-    assert "1 of 2 held-out image(s) keep high-norm tokens" in metrics
+    assert "1 of 2 held-out images keep high-norm tokens" in metrics
     assert "skimage:moon" in metrics and "(5, 7) 3.6×" in metrics and "(9, 2) 3.1×" in metrics
+
+
+def test_page_words_name_every_model_and_say_what_the_analyses_are(run_dir, run_page, tmp_path, monkeypatch):
+    """Plain headings (not "Held-out analysis (A vs B)"), the after-repair analysis labelled as the
+    repaired model (its analysis.json names the spec the run started from), and a title naming
+    every model on the page."""
+    from sinder.report import default_title, read_inputs
+    from sinder.report.sections import section_metrics
+
+    assert "A vs B" not in run_page and "Held-out analysis" not in run_page
+    assert "<h3>Last layer on the held-out images (never trained on), before and after repair</h3>" in section(run_page, "metrics")
+    row = re.search(r"<tr><td><code>model</code></td>(.*?)</tr>", section(run_page, "config")).group(1)
+    assert re.findall(r"<td>([^<]*)</td>", row) == ["planted:small", "planted:small, repaired by SINDER"]
+    other = shutil.copytree(run_dir / "analysis_before", tmp_path / "other")
+    summary = json.loads((other / "analysis.json").read_text())
+    (other / "analysis.json").write_text(json.dumps({**summary, "model": "timm:vit_small_patch14_dinov2"}))
+    inputs = read_inputs([run_dir / "analysis_after", other])
+    assert default_title(inputs) == "SINDER report: planted:small, repaired by SINDER vs timm:vit_small_patch14_dinov2"
+    assert "<h3>Last layer: analysis_after and other side by side</h3>" in section_metrics(inputs, ReportConfig())
+    # the figures/ of a run's analysis_after label their rows as the repaired model too
+    from sinder.report import plots
+
+    rows = []
+    for name in ("save_png", "norm_violins", "angle_violins"):
+        monkeypatch.setattr(plots, name, lambda *args, **kwargs: None)
+    monkeypatch.setattr(plots, "comparison_panel", lambda panel_rows, title: rows.extend(label for label, _ in panel_rows))
+    plots.write_analysis_figures(AnalysisFolder(run_dir / "analysis_after").read(), tmp_path / "figures")
+    assert rows and set(rows) == {"planted:small"}  # not inside a run folder: the spec as analysed
+    rows.clear()
+    plots.write_analysis_figures(AnalysisFolder(run_dir / "analysis_after").read(), run_dir / "analysis_after" / "figures")
+    assert rows and set(rows) == {"planted:small, repaired by SINDER"}
+
+
+def test_training_plot_names_the_rule_and_the_stop_reason():
+    """The layer panel uses the run's own rule; a run stopped by a clean pass says so on the skip-ratio
+    chart, whose flat line under the stop line would otherwise read as 'never converged'."""
+    from sinder.report.plots import training_curves
+
+    rows = [{"step": s, "skip_ratio": 0.004, "loss": 1.0 / s, "layer": 4} for s in range(1, 30)]
+    skip, _, layer = training_curves(rows, 0.75, stop_reason="clean_pass", min_defects=1).axes
+    assert layer.get_title() == "First layer with ≥ 1 defect"
+    assert skip.get_title() == "Skip ratio (images without defects): stopped by a clean pass"
+    assert [t.get_text().replace("\n", " ") for t in skip.texts] == [
+        "Stopped by a clean pass: a whole pass over the training images found no defect left to train on"]
+    assert [t.get_text() for t in skip.get_legend().get_texts()] == ["skip-ratio stop at 75% (not needed)"]
+    assert skip.lines[0].get_ydata()[0] == pytest.approx(0.4)  # in %, like the stop line
+    skip, _, layer = training_curves(rows, 0.75, stop_reason="skip_ratio", min_defects=3, weak_defects=True).axes
+    assert layer.get_title() == "First layer with ≥ 3 defects (or weak defects)"
+    assert [t.get_text() for t in skip.get_legend().get_texts()] == ["skip-ratio stop at 75%"]
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_no_analysis_run_and_missing_sigma_are_each_said_once(tmp_path, finished):
+    """A --no-analysis run says so (not "analysis_before holds no analysis.json"); a missing σ file is
+    explained in its section only, not again in the notes at the top."""
+    run = tmp_path / "run"
+    write_fake_run_files(run, steps=5, truncated_line=False)
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "analysis": False}))
+    (run / "sigma.safetensors").unlink()
+    if not finished:
+        (run / "summary.json").unlink()
+    page = html.unescape(build_report([run], ReportConfig(dpi=30)))
+    assert "run made with --no-analysis" in page and "holds no analysis.json" not in page
+    notices = re.findall(r'class="note">([^<]*)', page)
+    assert sum("σ" in n for n in notices) == 1, notices
+    assert "No image maps: run made with --no-analysis." in section(page, "side-by-side")
 
 
 def test_norm_colour_scale_shared(run_dir):
@@ -283,7 +350,7 @@ def test_unreadable_maps_keep_the_layer_statistics(run_dir, tmp_path):
     assert "no image maps available" in section(page, "side-by-side")
     assert len(decoded_images(section(page, "per-layer"))) == 1  # the layer curves only: no distributions
     summary = json.loads((broken / "analysis.json").read_text())
-    assert f"{100 * summary['layers'][-1]['defect_rate']:.2f} %" in section(page, "metrics")
+    assert f"{100 * summary['layers'][-1]['defect_rate']:.2f}%" in section(page, "metrics")
 
 
 # ----------------------------------------------------------------------------- unfinished runs

@@ -23,6 +23,7 @@ from .errors import ConfigError, ImageError
 from .images import ImageItem, ImageSet
 from .runfolder import AnalysisFolder, AnalysisResult, ImageMaps
 from .runtime import resolve_device
+from .units import percent, plural
 
 log = logging.getLogger(__name__)
 
@@ -246,7 +247,7 @@ def gate_warning(summary: dict) -> str | None:
     rejected, found = last.get("gate_rejected_rate") or 0.0, last.get("defect_rate") or 0.0
     if rejected > max(found, 0.002):
         return (
-            f"{100 * rejected:.2f}% of last-layer tokens align with ν but fail the norm gate "
+            f"{percent(rejected)} of last-layer tokens align with ν but fail the norm gate "
             f"({summary['rule']['norm_gate']}× median): artifacts may be low-norm here; rerun with --norm-gate 0 to count them"
         )
     return None
@@ -254,15 +255,15 @@ def gate_warning(summary: dict) -> str | None:
 
 def format_table(summary: dict) -> str:
     """A short per-layer table for the terminal."""
-    rows = ["layer  align   defect%  high-norm%  median  max/med"]
+    rows = ["layer  align    defects   high-norm  median  max/med"]
     for layer in summary["layers"]:
         align = "   -  " if layer["theory_alignment"] is None else f"{layer['theory_alignment']:.3f}"
         rows.append(
-            f"{layer['index']:>5}  {align:>6}  {100 * layer['defect_rate']:7.2f}  {100 * layer['high_norm_rate']:10.2f}"
+            f"{layer['index']:>5}  {align:>6}  {percent(layer['defect_rate']):>8}  {percent(layer['high_norm_rate']):>10}"
             f"  {layer['norm_median']:6.2f}  {layer['max_over_median']:7.2f}"
         )
     cons, n = summary.get("direction_consistency_deg"), summary.get("direction_consistency_images", 0)
-    rows.append(f"direction consistency (last layer): {'n/a' if cons is None else f'{cons:.1f} deg'} ({n} images with high-norm defects)")
+    rows.append(f"direction consistency (last layer): {'n/a' if cons is None else f'{cons:.1f} deg'} ({plural(n or 0, 'image')} with high-norm defects)")
     warning = gate_warning(summary)
     if warning:
         rows.append(f"warning: {warning}")

@@ -9,6 +9,7 @@ import sys
 
 from .errors import Interrupted, SinderError
 from .interrupt import Terminated, TerminateAsInterrupt
+from .threads import THREADS_HELP, before_torch_import, cli_threads, parse_threads
 
 COMMANDS = {
     "analyze": "Predict defect directions and detect defects on images.",
@@ -37,6 +38,7 @@ def package_version() -> str:
 def add_verbosity(p: argparse.ArgumentParser, default=False) -> None:
     p.add_argument("-v", "--verbose", action="store_true", default=default, help="also log sinder's debug messages")
     p.add_argument("-q", "--quiet", action="store_true", default=default, help="log only warnings and errors; no progress bars")
+    p.add_argument("--threads", type=parse_threads, default="auto" if default is False else default, metavar="N|auto", help=THREADS_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,6 +83,7 @@ def _rerun_hint(args: argparse.Namespace) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    before_torch_import()  # the commands' modules import torch
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.verbose and args.quiet:
@@ -92,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         from .commands.common import check_common_options
 
         check_common_options(args)
-        with TerminateAsInterrupt():
+        with cli_threads(args.threads) as threads, TerminateAsInterrupt():
+            logging.getLogger(__name__).debug("torch uses %d CPU threads", threads)
             return int(args._module.run(args) or 0)
     except Interrupted as err:
         print(f"sinder {args.command}: interrupted: {err}", file=sys.stderr)

@@ -2,7 +2,7 @@
 
 A *run folder* (``sinder repair`` / ``sinder demo``)::
 
-    config.json            the run's settings (written when it starts)
+    config.json            the run's settings (written first, before any work: --resume needs it)
     log.jsonl              one JSON object per step
     checkpoint.safetensors resumable state; checkpoints/ holds the save-at-skip ones
     sigma.safetensors      original σ and learned Δσ per factorised linear part
@@ -243,12 +243,15 @@ class RunFolder:
         """Refuse an unusable folder before any work (``resumable``: the caller offers --resume)."""
         out = self.path
         _refuse_file(out)
-        if out.exists() and any(out.iterdir()) and not (resume or overwrite):
-            options = "pass --resume to continue that run, --overwrite to replace it" if resumable else "pass --overwrite to replace it"
+        # config.json is written before a run does any work: without it there is nothing to continue
+        settings = (out / CONFIG).is_file()
+        used = out.exists() and any(out.iterdir())
+        if used and not (resume or overwrite):
+            options = "pass --resume to continue that run, --overwrite to replace it" if resumable and settings else "pass --overwrite to replace it"
             raise OutputExistsError(f"{out} already exists; {options}, or choose another --out")
-        # config.json is written when a run starts: without it there is nothing to continue
-        if resume and not (out / CONFIG).is_file():
-            raise ConfigError(f"--resume: {out} holds no repair run (no {CONFIG}); drop --resume to start a new run there")
+        if resume and not settings:
+            fix = "pass --overwrite instead of --resume to start again there" if used else "drop --resume to start a new run there"
+            raise ConfigError(f"--resume: {out} holds no repair run (no {CONFIG}); {fix}")
 
     def clear(self) -> None:
         """Remove everything an earlier run wrote (analyses, report and half-written files included)."""

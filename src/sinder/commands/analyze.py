@@ -9,6 +9,7 @@ from ..backbones import parse_spec
 from ..errors import SinderError
 from ..images import check_decodable, list_images
 from ..runfolder import AnalysisFolder
+from ..units import plural
 from .common import add_model_arguments, add_rule_arguments, check_resolution_fits, config_from_args, load_model_from_args, rule_from_args
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,12 @@ def run(args: argparse.Namespace) -> int:
     # computed here rather than inside analyze() so that the slow phases are announced
     log.info("predicting the defect directions of %d layers (%s)", backbone.depth, config.directions)
     directions, singular_values = compute_directions(backbone, config.directions)
-    log.info("analysing %d image(s) at %d px", len(paths), resolution)
+    log.info("analysing %s at %d px", plural(len(paths), "image"), resolution)
     result = analyze(backbone, paths, config, directions=directions, singular_values=singular_values,
                      out_dir=args.out, overwrite=args.overwrite, progress=not args.no_progress)  # fmt: skip
     print(format_table(result.summary))
     n_ok, n_skip = len(result.summary["images"]), len(result.summary["skipped"])
-    print(f"{n_ok} image(s) analysed, {n_skip} skipped; outputs in {args.out}")
+    print(f"{plural(n_ok, 'image')} analysed, {n_skip} skipped; outputs in {args.out}")
     for s in result.summary["skipped"]:
         print(f"  skipped {s['path']}: {s['reason']}")
     return 0

@@ -42,6 +42,11 @@ def check_common_options(args: argparse.Namespace) -> None:
     value = getattr(args, "resolution", None)
     if value is not None and not MIN_RESOLUTION <= value <= MAX_RESOLUTION:
         raise ConfigError(resolution_message(value))
+    if getattr(args, "weights", None) and getattr(args, "random_init", False):
+        raise ConfigError("--weights and --random-init contradict each other (trained weights from a file, or untrained ones); pass one")
+    device = getattr(args, "device", None)
+    if device is not None:
+        resolve_device(device)  # --device cuda without CUDA: refused before the model is loaded
 
 
 def check_resolution_fits(resolution: int, backbone: Backbone) -> None:
@@ -50,10 +55,14 @@ def check_resolution_fits(resolution: int, backbone: Backbone) -> None:
         raise ConfigError(resolution_message(resolution, backbone.patch_size))
 
 
+TRAINING_COMMANDS = ("repair", "compare")  # the commands whose --skip-less-than decides what repair trains on
+
+
 def add_rule_arguments(p: argparse.ArgumentParser, defaults=None, faithful=None) -> None:
     """The defect rule's options, the same for every command (``defaults``: a DefectRule; with
     ``faithful`` the help also names the values ``--faithful`` uses). Unset options stay None and
-    take the base rule's value (:func:`rule_from_args`)."""
+    take the base rule's value (:func:`rule_from_args`). ``--skip-less-than`` acts in repair only;
+    the other commands' help says so (the command is read from ``p.prog``)."""
     from ..detect import DefectRule
 
     d = defaults or DefectRule()
@@ -65,7 +74,11 @@ def add_rule_arguments(p: argparse.ArgumentParser, defaults=None, faithful=None)
     p.add_argument("--mask-thr", type=float, help=f"defect if |cos(t, ν)| > mean + THR·std of the image ({default('mask_thr')})")
     p.add_argument("--norm-gate", type=float, help=f"a defect must also have norm > G × the image's median patch norm (0: off; {default('norm_gate')})")
     p.add_argument("--high-norm-factor", type=float, help=f"high-norm if norm > F × the image's median ({default('high_norm_factor')})")
-    p.add_argument("--skip-less-than", type=int, help=f"defects a layer needs before repair trains on it ({default('skip_less_than')})")
+    if p.prog.split()[-1] in TRAINING_COMMANDS:
+        skip_help = f"defects a layer needs before repair trains on it ({default('skip_less_than')})"
+    else:  # analyze and evaluate count every defect; the value only travels with the rule (analysis.json)
+        skip_help = f"used by sinder repair only (defects a layer needs before repair trains on it); here it is recorded with the rule and changes nothing ({default('skip_less_than')})"
+    p.add_argument("--skip-less-than", type=int, help=skip_help)
 
 
 RULE_OPTIONS = ("mask_thr", "norm_gate", "high_norm_factor", "skip_less_than")

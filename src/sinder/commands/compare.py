@@ -5,12 +5,14 @@ import argparse
 import logging
 
 from ..backbones import parse_spec
-from ..compare import METHODS, CompareConfig, check_compare_output, compare
+from ..compare import METHODS, CompareConfig, check_compare_output, check_tasks, compare, format_table
 from ..errors import ConfigError, SinderError
+from ..evaluate import EvaluateConfig
 from ..fixes import RegisterSearchConfig
 from ..images import check_decodable, list_images
 from ..repair.config import RepairConfig
 from .common import add_model_arguments, add_rule_arguments, check_resolution_fits, load_model_from_args, rule_from_args
+from .evaluate import add_task_arguments, task_options
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--registers-top-k", type=int, metavar="K", help="register search: keep K neurons (published for DINOv2-L/14: 50; default: grow 1, 2, 4, ... until the outliers are gone)")
     p.add_argument("--retrained", metavar="MODEL", help="the same architecture retrained with registers (e.g. dinov2:vitl14_reg), added as a row (default: none)")
     p.add_argument("--retrained-weights", metavar="FILE", help="checkpoint for --retrained (default: its own weights)")
-    p.add_argument("--task", action="append", default=[], metavar="TASK=DIR", help="downstream evaluation on a dataset folder, e.g. knn=imagenet/ or lost=VOCdevkit/ (repeatable; default: none)")
+    p.add_argument("--task", action="append", default=[], metavar="TASK=DIR",
+                   help="downstream evaluation on a dataset folder, as `sinder evaluate --task TASK --data DIR` reads it, e.g. knn=imagenet/ "
+                   "or lost=VOCdevkit/ (repeatable; default: none); the task options below apply")  # fmt: skip
+    add_task_arguments(p)
     p.add_argument("--resolution", type=int, default=None, help="square crop side in px, 16 to 4096 (default: the model's native size)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per forward pass (default {d.batch_size})")
     p.add_argument("--max-maps", type=int, default=d.max_maps, help=f"evaluation images shown as side-by-side maps (default {d.max_maps})")
@@ -68,8 +73,8 @@ def compare_config(args: argparse.Namespace) -> CompareConfig:
     return CompareConfig(
         methods=methods, resolution=args.resolution, batch_size=args.batch_size, max_maps=args.max_maps, gamma=args.gamma,
         interp_layer=args.interp_layer, registers_file=args.registers, registers_search=registers_search(args), repair_run=args.repair_run,
-        repair=repair, retrained=args.retrained, retrained_weights=args.retrained_weights, tasks=parse_tasks(args.task), rule=rule,
-        progress=not args.no_progress, overwrite=args.overwrite,
+        repair=repair, retrained=args.retrained, retrained_weights=args.retrained_weights, tasks=parse_tasks(args.task),
+        task_options=EvaluateConfig(**task_options(args)), rule=rule, progress=not args.no_progress, overwrite=args.overwrite,
     )  # fmt: skip
 
 
@@ -94,27 +99,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--data is needed: SINDER trains on it and the register search reads it (or give --repair-run DIR and --registers FILE)")
     train = _images(args.data, "--data") if args.data else None
     evaluation = _images(args.eval, "--eval")
+    layouts = check_tasks(config)  # every dataset check that needs no model, before the model loads
     backbone = load_model_from_args(args)
     check_resolution_fits(config.resolution or backbone.image_size, backbone)
-    report = compare(backbone, train, evaluation, config, args.out)
+    report = compare(backbone, train, evaluation, config, args.out, layouts=layouts)
     print(format_table(report))
     print(f"outputs in {args.out}")
     return 0
 
-
-def format_table(report: dict) -> str:
-    """The summary as plain text: one row per method."""
-    planted = "energy_along_u" in report["methods"]["original"]["last_layer"]
-    head = f"{'method':<11}{'energy ν':>10}{'energy u':>10}{'max/med':>9}{'high-norm':>11}{'non-def cos':>13}{'CLS cos':>9}{'prepare':>10}"
-    lines = [head]
-    for name in report["order"]:
-        m = report["methods"][name]
-        last, feats = m["last_layer"], m["features"] or {}
-        pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
-        num = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
-        lines.append(
-            f"{name:<11}{pct(last['energy_along_direction']):>10}{(pct(last.get('energy_along_u')) if planted else '-'):>10}"
-            f"{last['max_over_median']:>9.2f}{pct(last['high_norm_rate']):>11}{num(feats.get('non_defect_cosine')):>13}"
-            f"{num(feats.get('cls_cosine')):>9}{m['prepare_seconds']:>9.1f}s"
-        )
-    return "\n".join(lines)

@@ -12,8 +12,11 @@ from pathlib import Path
 from ..analyze import format_table
 from ..backbones import load_backbone
 from ..images import BUNDLED_EVAL, BUNDLED_TRAIN, bundled_photos
+from ..errors import Interrupted
+from ..interrupt import Terminated
 from ..runfolder import RunFolder
 from ..runtime import resolve_device
+from ..units import percent, plural
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +39,7 @@ def residual_lines(residual: list[dict] | None) -> list[str]:
     for r in left:
         top = r["strongest"][0] if r["strongest"] else None
         where = f", strongest at ({top['row']}, {top['col']}): {top['norm_over_median']:.1f}x median" if top else ""
-        lines.append(f"  {r['image']}: {r['high_norm_tokens']} token(s){where}")
+        lines.append(f"  {r['image']}: {plural(r['high_norm_tokens'], 'token')}{where}")
     return lines
 
 
@@ -45,9 +48,9 @@ def comparison_table(before: dict, after: dict, features: dict | None) -> str:
     b, a = before["layers"][-1], after["layers"][-1]
     rows = [
         "held-out photos, last layer      before     after",
-        f"energy along nu               {100 * b['energy_along_direction']:8.2f}% {100 * a['energy_along_direction']:8.2f}%",
-        f"defect rate                   {100 * b['defect_rate']:8.2f}% {100 * a['defect_rate']:8.2f}%",
-        f"high-norm rate (>3x median)   {100 * b['high_norm_rate']:8.2f}% {100 * a['high_norm_rate']:8.2f}%",
+        f"energy along nu               {percent(b['energy_along_direction']):>9} {percent(a['energy_along_direction']):>9}",
+        f"defect rate                   {percent(b['defect_rate']):>9} {percent(a['defect_rate']):>9}",
+        f"high-norm rate (>3x median)   {percent(b['high_norm_rate']):>9} {percent(a['high_norm_rate']):>9}",
         f"max / median token norm       {b['max_over_median']:9.2f} {a['max_over_median']:9.2f}",
     ]
     if features:
@@ -71,7 +74,12 @@ def run(args: argparse.Namespace) -> int:
     log.info("analysing %s on %d held-out photos, repairing it on %d others (at most %d steps), analysing again",
              args.model, len(held_out), len(train), args.max_steps)  # fmt: skip
 
-    result = repair(backbone, train, config, eval_images=held_out, out_dir=out.path)
+    try:
+        result = repair(backbone, train, config, eval_images=held_out, out_dir=out.path)
+    except (Interrupted, KeyboardInterrupt) as err:  # the demo takes no --resume: it starts over
+        again = "rerun the same command" + ("" if args.overwrite else " with --overwrite")
+        code = err.exit_code if isinstance(err, Interrupted) else 143 if isinstance(err, Terminated) else 130
+        raise Interrupted(f"{'SIGTERM' if code == 143 else 'SIGINT'} during the demo, which starts over: {again}", code) from None
     before, after = result.analysis_before, result.analysis_after
     report = write_report([out.path], out.report, overwrite=True)
 
@@ -85,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     print(comparison_table(before.summary, after.summary, metrics.get("features")))
     print("\n".join(residual_lines(metrics.get("residual"))))
     print(
-        f"\nrepair: {s['steps']} steps, {s['images_seen']} images, {s['seconds']:.1f} s, stopped by {s['stop_reason']}"
+        f"\nrepair: {plural(s['steps'], 'step')}, {plural(s['images_seen'], 'image')} seen, {s['seconds']:.1f} s, stopped by {s['stop_reason']}"
         f"\nrepaired weights: {result.weights_path}"
         f"\nreport: {report.resolve()}"
         f"\ntotal {time.perf_counter() - start:.0f} s; all outputs in {out.path}/"

@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data", required=True, metavar="DIR",
         help="dataset folder in the task's layout: sinder's own, ImageNet-style class folders (knn), "
-        "a Pascal VOC root, VOCdevkit or VOC20XX (linear-seg, unsup-seg, lost) or ADEChallengeData2016 (segmentation)",
+        "a Pascal VOC root, VOCdevkit or VOC20XX (linear-seg, unsup-seg, lost) or ADEChallengeData2016 (segmentation); "
+        "intrinsic: a folder of photos (recursive), or any of those layouts, of which only the photos are read",
     )
     parser.add_argument("--compare", nargs="+", default=[], metavar="MODEL2", help="more model specs to evaluate")
     parser.add_argument(
@@ -29,6 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resolution", type=int, help="input side in pixels (default: the model's native size)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default auto)")
+    add_task_arguments(parser)
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars (they are only drawn on a terminal anyway; -q hides them too)")
+    parser.add_argument("--overwrite", action="store_true", help=f"replace an existing {METRICS_FILE}")
+    add_rule_arguments(parser)  # the intrinsic task's defect rule
+
+
+def add_task_arguments(parser: argparse.ArgumentParser) -> None:
+    """The per-task options, shared with ``sinder compare --task`` (read back by :func:`task_options`)."""
     parser.add_argument(
         "--knn-k", nargs="+", type=int, metavar="K",
         help="knn: neighbour counts, each at most the number of train images "
@@ -39,9 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="lost: constant added to the key Gram matrix before LOST's sign tests, as the registers paper did "
         "for DINOv2 (no published value; default 0 = LOST as published)",
     )
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars (they are only drawn on a terminal anyway; -q hides them too)")
-    parser.add_argument("--overwrite", action="store_true", help=f"replace an existing {METRICS_FILE}")
-    add_rule_arguments(parser)  # the intrinsic task's defect rule
+
+
+def task_options(args: argparse.Namespace) -> dict:
+    """:class:`EvaluateConfig` fields set by :func:`add_task_arguments`' options."""
+    return {**({"knn_ks": tuple(args.knn_k)} if args.knn_k else {}), "lost_gram_bias": args.lost_gram_bias}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -51,14 +62,12 @@ def run(args: argparse.Namespace) -> int:
             "give one per model ('-' for none)"
         )
     compare_weights = [None if w == "-" else w for w in args.compare_weights] or [None] * len(args.compare)
-    knn = {"knn_ks": tuple(args.knn_k)} if args.knn_k else {}
     config = EvaluateConfig(
-        **knn,
+        **task_options(args),
         resolution=args.resolution,
         batch_size=args.batch_size,
         device=args.device,
         random_init=args.random_init,
-        lost_gram_bias=args.lost_gram_bias,
         rule=rule_from_args(args),
         progress=not args.no_progress,
     )

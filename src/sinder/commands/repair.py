@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..repair.config import RepairConfig
 from ..runfolder import RunFolder
+from ..units import is_rate, percent
 from .common import add_model_arguments, add_rule_arguments, config_from_args, rule_from_args
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ SUMMARY_ROWS = ("energy_along_direction", "max_over_median", "high_norm_rate", "
 def format_summary(summary: dict) -> str:
     lines = [
         f"steps {summary['steps']}  images {summary['images_seen']}  {summary['seconds']:.1f} s  "
-        f"stop: {summary['stop_reason']}  final skip ratio {summary['final_skip_ratio']:.2f}"
+        f"stop: {summary['stop_reason']}  final skip ratio {percent(summary['final_skip_ratio'])}"
     ]
     m = summary.get("metrics")
     if m:
@@ -78,7 +79,8 @@ def format_summary(summary: dict) -> str:
         label = f"held-out ({n} image{'' if n == 1 else 's'})"
         lines.append(f"{label:<28}{'before':>12}{'after':>12}")
         for key in SUMMARY_ROWS:
-            lines.append(f"{key:<28}{_fmt(m['before'][key]):>12}{_fmt(m['after'][key]):>12}")
+            show = percent if is_rate(key) else _fmt  # rates in %, as every command shows them
+            lines.append(f"{key:<28}{show(m['before'][key]):>12}{show(m['after'][key]):>12}")
         for key, value in m["features"].items():
             lines.append(f"{key:<28}{'':>12}{_fmt(value):>12}")
     if summary.get("weights"):
@@ -86,18 +88,49 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+RESUME = "rerun the same command with --resume"
+
+
+def interrupted_message(err: KeyboardInterrupt, out: Path, config: RepairConfig) -> str:
+    """Where a SIGINT/SIGTERM outside the training loop stopped the run, and the command that continues it."""
+    from ..interrupt import Terminated
+    from ..repair.api import interrupted_stage
+    from ..runfolder import CONFIG
+
+    name, stage = "SIGTERM" if isinstance(err, Terminated) else "SIGINT", interrupted_stage(err)
+    if stage is None:  # the run folder was not touched yet
+        return f"{name} before the run started, {out} is as it was; rerun the same command"
+    instead = " instead of --overwrite" if config.overwrite else ""
+    return f"{name} during {stage}; the run's settings are in {out / CONFIG}: {RESUME}{instead} to continue"
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..errors import Interrupted
+
+    config = repair_config(args)
+    out = Path(args.out)
+    try:
+        return _run(args, config, out)
+    except Interrupted as err:  # stopped in training, checkpointed: the loop's message says --resume
+        if config.overwrite and RESUME in str(err):
+            raise Interrupted(str(err).replace(RESUME, f"{RESUME} instead of --overwrite"), err.exit_code) from None
+        raise
+    except KeyboardInterrupt as err:  # SIGTERM comes as Terminated (cli.main)
+        from ..interrupt import Terminated
+
+        raise Interrupted(interrupted_message(err, out, config), 143 if isinstance(err, Terminated) else 130) from None
+
+
+def _run(args: argparse.Namespace, config: RepairConfig, out: Path) -> int:
     from ..backbones import load_backbone
     from ..repair import repair
     from ..repair.api import check_resume_early, split_inputs
     from ..repair.distributed import init_from_env, rank_device, shutdown
     from ..runtime import resolve_device
 
-    config = repair_config(args)
-    out = Path(args.out)
     RunFolder(out).check(resume=config.resume, overwrite=config.overwrite)  # fail before loading anything
-    train_items, _ = split_inputs(args.data, args.eval_data, config)
-    check_resume_early(RunFolder(out), config, train_items)
+    train_items, eval_items = split_inputs(args.data, args.eval_data, config)
+    check_resume_early(RunFolder(out), config, train_items, eval_items)
     dist = init_from_env(args.device)
     if not dist.is_main:  # one rank reports
         logging.getLogger("sinder").setLevel(logging.WARNING)

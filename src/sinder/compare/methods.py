@@ -35,6 +35,9 @@ DESCRIPTIONS = {
     "retrained": "the same architecture retrained with register tokens (the costly fix the others try to match)",
 }
 
+# what a fix needs: distinct images read, training images processed (with repeats), steps, a weight edit
+NO_DATA = {"images": 0, "training_images_seen": 0, "training_steps": 0, "edits_weights": False}
+
 
 @dataclass
 class Method:
@@ -42,7 +45,7 @@ class Method:
 
     name: str
     backbone: Backbone
-    needs: dict  # images, steps, training, weight edit
+    needs: dict  # images (distinct), training_images_seen (with repeats), training_steps, edits_weights
     seconds: float  # preparation wall time (search, training, clamping)
     details: dict = field(default_factory=dict)
     hooks: Callable[[], contextlib.AbstractContextManager] | None = None
@@ -59,7 +62,7 @@ class Method:
 
 
 def original_method(backbone: Backbone) -> Method:
-    return Method("original", backbone, {"images": 0, "training_steps": 0, "edits_weights": False}, 0.0)
+    return Method("original", backbone, dict(NO_DATA), 0.0)
 
 
 def clamp_method(backbone: Backbone, gamma: float) -> Method:
@@ -67,13 +70,13 @@ def clamp_method(backbone: Backbone, gamma: float) -> Method:
     clamped = copy.deepcopy(backbone)
     result = clamp_singular_values(clamped, gamma)
     details = {"gamma": gamma, "clamped_values": result.clamped_values, "layers": result.layers, "largest_sigma": result.largest_sigma}
-    return Method("clamp", clamped, {"images": 0, "training_steps": 0, "edits_weights": True}, time.perf_counter() - start, details)
+    return Method("clamp", clamped, {**NO_DATA, "edits_weights": True}, time.perf_counter() - start, details)
 
 
 def interp_method(backbone: Backbone, layer: int, directions: torch.Tensor, rule) -> Method:
     fix = NeighbourInterpolation(backbone, layer, directions[layer], rule)
     details = {"layer": layer}
-    method = Method("interp", backbone, {"images": 0, "training_steps": 0, "edits_weights": False}, 0.0, details, hooks=lambda: fix)
+    method = Method("interp", backbone, dict(NO_DATA), 0.0, details, hooks=lambda: fix)
     method.details["fix"] = fix  # its replaced-token count is read after measuring (not written to JSON)
     return method
 
@@ -96,7 +99,7 @@ def registers_method(backbone: Backbone, search_images: ImageSet | None, search_
     mode = search_config.mode if search_config is not None else "move"
     details = {"neurons": [list(n) for n in found.neurons], "settings": found.settings, "measured_on_search_images": found.measured, "source": source, "mode": mode}
     images = int(found.settings.get("images", 0))
-    return Method("registers", backbone, {"images": images, "training_steps": 0, "edits_weights": False}, seconds, details,
+    return Method("registers", backbone, {**NO_DATA, "images": images}, seconds, details,
                   hooks=lambda: NeuronRegisters(backbone, found, mode))  # fmt: skip
 
 
@@ -121,7 +124,8 @@ def sinder_from_run(backbone: Backbone, run_dir: str | Path) -> Method:
     start = time.perf_counter()
     repaired = reload_exported(backbone, weights)
     log.info("loaded the repaired weights of %s in %.1f s", run, time.perf_counter() - start)
-    needs = {"images": summary.get("images_seen"), "training_steps": summary.get("steps"), "edits_weights": True}
+    needs = {"images": summary.get("num_train_images"), "training_images_seen": summary.get("images_seen"), "training_steps": summary.get("steps"),
+             "edits_weights": True}  # fmt: skip
     details = {"run": str(run), "weights": weights, "stop_reason": summary.get("stop_reason"), "reused": True}
     return Method("sinder", repaired, needs, float(summary.get("seconds") or 0.0), details)
 
@@ -135,7 +139,7 @@ def sinder_by_training(backbone: Backbone, train_items, eval_items, repair_confi
     result = repair(repaired, train_items, repair_config, eval_items, out_dir=out)
     s = result.summary
     details = {"run": str(out), "weights": s.get("weights"), "stop_reason": s.get("stop_reason"), "reused": False}
-    needs = {"images": s.get("images_seen"), "training_steps": s.get("steps"), "edits_weights": True}
+    needs = {"images": s.get("num_train_images"), "training_images_seen": s.get("images_seen"), "training_steps": s.get("steps"), "edits_weights": True}
     return Method("sinder", repaired, needs, time.perf_counter() - start, details)
 
 
@@ -147,5 +151,5 @@ def retrained_method(spec: str, weights: str | None, device, original: Backbone)
     if other.patch_size != original.patch_size:
         raise ConfigError(f"--retrained {spec} has {other.patch_size} px patches and {original.spec} {original.patch_size} px; the maps must line up: give the same architecture")
     details = {"model": spec, "weights": weights}
-    return Method("retrained", other, {"images": None, "training_steps": None, "edits_weights": True}, time.perf_counter() - start,
+    return Method("retrained", other, {"images": None, "training_images_seen": None, "training_steps": None, "edits_weights": True}, time.perf_counter() - start,
                   details, own_directions=True)  # fmt: skip

@@ -10,13 +10,10 @@ from matplotlib.figure import Figure
 from ..report.html import esc, fmt, note, page, table
 from ..report.plots import png_data_uri
 from .methods import DESCRIPTIONS
+from .table import IMAGE_COLUMNS, IMAGES_NOTE, downstream_cell, downstream_keys, pct
 
 COLORS = {"original": "tab:gray", "sinder": "tab:blue", "registers": "tab:green", "clamp": "tab:red", "interp": "tab:purple", "retrained": "tab:orange"}
 SECTION_IDS = ("summary", "per-layer", "downstream", "maps", "settings")
-
-
-def _pct(value) -> str:
-    return "–" if value is None else f"{100 * value:.2f}%"
 
 
 def _drop(before, after) -> str:
@@ -30,18 +27,19 @@ def summary_table(report: dict) -> str:
     base = methods["original"]["last_layer"]
     planted = "energy_along_u" in base
     head = ["method", "energy along ν (last)", "energy drop", *(["energy along u (planted)"] if planted else []), "max/median",
-            "high-norm rate", "defect rate", "non-defect cos", "CLS cos", "images", "training steps", "prepare", "inference / image"]  # fmt: skip
+            "high-norm rate", "defect rate", "non-defect cos", "CLS cos", *IMAGE_COLUMNS, "training steps", "prepare", "inference / image"]  # fmt: skip
     rows = []
     for name in report["order"]:
         m = methods[name]
         last, feats, needs = m["last_layer"], m["features"] or {}, m["needs"]
         rows.append([
-            f"<b>{esc(name)}</b>", _pct(last["energy_along_direction"]),
+            f"<b>{esc(name)}</b>", pct(last["energy_along_direction"]),
             _drop(base["energy_along_direction"], last["energy_along_direction"]) if name != "original" else "–",
-            *([_pct(last.get("energy_along_u"))] if planted else []),
-            esc(fmt(last["max_over_median"])), _pct(last["high_norm_rate"]), _pct(last["defect_rate"]),
+            *([pct(last.get("energy_along_u"))] if planted else []),
+            esc(fmt(last["max_over_median"])), pct(last["high_norm_rate"]), pct(last["defect_rate"]),
             esc(fmt(feats.get("non_defect_cosine"))), esc(fmt(feats.get("cls_cosine"))),
-            esc(fmt(needs.get("images"))), esc(fmt(needs.get("training_steps"))), f"{m['prepare_seconds']:.1f} s",
+            esc(fmt(needs.get("images"))), esc(fmt(needs.get("training_images_seen"))), esc(fmt(needs.get("training_steps"))),
+            f"{m['prepare_seconds']:.1f} s",
             f"{m['inference_ms_per_image']:.1f} ms",
         ])  # fmt: skip
     described = "".join(f"<li><b>{esc(n)}</b>: {esc(DESCRIPTIONS.get(n, ''))}</li>" for n in report["order"])
@@ -49,7 +47,7 @@ def summary_table(report: dict) -> str:
         "<h2>Summary</h2>" + table(head, rows, "num")
         + "<p>Last block's patch tokens (before the final norm) on the evaluation images. Energy along ν: Σ⟨t, ν⟩² / Σ‖t‖² with "
         "the original model's predicted direction; cosines compare final-normed tokens with the original's, for patch tokens that "
-        "were neither high-norm nor defects there.</p>"
+        f"were neither high-norm nor defects there. Images: {esc(IMAGES_NOTE)}.</p>"
         f"<ul>{described}</ul>"
     )  # fmt: skip
 
@@ -57,12 +55,13 @@ def summary_table(report: dict) -> str:
 def per_layer_figure(report: dict) -> Figure:
     fig = Figure(figsize=(12, 3.8))
     axes = fig.subplots(1, 3)
-    keys = (("energy_along_direction", "energy along ν_i"), ("max_over_median", "max / median norm"), ("high_norm_rate", "high-norm rate"))
+    keys = (("energy_along_direction", "energy along ν_i (%)"), ("max_over_median", "max / median norm"), ("high_norm_rate", "high-norm rate (%)"))
     for ax, (key, label) in zip(axes, keys):
+        scale = 1.0 if key == "max_over_median" else 100.0  # rates in %, as in the tables
         for name in report["order"]:
             rows = report["methods"][name]["per_layer"]
             xs = [r["layer"] for r in rows]
-            ys = [np.nan if r[key] is None else r[key] for r in rows]
+            ys = [np.nan if r[key] is None else scale * r[key] for r in rows]
             ax.plot(xs, ys, marker="o", ms=3, label=name, color=COLORS.get(name))
         ax.set_xlabel("layer (block index)")
         ax.set_title(label, fontsize=11)
@@ -79,12 +78,9 @@ def downstream_table(report: dict) -> str:
         return "<h2>Downstream</h2>" + note("no downstream data was given (--task TASK=DIR); only the defect and feature numbers above were measured")
     parts = ["<h2>Downstream</h2>"]
     for task in tasks:
-        keys: list[str] = []
-        for name in report["order"]:
-            for k, v in (report["methods"][name].get("tasks", {}).get(task) or {}).items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in keys:
-                    keys.append(k)
-        rows = [[f"<b>{esc(n)}</b>", *(esc(fmt((report["methods"][n].get("tasks", {}).get(task) or {}).get(k))) for k in keys)] for n in report["order"]]
+        keys = downstream_keys(report, task)
+        rows = [[f"<b>{esc(n)}</b>", *(esc(downstream_cell(k, (report["methods"][n].get("tasks", {}).get(task) or {}).get(k))) for k in keys)]
+                for n in report["order"]]  # fmt: skip
         parts.append(f"<h3>{esc(task)} on <code>{esc(tasks[task])}</code></h3>" + table(["method", *keys], rows, "num"))
     return "".join(parts)
 
@@ -119,12 +115,18 @@ def maps_figure(name: str, rgb: np.ndarray, order: list[str], maps: dict, index:
     return fig
 
 
+def neurons(pairs: list, shown: int = 8) -> str:
+    """Register neurons as (block, unit) pairs: ``[(4, 1535)]``; past ``shown``, the rest as a count."""
+    text = ", ".join(f"({int(b)}, {int(u)})" for b, u in pairs[:shown])
+    return f"[{text}, … +{len(pairs) - shown} more ({len(pairs)} in all)]" if len(pairs) > shown else f"[{text}]"
+
+
 def settings_section(report: dict) -> str:
     rows = []
     for name in report["order"]:
         m = report["methods"][name]
         details = {k: v for k, v in m.get("details", {}).items() if k not in ("settings", "measured_on_search_images")}
-        text = "; ".join(f"{k}={fmt(v)}" for k, v in details.items()) or "–"
+        text = "; ".join(f"{k}={neurons(v) if k == 'neurons' else fmt(v)}" for k, v in details.items()) or "–"
         rows.append([f"<b>{esc(name)}</b>", esc(text), esc(fmt(m.get("inference_vs_original")))])
     return "<h2>Settings</h2>" + table(["method", "details", "inference time ÷ original"], rows) + f"<p>Defect rule: <code>{esc(report['rule'])}</code>; resolution {report['resolution']} px; {report['images']['eval']} evaluation image(s).</p>"
 

@@ -19,7 +19,9 @@ import torch
 from ..backbones.base import Backbone
 from ..detect import DefectRule
 from ..errors import ConfigError, require
-from ..evaluate import TASKS, EvaluateConfig, load_layout
+from ..evaluate import TASKS, EvaluateConfig, evaluate_with_info, load_layout
+from ..evaluate.checks import require_grid
+from ..evaluate.run import MIN_GRID, check_layout
 from ..fixes import RegisterSearchConfig
 from ..images import ImageItem, ImageSet
 from ..io import check_output_dir, write_json, write_text
@@ -48,6 +50,8 @@ class CompareConfig:
     top_k=50) and applied (mode; its batch_size is replaced by ``batch_size``). repair_run: take
     SINDER's row from this finished run instead of training. retrained: a spec of the same architecture retrained with
     registers, added as a row. tasks: (task, data folder) pairs for downstream evaluation.
+    task_options: their options (knn_ks, lost_gram_bias, …); its resolution, batch_size, rule and
+    progress are replaced by compare's own.
     """
 
     methods: tuple[str, ...] = METHODS
@@ -63,6 +67,7 @@ class CompareConfig:
     retrained: str | None = None
     retrained_weights: str | None = None
     tasks: tuple[tuple[str, str], ...] = ()
+    task_options: EvaluateConfig = field(default_factory=EvaluateConfig)
     rule: DefectRule = field(default_factory=DefectRule)
     progress: bool = False
     overwrite: bool = False
@@ -78,11 +83,27 @@ class CompareConfig:
         for task, _ in self.tasks:
             require(task in TASKS, f"--task {task}=DIR: unknown task; choose from {', '.join(TASKS)}")
         require(len({t for t, _ in self.tasks}) == len(self.tasks), "--task names a task twice; give one folder per task")
+        require(isinstance(self.task_options, EvaluateConfig), f"task_options must be an EvaluateConfig, got {type(self.task_options).__name__}")
+
+    def evaluate_config(self, resolution: int | None = None) -> EvaluateConfig:
+        """The downstream tasks' settings: ``task_options`` at compare's resolution, batch size, rule and progress."""
+        return replace(self.task_options, resolution=resolution, batch_size=self.batch_size, rule=self.rule, progress=self.progress)
 
 
 def check_compare_output(out: str | Path, overwrite: bool) -> Path:
     """Refuse an existing comparison before any model loads."""
     return check_output_dir(out, COMPARE_FILE, overwrite)
+
+
+def check_tasks(config: CompareConfig) -> dict[str, object]:
+    """Every downstream check that needs no model (layout, labels, k against the train set), before
+    any model loads or method is prepared; returns the layouts read, by task."""
+    econf = config.evaluate_config()
+    layouts = {}
+    for task, folder in config.tasks:
+        layouts[task] = load_layout(task, folder)
+        check_layout(task, layouts[task], econf)
+    return layouts
 
 
 def compare(
@@ -91,18 +112,24 @@ def compare(
     eval_images: Sequence[ImageItem],
     config: CompareConfig | None = None,
     out_dir: str | Path | None = None,
+    *,
+    layouts: dict | None = None,
 ) -> dict:
     """Run every configured fix of ``backbone`` side by side; returns the ``compare.json`` dict.
 
-    ``backbone`` is left as it was: weight edits happen on copies, hooks are removed."""
+    ``backbone`` is left as it was: weight edits happen on copies, hooks are removed. ``layouts``:
+    what :func:`check_tasks` returned for ``config`` (else it runs here, before any work)."""
     cfg = config or CompareConfig()
-    for task, folder in cfg.tasks:  # a wrong dataset layout is refused before any work
-        load_layout(task, folder)
+    if layouts is None:
+        layouts = check_tasks(cfg)
+    resolution = cfg.resolution or backbone.image_size
+    for task, _ in cfg.tasks:  # the one downstream check that needs the model's patch size
+        if task in MIN_GRID:
+            require_grid(task, resolution, backbone.patch_size, MIN_GRID[task])
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         check_compare_output(out, cfg.overwrite)
         out.mkdir(parents=True, exist_ok=True)
-    resolution = cfg.resolution or backbone.image_size
     evaluation = ImageSet.from_inputs(eval_images, backbone, resolution)
     if not evaluation.any_usable():
         raise ConfigError("no usable evaluation image; give --eval a folder of photos")
@@ -122,7 +149,7 @@ def compare(
 
     log.info("measuring %d method(s) on %d evaluation image(s)", len(methods), len(evaluation))
     results, maps = measure(methods, evaluation, directions_by, cfg.rule, cfg.batch_size, cfg.max_maps, cfg.progress)
-    tasks = _downstream(methods, cfg, resolution) if cfg.tasks else {}
+    tasks = _downstream(methods, cfg, resolution, layouts) if cfg.tasks else {}
     report = {
         "model": backbone.describe(),
         "out": str(out) if out is not None else "",
@@ -185,16 +212,14 @@ def _notes(methods: list[Method]) -> list[str]:
     return notes
 
 
-def _downstream(methods: list[Method], cfg: CompareConfig, resolution: int) -> dict[str, dict]:
-    from ..evaluate.run import evaluate_with_info
-
-    econf = EvaluateConfig(resolution=resolution, batch_size=cfg.batch_size, rule=cfg.rule, progress=cfg.progress)
+def _downstream(methods: list[Method], cfg: CompareConfig, resolution: int, layouts: dict) -> dict[str, dict]:
+    econf = cfg.evaluate_config(resolution)
     out: dict[str, dict] = {}
     for m in methods:
         for task, folder in cfg.tasks:
             start = time.perf_counter()
             with m.active() as bb:
-                metrics, _ = evaluate_with_info(bb, task, folder, econf)
+                metrics, _ = evaluate_with_info(bb, task, folder, econf, layout=layouts[task], name=f"{m.name} ({bb.spec})")
             out.setdefault(m.name, {})[task] = {**metrics, "seconds": time.perf_counter() - start}
     return out
 

@@ -5,7 +5,8 @@ sinder's own layouts (a wrong one is a ``SinderError`` naming the expected layou
     linear-seg:          DIR/{train,val}/images/* + DIR/{train,val}/masks/STEM.png
     unsup-seg:           DIR/val/images/* + DIR/val/masks/STEM.png (train is not used)
     lost:                DIR/images/* + DIR/annotations/STEM.xml (Pascal VOC boxes)
-    intrinsic:           any folder of images (recursive)
+    intrinsic:           any folder of images (recursive); the photos only of a known layout
+                         (:func:`.layouts.intrinsic_images`: never masks or annotations)
 Pascal VOC and ADE20K as they unpack are read by :mod:`.layouts`. Files whose suffix is not an
 image suffix are ignored; images without labels are skipped and counted.
 """
@@ -30,7 +31,8 @@ LAYOUTS = {
     "unsup-seg": "DIR/val/images/* and DIR/val/masks/STEM.png (index or VOC palette PNG, 255 = ignore), "
     "or a Pascal VOC (VOCdevkit/VOC20XX) or ADE20K (ADEChallengeData2016) root",
     "lost": "DIR/images/* and DIR/annotations/STEM.xml (Pascal VOC boxes), or a Pascal VOC root (VOCdevkit/VOC20XX)",
-    "intrinsic": "a folder holding images (searched recursively)",
+    "intrinsic": "a folder holding images (searched recursively), or a dataset root of which only the photos are read: "
+    "Pascal VOC (VOC20XX/JPEGImages), ADE20K (images/), class folders ({train,val}/CLASS/*) or sinder's {train,val}/images",
 }
 
 

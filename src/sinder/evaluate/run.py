@@ -161,11 +161,13 @@ def evaluate_with_info(
     *,
     layout=None,
     direction: torch.Tensor | None = None,
+    name: str | None = None,
 ) -> tuple[dict, dict]:
     """Like :func:`evaluate`, also returning details (image counts, skipped files, resolution).
 
     ``layout`` (from :func:`load_layout`, already checked) saves re-reading the data folder;
-    ``direction`` (intrinsic only) replaces the theory's last-layer defect direction ν_L.
+    ``direction`` (intrinsic only) replaces the theory's last-layer defect direction ν_L; ``name``
+    is what the progress line calls the model (default: its spec).
     Data on which the metric would be meaningless raises a one-line ``ConfigError``."""
     config = config or EvaluateConfig()
     if layout is None:
@@ -181,7 +183,7 @@ def evaluate_with_info(
     if task in MIN_GRID:
         require_grid(task, res, backbone.patch_size, MIN_GRID[task])
     weights = f" [{Path(config.weights).name}]" if config.weights else ""
-    logger.info("evaluating %s%s on %s at %d px", backbone.spec, weights, task, res)
+    logger.info("evaluating %s%s on %s at %d px", name or backbone.spec, weights, task, res)
     metrics, info = run_task(backbone, task, layout, res, config, direction)
     info = {"resolution": res, **info}
     return {k: _clean(v) for k, v in metrics.items()}, info
@@ -241,14 +243,16 @@ def evaluate_models(
 
 
 def format_table(report: dict) -> str:
-    """One row per model, one column per metric."""
+    """One row per model, one column per metric (rates in %, as every command shows them)."""
+    from ..units import is_rate, percent
+
     metrics: list[str] = []
     for m in report["models"].values():
         metrics += [k for k in m if k not in metrics]
     header = ["model", *metrics]
     rows = [header]
     for key, m in report["models"].items():
-        rows.append([key, *("-" if m.get(k) is None else f"{m[k]:.4f}" for k in metrics)])
+        rows.append([key, *("-" if m.get(k) is None else percent(m[k]) if is_rate(k) else f"{m[k]:.4f}" for k in metrics)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

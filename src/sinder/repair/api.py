@@ -1,6 +1,7 @@
 """``repair()``: the whole run, producing a complete run folder.
 
-data (with a held-out split) → directions → analysis before → σ-parametrisation → training
+data (with a held-out split) → config.json (first, so --resume continues from every later
+point) → directions → analysis before → σ-parametrisation → training
 loop (``loop.py``) → held-out metrics, fold, export and its check (``finish.py``) → analysis
 after → ``summary.json`` (written last: it marks a finished run). The folder's files are
 owned by :mod:`sinder.runfolder`; the command line only parses arguments.
@@ -19,7 +20,9 @@ import torch
 from ..backbones.base import Backbone
 from ..errors import ConfigError, DiskFullError, ImageError, OutputExistsError, SinderError
 from ..images import ImageItem, ImageSet, check_decodable, expand_inputs, item_name, split_holdout, subsample
+from ..interrupt import interrupts_held
 from ..runfolder import LOG, RunFolder, RunLog
+from ..units import percent, plural
 from .checkpoint import TrainState, check_compatible, check_same_settings, load_checkpoint, save_checkpoint
 from .config import RepairConfig
 from .data import resolve_resolution
@@ -33,6 +36,7 @@ from .singular import SingularModel, attach
 log = logging.getLogger(__name__)
 
 PLATEAU_IMAGES = 16  # held-out images the plateau stop looks at
+AFTER_TRAINING = " (training had finished and is checkpointed: --resume does not train again)"
 
 
 @dataclass
@@ -117,17 +121,47 @@ def names_digest(names: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def check_resume_early(folder: RunFolder, config: RepairConfig, items: Sequence[ImageItem]) -> None:
-    """Before any slow start-up: a --resume run must use the settings and the training images
-    (``items``: the first part of :func:`split_inputs`) of the run it continues."""
+def _names(items: Sequence[ImageItem], limit: int) -> list[str]:
+    """The names an :class:`ImageSet` made of ``items`` with ``limit`` gives its images."""
+    return [item_name(x, i) for i, x in enumerate(subsample(list(items), limit))]
+
+
+def check_resume_early(folder: RunFolder, config: RepairConfig, items: Sequence[ImageItem], eval_items: Sequence[ImageItem] | None = None) -> None:
+    """Before any slow start-up: a --resume run must use the settings, the training images and the
+    held-out images (``items``, ``eval_items``: what :func:`split_inputs` returns) of the run it
+    continues. ``eval_items`` None: not checked."""
     saved = folder.read_config([]) if config.resume else None
     if not saved:
         return
     # resolution None is resolved from the model later; the checkpoint check covers it
     check_same_settings(saved, config.training_signature(), f"the run in {folder.path}", undecided=("resolution",))
-    names = [item_name(x, i) for i, x in enumerate(subsample(items, config.num_train_max))]
-    if saved.get("data_names") not in (None, names_digest(names)):
+    held_out = None if eval_items is None else _names(eval_items, config.num_eval_max)
+    check_same_images(saved, _names(items, config.num_train_max), held_out, folder)
+
+
+def check_same_images(saved: dict, train_names: Sequence[str], eval_names: Sequence[str] | None, folder: RunFolder) -> None:
+    """The training and held-out image lists recorded in config.json (``data_names``,
+    ``eval_names``; absent in runs of older versions) must be those of this run."""
+    if saved.get("data_names") not in (None, names_digest(train_names)):
         raise ConfigError(f"--resume: the training images differ from those of the run in {folder.path}; pass the same --data (and --eval-data) or use --overwrite")
+    # the held-out images decide the plateau stop and every before/after metric
+    if eval_names is not None and saved.get("eval_names") not in (None, names_digest(eval_names)):
+        raise ConfigError(f"--resume: the held-out images differ from those of the run in {folder.path}; pass the same --eval-data (and --num-eval) or use --overwrite")
+
+
+def run_settings(backbone: Backbone, config: RepairConfig, data: RepairData, world_size: int) -> dict:
+    """What config.json holds: the settings, the model and the two image lists' digests."""
+    held_out = data.held_out.names if data.held_out is not None else []
+    return config.to_dict() | {
+        "model": backbone.describe(), "num_train_images": len(data.train), "world_size": world_size,
+        "data_names": names_digest(data.train.names), "eval_names": names_digest(held_out),
+    }  # fmt: skip
+
+
+def interrupted_stage(err: BaseException) -> str | None:
+    """What :func:`repair` was doing when ``err`` (a KeyboardInterrupt) stopped it, once the run
+    folder holds config.json (so ``--resume`` continues it); None when the folder was not touched."""
+    return getattr(err, "sinder_repair_stage", None)
 
 
 def check_run_folder(out: RunFolder, config: RepairConfig, dist: DistContext) -> None:
@@ -187,33 +221,58 @@ def repair(
     if folder is not None:
         check_run_folder(folder, config, dist)
     data = prepare_data(backbone, train_images, eval_images, config)  # checked before anything is written
-    if folder is not None:
-        if dist.is_main:
-            if config.overwrite:
-                folder.clear()
-            elif config.resume:
-                folder.clear_results()
-                folder.clear_temporaries()
-            folder.path.mkdir(parents=True, exist_ok=True)
-        dist.barrier()
-    if directions is None:
-        log.info("predicting the defect directions of %d layers (%s)", backbone.depth, config.directions)
-    dirs, singular_values = _directions(backbone, config, directions, dist)
-    run = _Run(backbone, config, data, dirs, folder, dist, on_step)
-    run.analyse("before", singular_values)
-    return run.execute()
+    run = _Run(backbone, config, data, folder, dist, on_step)
+    try:
+        if folder is not None:
+            run.start_folder()
+        if directions is None:
+            log.info("predicting the defect directions of %d layers (%s)", backbone.depth, config.directions)
+        run.dirs, singular_values = _directions(backbone, config, directions, dist)
+        run.analyse("before", singular_values)
+        return run.execute()
+    except KeyboardInterrupt as err:
+        if folder is not None and run.stage is not None:  # the folder holds config.json: --resume continues
+            err.sinder_repair_stage = run.stage
+        raise
 
 
 class _Run:
     """One repair run from attached σ to the finished folder (``repair()`` prepares its inputs)."""
 
-    def __init__(self, backbone, config, data: RepairData, dirs, folder: RunFolder | None, dist: DistContext, on_step) -> None:
-        self.backbone, self.config, self.data, self.dirs = backbone, config, data, dirs
+    def __init__(self, backbone, config, data: RepairData, folder: RunFolder | None, dist: DistContext, on_step) -> None:
+        self.backbone, self.config, self.data, self.dirs = backbone, config, data, None
         self.folder, self.dist, self.on_step = folder, dist, on_step
         self.main = dist.is_main
         self.writes = self.main and folder is not None
         self.written: list[Path] = []
         self.analyses: dict[str, object] = {}
+        self.stage: str | None = None  # what an interrupt stops, once config.json is written (see interrupted_stage)
+        self.kept_analysis = False  # --resume: analysis_before/ of the same held-out images may be kept
+
+    def start_folder(self) -> None:
+        """Before any work: check a resumed run's image lists against config.json, clear what must
+        be redone, write config.json (so --resume continues from every later point; interrupts
+        are held meanwhile, so the folder never holds a half-cleared run without its settings)."""
+        c, f = self.config, self.folder
+        settings = run_settings(self.backbone, c, self.data, self.dist.world_size)
+        saved = f.read_config([]) if c.resume else None
+        if saved:
+            check_same_settings(saved, c.training_signature(), f"the run in {f.path}")
+            held_out = self.data.held_out.names if self.data.held_out is not None else []
+            check_same_images(saved, self.data.train.names, held_out, f)
+            self.kept_analysis = saved.get("eval_names") == settings["eval_names"]
+        if self.main:
+            with interrupts_held():
+                if c.overwrite:
+                    f.clear()
+                elif c.resume:
+                    f.clear_results()
+                    f.clear_temporaries()
+                f.path.mkdir(parents=True, exist_ok=True)
+                self.written.append(f.write_config(settings))
+                self.stage = "predicting the defect directions"  # set inside: a held interrupt lands at the block's end
+        self.dist.barrier()
+        self.stage = "predicting the defect directions"
 
     def analyse(self, which: str, singular_values=None) -> None:
         """The held-out images' analysis folder (single process: other ranks would wait in collectives)."""
@@ -222,15 +281,33 @@ class _Run:
             return
         from ..analyze import AnalyzeConfig, analyze
 
+        self.stage = f"the analysis {which} repair" + (AFTER_TRAINING if which == "after" else "")
+        out = self.folder.analysis(which)
+        if which == "before" and self.kept_analysis and self._keep(out):
+            return
         log.info("analysing %d held-out image(s) %s repair", len(self.data.held_out), which)
         acfg = AnalyzeConfig(resolution=c.resolution, rule=c.rule, device=str(self.backbone.device))
-        out = self.folder.analysis(which)
         self.analyses[which] = analyze(self.backbone, self.data.held_out.items, acfg, directions=self.dirs,
                                        singular_values=singular_values, out_dir=out.path, overwrite=True, progress=False)  # fmt: skip
         self.written.append(out.path)
 
+    def _keep(self, out) -> bool:
+        """--resume: the complete analysis an earlier attempt left of the same held-out images."""
+        from safetensors import SafetensorError
+
+        if not out.holds_analysis(out.path):
+            return False
+        try:
+            self.analyses["before"] = out.read()
+        except (OSError, ValueError, KeyError, SafetensorError) as err:
+            log.info("%s cannot be read back (%s); analysing again", out.path, err)
+            return False
+        log.info("kept %s from the run being resumed", out.path)
+        return True
+
     def execute(self) -> RepairResult:
         self.start_layer = 0
+        self.stage = "the start-up (onset layer, factorising the weights)"
         if self.config.from_onset:
             log.info("finding the first layer with defects on the training images")
             self.start_layer = onset_layer(self.backbone, self.data.train, self.dirs, self.config.rule)
@@ -253,8 +330,10 @@ class _Run:
         if self.writes:
             f = self.folder
             callbacks.append(Checkpoints(lambda p: self._save(p, handle, trainer, state), f.checkpoint, self.config.checkpoint_every, f.skip_checkpoint, self.config.save_at_skip))
+        self.stage = "training"  # the loop finishes the step and checkpoints itself (a second Ctrl-C lands here)
         TrainingLoop(trainer, self.data.train, state, self.config, self.dist, callbacks).run()
-        log.info("stopped after %d steps (%s), skip ratio %.2f", state.step, state.stop_reason, state.skip_ratio())
+        self.stage = "the held-out metrics" + AFTER_TRAINING
+        log.info("stopped after %s (%s), skip ratio %s", plural(state.step, "step"), state.stop_reason, percent(state.skip_ratio()))
         try:
             return self._finish(handle, trainer, state, resumed, run_log)
         except DiskFullError as err:
@@ -281,7 +360,7 @@ class _Run:
         return {"signature": self.config.training_signature(), "data_digest": self.data.train.digest(), "model": self.backbone.spec}
 
     def _start(self, handle: SingularModel, trainer: Trainer) -> tuple[TrainState, bool, RunLog]:
-        """A fresh state, or the checkpointed one with --resume; config.json and the log opened."""
+        """A fresh state, or the checkpointed one with --resume; the log opened."""
         c, f = self.config, self.folder
         state, resumed = TrainState(window=c.window), False  # never capped: the reference's 1000-long history
         ckpt = f.checkpoint if f is not None else None
@@ -290,17 +369,16 @@ class _Run:
             check_compatible(info, self._meta()["signature"], self._meta()["data_digest"])
             handle.load_eps_state(eps)
             trainer.load_momentum_state(momentum)
-            state.stop_reason = None  # re-decided with this run's max_steps
+            # re-decided with this run's max_steps; a plateau is final (its counters are in the state,
+            # but the loop looks at them only every plateau_every steps)
+            plateaued = state.stop_reason == "residual_plateau" and 0 < c.plateau_patience <= state.residual_stale
+            state.stop_reason = "residual_plateau" if plateaued else None
             resumed = True
-            log.info("resumed from %s at step %d (skip ratio %.2f)", ckpt, state.step, state.skip_ratio())
+            log.info("resumed from %s at step %d (skip ratio %s)", ckpt, state.step, percent(state.skip_ratio()))
         elif c.resume:
             log.info("--resume: no checkpoint in %s, starting from scratch", f.path)
         if self.writes:
-            cfg = c.to_dict() | {
-                "model": self.backbone.describe(), "num_train_images": len(self.data.train), "world_size": self.dist.world_size,
-                "data_names": names_digest(self.data.train.names),
-            }  # fmt: skip
-            self.written += [f.write_config(cfg), f.path / LOG]
+            self.written.append(f.path / LOG)
             return state, resumed, f.open_log(state.step if resumed else None)
         return state, resumed, RunLog(None)
 
@@ -323,6 +401,7 @@ class _Run:
         probe = probe_pixels(data.held_out, data.train)
         fold_diff = fold_checked(self.backbone, handle, probe)
         weights_path, export_diff = None, None
+        self.stage = "the export of the repaired weights" + AFTER_TRAINING
         if self.writes and c.export:
             log.info("exporting the repaired weights and checking them re-loaded")
             weights_path, export_diff = export_checked(self.backbone, self.folder.weights, probe, c.export_tol)

@@ -16,6 +16,7 @@ import torch
 from ..errors import Interrupted
 from ..images import ImageSet
 from ..runfolder import RunLog
+from ..units import percent
 from .checkpoint import TrainState
 from .config import RepairConfig
 from .data import SeededOrder
@@ -198,7 +199,7 @@ class Checkpoints:
             if v not in state.crossed and row["skip_ratio"] >= v:
                 state.crossed.append(v)
                 self.save(self.skip_path(v))
-                log.info("skip ratio reached %.2f at step %d: checkpoint saved", v, state.step)
+                log.info("skip ratio reached %s at step %d: checkpoint saved", percent(v), state.step)
         if state.step % self.every == 0:
             self.save(self.latest)
 

@@ -1,9 +1,9 @@
 """``sinder report``: one self-contained before/after HTML page from repair runs and analyses.
 
 Inputs are a repair run folder (every piece optional) and/or analysis folders, as
-:mod:`sinder.runfolder` lays them out. Two analyses are compared side by side (A vs B); one is
-shown alone. Every image is an embedded PNG data URI, styles are inline and a
-Content-Security-Policy forbids any network access, so the page opens from disk anywhere.
+:mod:`sinder.runfolder` lays them out. Two analyses are shown side by side; one is shown alone.
+Every image is an embedded PNG data URI, styles are inline and a Content-Security-Policy
+forbids any network access, so the page opens from disk anywhere.
 
 Modules: :mod:`.inputs` reads the folders, :mod:`.sections` builds the five sections,
 :mod:`.html` the markup around them, :mod:`.plots` every matplotlib figure.
@@ -47,14 +47,12 @@ class ReportConfig:
 
 
 def default_title(inputs: ReportInputs) -> str:
-    model = None
-    if inputs.run is not None and inputs.run.config:
-        model = inputs.run.config.get("model")
-    if isinstance(model, dict):  # repair writes backbone.describe()
-        model = model.get("model")
-    if model is None and inputs.analyses:
-        model = inputs.analyses[0].result.summary.get("model")
-    return f"SINDER report: {model}" if model else "SINDER report"
+    """``SINDER report: MODEL``, naming every model on the page: the run's (its own analyses are of
+    that model) and each analysis given on its own, repaired ones marked as such."""
+    names = [inputs.run.model] if inputs.run is not None else []
+    names += [a.model for a in inputs.analyses if inputs.run is None or a.path.parent != inputs.run.path]
+    names = list(dict.fromkeys(str(n) for n in names if n))
+    return f"SINDER report: {' vs '.join(names)}" if names else "SINDER report"
 
 
 def sources(inputs: ReportInputs) -> list[str]:

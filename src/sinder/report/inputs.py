@@ -32,6 +32,9 @@ from ..runfolder import (
 
 _LAYER_RE = re.compile(r"(?:^|\.)(\d+)\.")
 _WRITTEN_BY = "pass a folder written by sinder repair, demo or analyze"
+REPAIRED = ", repaired by SINDER"  # after the spec of a run's analysis_after (its analysis.json names the original)
+NO_ANALYSIS = "run made with --no-analysis"
+NO_ANALYSIS_NOTE = f"{NO_ANALYSIS}: no before/after analyses (image maps, per-layer statistics)"
 
 
 @dataclass
@@ -39,6 +42,14 @@ class AnalysisInput:
     label: str
     path: Path
     result: AnalysisResult
+    repaired: bool = False  # a run's analysis_after: the model it shows is the repaired one
+
+    @property
+    def model(self) -> str | None:
+        """The analysed model as the page names it: the spec, marked when it is the repaired model
+        (analysis.json records the spec the run started from)."""
+        spec = self.result.summary.get("model")
+        return f"{spec}{REPAIRED}" if spec is not None and self.repaired else spec
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,35 @@ class RunInput:
     log: list[dict] = field(default_factory=list)
     sigma: list[SigmaEntry] = field(default_factory=list)
     checkpoint: int | str = "none"  # the step of checkpoint.safetensors, "none" or "unreadable"
+    sigma_notes: list[str] = field(default_factory=list)  # why there are no σ deltas: said once, in their section
+
+    @property
+    def without_analysis(self) -> bool:
+        """Made with ``--no-analysis`` (config.json says so): no analysis folders by design."""
+        return bool(self.config) and self.config.get("analysis") is False
+
+    @property
+    def model(self) -> str | None:
+        """The spec the run repaired (config.json; repair writes ``backbone.describe()`` there)."""
+        model = (self.config or {}).get("model") or (self.summary or {}).get("model")
+        return model.get("model") if isinstance(model, dict) else model
+
+    @property
+    def stop_reason(self) -> str | None:
+        return (self.summary or {}).get("stop_reason")
+
+    @property
+    def min_defects(self) -> int | None:
+        """The rule's ``skip_less_than``: defects a layer needs before it is trained."""
+        rule = (self.config or {}).get("rule")
+        value = rule.get("skip_less_than") if isinstance(rule, dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def weak_defects(self) -> bool:
+        """Whether weakened defects also qualify a layer (config.json ``weak_defects`` > 0)."""
+        value = (self.config or {}).get("weak_defects")
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
     @property
     def finished(self) -> bool:
@@ -118,8 +158,15 @@ def read_sigma(folder: str | os.PathLike, notes: list[str]) -> list[SigmaEntry]:
 # ----------------------------------------------------------------------------- folders
 
 
-def read_analysis(path: Path, label: str, notes: list[str]) -> AnalysisInput | None:
-    """An analysis folder; its maps/distributions are optional (noted when unreadable)."""
+def is_after_repair(path: Path) -> bool:
+    """Whether the analysis folder ``path`` is a repair run's analysis_after (the repaired model)."""
+    path = Path(path)
+    return path.name == ANALYSIS_AFTER and any((path.parent / f).is_file() for f in RUN_FILES)
+
+
+def read_analysis(path: Path, label: str, notes: list[str], repaired: bool = False) -> AnalysisInput | None:
+    """An analysis folder; its maps/distributions are optional (noted when unreadable). ``repaired``:
+    it analyses a run's repaired model (its analysis.json names the spec the run started from)."""
     from safetensors import SafetensorError
 
     folder = AnalysisFolder(path)
@@ -130,10 +177,10 @@ def read_analysis(path: Path, label: str, notes: list[str]) -> AnalysisInput | N
         notes.append(f"{folder.path / ANALYSIS_JSON} has no per-layer results: not written by sinder analyze; skipped")
         return None
     try:
-        return AnalysisInput(label, path, folder.read())
+        return AnalysisInput(label, path, folder.read(), repaired)
     except (OSError, KeyError, ValueError, zipfile.BadZipFile, SafetensorError) as err:
         notes.append(f"{path}: maps/distributions unreadable ({type(err).__name__}: {err}); image maps and violins skipped")
-        return AnalysisInput(label, path, AnalysisResult(summary=summary, directions=torch.zeros(0)))
+        return AnalysisInput(label, path, AnalysisResult(summary=summary, directions=torch.zeros(0)), repaired)
 
 
 def read_checkpoint_step(folder: RunFolder) -> int | str:
@@ -154,20 +201,26 @@ def read_run(path: Path, notes: list[str]) -> tuple[RunInput, list[AnalysisInput
     folder = RunFolder(path)
     # a missing summary is what the unfinished-run banner says; an unreadable one is noted too
     summary = folder.read_summary(notes) if (folder / SUMMARY).exists() else None
-    run = RunInput(path, folder.read_config(notes), summary, folder.read_log(notes), read_sigma(path, notes))
+    sigma_notes: list[str] = []  # shown in the σ section only: a second notice at the top said the same
+    run = RunInput(path, folder.read_config(notes), summary, folder.read_log(notes), read_sigma(path, sigma_notes), sigma_notes=sigma_notes)
     if not run.finished:
         run.checkpoint = read_checkpoint_step(folder)
     analyses = []
+    missing = []
     for sub, label in RUN_ANALYSES:
         if sub == ANALYSIS_AFTER and not run.finished:
             if AnalysisFolder.holds_analysis(folder / sub):
                 notes.append(f"{folder / sub} is left out: it counts only once {SUMMARY} marks the run finished")
         elif AnalysisFolder.holds_analysis(folder / sub):
-            found = read_analysis(folder / sub, label, notes)
+            found = read_analysis(folder / sub, label, notes, repaired=sub == ANALYSIS_AFTER)
             if found is not None:
                 analyses.append(found)
         else:
-            notes.append(f"{folder / sub} holds no {ANALYSIS_JSON}; the '{label}' column is missing")
+            missing.append((sub, label))
+    if run.without_analysis and not analyses:
+        notes.append(NO_ANALYSIS_NOTE)
+    else:
+        notes.extend(f"{folder / sub} holds no {ANALYSIS_JSON}; the '{label}' column is missing" for sub, label in missing)
     return run, analyses
 
 
@@ -230,9 +283,10 @@ def read_inputs(paths: Sequence[str | Path]) -> ReportInputs:
             raise SinderError(f"{raw} holds no readable sinder run (no {SUMMARY}, {LOG}, {SIGMA} or analyses); {_WRITTEN_BY}")
         analyses.extend(found)
     if len(analyses) + len(explicit) > 2:
-        raise SinderError(f"{len(analyses) + len(explicit)} analyses given; a report compares at most two (A vs B)")
+        raise SinderError(f"{len(analyses) + len(explicit)} analyses given; a report shows at most two side by side")
     for path, label in zip(explicit, unique_labels(explicit)):
-        found = read_analysis(path, label, notes)
+        # a run's analysis_after given on its own still shows the repaired model
+        found = read_analysis(path, label, notes, repaired=is_after_repair(path))
         if found is not None:
             analyses.append(found)
     if run is None and not analyses:  # an empty page would look like a report of nothing

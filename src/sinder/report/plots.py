@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import math
 import re
+import textwrap
 from io import BytesIO
 from pathlib import Path
 from typing import Sequence
@@ -23,7 +24,7 @@ from mpl_toolkits.axes_grid1 import make_axes_locatable
 
 from ..io import atomic_path
 from ..runfolder import AnalysisResult, ImageMaps
-from .inputs import max_over_median
+from .inputs import REPAIRED, is_after_repair, max_over_median
 
 # One colour per compared analysis (A, B), used by every figure so the page reads consistently.
 SERIES_COLORS = ("tab:blue", "tab:orange")
@@ -229,7 +230,7 @@ def _layer_series(summary: dict, value, scale: float = 1.0) -> tuple[np.ndarray,
 
 
 def layer_curves(series: Sequence[tuple[str, dict]]) -> Figure:
-    """Theory alignment, defect / high-norm rate and max/median norm versus layer, A vs B on each axis."""
+    """Theory alignment, defect / high-norm rate and max/median norm versus layer, both analyses on each axis."""
     fig = Figure(figsize=(17, 5))
     axes = fig.subplots(1, 3)
     for j, (label, summary) in enumerate(series):
@@ -307,17 +308,44 @@ def _log_series(rows: Sequence[dict], key: str) -> tuple[list[int], list[float]]
     return xs, ys
 
 
-def training_curves(rows: Sequence[dict], stop_ratio: float | None = None) -> Figure:
-    """Skip ratio, loss and the repaired layer versus step, from the run's log."""
+STOP_REASONS = {  # summary.json's stop_reason, in words
+    "skip_ratio": "the skip ratio: the share of recent images without defects reached its stop line",
+    "clean_pass": "a clean pass: a whole pass over the training images found no defect left to train on",
+    "residual_plateau": "a plateau: the held-out residual stopped improving",
+    "max_steps": "the step budget (--max-steps)",
+}
+
+
+def stop_text(reason: str | None) -> str:
+    """``Stopped by a clean pass: ...`` for a summary's ``stop_reason`` (unknown ones as written)."""
+    return f"Stopped by {STOP_REASONS.get(reason, reason)}" if reason else "No stop recorded (unfinished run)"
+
+
+def training_curves(rows: Sequence[dict], stop_ratio: float | None = None, stop_reason: str | None = None,
+                    min_defects: int | None = None, weak_defects: bool = False) -> Figure:
+    """Skip ratio (in %), loss and the repaired layer versus step, from the run's log. The skip-ratio
+    chart says why the run stopped: a run stopped by a clean pass or a plateau never needs the
+    skip-ratio stop line, and its flat curve must not read as 'never converged'. ``min_defects``
+    (the rule's skip_less_than) and ``weak_defects`` name the rule that picks the trained layer."""
     fig = Figure(figsize=(17, 3.8))
     axes = fig.subplots(1, 3)
-    axes[0].plot(*_log_series(rows, "skip_ratio"), color="tab:green")
+    x, y = _log_series(rows, "skip_ratio")
+    axes[0].plot(x, [100 * v for v in y], color="tab:green")
     if stop_ratio is not None:
-        axes[0].axhline(stop_ratio, color="0.3", ls="--", lw=1, label=f"stop at {stop_ratio:g}")
+        reached = stop_reason == "skip_ratio"
+        axes[0].axhline(100 * stop_ratio, color="0.3", ls="--", lw=1,
+                        label=f"skip-ratio stop at {100 * stop_ratio:g}%" + ("" if reached or stop_reason is None else " (not needed)"))
         axes[0].legend(loc="lower right")
-    axes[0].set_ylim(-0.02, 1.02)
-    axes[0].set_ylabel("fraction of recent images skipped")
-    axes[0].set_title("Skip ratio (images without defects)")
+    if stop_reason is not None and x:
+        axes[0].axvline(x[-1], color="tab:red", lw=1, alpha=0.6)
+        wrapped = "\n".join(textwrap.wrap(stop_text(stop_reason), 48))
+        axes[0].text(0.02, 0.95, wrapped, transform=axes[0].transAxes, va="top", ha="left", fontsize=8,
+                     bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.9})
+    axes[0].set_ylim(-2, 102)
+    axes[0].set_ylabel("% of recent images skipped")
+    stopped = {"skip_ratio": "stop line reached", "clean_pass": "stopped by a clean pass",
+               "residual_plateau": "stopped by a plateau", "max_steps": "stopped at --max-steps"}.get(stop_reason, stop_reason)
+    axes[0].set_title("Skip ratio (images without defects)" + (f": {stopped}" if stopped else ""))
     x, y = _log_series(rows, "loss")
     axes[1].plot(x, y, ".", ms=3, color="tab:purple")
     if y and min(y) > 0:
@@ -326,7 +354,11 @@ def training_curves(rows: Sequence[dict], stop_ratio: float | None = None) -> Fi
     axes[1].set_title("Repair loss (steps with defects)")
     axes[2].plot(*_log_series(rows, "layer"), ".", ms=4, color="tab:brown")
     axes[2].set_ylabel(LAYER_AXIS)
-    axes[2].set_title("First layer with ≥ 3 defects")
+    if min_defects is None:
+        axes[2].set_title("Layer trained (the first with defects)")
+    else:
+        weak = " (or weak defects)" if weak_defects else ""
+        axes[2].set_title(f"First layer with ≥ {min_defects} defect{'' if min_defects == 1 else 's'}{weak}")
     axes[2].yaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes:
         ax.set_xlabel("step (iteration)")
@@ -343,6 +375,8 @@ def write_analysis_figures(result: AnalysisResult, folder: Path) -> list[Path]:
     folder = Path(folder)
     depth = result.summary["num_layers"]
     model = str(result.summary.get("model", ""))
+    if is_after_repair(folder.parent):  # analysis.json names the spec the run started from
+        model += REPAIRED
     paths = [
         save_png(norm_violins([("token norm", result.distributions, depth)], "Patch-token norms per layer"), folder / "violin_norms.png"),
         save_png(angle_violins(result.distributions, depth), folder / "violin_angles.png"),

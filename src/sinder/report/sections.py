@@ -6,9 +6,10 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 from ..runfolder import ANALYSIS_JSON, CONFIG, DISTRIBUTIONS, LOG, MAPS, SIGMA, SUMMARY, AnalysisResult, ImageMaps
+from ..units import is_rate, percent, plural, points
 from . import plots
 from .html import esc, figure, flatten, fmt, is_number, kv_table, note, table
-from .inputs import AnalysisInput, ReportInputs, RunInput, find_stop_ratio, mask_threshold, max_over_median
+from .inputs import NO_ANALYSIS, AnalysisInput, ReportInputs, RunInput, find_stop_ratio, mask_threshold, max_over_median
 
 if TYPE_CHECKING:
     from . import ReportConfig
@@ -39,7 +40,9 @@ def section_side_by_side(inputs: ReportInputs, cfg: ReportConfig) -> str:
         "(border excluded); CLS attention of the last block, mean over heads (shared scale).</p>",
     ]
     pairs = paired_maps(inputs.analyses)
-    if not pairs:
+    if not pairs and _no_analysis_run(inputs):
+        parts.append(f"<p>No image maps: {esc(NO_ANALYSIS)}.</p>")
+    elif not pairs:
         parts.append(note(f"no image maps available (no analysis folder with {MAPS} was given)"))
     for name, maps in pairs[: cfg.max_images]:
         rows = [(a.label, m) for a, m in zip(inputs.analyses, maps)]
@@ -66,8 +69,15 @@ def has_distributions(result: AnalysisResult, prefix: str) -> bool:
     return depth(result) > 0 and all(f"{prefix}_{i}" in result.distributions for i in range(depth(result)))
 
 
+def _no_analysis_run(inputs: ReportInputs) -> bool:
+    """A run made with --no-analysis: nothing is missing, there was nothing to analyse by design."""
+    return inputs.run is not None and inputs.run.without_analysis and not inputs.analyses
+
+
 def section_per_layer(inputs: ReportInputs, cfg: ReportConfig) -> str:
     parts = ["<h2>Per-layer statistics</h2>"]
+    if _no_analysis_run(inputs):
+        return "".join(parts) + f"<p>No per-layer statistics: {esc(NO_ANALYSIS)}.</p>"
     if not inputs.analyses:
         return "".join(parts) + note(f"no analysis folder given; per-layer plots need {ANALYSIS_JSON}")
     uri = plots.png_data_uri(plots.layer_curves([(a.label, a.result.summary) for a in inputs.analyses]), cfg.dpi)
@@ -106,10 +116,14 @@ def section_sigma(inputs: ReportInputs, cfg: ReportConfig) -> str:
     if inputs.run is None:  # analyses only: nothing is missing, there is no repair to show
         return "".join(parts) + f"<p>σ deltas come from a repair run folder (its {SIGMA}); analysis folders have none.</p>"
     entries = inputs.run.sigma
-    if not entries:
+    if not entries:  # the one place that says why (the notes at the top of the page do not repeat it)
         absent = not (inputs.run.path / SIGMA).exists() and not inputs.run.finished
-        why = f"the run did not finish ({SIGMA} is written when training ends)" if absent else f"{SIGMA} is missing or unreadable"
+        if absent:
+            why = f"the run did not finish ({SIGMA} is written when training ends)"
+        else:
+            why = "; ".join(inputs.run.sigma_notes) or f"{SIGMA} is missing or unreadable"
         return "".join(parts) + note(f"no σ deltas: {why}")
+    parts.extend(note(n) for n in inputs.run.sigma_notes)  # e.g. a part without its sigma/delta pair
     plotted = [(e.layer, e.linear, e.sigma, e.delta) for e in entries if e.layer is not None]
     if plotted:
         parts.append(figure(plots.png_data_uri(plots.sigma_delta_plot(plotted), cfg.dpi), "singular value deltas per layer",
@@ -152,39 +166,40 @@ def split_comparisons(d: dict, prefix: str = "") -> tuple[list[tuple[str, object
     return scalars, comparisons
 
 
+def value_cell(key: str, value: object) -> str:
+    """A JSON value for a person: rates (fractions in the files) as percentages, the rest by ``fmt``."""
+    return percent(value) if is_rate(key) and is_number(value) else fmt(value)
+
+
 def comparison_table(before: dict, after: dict, names: tuple[str, str] = ("before", "after")) -> str:
     fb, fa = dict(flatten(before)), dict(flatten(after))
     keys = list(fb) + [k for k in fa if k not in fb]
     rows = []
     for key in keys:
         b, a = fb.get(key), fa.get(key)
-        change = fmt(a - b) if is_number(a) and is_number(b) else ""
-        rows.append((f"<code>{esc(key)}</code>", esc(fmt(b)), esc(fmt(a)), esc(change)))
-    return table(("metric", *names, "change (after − before)"), rows, "cmp")
+        change = "" if not (is_number(a) and is_number(b)) else points(a - b) if is_rate(key) else fmt(a - b)
+        rows.append((f"<code>{esc(key)}</code>", esc(value_cell(key, b)), esc(value_cell(key, a)), esc(change)))
+    return table(("metric", *names, "change (after − before; rates in percentage points, pp)"), rows, "cmp")
 
 
 def _last_layer(a: AnalysisInput) -> dict:
     return (a.result.summary.get("layers") or [{}])[-1]
 
 
-def _pct(value: object) -> str:
-    return f"{100 * value:.2f} %" if is_number(value) else "–"
-
-
 def _consistency(summary: dict) -> str:
     angle, images = summary.get("direction_consistency_deg"), summary.get("direction_consistency_images")
-    return fmt(angle) + (f" ({images} images)" if angle is not None and is_number(images) else "")
+    return fmt(angle) + (f" ({plural(int(images), 'image')})" if angle is not None and is_number(images) else "")
 
 
 LAST_LAYER_METRICS: tuple[tuple[str, Callable[[AnalysisInput], str]], ...] = (
     ("images analysed", lambda a: fmt(len(a.result.summary.get("images", [])))),
-    ("defect rate, last layer", lambda a: _pct(_last_layer(a).get("defect_rate"))),
-    ("high-norm rate, last layer", lambda a: _pct(_last_layer(a).get("high_norm_rate"))),
+    ("defect rate, last layer", lambda a: percent(_last_layer(a).get("defect_rate"))),
+    ("high-norm rate, last layer", lambda a: percent(_last_layer(a).get("high_norm_rate"))),
     ("max / median token norm, last layer", lambda a: fmt(max_over_median(_last_layer(a)))),
     ("median token norm, last layer", lambda a: fmt(_last_layer(a).get("norm_median"))),
     ("theory alignment, last layer", lambda a: fmt(_last_layer(a).get("theory_alignment"))),
-    ("high-norm recall of the |cos| rule, last layer", lambda a: fmt(_last_layer(a).get("high_norm_recall"))),
-    ("defect precision, last layer", lambda a: fmt(_last_layer(a).get("defect_precision"))),
+    ("high-norm recall of the |cos| rule, last layer", lambda a: percent(_last_layer(a).get("high_norm_recall"))),
+    ("defect precision, last layer", lambda a: percent(_last_layer(a).get("defect_precision"))),
     ("direction consistency (mean pairwise angle, deg)", lambda a: _consistency(a.result.summary)),
 )
 
@@ -193,7 +208,7 @@ PER_LAYER_KEYS = ("theory_alignment", "defect_rate", "high_norm_rate", "max_over
 
 
 def per_layer_table(a: AnalysisInput) -> str:
-    rows = [(fmt(layer.get("index")), *(esc(fmt(layer.get(k))) for k in PER_LAYER_KEYS)) for layer in a.result.summary.get("layers", [])]
+    rows = [(fmt(layer.get("index")), *(esc(value_cell(k, layer.get(k))) for k in PER_LAYER_KEYS)) for layer in a.result.summary.get("layers", [])]
     return table(("layer", *PER_LAYER_KEYS), rows, "num")
 
 
@@ -210,7 +225,7 @@ def residual_table(residual: object) -> str:
         )
         rows.append((esc(r.get("image")), esc(fmt(r.get("high_norm_tokens"))), esc(fmt(r.get("max_over_median"))), esc(strongest or "none")))
     left = sum(1 for r in residual if isinstance(r, dict) and r.get("high_norm_tokens"))
-    head = f"<h4>Residual after repair: {left} of {len(rows)} held-out image(s) keep high-norm tokens</h4>"
+    head = f"<h4>Residual after repair: {left} of {plural(len(rows), 'held-out image')} {'keeps' if len(rows) == 1 else 'keep'} high-norm tokens</h4>"
     return head + table(("image", "high-norm tokens left", "max / median norm", "strongest (row, col) norm / median"), rows, "num")
 
 
@@ -232,7 +247,7 @@ def _run_summary(summary: dict | None) -> list[str]:
     # config.* repeats config.json (shown under #config); timing is shown there too.
     rest = [(k, v) for k, v in scalars if k not in TIMING_KEYS and not k.startswith("config.")]
     if rest:
-        parts.append("<h4>Other summary values</h4>" + kv_table(rest))
+        parts.append("<h4>Other summary values</h4>" + kv_table([(k, percent(v) if is_rate(k) and is_number(v) else v) for k, v in rest]))
     return parts
 
 
@@ -245,13 +260,20 @@ def _gate_warning(summary: dict) -> str | None:
         return None
 
 
+def analyses_heading(inputs: ReportInputs) -> str:
+    """What the analyses are, in plain words (a run analyses images it never trained on)."""
+    if inputs.run is not None and all(a.path.parent == inputs.run.path for a in inputs.analyses):
+        return "Last layer on the held-out images (never trained on)" + (", before and after repair" if len(inputs.analyses) == 2 else "")
+    return "Last layer: " + (" and ".join(a.label for a in inputs.analyses) + " side by side" if len(inputs.analyses) == 2 else inputs.analyses[0].label)
+
+
 def section_metrics(inputs: ReportInputs, cfg: ReportConfig) -> str:
     parts = ["<h2>Metrics</h2>"]
     if inputs.run is not None:
         parts.append(f"<h3>Repair summary ({SUMMARY})</h3>")
         parts.extend(_run_summary(inputs.run.summary))
     if inputs.analyses:
-        parts.append("<h3>Held-out analysis" + (" (A vs B)" if len(inputs.analyses) == 2 else "") + "</h3>")
+        parts.append(f"<h3>{esc(analyses_heading(inputs))}</h3>")
         rows = [(esc(name), *(esc(get(a)) for a in inputs.analyses)) for name, get in LAST_LAYER_METRICS]
         parts.append(table(("metric", *(a.label for a in inputs.analyses)), rows, "cmp"))
         for a in inputs.analyses:
@@ -279,7 +301,7 @@ def analysis_config_table(analyses: Sequence[AnalysisInput]) -> str:
 
     def rows(a: AnalysisInput) -> dict[str, object]:
         s = a.result.summary
-        out = {"folder": str(a.path), "model": s.get("model"), "resolution (px, short side)": s.get("resolution"),
+        out = {"folder": str(a.path), "model": a.model, "resolution (px, short side)": s.get("resolution"),
                "patch size (px)": s.get("patch_size"), "layers": s.get("num_layers"), "prefix tokens": s.get("num_prefix_tokens"),
                "images": [i.get("path") for i in s.get("images", []) if isinstance(i, dict)],
                "skipped": [f"{i.get('path')}: {i.get('reason')}" for i in s.get("skipped", []) if isinstance(i, dict)]}
@@ -302,9 +324,11 @@ def _run_config(run: RunInput, cfg: ReportConfig) -> list[str]:
     parts = [f"<h3>Repair run <code>{esc(run.path)}</code></h3>", table(("", "value"), timing, "kv")]
     if run.log:
         skips = [r["skip_ratio"] for r in run.log if is_number(r.get("skip_ratio"))]
-        uri = plots.png_data_uri(plots.training_curves(run.log, find_stop_ratio(run.config)), cfg.dpi)
-        parts.append(figure(uri, "skip ratio, loss and layer per step",
-                            f"{len(run.log)} logged steps; final skip ratio {fmt(skips[-1]) if skips else '–'}."))
+        fig = plots.training_curves(run.log, find_stop_ratio(run.config), stop_reason=run.stop_reason,
+                                     min_defects=run.min_defects, weak_defects=run.weak_defects)
+        stopped = f" {plots.stop_text(run.stop_reason)}." if run.stop_reason else ""
+        parts.append(figure(plots.png_data_uri(fig, cfg.dpi), "skip ratio, loss and layer per step",
+                            f"{plural(len(run.log), 'logged step')}; final skip ratio {percent(skips[-1]) if skips else '–'}.{stopped}"))
     else:
         parts.append(note(f"no training log ({LOG}) to plot"))
     if run.config is not None:

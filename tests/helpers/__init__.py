@@ -1,0 +1,1 @@
+"""Shared test helpers (models, runners, fingerprints), imported by the test modules."""
