@@ -26,6 +26,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/clamp_tradeoff.py
 	$(PY) benchmarks/interpolation_layers.py
 	$(PY) benchmarks/compare_zoo.py
+	$(PY) benchmarks/thread_load.py
 
 clean:
 	rm -rf demo_out .pytest_cache

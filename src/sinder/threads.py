@@ -6,8 +6,11 @@ than free cores, so every parallel region waits for a descheduled thread. The po
 
 - ``OMP_WAIT_POLICY=PASSIVE`` before torch is imported (libgomp reads it once, at load): waiting
   workers sleep. A value the user set is kept.
-- ``--threads auto`` (the default) uses the cores that are idle when the command starts (sampled
-  from /proc/stat for 0.1 s), at least one; ``--threads N`` uses N.
+- ``--threads auto`` (the default) uses every core the process may run on, or ``OMP_NUM_THREADS``
+  when the user set it; ``--threads N`` uses N.
+  Not fewer when the machine looks busy: with passive waits, two threads beside another job were
+  as fast as one (benchmarks/thread_load.py), and a count that followed the load would make two
+  runs of the same command (a run and its --resume) differ in the last bits.
 
 This module imports no torch at module level: :func:`before_torch_import` must run first.
 """
@@ -16,11 +19,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import time
 from typing import Iterator
 
-SAMPLE_SECONDS = 0.1
-THREADS_HELP = "CPU threads for torch: auto (the cores idle at start, at least 1) or a number (default: auto)"
+THREADS_HELP = "CPU threads for torch: auto (OMP_NUM_THREADS if set, else every core this process may use) or a number (default: auto)"
 
 
 def before_torch_import() -> None:
@@ -34,30 +35,10 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _cpu_times() -> tuple[float, float] | None:
-    """(busy, total) jiffies of the whole machine, or None where /proc/stat is not readable."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [float(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
-def idle_cores(sample_seconds: float = SAMPLE_SECONDS) -> int:
-    """Cores that nothing else keeps busy right now (rounded, at least 1, at most the usable ones)."""
-    cores = usable_cores()
-    first = _cpu_times()
-    if first is None:
-        return cores
-    time.sleep(sample_seconds)
-    second = _cpu_times()
-    total = second[1] - first[1] if second else 0.0
-    if total <= 0:
-        return cores
-    busy = (second[0] - first[0]) / total * (os.cpu_count() or cores)
-    return max(1, min(cores, round(cores - busy)))
+def auto_threads() -> int:
+    """OMP_NUM_THREADS when it is a positive whole number, else every usable core."""
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    return int(given) if given.isdigit() and int(given) > 0 else usable_cores()
 
 
 def parse_threads(value: str) -> str | int:
@@ -80,7 +61,7 @@ def cli_threads(value: str | int) -> Iterator[int]:
     import torch
 
     before = torch.get_num_threads()
-    n = idle_cores() if value == "auto" else int(value)
+    n = auto_threads() if value == "auto" else int(value)
     torch.set_num_threads(n)
     try:
         yield n
