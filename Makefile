@@ -22,6 +22,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/theory_speed.py
 	$(PY) benchmarks/repair_speed.py
+	$(PY) benchmarks/detection_zoo.py
 	$(PY) benchmarks/repair_zoo.py
 	$(PY) benchmarks/clamp_tradeoff.py
 	$(PY) benchmarks/interpolation_layers.py

@@ -123,10 +123,11 @@ def test_square_preprocessing_is_the_references_torchvision_pipeline(size):
 
 
 def test_low_norm_artifacts_are_reported_not_silently_dropped_by_the_norm_gate():
-    """CLIP-style artifacts: aligned with ν but of *lower* norm than their neighbours."""
+    """CLIP-style artifacts: aligned with ν but of *lower* norm than their neighbours. The warning
+    reads what the gate-rejected tokens look like (GateRejectedStats), not only how many they are."""
     import torch
 
-    from sinder.analyze import gate_warning
+    from sinder.analyze import GateRejectedStats, gate_warning
     from sinder.detect import DefectRule, DefectStats, detect_layer
 
     g = torch.Generator().manual_seed(0)
@@ -138,11 +139,23 @@ def test_low_norm_artifacts_are_reported_not_silently_dropped_by_the_norm_gate()
         grid[b, r, c] = 0.5 * nu * grid[b].norm(dim=-1).median()  # half the median norm, all along ν
     gated, plain = DefectRule(norm_gate=2.0), DefectRule(norm_gate=0.0)
     assert plain.detect(grid, nu).sum() == 3 and gated.detect(grid, nu).sum() == 0
-    stats = DefectStats()
-    stats.add(grid, nu, detect_layer(gated, grid, nu))
-    summary = {"rule": gated.to_dict(), "layers": [stats.summary()]}
-    assert summary["layers"][0]["gate_rejected_rate"] == pytest.approx(3 / 288)
+
+    def summary_of(rule, grid):
+        stats, rejected = DefectStats(), GateRejectedStats()
+        found = detect_layer(rule, grid, nu)
+        stats.add(grid, nu, found)
+        rejected.add(grid, found)
+        return {"rule": rule.to_dict(), "layers": [{**stats.summary(nu), **rejected.summary(nu)}]}
+
+    summary = summary_of(gated, grid)
+    last = summary["layers"][0]
+    assert last["gate_rejected_rate"] == pytest.approx(3 / 288) and last["gate_rejected_images"] == 2
+    assert last["gate_rejected_cos_median"] == pytest.approx(1.0) and last["gate_rejected_alignment"] == pytest.approx(1.0)
+    assert last["gate_rejected_norm_over_neighbours"] < 0.6
     assert "--norm-gate 0" in gate_warning(summary)
-    clean = DefectStats()
-    clean.add(grid, nu, detect_layer(plain, grid, nu))
-    assert gate_warning({"rule": plain.to_dict(), "layers": [clean.summary()]}) is None
+    assert gate_warning(summary_of(plain, grid)) is None  # no gate, nothing rejected
+    # the same count of gate-rejected tokens, but only the rule's noise tail (no artifact): silent
+    nu = torch.zeros(384)
+    nu[0] = 1.0
+    noisy = summary_of(gated, torch.randn(4, 37, 37, 384, generator=g))  # a ViT-S width: |cos| tail ~0.17
+    assert noisy["layers"][0]["gate_rejected_rate"] > 0 and gate_warning(noisy) is None

@@ -37,6 +37,9 @@ def test_demo_leaves_analyses_weights_and_report(demo):
     assert {img["path"] for img in before["images"]} == {f"skimage:{n}" for n in BUNDLED_EVAL}
     assert before["layers"][-1]["high_norm_rate"] > 0.01
     assert after["layers"][-1]["high_norm_rate"] == 0.0
+    # the verdict the demo prints under each table: defects from the planted block, then none
+    assert before["verdict"]["has_defects"] and before["verdict"]["onset_layer"] == 4
+    assert not after["verdict"]["has_defects"] and after["verdict"]["reason"].startswith("no singular defects")
     assert (demo / "weights" / "model.safetensors").is_file()
     html = (demo / "report.html").read_text()
     for section in ("side-by-side", "per-layer", "sigma-deltas", "metrics", "config"):

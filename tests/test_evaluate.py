@@ -240,13 +240,13 @@ def test_intrinsic_statistics_on_synthetic_grids():
     grid[0, 3, 4] = 20 * (u + v) / math.sqrt(2)
     grid[0, 6, 6] = 20 * (u + v) / math.sqrt(2)
     grid[1, 5, 2] = 20 * (u - v) / math.sqrt(2)
-    grid[1, 0, 9] = 20 * u  # on the border: high-norm, but not a defect candidate
+    grid[1, 0, 9] = 20 * (u - v) / math.sqrt(2)  # on the border: a defect too (the rule sees the whole grid)
     stats = IntrinsicStats()
     stats.update(grid, u)
     m = stats.metrics()
     assert m["high_norm_rate"] == pytest.approx(4 / 200)
     assert m["max_over_median"] == pytest.approx(20.0, rel=1e-5)
-    assert m["defect_rate"] == pytest.approx(3 / 200)
+    assert m["defect_rate"] == pytest.approx(4 / 200)
     assert m["direction_consistency_deg"] == pytest.approx(90.0, abs=1e-3)  # (u+v) vs (u-v)
     # without a direction the defect metrics are undefined, not zero
     no_dir = IntrinsicStats()

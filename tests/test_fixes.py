@@ -113,3 +113,30 @@ def test_neighbour_interpolation_hides_the_planted_defect_and_detaches_exactly(p
     assert fix.replaced > 0 and energy[1] < 0.2 * energy[0], energy
     assert torch.allclose(alone[0], during[1], atol=1e-4)  # per image: the same alone and in a batch
     assert torch.equal(after, before)  # removed: the model is as it was
+
+
+def test_neighbour_interpolation_replaces_border_and_corner_defects():
+    """The default rule sees the whole grid: defects on the edge and in a corner are replaced by
+    the mean of the neighbours that exist (the faithful rule's cleared border would keep them)."""
+    from types import SimpleNamespace
+
+    from sinder.fixes.interpolate import NeighbourInterpolation
+
+    d, side = 16, 12
+    g = torch.Generator().manual_seed(0)
+    nu = torch.eye(d)[0]
+    grid = torch.nn.functional.normalize(torch.randn(1, side, side, d, generator=g), dim=-1)
+    grid[..., 0] *= 0.1  # ordinary tokens: small |cos| with ν
+    cells = [(0, 0), (0, 6), (11, 3), (5, 5)]
+    for y, x in cells:
+        grid[0, y, x] = 30 * nu + 0.5 * grid[0, y, x]
+    blocks = torch.nn.ModuleList([torch.nn.Identity()])
+    bb = SimpleNamespace(depth=1, num_prefix_tokens=1, blocks=lambda: blocks)
+    tokens = torch.cat([torch.randn(1, 1, d, generator=g), grid.flatten(1, 2)], dim=1)
+    with NeighbourInterpolation(bb, 0, nu) as fix:
+        out = blocks[0](tokens)[:, 1:].reshape(1, side, side, d)
+    assert fix.replaced == len(cells)
+    corner = torch.stack([grid[0, 0, 1], grid[0, 1, 0], grid[0, 1, 1]]).mean(0)
+    assert torch.allclose(out[0, 0, 0], corner, atol=1e-6)
+    for y, x in cells:
+        assert float(out[0, y, x].norm()) < 2 and abs(float(out[0, y, x] @ nu)) < 0.2

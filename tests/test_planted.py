@@ -80,10 +80,13 @@ def test_predicted_direction_is_the_planted_one(planted, planted_directions):
 ZOO_PHOTOS = ("rocket", "coffee", "camera", "astronaut")  # training photos: flat sky and textured scenes
 
 
-@pytest.mark.parametrize("name", ["content", "early", "late", "noisy", "native518", "swiglu", "reg4", "spectral", "spread", "attention"])
+@pytest.mark.parametrize(
+    "name", ["content", "early", "late", "noisy", "native518", "swiglu", "reg4", "spectral", "spread", "attention", "border", "crowded", "lownorm"]
+)
 def test_zoo_member_has_real_singular_defects(name):
     """Built from a seed in seconds, with its ground truth: the planted u ignites on some tokens,
-    is amplified to high norm by the last layer, and the theory predicts it."""
+    is amplified to high norm by the last layer (``lownorm``: stays below the median norm), and
+    the theory predicts it."""
     import time
 
     from sinder.backbones import load_backbone
@@ -99,20 +102,43 @@ def test_zoo_member_has_real_singular_defects(name):
     nu = defect_directions(bb)[-1]
     assert abs(float(nu @ truth.u)) > 0.95
     images = ImageSet.from_inputs(bundled_photos(ZOO_PHOTOS), bb, bb.image_size)
-    stats, ignited = DefectStats(), []
+    stats, ignited, planted = DefectStats(), [], []
     with torch.no_grad():
         for _, px in images.batches(4):
-            ignited += truth.ignition(bb, px).flatten(1).sum(dim=1).tolist()
+            truth_cells = truth.ignition(bb, px)
+            ignited += truth_cells.flatten(1).sum(dim=1).tolist()
             outs, ctx = bb.forward_layers(px)
             grid = bb.patch_grid(outs[-1], ctx)
-            stats.add(grid, truth.u, detect_layer(DefectRule(), grid, nu))
+            found = detect_layer(DefectRule(norm_gate=2.0), grid, nu)
+            stats.add(grid, truth.u, found)
+            relative = found.norms / found.norms.flatten(1).median(dim=1).values[:, None, None]
+            planted += [(t, r, f, c) for t, r, f, c in zip(truth_cells, relative, found.gate_rejected, found.scores)]
     s = stats.summary()
-    assert sum(ignited) > 0 and 0.003 <= s["high_norm_rate"] <= 0.05, (ignited, s["high_norm_rate"])
-    assert s["max_over_median"] > 4 and s["energy_along_direction"] > 0.2
+    assert sum(ignited) > 0
+    if truth.config.ignition_suppress:  # CLIP-like: aligned with ν but below the median norm
+        assert s["high_norm_rate"] == 0 and s["max_over_median"] < 2, s
+        for cells, rel, rejected, cos in planted:
+            assert rel[cells].max() < 0.9 and cos[cells].min() > 10 * cos[~cells].max(), (rel[cells], cos[cells])
+            assert rejected[cells].all()  # the |cos| part finds them, the norm gate rejects them
+    else:
+        assert 0.003 <= s["high_norm_rate"] <= 0.05, (ignited, s["high_norm_rate"])
+        assert s["max_over_median"] > 4 and s["energy_along_direction"] > 0.2
     if truth.config.ignition == "content":  # positions and counts follow the content
         assert len(set(ignited)) > 1
     else:
         assert set(ignited) == {len(truth.positions)}
+    if truth.config.marker_layout == "border":
+        last = truth.grid - 1
+        corners = {(0, 0), (0, last), (last, 0), (last, last)}
+        edges = [(r, c) for r, c in truth.positions if (r in (0, last) or c in (0, last)) and (r, c) not in corners]
+        assert corners <= set(truth.positions) and len(edges) >= 2
+        assert any(0 < r < last and 0 < c < last for r, c in truth.positions)
+    if truth.config.marker_layout == "clusters":  # 15–40 per image, some in one another's 3×3 window, ≥ 2× apart in norm
+        assert 15 <= min(ignited) and max(ignited) <= 40
+        cells = set(truth.positions)
+        assert sum(any((r + dr, c + dc) in cells for dr in (-1, 0, 1) for dc in (-1, 0, 1) if dr or dc) for r, c in cells) >= 5
+        ratios = [float(rel[t].max() / rel[t].min()) for t, rel, _, _ in planted]
+        assert min(ratios) > 2 and max(ratios) < 6, ratios
 
 
 # Every member's weights are pinned by a fingerprint that holds across CPUs, BLAS kernels and
@@ -239,6 +265,28 @@ def test_clamping_the_spectral_member_trades_defect_for_features(spectral):
         left[gamma], cos[gamma] = e / energy, float(F.cosine_similarity(tokens, t, dim=-1)[ordinary].mean())
     assert energy > 0.4 and 0.3 < left[3.0] < 0.95 and left[1.3] < 0.02, (energy, left)
     assert cos[1.3] < cos[3.0] < 0.995 and cos[1.3] < 0.99, cos
+
+
+def test_marker_layouts_and_new_fields_are_checked():
+    """``border`` and ``clusters`` place the cells they promise, every seed; the new fields refuse
+    what they cannot build."""
+    from sinder.errors import ConfigError
+    from sinder.planted.circuits import border_positions, clustered_positions
+
+    for seed in range(5):
+        gen = torch.Generator().manual_seed(seed)
+        cells = border_positions(16, 10, gen)
+        assert len(set(cells)) == 10 and {(0, 0), (0, 15), (15, 0), (15, 15)} <= set(cells)
+        assert sum(min(r, c) == 0 or max(r, c) == 15 for r, c in cells) == 8
+        cells = clustered_positions(37, 30, gen)
+        assert len(set(cells)) == 30 and all(1 <= min(rc) and max(rc) <= 35 for rc in cells)
+        assert any(max(abs(r - r2), abs(c - c2)) == 1 for r, c in cells for r2, c2 in cells)
+    with pytest.raises(ConfigError, match="marker_layout='border' needs markers >= 6"):
+        PlantedConfig(marker_layout="border", markers=5)
+    with pytest.raises(ConfigError, match="ignition_suppress needs one MLP ignition unit"):
+        PlantedConfig(ignition="content", ignition_suppress=1.0)
+    with pytest.raises(ConfigError, match="amplifier must be pair, feedback or bounded"):
+        PlantedConfig(amplifier="nope")
 
 
 def test_zoo_sizes_plant_the_same_circuits():

@@ -213,9 +213,12 @@ def test_spike_in_constant_field_target_and_loss_are_known():
     # a neighbour of the spike: the spike is one of 9 with weight exp(-6)·1/16 or 2/16
     mask = torch.zeros(1, h, w, dtype=torch.bool)
     mask[0, 3, 3] = True
-    loss = neighbour_loss(grid.clone().requires_grad_(True), nu, mask, kernel=3, tau=tau)
-    alpha = (24 * c.norm() + s.norm()) / 25  # mean norm of the 5×5 interior
+    loss = neighbour_loss(grid.clone().requires_grad_(True), nu, mask, kernel=3, tau=tau, border=1)
+    alpha = (24 * c.norm() + s.norm()) / 25  # the reference's (border 1): mean norm of the 5×5 interior
     assert torch.allclose(loss, ((s - t_expected).norm() / alpha)[None], atol=1e-6)
+    whole = neighbour_loss(grid.clone().requires_grad_(True), nu, mask, kernel=3, tau=tau)
+    alpha = (48 * c.norm() + s.norm()) / 49  # the default (border 0): mean norm of the whole 7×7 grid
+    assert torch.allclose(whole, ((s - t_expected).norm() / alpha)[None], atol=1e-6)
     # the 5×5 kernel on a 7×7 field: same structure, centre weight 41/273
     grid5 = c.expand(1, 7, 7, d).clone()
     grid5[0, 3, 3] = s
@@ -245,10 +248,12 @@ def test_loss_gradient_moves_only_defects_toward_target():
 
 
 def test_defect_mask_uses_whole_grid_statistics_and_excludes_border():
+    """The reference's rule (``meanstd`` with a border, as ``--faithful`` uses it)."""
     scores = torch.zeros(1, 7, 7)
     scores[0, 3, 3] = 1.0
     scores[0, 0, 0] = 1.0  # a border outlier: counted in the statistics, never a defect
-    m = DefectRule(mask_thr=3.0, border=1).cosine_mask(scores)
+    ref = dict(mask_thr=3.0, threshold="meanstd")
+    m = DefectRule(border=1, **ref).cosine_mask(scores)
     assert m.sum() == 1 and m[0, 3, 3]
     flat = scores.flatten()
     assert flat.mean() + 3.0 * flat.std() < 1.0  # whole-grid statistics (as the reference)
@@ -256,12 +261,49 @@ def test_defect_mask_uses_whole_grid_statistics_and_excludes_border():
     # interior-only statistics (mean 0.04, std 0.2) would still flag it
     crowded = scores.clone()
     crowded[0, 0, 1:5] = 1.0
-    assert not DefectRule(mask_thr=3.0, border=1).cosine_mask(crowded).any()
-    assert DefectRule(mask_thr=3.0, border=3).cosine_mask(scores)[0, 3, 3]  # border 3 leaves only the centre
-    assert not DefectRule(mask_thr=3.0, border=4).cosine_mask(scores).any()
+    assert not DefectRule(border=1, **ref).cosine_mask(crowded).any()
+    assert DefectRule(border=3, **ref).cosine_mask(scores)[0, 3, 3]  # border 3 leaves only the centre
+    assert not DefectRule(border=4, **ref).cosine_mask(scores).any()
+    # the whole grid (the default), and the robust threshold the outliers do not lift
+    assert torch.equal(DefectRule(mask_thr=3.0, threshold="robust").cosine_mask(crowded)[0].nonzero(), torch.tensor([[0, c] for c in range(5)] + [[3, 3]]))
     k3, k5 = gaussian_kernel(3), gaussian_kernel(5)
     assert torch.allclose(k3, torch.tensor([1.0, 2, 1])[:, None] * torch.tensor([1.0, 2, 1]) / 16)
     assert abs(float(k5.sum()) - 1.0) < 1e-6 and float(k5[2, 2]) == pytest.approx(41 / 273)
+
+
+def test_border_defect_target_comes_from_its_existing_neighbours_only():
+    """Beyond the reference: a defect on the edge or in a corner gets a finite target from the
+    window cells inside the grid, their weights (exp(−|cos|/τ) × Gaussian) renormalised; an
+    interior defect's target is the reference's, bit for bit."""
+    d, h, w, tau = 4, 6, 5, 0.1
+    nu = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    grid = torch.randn(1, h, w, d, generator=torch.Generator().manual_seed(0))
+    grid[..., 0] = 0.05 * grid[..., 0]
+    grid[0, 0, 0] = torch.tensor([9.0, 0.5, 0.0, 0.0])  # corner defect
+    grid[0, 3, 4] = torch.tensor([9.0, 0.0, 0.5, 0.0])  # edge defect
+    scores = token_scores(grid, nu)
+    pos = torch.tensor([[0, 0, 0], [0, 3, 4], [0, 2, 2]])
+    t = neighbourhood_target(grid, scores, pos, 3, tau)
+    assert torch.isfinite(t).all()
+    gauss = gaussian_kernel(3)
+    for row, (y, x) in enumerate([(0, 0), (3, 4), (2, 2)]):
+        cells = [(y + a, x + b) for a in (-1, 0, 1) for b in (-1, 0, 1) if 0 <= y + a < h and 0 <= x + b < w]
+        wts = torch.stack([torch.exp(-scores[0, r, c] / tau) * gauss[r - y + 1, c - x + 1] for r, c in cells])
+        expected = (wts[:, None] * torch.stack([grid[0, r, c] for r, c in cells])).sum(0) / wts.sum()
+        assert torch.allclose(t[row], expected, atol=1e-5), (y, x)
+    assert abs(float(t[0] @ nu)) < 0.5 and abs(float(t[1] @ nu)) < 0.5  # pulled off ν, toward its neighbours
+    mask = torch.zeros(1, h, w, dtype=torch.bool)
+    mask[0, 0, 0] = mask[0, 3, 4] = True
+    x = grid.clone().requires_grad_(True)
+    loss = neighbour_loss(x, nu, mask, 3, tau)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.equal(x.grad.abs().sum(-1) > 0, mask)
+    inner = interior_mask(h, w, 1).expand(1, h, w).nonzero()  # where the window fits: unchanged
+    old = torch.softmax(-scores[inner[:, :1], inner[:, 1:2] + torch.tensor([-1, -1, -1, 0, 0, 0, 1, 1, 1]), inner[:, 2:3] + torch.tensor([-1, 0, 1] * 3)] / tau, 1)
+    old = old * gauss.flatten()
+    old = old / old.sum(1, keepdim=True)
+    nb = grid[inner[:, :1], inner[:, 1:2] + torch.tensor([-1, -1, -1, 0, 0, 0, 1, 1, 1]), inner[:, 2:3] + torch.tensor([-1, 0, 1] * 3)]
+    assert torch.equal(neighbourhood_target(grid, scores, inner, 3, tau), (old[..., None] * nb).sum(1))
 
 
 def test_target_ignores_defect_like_neighbours():

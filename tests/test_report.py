@@ -231,6 +231,26 @@ def test_page_words_name_every_model_and_say_what_the_analyses_are(run_dir, run_
     assert rows and set(rows) == {"planted:small, repaired by SINDER"}
 
 
+def test_verdict_of_each_analysis_is_at_the_top_of_the_page(run_dir, run_page, tmp_path):
+    """The answer first: under the title, before provenance and sections, each analysis's verdict
+    as `sinder analyze` printed it; an analysis.json written before verdicts gets one computed."""
+    header = run_page.split("<section", 1)[0]
+    box = re.search(r'<h1>[^<]*</h1><div class="verdict" id="verdict">(.*?)</div>', header, re.S)
+    assert box, "the verdict is not right under the title"
+    lines = [html.unescape(re.sub(r"<[^>]+>", "", p)) for p in re.findall(r"<p>(.*?)</p>", box.group(1))]
+    before = json.loads((run_dir / "analysis_before" / "analysis.json").read_text())["verdict"]
+    after = json.loads((run_dir / "analysis_after" / "analysis.json").read_text())["verdict"]
+    assert before["has_defects"] and before["onset_layer"] == 4 and not after["has_defects"]
+    assert lines == [f"before repair: {before['reason']}", f"after repair: {after['reason']}"]
+    assert lines[0].startswith("before repair: singular defects from block 4: ") and lines[1].startswith("after repair: no singular defects")
+    old = shutil.copytree(run_dir / "analysis_before", tmp_path / "old")
+    summary = json.loads((old / "analysis.json").read_text())
+    summary.pop("verdict")
+    (old / "analysis.json").write_text(json.dumps(summary))
+    page = build_report([old], ReportConfig(dpi=30))
+    assert f'<div class="verdict" id="verdict"><p><b>verdict</b>: {html.escape(before["reason"])}</p></div>' in page
+
+
 def test_training_plot_names_the_rule_and_the_stop_reason():
     """The layer panel uses the run's own rule; a run stopped by a clean pass says so on the skip-ratio
     chart, whose flat line under the stop line would otherwise read as 'never converged'."""

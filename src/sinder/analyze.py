@@ -2,7 +2,8 @@
 
 For every layer i: defects by the :class:`~sinder.detect.DefectRule`, high-norm tokens, norm
 statistics and how well ν_i predicts the direction of the high-norm tokens (``theory_alignment``),
-all accumulated by :class:`~sinder.detect.DefectStats`. Writes an analysis folder
+all accumulated by :class:`~sinder.detect.DefectStats`, plus what the tokens the norm gate rejects
+look like (:class:`GateRejectedStats`), and the model's verdict (:mod:`sinder.verdict`). Writes an analysis folder
 (:class:`~sinder.runfolder.AnalysisFolder`): ``analysis.json``, ``directions.safetensors``,
 ``maps.npz`` / ``distributions.npz`` (for the report) and figures.
 """
@@ -18,17 +19,18 @@ import torch
 import torch.nn.functional as F
 
 from .backbones import Backbone
-from .detect import DefectRule, DefectStats, abs_cosine, detect_layer
+from .detect import DefectRule, DefectStats, LayerDetection, abs_cosine, detect_layer, mean_direction
 from .errors import ConfigError, ImageError
 from .images import ImageItem, ImageSet
 from .runfolder import AnalysisFolder, AnalysisResult, ImageMaps
 from .runtime import resolve_device
 from .units import percent, plural
+from .verdict import compute_verdict, gate_warning
 
 log = logging.getLogger(__name__)
 
 MIN_RESOLUTION, MAX_RESOLUTION = 16, 4096
-MIN_GRID = 3  # patches per side: with the border excluded, a smaller grid has no candidate tokens
+MIN_GRID = 3  # patches per side: fewer than 9 tokens leave nothing for the per-image mean + k·std rule to stand out from
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class AnalyzeConfig:
 
 
 def check_resolution(resolution: int, patch_size: int, flag: str = "--resolution") -> None:
-    """Refuse a resolution whose grid has no interior token (the border is never a defect)."""
+    """Refuse a resolution whose grid is too small for the per-image defect rule (< MIN_GRID patches per side)."""
     if resolution // patch_size < MIN_GRID:
         raise ConfigError(
             f"{flag} must be between {MIN_GRID * patch_size} and {MAX_RESOLUTION} px for {patch_size} px patches "
@@ -111,6 +113,54 @@ class Distributions:
         return out
 
 
+def neighbour_norm_ratio(norms: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) token norms -> each token's norm over the mean norm of its (up to 8) neighbours."""
+    kernel = torch.ones(1, 1, 3, 3, dtype=norms.dtype, device=norms.device)
+    kernel[0, 0, 1, 1] = 0.0
+    x = norms[:, None]
+    total = F.conv2d(x, kernel, padding=1)[:, 0]
+    count = F.conv2d(torch.ones_like(x), kernel, padding=1)[:, 0]
+    return norms / (total / count.clamp_min(1)).clamp_min(1e-12)
+
+
+class GateRejectedStats:
+    """What the tokens of one layer that pass the |cos| rule but fail the norm gate look like: how
+    strongly each lies along ν (median |cos|), whether together they point along ν in every image
+    (``gate_rejected_alignment``: |cos| between ν and the mean of the per-image mean directions),
+    and their norm against their neighbours'. The low-norm warning
+    (:func:`sinder.verdict.gate_warning`) reads these."""
+
+    CAP = 100_000  # values kept per layer for the medians
+
+    def __init__(self) -> None:
+        self.cos: list[torch.Tensor] = []
+        self.ratio: list[torch.Tensor] = []
+        self.kept = 0
+        self.directions: list[torch.Tensor] = []
+
+    def add(self, grid: torch.Tensor, found: LayerDetection) -> None:
+        rejected = found.gate_rejected
+        if not rejected.any():
+            return
+        if self.kept < self.CAP:
+            self.cos.append(found.scores[rejected].float().cpu())
+            self.ratio.append(neighbour_norm_ratio(found.norms)[rejected].float().cpu())
+            self.kept += int(rejected.sum())
+        for g, m in zip(grid, rejected):
+            if m.any():
+                self.directions.append(mean_direction(g[m]).float().cpu())
+
+    def summary(self, direction: torch.Tensor) -> dict:
+        median = lambda parts: float(torch.cat(parts).median()) if parts else None  # noqa: E731
+        pooled = mean_direction(torch.stack(self.directions)) if self.directions else None
+        return {
+            "gate_rejected_cos_median": median(self.cos),
+            "gate_rejected_alignment": None if pooled is None else abs(float(F.cosine_similarity(pooled.float(), direction.float().cpu(), dim=0))),
+            "gate_rejected_norm_over_neighbours": median(self.ratio),
+            "gate_rejected_images": len(self.directions),
+        }
+
+
 def compute_directions(backbone: Backbone, method: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     from .theory import linearise
 
@@ -124,6 +174,7 @@ class _Run:
 
     images: ImageSet
     stats: list[DefectStats]
+    rejected: list[GateRejectedStats]
     distributions: Distributions
     random_dir: torch.Tensor
     maps: dict[int, ImageMaps] = field(default_factory=dict)
@@ -164,6 +215,7 @@ def analyze(
     run = _Run(
         images,
         [DefectStats() for _ in range(backbone.depth)],
+        [GateRejectedStats() for _ in range(backbone.depth)],
         Distributions(backbone.depth, config.max_distribution_samples, config.seed),
         F.normalize(torch.randn(backbone.embed_dim, generator=gen), dim=0).to(device),
     )
@@ -184,6 +236,7 @@ def _analyse_batch(backbone: Backbone, pixels: torch.Tensor, idxs: list[int], di
         grid = backbone.patch_grid(x, ctx).float()
         found = detect_layer(rule, grid, directions[i])
         run.stats[i].add(grid, directions[i], found)
+        run.rejected[i].add(grid, found)
         run.distributions.add(i, found.norms, found.scores, abs_cosine(grid, run.random_dir))
         if i == last:
             attn = None
@@ -219,7 +272,7 @@ def _keep_image(backbone, run: _Run, k: int, pixels, grid, found, b: int, attn, 
 def _result(backbone, run: _Run, directions, singular_values, resolution: int, config: AnalyzeConfig) -> AnalysisResult:
     layers = []
     for i, stats in enumerate(run.stats):
-        entry = {"index": i, **stats.summary(directions[i].cpu())}
+        entry = {"index": i, **stats.summary(directions[i].cpu()), **run.rejected[i].summary(directions[i].cpu())}
         entry["top_singular_values"] = None if singular_values is None else [float(v) for v in singular_values[i]]
         layers.append(entry)
     last = layers[-1]
@@ -237,20 +290,9 @@ def _result(backbone, run: _Run, directions, singular_values, resolution: int, c
         "config": config.to_dict(),
         "layers": layers,
     }
+    summary["verdict"] = compute_verdict(summary)
     maps = [run.maps[k] for k in sorted(run.maps)]
     return AnalysisResult(summary=summary, directions=directions.cpu(), maps=maps, distributions=run.distributions.arrays())
-
-
-def gate_warning(summary: dict) -> str | None:
-    """A line when strong |cos| hits fail the norm gate: artifacts that are not high-norm (as in some CLIPs)."""
-    last = summary["layers"][-1]
-    rejected, found = last.get("gate_rejected_rate") or 0.0, last.get("defect_rate") or 0.0
-    if rejected > max(found, 0.002):
-        return (
-            f"{percent(rejected)} of last-layer tokens align with ν but fail the norm gate "
-            f"({summary['rule']['norm_gate']}× median): artifacts may be low-norm here; rerun with --norm-gate 0 to count them"
-        )
-    return None
 
 
 def format_table(summary: dict) -> str:
@@ -268,3 +310,9 @@ def format_table(summary: dict) -> str:
     if warning:
         rows.append(f"warning: {warning}")
     return "\n".join(rows)
+
+
+def verdict_line(summary: dict) -> str:
+    """The last line ``sinder analyze`` prints: the verdict's reason (computed when absent)."""
+    verdict = summary.get("verdict") or compute_verdict(summary)
+    return f"verdict: {verdict['reason']}"

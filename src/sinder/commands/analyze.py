@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..analyze import AnalyzeConfig, analyze, compute_directions, format_table
+from ..analyze import AnalyzeConfig, analyze, compute_directions, format_table, verdict_line
 from ..backbones import parse_spec
 from ..errors import SinderError
 from ..images import check_decodable, list_images
@@ -53,4 +53,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"{plural(n_ok, 'image')} analysed, {n_skip} skipped; outputs in {args.out}")
     for s in result.summary["skipped"]:
         print(f"  skipped {s['path']}: {s['reason']}")
+    print(verdict_line(result.summary))  # the last line: the answer to "does this model have singular defects?"
     return 0

@@ -63,15 +63,21 @@ def add_rule_arguments(p: argparse.ArgumentParser, defaults=None, faithful=None)
     ``faithful`` the help also names the values ``--faithful`` uses). Unset options stay None and
     take the base rule's value (:func:`rule_from_args`). ``--skip-less-than`` acts in repair only;
     the other commands' help says so (the command is read from ``p.prog``)."""
-    from ..detect import DefectRule
+    from ..detect import THRESHOLDS, DefectRule
 
     d = defaults or DefectRule()
 
     def default(name: str) -> str:
-        alt = f"; --faithful: {getattr(faithful, name):g}" if faithful is not None else ""
-        return f"default {getattr(d, name):g}{alt}"
+        fmt = lambda v: v if isinstance(v, str) else f"{v:g}"  # noqa: E731
+        alt = f"; --faithful: {fmt(getattr(faithful, name))}" if faithful is not None else ""
+        return f"default {fmt(getattr(d, name))}{alt}"
 
     p.add_argument("--mask-thr", type=float, help=f"defect if |cos(t, ν)| > mean + THR·std of the image ({default('mask_thr')})")
+    p.add_argument(
+        "--threshold", choices=THRESHOLDS,
+        help="how mean and std are taken: robust (over the image's tokens that are not defects, a fixed point from median + THR·MAD, "
+        f"so strong defects do not hide weaker ones) or meanstd (one pass over all tokens, as the reference) ({default('threshold')})",
+    )  # fmt: skip
     p.add_argument("--norm-gate", type=float, help=f"a defect must also have norm > G × the image's median patch norm (0: off; {default('norm_gate')})")
     p.add_argument("--high-norm-factor", type=float, help=f"high-norm if norm > F × the image's median ({default('high_norm_factor')})")
     if p.prog.split()[-1] in TRAINING_COMMANDS:
@@ -81,7 +87,7 @@ def add_rule_arguments(p: argparse.ArgumentParser, defaults=None, faithful=None)
     p.add_argument("--skip-less-than", type=int, help=skip_help)
 
 
-RULE_OPTIONS = ("mask_thr", "norm_gate", "high_norm_factor", "skip_less_than")
+RULE_OPTIONS = ("mask_thr", "threshold", "norm_gate", "high_norm_factor", "skip_less_than")
 
 
 def rule_from_args(args: argparse.Namespace, base=None, **fixed):

@@ -9,7 +9,7 @@ import logging
 import time
 from pathlib import Path
 
-from ..analyze import format_table
+from ..analyze import format_table, verdict_line
 from ..backbones import load_backbone
 from ..images import BUNDLED_EVAL, BUNDLED_TRAIN, bundled_photos
 from ..errors import Interrupted
@@ -85,8 +85,10 @@ def run(args: argparse.Namespace) -> int:
 
     print("\nBefore repair (held-out photos):")
     print(format_table(before.summary))
+    print(verdict_line(before.summary))
     print("\nAfter repair:")
     print(format_table(after.summary))
+    print(verdict_line(after.summary))
     print()
     s = result.summary
     metrics = s.get("metrics") or {}

@@ -55,7 +55,7 @@ def repair_config(args: argparse.Namespace) -> RepairConfig:
     base = RepairConfig.faithful() if args.faithful else RepairConfig()
     save_at = tuple(v / 100 if v > 1 else v for v in args.save_at_skip)  # percent, as the reference takes it
     return config_from_args(
-        base, args, rule=rule_from_args(args, base.rule, border=args.kernel // 2), save_at_skip=save_at, num_eval_max=args.num_eval,
+        base, args, rule=rule_from_args(args, base.rule), save_at_skip=save_at, num_eval_max=args.num_eval,
         amp="off" if args.no_amp else "auto", progress=not args.no_progress, analysis=not args.no_analysis,
         **({"from_onset": False} if args.no_onset else {}),
     )  # fmt: skip

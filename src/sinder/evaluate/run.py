@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 
 TASKS = ("knn", "linear-seg", "unsup-seg", "lost", "intrinsic")
 # patches per side below which a task's output says nothing: one patch gives a constant map and
-# a whole-image box; the intrinsic defect rule excludes the border
+# a whole-image box; the intrinsic defect rule's per-image statistics need a few tokens
 MIN_GRID = {"linear-seg": 2, "unsup-seg": 2, "lost": 2, "intrinsic": 3}
 METRICS_FILE = "metrics.json"
 

@@ -121,7 +121,8 @@ def plant_texture_detector(model: nn.Module, block: int, scale: float, gain: flo
     return q
 
 
-AMPLIFIER_UNITS = {"pair": 2, "feedback": 1}  # hidden units one amplifier takes per block
+AMPLIFIER_UNITS = {"pair": 2, "feedback": 1, "bounded": 6}  # hidden units one amplifier takes per block
+BOUNDED_WIDTH = 1.5  # bounded amplifier: rises over [t, t + w], falls over [t + w, t + 2w], 0 beyond
 
 
 def plant_amplifiers(
@@ -130,9 +131,17 @@ def plant_amplifiers(
     """In blocks [start, stop) (default: to the end), grow u on tokens that carry it.
 
     ``pair``: act(a(s − t)) − act(a(−s − t)) writes ±u, flat for |s| < t; ``feedback``: one
-    unit act(a(s − t)) writes +u (a re-igniting positive feedback)."""
+    unit act(a(s − t)) writes +u (a re-igniting positive feedback); ``bounded``: the pair closed
+    by act(a(±s − t − w))·(−2) + act(a(±s − t − 2w)), a hat that writes nothing for
+    |s| > t + 2w (w = BOUNDED_WIDTH): the theory sees its Gaussian slope, a token already
+    dominated by u (|s| ≈ √d) is left alone."""
     for blk in model.blocks[start:stop]:
         units = Neurons(blk.mlp)
+        if kind == "bounded":
+            for sign in (1.0, -1.0):
+                for shift, weight in ((0.0, 1.0), (BOUNDED_WIDTH, -2.0), (2 * BOUNDED_WIDTH, 1.0)):
+                    units.add(u, sign * sharpness, -sharpness * (threshold + shift), u, sign * weight * gain)
+            continue
         units.add(u, sharpness, -sharpness * threshold, u, gain)
         if kind == "pair":
             units.add(u, -sharpness, -sharpness * threshold, u, -gain)
@@ -146,6 +155,58 @@ def marker_positions(grid: int, count: int, generator: torch.Generator) -> list[
         r, c = (int(v) for v in torch.randint(2, grid - 2, (2,), generator=generator))
         if all(max(abs(r - r0), abs(c - c0)) >= spacing for r0, c0 in chosen):
             chosen.append((r, c))
+    return chosen
+
+
+def border_positions(grid: int, count: int, generator: torch.Generator) -> list[tuple[int, int]]:
+    """The 4 corners, ``count`` − 6 random edge cells (pairwise ≥ 2 apart: no two adjacent), and
+    2 random interior cells ≥ 2 from the edge and ≥ 3 from the others."""
+    last = grid - 1
+    chosen = [(0, 0), (0, last), (last, 0), (last, last)]
+
+    def far(r: int, c: int, spacing: int) -> bool:
+        return all(max(abs(r - r0), abs(c - c0)) >= spacing for r0, c0 in chosen)
+
+    edge = count - 6
+    if edge > 2 * (grid - 3):
+        raise ValueError(f"{edge} edge cells do not fit on a {grid}×{grid} grid's edges")
+    while len(chosen) < 4 + edge:
+        side, k = int(torch.randint(4, (1,), generator=generator)), int(torch.randint(1, last, (1,), generator=generator))
+        r, c = ((0, k), (last, k), (k, 0), (k, last))[side]
+        if far(r, c, 2):
+            chosen.append((r, c))
+    while len(chosen) < count:
+        r, c = (int(v) for v in torch.randint(2, grid - 2, (2,), generator=generator))
+        if far(r, c, 3):
+            chosen.append((r, c))
+    return chosen
+
+
+CLUSTER_SIZES = (3, 1, 2, 1, 2)  # cells per group, in turn
+
+
+def clustered_positions(grid: int, count: int, generator: torch.Generator) -> list[tuple[int, int]]:
+    """Groups of CLUSTER_SIZES mutually adjacent cells (each added in the 8-neighbourhood of a cell
+    of its group), a group's first cell ≥ 3 from every other cell, groups never adjacent to one
+    another, every cell ≥ 1 from the edge (its 3×3 window fits)."""
+    if count * 9 > (grid - 2) ** 2 // 2:
+        raise ValueError(f"{count} clustered markers do not fit on a {grid}×{grid} grid")
+    chosen: list[tuple[int, int]] = []
+    g = 0
+    while len(chosen) < count:
+        size = min(count - len(chosen), CLUSTER_SIZES[g % len(CLUSTER_SIZES)])
+        r, c = (int(v) for v in torch.randint(1, grid - 1, (2,), generator=generator))
+        if any(max(abs(r - r0), abs(c - c0)) < 3 for r0, c0 in chosen):
+            continue
+        group = [(r, c)]
+        while len(group) < size:
+            base = group[int(torch.randint(len(group), (1,), generator=generator))]
+            dr, dc = (int(v) - 1 for v in torch.randint(0, 3, (2,), generator=generator))
+            cell = (base[0] + dr, base[1] + dc)
+            if cell not in group and 1 <= min(cell) and max(cell) <= grid - 2 and all(max(abs(cell[0] - r0), abs(cell[1] - c0)) >= 2 for r0, c0 in chosen):
+                group.append(cell)
+        chosen += group
+        g += 1
     return chosen
 
 

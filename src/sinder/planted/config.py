@@ -33,8 +33,16 @@ class PlantedConfig:
     ignition: ``marker`` ignites every token at ``markers`` positional cells (same cells in every
         image); ``content`` ignites only the low-texture patches among ``markers`` candidate cells,
         so positions and counts change from image to image, with unequal strengths.
-    amplifier: ``pair`` (a dead-zone pair, odd in ⟨u, LN(x)⟩) or ``feedback`` (one gate on u that
-        writes more u: a partly repaired token can re-ignite).
+    amplifier: ``pair`` (a dead-zone pair, odd in ⟨u, LN(x)⟩), ``feedback`` (one gate on u that
+        writes more u: a partly repaired token can re-ignite) or ``bounded`` (the pair closed again
+        above the dead zone: a hat, odd in ⟨u, LN(x)⟩, that writes u only where 0.5 < |⟨u, LN(x)⟩|
+        < 3.5; its Gaussian-expected slope still makes the theory predict u, but a token that already
+        carries u strongly is not grown: with ``ignition_suppress`` the defects stay low-norm).
+    markers, marker_layout: how many marker (candidate) cells, and where: ``interior`` (random cells
+        ≥ 2 from the edge, pairwise ≥ 3 apart where the grid allows), ``border`` (the 4 corners,
+        ``markers`` − 6 random edge cells pairwise ≥ 2 apart, and 2 random interior cells) or
+        ``clusters`` (groups of 3, 1, 2, 1, 2, … mutually adjacent cells, so a 3×3 window around a
+        defect holds other defects; groups never adjacent to one another, cells ≥ 1 from the edge).
     u_noise: ordinary tokens carry a small random u component of this size (relative to the shared
         token norm), as a real network's would; 0 keeps u quiet (only the planted units write it).
     anisotropy: the patch embedding's output is stretched along a few random directions by this
@@ -55,6 +63,11 @@ class PlantedConfig:
     ignition_blocks: the marker ignites u in this many consecutive blocks from the ignition block
         on (the first is the ground truth's ignition unit). A σ clamp caps each matrix on its own,
         so a defect fed by several blocks keeps part of its strength at a moderate γ.
+    ignition_suppress: the ignition unit also removes this fraction of the token's shared
+        component and of its marker (at a full-strength marker) as it writes u, so with a small
+        ``ignition_gain`` a defect token is u plus little else: aligned with ν but *lower* in norm
+        than its neighbours, as CLIP's low-norm artifacts (0: the unit writes u alone). Positional
+        markers, one MLP unit in one block.
     spectrum_top, spectrum_decay: before the circuits are planted, give every block Linear (q, k,
         v, proj, fc1, fc2 each on its own) the heavy-tailed singular values
         ``spectrum_top · k^−spectrum_decay`` (k = 1, 2, …), keeping timm's random singular vectors.
@@ -70,12 +83,13 @@ class PlantedConfig:
     seed: int = 0
     onset: float = 4 / 12
     ignition: Literal["marker", "content"] = "marker"
-    amplifier: Literal["pair", "feedback"] = "pair"
+    amplifier: Literal["pair", "feedback", "bounded"] = "pair"
     u_noise: float = 0.0
     anisotropy: float = 1.0
     early_feature: float = 0.0
     early_threshold: float = 2.5  # its dead zone, on ⟨d, LN(x)⟩: only rare, extreme patches cross it
     markers: int = 5
+    marker_layout: Literal["interior", "border", "clusters"] = "interior"
     strength_spread: float = 0.0
     texture_threshold: float = 0.15  # content: ignite below this local texture (std of normalised pixels)
     layer_scale: float = 0.1
@@ -88,6 +102,7 @@ class PlantedConfig:
     ignition_units: int = 1
     ignition_path: Literal["mlp", "attention"] = "mlp"
     ignition_margin: float = 3.7  # on ⟨m, LN(x)⟩: how far a full-strength marker is above the ignition threshold
+    ignition_suppress: float = 0.0
     amp_threshold: float = 0.5
     amp_gain: float = 3.0
     spectrum_top: float = 0.0
@@ -98,8 +113,10 @@ class PlantedConfig:
         require(0 <= self.onset < 1, f"onset must be in [0, 1) (a fraction of the depth), got {self.onset}")
         require(self.img_size % 14 == 0 and self.img_size >= 70, f"img_size must be a multiple of 14 and >= 70, got {self.img_size}")
         require(self.ignition in ("marker", "content"), f"ignition must be marker or content, got {self.ignition!r}")
-        require(self.amplifier in ("pair", "feedback"), f"amplifier must be pair or feedback, got {self.amplifier!r}")
+        require(self.amplifier in ("pair", "feedback", "bounded"), f"amplifier must be pair, feedback or bounded, got {self.amplifier!r}")
         require(self.markers >= 1, f"markers must be >= 1, got {self.markers}")
+        require(self.marker_layout in ("interior", "border", "clusters"), f"marker_layout must be interior, border or clusters, got {self.marker_layout!r}")
+        require(self.marker_layout != "border" or self.markers >= 6, f"marker_layout='border' needs markers >= 6 (4 corners, edges, 2 interior cells), got {self.markers}")
         require(0 <= self.strength_spread < 1, f"strength_spread must be in [0, 1), got {self.strength_spread}")
         require(0 <= self.u_noise < 0.1, f"u_noise must be in [0, 0.1), got {self.u_noise}")
         require(self.anisotropy >= 1, f"anisotropy must be >= 1, got {self.anisotropy}")
@@ -111,6 +128,11 @@ class PlantedConfig:
             "ignition_path='attention' plants one head in one block on positional markers: use ignition='marker', ignition_blocks=1, ignition_units=1",
         )
         require(self.ignition_margin > 0, f"ignition_margin must be > 0, got {self.ignition_margin}")
+        require(0 <= self.ignition_suppress <= 1, f"ignition_suppress must be in [0, 1], got {self.ignition_suppress}")
+        require(
+            self.ignition_suppress == 0 or (self.ignition == "marker" and self.ignition_path == "mlp" and self.ignition_blocks == 1 and self.ignition_units == 1),
+            "ignition_suppress needs one MLP ignition unit in one block on positional markers: ignition='marker', ignition_path='mlp', ignition_blocks=1, ignition_units=1",
+        )
         require(self.spectrum_top >= 0, f"spectrum_top must be >= 0 (0: timm's init), got {self.spectrum_top}")
         require(0 <= self.spectrum_decay <= 2, f"spectrum_decay must be in [0, 2], got {self.spectrum_decay}")
         require(self.early_feature == 0 or self.anisotropy > 1, "early_feature needs anisotropy > 1 (it amplifies a stretched direction)")
@@ -164,6 +186,17 @@ PRESETS: dict[str, PlantedConfig] = {
         spectrum_top=8.0, spectrum_decay=0.5, shared_norm=10.0, onset=2 / 12, marker_norm=10.0, ignition_margin=9.7, ignition_gain=2.0,
         ignition_blocks=2, amplifier="feedback", amp_gain=2.5, seed=8,
     ),
+    # positional defects on the edge: the 4 corners, 4 edge cells and 2 interior cells
+    "border": PlantedConfig(marker_layout="border", markers=10, strength_spread=0.1, seed=11),
+    # 30 defects per 518 px image in groups of 1–3 adjacent cells, ~3× apart in norm at the last
+    # layer: the ignition sets each strength (wide margin, ±30% markers), a bounded amplifier keeps it
+    "crowded": PlantedConfig(
+        img_size=518, markers=30, marker_layout="clusters", strength_spread=0.3, ignition_margin=5.0, ignition_gain=150.0, amplifier="bounded",
+        u_noise=0.01, seed=12,
+    ),
+    # CLIP-like low-norm artifacts: the ignition writes a little u and removes the shared component
+    # and the marker, a bounded amplifier leaves it there: aligned with ν, ~0.6–0.8× the median norm
+    "lownorm": PlantedConfig(markers=6, amplifier="bounded", ignition_suppress=1.0, ignition_gain=14.0, seed=13),
 }
 
 

@@ -21,8 +21,8 @@ from ..backbones.weights import read_state_dict
 from ..runtime import one_thread
 from ..theory import defect_directions
 from .circuits import (
-    AMPLIFIER_UNITS, TEXTURE_FILTERS, Neurons, keep_quiet_, marker_positions, ordinary_linears, orthogonal_unit, place_markers, plant_amplifiers,
-    plant_texture_detector, power_law_spectrum_,
+    AMPLIFIER_UNITS, TEXTURE_FILTERS, Neurons, border_positions, clustered_positions, keep_quiet_, marker_positions, ordinary_linears, orthogonal_unit,
+    place_markers, plant_amplifiers, plant_texture_detector, power_law_spectrum_,
 )  # fmt: skip
 from .config import PlantedConfig, preset
 
@@ -121,8 +121,11 @@ def _build(cfg: PlantedConfig) -> tuple[nn.Module, PlantedTruth]:
         used += list(q)
     plant_amplifiers(model, layer + 1 if cfg.amplifier == "feedback" else layer, u, cfg.amplifier, cfg.amp_threshold, cfg.amp_gain)
     unit, m = _plant_ignition(model, cfg, u, texture, torch.stack(used), gen)
+    if cfg.ignition_suppress:
+        _suppress(model, cfg, unit, shared, m)
     grid = cfg.img_size // 14
-    positions = marker_positions(grid, cfg.markers, gen)
+    layout = {"interior": marker_positions, "border": border_positions, "clusters": clustered_positions}[cfg.marker_layout]
+    positions = layout(grid, cfg.markers, gen)
     spread = 1.0 + cfg.strength_spread * (2 * torch.rand(len(positions), generator=gen) - 1)
     place_markers(model, m, positions, (cfg.marker_norm * spread).tolist())
     return model, PlantedTruth(cfg, u, m, positions, grid, layer, unit)
@@ -144,8 +147,10 @@ def _plant_ignition(model, cfg: PlantedConfig, u, texture, used: torch.Tensor, g
     gain = cfg.ignition_gain / units_per_block if units_per_block > 1 else cfg.ignition_gain
     blocks = range(cfg.ignition_layer, min(cfg.depth, cfg.ignition_layer + cfg.ignition_blocks))
     # later blocks already hold their amplifier, so their unit comes after it; the first takes the
-    # block's last unit as it always has (over a pair amplifier's + half: kept, for bit-identity)
-    planted = [Neurons(model.blocks[b].mlp, taken=AMPLIFIER_UNITS[cfg.amplifier] if b > cfg.ignition_layer else 0) for b in blocks]
+    # block's last unit as it always has (over a pair amplifier's + half: kept, for bit-identity;
+    # a bounded amplifier, new, is not overwritten)
+    first = AMPLIFIER_UNITS["bounded"] if cfg.amplifier == "bounded" else 0
+    planted = [Neurons(model.blocks[b].mlp, taken=AMPLIFIER_UNITS[cfg.amplifier] if b > cfg.ignition_layer else first) for b in blocks]
     units = [[n.add(torch.zeros_like(u), IGNITION_SHARPNESS, -IGNITION_SHARPNESS * (marker_level - margin), u, gain) for margin in margins] for n in planted]
     directions = defect_directions(TimmViTBackbone(model, "planted:build"))
     m = orthogonal_unit(model.embed_dim, torch.cat([used, directions]), gen)
@@ -157,6 +162,14 @@ def _plant_ignition(model, cfg: PlantedConfig, u, texture, used: torch.Tensor, g
         for b, unit in zip(blocks, row):
             model.blocks[b].mlp.fc1.weight[unit] = IGNITION_SHARPNESS * read
     return units[0][0], m
+
+
+def _suppress(model, cfg: PlantedConfig, unit: int, shared: torch.Tensor, m: torch.Tensor) -> None:
+    """Make the ignition unit also write −``ignition_suppress``·(shared_norm·shared + marker_norm·m)
+    at a full-strength marker (activation ≈ a·margin): the defect token keeps little besides u."""
+    fc2 = model.blocks[cfg.ignition_layer].mlp.fc2
+    scaled = IGNITION_SHARPNESS * cfg.ignition_margin * cfg.layer_scale  # the unit's activation after LayerScale
+    fc2.weight[:, unit] -= cfg.ignition_suppress * (cfg.shared_norm * shared + cfg.marker_norm * m) / scaled
 
 
 SINK_LOGIT = 10.0  # every query's logit to the CLS sink; two marker tokens' logit is twice that

@@ -17,7 +17,8 @@ TRAINING_FIELDS = (
     "from_onset", "weak_defects",
 )  # fmt: skip
 Order = Literal["shuffle", "sequential"]
-FAITHFUL_RULE = DefectRule(mask_thr=4.0, norm_gate=0.0, skip_less_than=3)
+# The reference's rule: one μ + 4σ pass, no norm gate, ≥ 3 defects, border cleared (kernel // 2).
+FAITHFUL_RULE = DefectRule(mask_thr=4.0, border=1, norm_gate=0.0, skip_less_than=3, threshold="meanstd")
 
 
 @dataclass
@@ -27,8 +28,10 @@ class RepairConfig:
     ``max_steps`` counts iterations (one batch per rank each); with ``batch_size=1`` an
     iteration is one image, as in the reference. ``window`` is the number of recent images
     the skip ratio is computed over; images not seen yet count as not skipped, as the
-    reference's pre-filled history does. ``rule`` says what a defect is; its border is the
-    smoothing window's half-width (``kernel // 2``), as in the reference.
+    reference's pre-filled history does. ``rule`` says what a defect is. With its default
+    ``border`` 0 every cell can be a defect and the loss gives a border defect a target from
+    the window cells inside the grid; a rule with a border (the faithful one) has it set to
+    the window's half-width ``kernel // 2``, where the reference's window fits.
     """
 
     impl: Impl = "fast"
@@ -73,8 +76,8 @@ class RepairConfig:
         self.save_at_skip = tuple(float(v) for v in self.save_at_skip)
         if isinstance(self.rule, dict):
             self.rule = DefectRule(**self.rule)
-        if isinstance(self.rule, DefectRule) and self.kernel in (3, 5):
-            self.rule = replace(self.rule, border=self.kernel // 2)  # the window must fit around a defect
+        if isinstance(self.rule, DefectRule) and self.rule.border and self.kernel in (3, 5):
+            self.rule = replace(self.rule, border=self.kernel // 2)  # a cleared border is where the window does not fit
         self.validate()
 
     def validate(self) -> None:

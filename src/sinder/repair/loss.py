@@ -4,8 +4,12 @@ At layer i, with ν_i the predicted defect direction and patch tokens on an H×W
   * defects: the :class:`~sinder.detect.DefectRule` (the caller passes its mask);
   * target T at a defect: w = exp(−|cos(token, ν_i)|/τ) over its k×k window, normalised, times
     the Gaussian kernel, renormalised; T = Σ w·token (no gradient). The defect itself is in the
-    window but its weight is tiny (its |cos| is large);
-  * loss = mean over defects of ‖x − T‖₂ / mean norm of the interior tokens (no gradient).
+    window but its weight is tiny (its |cos| is large). At the border only the window cells
+    inside the grid count (their weights renormalised): beyond the reference, which clears the
+    border from its rule because its window does not fit there;
+  * loss = mean over defects of ‖x − T‖₂ / mean token norm of the image (no gradient): of the
+    whole grid by default, of the interior (``kernel // 2`` from the edge) with the reference's
+    cleared border.
 """
 from __future__ import annotations
 
@@ -42,12 +46,19 @@ def window_offsets(kernel: int, device: torch.device | str = "cpu") -> tuple[tor
 def neighbourhood_target(
     grid: torch.Tensor, scores: torch.Tensor, positions: torch.Tensor, kernel: int = 3, tau: float = 0.1
 ) -> torch.Tensor:
-    """Targets (n, D) at ``positions`` (n, 3) = (image, row, col), each at least k//2 from the border.
+    """Targets (n, D) at ``positions`` (n, 3) = (image, row, col), anywhere on the grid.
 
-    ``scores``: |cos(token, ν)| (B, H, W)."""
+    ``scores``: |cos(token, ν)| (B, H, W). Window cells outside the grid get no weight and the
+    others' weights are renormalised (a corner defect of a 3×3 window has 4 cells, itself
+    included). Where the whole window fits (the reference's case) every cell is kept and the
+    computation is the reference's, operation for operation."""
+    _, rows, cols = scores.shape
     dy, dx = window_offsets(kernel, grid.device)
     b, y, x = positions[:, 0:1], positions[:, 1:2] + dy, positions[:, 2:3] + dx  # (n, k²)
-    w = torch.softmax(-scores[b, y, x] / tau, dim=1)  # = exp(−|cos|/τ) normalised, without underflow for small τ
+    inside = (y >= 0) & (y < rows) & (x >= 0) & (x < cols)
+    y, x = y.clamp(0, rows - 1), x.clamp(0, cols - 1)  # outside cells read a valid token, then get weight 0
+    logits = (-scores[b, y, x] / tau).masked_fill(~inside, float("-inf"))  # all inside: unchanged values
+    w = torch.softmax(logits, dim=1)  # = exp(−|cos|/τ) normalised, without underflow for small τ
     w = w * gaussian_kernel(kernel, grid.device).flatten()
     w = w / w.sum(dim=1, keepdim=True)
     neighbours = grid.detach()[b, y, x].float()  # (n, k², D)
@@ -55,7 +66,8 @@ def neighbourhood_target(
 
 
 def interior_mean_norm(grid: torch.Tensor, border: int) -> torch.Tensor:
-    """Mean token norm over the interior of each image (B,), no gradient."""
+    """Mean token norm over each image (B,) without the ``border`` rows/columns at the edge (0: the
+    whole grid), no gradient."""
     _, h, w, _ = grid.shape
     with torch.no_grad():
         inner = grid.detach()[:, border : h - border, border : w - border].float()
@@ -68,11 +80,14 @@ def neighbour_loss(
     mask: torch.Tensor,
     kernel: int = 3,
     tau: float = 0.1,
+    border: int = 0,
 ) -> torch.Tensor:
-    """Per-image loss (B,): mean ‖x − T‖ over the image's defects / its interior mean norm.
+    """Per-image loss (B,): mean ‖x − T‖ over the image's defects / the image's mean token norm.
 
     ``grid`` (B, H, W, D) carries the gradient; ``mask`` (B, H, W) marks the defects (images
-    without any get 0). Computed in float32 whatever the autocast dtype.
+    without any get 0). ``border``: the rule's cleared border; the normaliser is then the mean
+    norm inside it, as in the reference (``kernel // 2``); 0 (the whole grid can hold defects):
+    the mean norm of the whole grid. Computed in float32 whatever the autocast dtype.
     """
     bsz = grid.shape[0]
     pos = mask.nonzero()
@@ -82,7 +97,7 @@ def neighbour_loss(
     dist = (grid[pos[:, 0], pos[:, 1], pos[:, 2]].float() - target).norm(dim=-1)
     counts = mask.flatten(1).sum(dim=1).clamp(min=1).to(dist.dtype)
     per_image = torch.zeros(bsz, device=grid.device, dtype=dist.dtype).index_add(0, pos[:, 0], dist) / counts
-    return per_image / interior_mean_norm(grid, kernel // 2)
+    return per_image / interior_mean_norm(grid, border)
 
 
 def gram_loss(tokens: torch.Tensor, original: torch.Tensor) -> torch.Tensor:

@@ -63,6 +63,18 @@ def sources(inputs: ReportInputs) -> list[str]:
     return out
 
 
+def verdicts(inputs: ReportInputs) -> list[tuple[str, str]]:
+    """(label, reason) of each analysis's verdict, as ``sinder analyze`` printed it (computed from
+    the per-layer statistics for an analysis.json written before verdicts existed)."""
+    from ..verdict import compute_verdict
+
+    out = []
+    for a in inputs.analyses:
+        verdict = a.result.summary.get("verdict") or compute_verdict(a.result.summary)
+        out.append((a.label if len(inputs.analyses) > 1 or inputs.run is not None else "verdict", str(verdict.get("reason", ""))))
+    return out
+
+
 def render_report(inputs: ReportInputs, config: ReportConfig = ReportConfig()) -> str:
     """The complete HTML page for ``inputs``."""
     sections = {}
@@ -70,7 +82,7 @@ def render_report(inputs: ReportInputs, config: ReportConfig = ReportConfig()) -
         log.info("report: rendering %s", sid)
         sections[sid] = build(inputs, config)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return page(config.title or default_title(inputs), stamp, sources(inputs), inputs.notes, sections, inputs.unfinished)
+    return page(config.title or default_title(inputs), stamp, sources(inputs), inputs.notes, sections, inputs.unfinished, verdicts=verdicts(inputs))
 
 
 def build_report(paths: Sequence[str | Path], config: ReportConfig = ReportConfig()) -> str:

@@ -23,6 +23,7 @@ th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f3f3f3}tbody tr:nth-child(even){background:#fafafa}
 table.num td,table.cmp td{font-variant-numeric:tabular-nums}
 .banner{color:#7a0b0b;background:#fde7e7;border:2px solid #d93025;border-radius:4px;padding:10px 14px;margin:14px 0 4px;font-weight:600;font-size:16px}
+.verdict{font-size:16px;margin:8px 0;padding:8px 12px;background:#f3f6fb;border-left:4px solid #3b6fb6}.verdict p{margin:2px 0}
 .note{color:#8a5a00;background:#fff7e0;border-left:3px solid #f0b400;padding:4px 10px;margin:6px 0}
 code{font-size:12.5px}
 .row{display:flex;flex-wrap:wrap;gap:0 28px}.row figure{flex:1 1 560px;max-width:900px}
@@ -110,10 +111,18 @@ def provenance(sources: Sequence[str]) -> str:
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
+def verdict_box(verdicts: Sequence[tuple[str, str]]) -> str:
+    """Each analysis's verdict (label, reason), one line each, right under the title."""
+    if not verdicts:
+        return ""
+    lines = "".join(f"<p><b>{esc(label)}</b>: {esc(reason)}</p>" if label else f"<p>{esc(reason)}</p>" for label, reason in verdicts)
+    return f'<div class="verdict" id="verdict">{lines}</div>'
+
+
 def page(title: str, stamp: str, sources: Sequence[str], notes: Sequence[str], sections: dict[str, str],
-         warning: str | None = None, tool: str = "sinder report") -> str:
-    """The whole document: header (``warning`` as a banner, title, provenance, navigation, notes)
-    and one <section> per entry."""
+         warning: str | None = None, tool: str = "sinder report", verdicts: Sequence[tuple[str, str]] = ()) -> str:
+    """The whole document: header (``warning`` as a banner, title, the verdicts, provenance,
+    navigation, notes) and one <section> per entry."""
     nav = "".join(f'<a href="#{sid}">{sid.replace("-", " ")}</a>' for sid in sections)
     body = "".join(f'<section id="{sid}">{content}</section>' for sid, content in sections.items())
     return (
@@ -121,7 +130,7 @@ def page(title: str, stamp: str, sources: Sequence[str], notes: Sequence[str], s
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>"
-        f"<header>{banner(warning) if warning else ''}<h1>{esc(title)}</h1><p>Generated {stamp} by <code>{esc(tool)}</code> from "
+        f"<header>{banner(warning) if warning else ''}<h1>{esc(title)}</h1>{verdict_box(verdicts)}<p>Generated {stamp} by <code>{esc(tool)}</code> from "
         f"{provenance(sources)}.</p><nav>{nav}</nav>{''.join(note(n) for n in notes)}</header>"
         f"{body}</body></html>\n"
     )

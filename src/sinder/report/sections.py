@@ -37,7 +37,7 @@ def section_side_by_side(inputs: ReportInputs, cfg: ReportConfig) -> str:
         "<p>Columns: the crop the model saw; PCA-RGB of last-layer patch tokens; token L2 norm "
         "(log colour scale shared by all rows of an image); |cos| between each token and the predicted "
         f"defect direction ν of the last layer; tokens flagged by the rule |cos| &gt; mean + {esc('/'.join(thresholds) or 'k')}·std "
-        "(border excluded); CLS attention of the last block, mean over heads (shared scale).</p>",
+        "(by default mean and std of the non-defect tokens of the image; every cell, border included); CLS attention of the last block, mean over heads (shared scale).</p>",
     ]
     pairs = paired_maps(inputs.analyses)
     if not pairs and _no_analysis_run(inputs):
@@ -252,7 +252,7 @@ def _run_summary(summary: dict | None) -> list[str]:
 
 
 def _gate_warning(summary: dict) -> str | None:
-    from ..analyze import gate_warning
+    from ..verdict import gate_warning
 
     try:
         return gate_warning(summary)
