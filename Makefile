@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/sinder demo --out demo_out --overwrite
 
+# Two workers, one file each at a time: CLI tests are mostly interpreter start-up on one core.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(PY) benchmarks/theory_speed.py

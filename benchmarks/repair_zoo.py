@@ -2,8 +2,9 @@
 the repair never saw (neither for training nor for its stop rule).
 
 For each zoo member and mode: energy along the *planted* direction u at the last layer (before
-the final norm), max/median token norm, high-norm rate (> 3× median), the cosine to the original
-of final-normed patch tokens that were neither high-norm nor ignited, the CLS cosine, steps,
+the final norm), max/median token norm, high-norm rate (the rule's > 3× median), the cosine to the
+original of final-normed patch tokens that were neither high-norm nor ignited, the CLS cosine
+(all by :mod:`sinder.measure`), steps,
 optimizer steps and seconds. Training uses the 8 bundled training photos (repair keeps one of
 them apart for its own held-out checks); evaluation uses the 8 bundled evaluation photos.
 
@@ -20,11 +21,11 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 from sinder.backbones import load_backbone
 from sinder.detect import DefectRule
 from sinder.images import BUNDLED_EVAL, BUNDLED_TRAIN, ImageSet, bundled_photos
+from sinder.measure import FeatureCosines, ModelStats, forward_tokens, ordinary_tokens, summary_token_name, truth_mask
 from sinder.planted import PRESETS
 from sinder.repair import RepairConfig, repair
 
@@ -32,48 +33,26 @@ TARGETS = {"energy_drop": 0.95, "max_over_median": 3.0, "non_defect_cosine": 0.9
 
 
 @torch.no_grad()
-def last_tokens(bb, pixels):
-    x, ctx = bb.embed(pixels)
-    for i in range(bb.depth):
-        x = bb.run_block(i, x, ctx)
-    return bb.patch_grid(x, ctx).float(), bb.final_norm(x).float(), ctx
-
-
-@torch.no_grad()
 def measure(original, repaired, images: ImageSet) -> dict:
-    """Ground-truth numbers on ``images``: before (original) and after (repaired)."""
-    u = original.ground_truth.u
-    sums = {"before": [0.0, 0.0], "after": [0.0, 0.0]}
-    ratios = {"before": [], "after": []}
-    high = {"before": 0, "after": 0}
-    tokens, cos_patch, cos_cls = 0, [], []
+    """Ground-truth numbers on ``images`` by :mod:`sinder.measure` (the default rule's high-norm
+    factor), before (original) and after (repaired). The features kept are those of tokens that
+    neither ignited nor were high-norm or defects in the original."""
+    last, truth = [original.depth - 1], original.ground_truth
+    stats = {"before": ModelStats(DefectRule(), None, last, truth), "after": ModelStats(DefectRule(), None, last, truth)}
+    cosines = FeatureCosines(summary_token_name(original))
     for _, px in images.batches(8):
-        ignited = original.ground_truth.ignition(original, px)
-        for key, bb in (("before", original), ("after", repaired)):
-            grid, _, _ = last_tokens(bb, px)
-            norms = grid.norm(dim=-1)
-            sums[key][0] += float(((grid @ u) ** 2).sum())
-            sums[key][1] += float((norms**2).sum())
-            med = norms.flatten(1).median(dim=1).values
-            ratios[key] += (norms.flatten(1).max(dim=1).values / med).tolist()
-            high[key] += int((norms > 3 * med[:, None, None]).sum())
-        _, fin_o, ctx = last_tokens(original, px)
-        _, fin_r, _ = last_tokens(repaired, px)
-        grid_o = original.patch_grid(fin_o, ctx)
-        norms_o = last_tokens(original, px)[0].norm(dim=-1)
-        ordinary = ~ignited & (norms_o <= 3 * norms_o.flatten(1).median(dim=1).values[:, None, None])
-        cos_patch.append(F.cosine_similarity(grid_o, original.patch_grid(fin_r, ctx), dim=-1)[ordinary])
-        cos_cls.append(F.cosine_similarity(fin_o[:, 0], fin_r[:, 0], dim=-1))
-        tokens += norms_o.numel()
-    energy = {k: v[0] / v[1] for k, v in sums.items()}
+        ignited = truth_mask(original, px)
+        before, after = forward_tokens(original, px), forward_tokens(repaired, px)
+        found = stats["before"].add(before, ignited)[last[0]]
+        stats["after"].add(after, ignited)
+        cosines.add(original, before, repaired, after, ordinary_tokens(found) & ~ignited)
+    b, a = stats["before"].last_layer(), stats["after"].last_layer()
     return {
-        "energy_before": energy["before"], "energy_after": energy["after"],
-        "energy_drop": 1 - energy["after"] / max(energy["before"], 1e-12),
-        "max_over_median_before": sum(ratios["before"]) / len(ratios["before"]),
-        "max_over_median": sum(ratios["after"]) / len(ratios["after"]),
-        "high_norm_rate_before": high["before"] / tokens, "high_norm_rate": high["after"] / tokens,
-        "non_defect_cosine": float(torch.cat(cos_patch).mean()), "cls_cosine": float(torch.cat(cos_cls).mean()),
-        "cls_cosine_min": float(torch.cat(cos_cls).min()),
+        "energy_before": b["energy_along_u"], "energy_after": a["energy_along_u"],
+        "energy_drop": 1 - a["energy_along_u"] / max(b["energy_along_u"], 1e-12),
+        "max_over_median_before": b["max_over_median"], "max_over_median": a["max_over_median"],
+        "high_norm_rate_before": b["high_norm_rate"], "high_norm_rate": a["high_norm_rate"],
+        **cosines.summary(),
     }  # fmt: skip
 
 

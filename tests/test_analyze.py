@@ -70,7 +70,7 @@ def test_outputs_and_keys(tmp_path, photo_dir):
 
 def test_bad_inputs_are_handled_or_skipped(tmp_path, bad_dir):
     out = tmp_path / "an"
-    assert main(["analyze", "planted:small", str(bad_dir), "--out", str(out), "--no-figures"]) == 0
+    assert main(["analyze", "planted:small", str(bad_dir), "--out", str(out), "--no-figures", "--crop", "aspect"]) == 0
     summary = json.loads((out / "analysis.json").read_text())
     done = {img["path"].split("/")[-1]: img for img in summary["images"]}
     skipped = {s["path"].split("/")[-1]: s["reason"] for s in summary["skipped"]}

@@ -20,6 +20,7 @@ from sinder.evaluate import EvaluateConfig, evaluate, evaluate_models, evaluate_
 from sinder.evaluate.datasets import load_mask, read_voc_boxes, voc_colormap
 from sinder.images import crop_geometry
 from sinder.evaluate.intrinsic import IntrinsicStats, neighbour_consistency
+from sinder.measure import Tokens
 from sinder.evaluate.knn import knn_top1, knn_votes
 from sinder.evaluate.lost import lost_box
 from sinder.evaluate.metrics import box_iou, confusion_matrix, corloc, hungarian_mapping, miou, pixel_accuracy
@@ -241,8 +242,8 @@ def test_intrinsic_statistics_on_synthetic_grids():
     grid[0, 6, 6] = 20 * (u + v) / math.sqrt(2)
     grid[1, 5, 2] = 20 * (u - v) / math.sqrt(2)
     grid[1, 0, 9] = 20 * (u - v) / math.sqrt(2)  # on the border: a defect too (the rule sees the whole grid)
-    stats = IntrinsicStats()
-    stats.update(grid, u)
+    stats = IntrinsicStats(direction=u)
+    stats.update(Tokens([grid], [0], None, None))
     m = stats.metrics()
     assert m["high_norm_rate"] == pytest.approx(4 / 200)
     assert m["max_over_median"] == pytest.approx(20.0, rel=1e-5)
@@ -250,7 +251,7 @@ def test_intrinsic_statistics_on_synthetic_grids():
     assert m["direction_consistency_deg"] == pytest.approx(90.0, abs=1e-3)  # (u+v) vs (u-v)
     # without a direction the defect metrics are undefined, not zero
     no_dir = IntrinsicStats()
-    no_dir.update(grid, None)
+    no_dir.update(Tokens([grid], [0], None, None))
     assert no_dir.metrics()["defect_rate"] is None and no_dir.metrics()["direction_consistency_deg"] is None
     const = torch.ones(1, 4, 5, 3)
     checker = ((torch.arange(4)[:, None] + torch.arange(5)[None]) % 2 * 2 - 1).float()[None, :, :, None] * const

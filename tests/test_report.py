@@ -175,7 +175,13 @@ def test_run_report_content(run_dir, run_page):
     assert "<td>15.25</td><td>1.5</td><td>-13.75</td>" in metrics
     assert "<td>3.52%</td><td>0.00%</td><td>-3.52 pp</td>" in metrics
     assert "Before vs after repair (<code>metrics</code>)" in metrics
-    assert "<code>metrics.features.cos_non_defect_mean</code></td><td>0.9975</td>" in metrics
+    # one table: the feature cosines are rows of it, measured on the repaired model only
+    assert "<code>features.cos_non_defect_mean</code></td><td>(original)</td><td>0.9975</td>" in metrics
+    assert "Last layer on the held-out images" not in metrics  # no second before/after table
+    assert metrics.index("Before vs after repair") < metrics.index("The same measurement per layer")  # the curves follow the table
+    assert 'are under <a href="#metrics">Metrics</a>' in section(page, "per-layer")
+    # this fake summary was not measured on the analyses' tokens: the page says so
+    assert "measured other crops than its summary" in metrics
     assert "config.momentum" not in metrics and "<code>momentum</code></td><td>0.9</td>" in section(page, "config")
     assert "<title>SINDER report: planted:small</title>" in page
     assert f"from <code>{run_dir}</code>.</p>" in page  # the run's own analyses are not listed again
@@ -208,7 +214,7 @@ def test_page_words_name_every_model_and_say_what_the_analyses_are(run_dir, run_
     from sinder.report.sections import section_metrics
 
     assert "A vs B" not in run_page and "Held-out analysis" not in run_page
-    assert "<h3>Last layer on the held-out images (never trained on), before and after repair</h3>" in section(run_page, "metrics")
+    assert "analysis_after/ of the same held-out photos" in section(run_page, "metrics")  # what the curves beside the table are
     row = re.search(r"<tr><td><code>model</code></td>(.*?)</tr>", section(run_page, "config")).group(1)
     assert re.findall(r"<td>([^<]*)</td>", row) == ["planted:small", "planted:small, repaired by SINDER"]
     other = shutil.copytree(run_dir / "analysis_before", tmp_path / "other")

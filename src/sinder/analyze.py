@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from .backbones import Backbone
-from .detect import DefectRule, DefectStats, LayerDetection, abs_cosine, detect_layer, mean_direction
+from .detect import DefectRule, LayerDetection, abs_cosine, mean_direction
 from .errors import ConfigError, ImageError
 from .images import ImageItem, ImageSet
+from .measure import CROP, ModelStats, tokens_of, truth_mask, truth_of
 from .runfolder import AnalysisFolder, AnalysisResult, ImageMaps
 from .runtime import resolve_device
 from .units import percent, plural
@@ -37,8 +38,8 @@ MIN_GRID = 3  # patches per side: fewer than 9 tokens leave nothing for the per-
 class AnalyzeConfig:
     """Hyper-parameters of ``sinder analyze`` (validated on construction)."""
 
-    resolution: int | None = None  # short side in px; None = the model's native size
-    square: bool = False  # centre-crop to a square (the model's native geometry) instead of keeping the aspect
+    resolution: int | None = None  # crop side in px (short side with crop="aspect"); None = the model's native size
+    crop: Literal["square", "aspect"] = CROP  # square: the numbers repair, compare and evaluate give for the same photos
     directions: Literal["exact", "montecarlo"] = "exact"
     rule: DefectRule = field(default_factory=DefectRule)
     batch_size: int = 8
@@ -50,6 +51,8 @@ class AnalyzeConfig:
     def __post_init__(self) -> None:
         if self.resolution is not None and not MIN_RESOLUTION <= self.resolution <= MAX_RESOLUTION:
             raise ConfigError(f"--resolution must be between {MIN_RESOLUTION} and {MAX_RESOLUTION} px, got {self.resolution}")
+        if self.crop not in ("square", "aspect"):
+            raise ConfigError(f"--crop must be square or aspect, got {self.crop!r}")
         if self.directions not in ("exact", "montecarlo"):
             raise ConfigError(f"--directions must be exact or montecarlo, got {self.directions!r}")
         if self.batch_size < 1:
@@ -173,7 +176,7 @@ class _Run:
     """What one analysis accumulates while it walks the batches."""
 
     images: ImageSet
-    stats: list[DefectStats]
+    stats: ModelStats
     rejected: list[GateRejectedStats]
     distributions: Distributions
     random_dir: torch.Tensor
@@ -206,7 +209,7 @@ def analyze(
     if directions is None:
         directions, singular_values = compute_directions(backbone, config.directions)
     directions = directions.float().to(device)
-    images = ImageSet.from_inputs(inputs, backbone, resolution, crop="square" if config.square else "aspect")
+    images = ImageSet.from_inputs(inputs, backbone, resolution, crop=config.crop)
     if not images.any_usable():
         first = next(iter(images.skipped.items()), None)
         reason = f" ({first[0]}: {first[1]})" if first else ""
@@ -214,13 +217,13 @@ def analyze(
     gen = torch.Generator().manual_seed(config.seed)
     run = _Run(
         images,
-        [DefectStats() for _ in range(backbone.depth)],
+        ModelStats(config.rule, directions, range(backbone.depth), truth_of(backbone)),
         [GateRejectedStats() for _ in range(backbone.depth)],
         Distributions(backbone.depth, config.max_distribution_samples, config.seed),
         F.normalize(torch.randn(backbone.embed_dim, generator=gen), dim=0).to(device),
     )
     for idxs, pixels in images.batches(config.batch_size, progress=progress, desc="analyze"):
-        _analyse_batch(backbone, pixels.to(device), idxs, directions, config.rule, run)
+        _analyse_batch(backbone, pixels.to(device), idxs, run)
     result = _result(backbone, run, directions, singular_values, resolution, config)
     if folder is not None:
         from .report.plots import write_analysis_figures
@@ -229,13 +232,13 @@ def analyze(
     return result
 
 
-def _analyse_batch(backbone: Backbone, pixels: torch.Tensor, idxs: list[int], directions: torch.Tensor, rule: DefectRule, run: _Run) -> None:
+def _analyse_batch(backbone: Backbone, pixels: torch.Tensor, idxs: list[int], run: _Run) -> None:
     outs, ctx = backbone.forward_layers(pixels)
     last = backbone.depth - 1
-    for i, x in enumerate(outs):
-        grid = backbone.patch_grid(x, ctx).float()
-        found = detect_layer(rule, grid, directions[i])
-        run.stats[i].add(grid, directions[i], found)
+    tokens = tokens_of(backbone, outs, ctx, every_layer=True)
+    detections = run.stats.add(tokens, truth_mask(backbone, pixels))
+    for i, grid in enumerate(tokens.grids):
+        found = detections[i]
         run.rejected[i].add(grid, found)
         run.distributions.add(i, found.norms, found.scores, abs_cosine(grid, run.random_dir))
         if i == last:
@@ -271,8 +274,8 @@ def _keep_image(backbone, run: _Run, k: int, pixels, grid, found, b: int, attn, 
 
 def _result(backbone, run: _Run, directions, singular_values, resolution: int, config: AnalyzeConfig) -> AnalysisResult:
     layers = []
-    for i, stats in enumerate(run.stats):
-        entry = {"index": i, **stats.summary(directions[i].cpu()), **run.rejected[i].summary(directions[i].cpu())}
+    for i, stats in enumerate(run.stats.per_layer()):
+        entry = {**stats, **run.rejected[i].summary(directions[i].cpu())}
         entry["top_singular_values"] = None if singular_values is None else [float(v) for v in singular_values[i]]
         layers.append(entry)
     last = layers[-1]

@@ -226,6 +226,8 @@ class DefectStats:
                                           tokens that are both defects and high-norm; images with
                                           none are left out, and ``direction_consistency_images``
                                           says how many were used
+        truth_recall, truth_precision     of defects against known defect tokens (a planted model's
+                                          ignition mask); None when no truth was given
     """
 
     images: int = 0
@@ -243,10 +245,17 @@ class DefectStats:
     medians: list[float] = field(default_factory=list)
     image_directions: list[torch.Tensor] = field(default_factory=list)
     high_units: list[torch.Tensor] = field(default_factory=list)
+    truth_tokens: int | None = None  # known defect tokens (None: no truth given)
+    truth_hits: int = 0  # of them, flagged by the rule
 
-    def add(self, grid: torch.Tensor, direction: torch.Tensor | None, found: LayerDetection) -> None:
-        """Add a batch of patch tokens (B, H, W, D) and what :func:`detect_layer` found in it."""
+    def add(self, grid: torch.Tensor, direction: torch.Tensor | None, found: LayerDetection, truth: torch.Tensor | None = None) -> None:
+        """Add a batch of patch tokens (B, H, W, D) and what :func:`detect_layer` found in it;
+        ``truth`` (B, H, W) bool marks the tokens known to be defects, when they are known."""
         grid = grid.detach().float()
+        if truth is not None:
+            truth = truth.to(found.defects.device)
+            self.truth_tokens = (self.truth_tokens or 0) + int(truth.sum())
+            self.truth_hits += int((truth & found.defects).sum())
         norms, defects, high = found.norms, found.defects, found.high
         both = defects & high
         med = median_norm(norms)
@@ -304,4 +313,6 @@ class DefectStats:
             "theory_alignment": None if direction is None else self.theory_alignment(direction),
             "direction_consistency_deg": self.direction_consistency(),
             "direction_consistency_images": len(self.image_directions),
+            "truth_recall": self.truth_hits / self.truth_tokens if self.truth_tokens else None,
+            "truth_precision": self.truth_hits / nd if nd and self.truth_tokens is not None else None,
         }

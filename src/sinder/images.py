@@ -1,6 +1,7 @@
 """Image input, one pipeline for every command: robust decoding, the models' preprocessing with
-two crop policies (``aspect`` keeps the aspect ratio, for analysis; ``square`` centre-crops, for
-training and batched evaluation), lazy image sets, and the bundled scikit-image photos."""
+two crop policies (``square`` centre-crops: training and every measurement, see
+:data:`sinder.measure.CROP`; ``aspect`` keeps the aspect ratio, for ``analyze --crop aspect`` and
+the tasks that need the whole photo), lazy image sets, and the bundled scikit-image photos."""
 from __future__ import annotations
 
 import errno

@@ -11,6 +11,7 @@ import math
 # counts keep their own units.
 RATE_KEYS = frozenset({
     "energy_along_direction", "energy_along_u", "skip_ratio", "final_skip_ratio", "high_norm_recall", "defect_precision",
+    "truth_recall", "truth_precision", "energy_drop",
     "miou", "pixel_acc", "corloc",
 })
 RATE_PREFIXES = ("top1@", "patch_top1@")

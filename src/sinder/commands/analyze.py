@@ -19,8 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders (searched recursively)")
     p.add_argument("--out", required=True, help="output folder (analysis.json, directions.safetensors, figures/)")
-    p.add_argument("--resolution", type=int, default=None, help="short side in px, 16 to 4096 (default: the model's native size, 518 for DINOv2)")
-    p.add_argument("--square-crop", action="store_true", help="centre-crop to a square instead of keeping the aspect ratio")
+    p.add_argument("--resolution", type=int, default=None, help="crop side in px (the short side with --crop aspect), 16 to 4096 (default: the model's native size, 518 for DINOv2)")
+    p.add_argument("--crop", choices=("square", "aspect"), default="square",
+                   help="square centre crop (default: the crop repair, compare and evaluate measure, so the numbers agree) or keep the aspect ratio (the whole photo)")  # fmt: skip
+    p.add_argument("--square-crop", action="store_const", const="square", dest="crop", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     p.add_argument("--directions", choices=("exact", "montecarlo"), default="exact", help="how Â is computed (default: exact)")
     add_rule_arguments(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
@@ -30,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(AnalyzeConfig(), args, square=args.square_crop, rule=rule_from_args(args), figures=not args.no_figures)
+    config = config_from_args(AnalyzeConfig(), args, crop=args.crop, rule=rule_from_args(args), figures=not args.no_figures)
     parse_spec(args.model)  # an unknown spec fails before any work
     paths, missing = list_images(args.images)
     if missing:

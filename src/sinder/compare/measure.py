@@ -3,12 +3,14 @@
 Per method, every batch goes through the method's model (its hooks attached) and through the
 original, so nothing is cached across batches:
 
-* per layer, the :class:`~sinder.detect.DefectStats` names (energy along ν_i, max/median
-  norm, high-norm and defect rates), ν_i being the *original* model's predicted directions (a
-  retrained model is judged along its own);
-* feature preservation: cosine to the original's final-normed tokens, for patch tokens that
-  are neither high-norm nor defects in the original, and for CLS;
-* for planted models, the energy along the planted direction u (ground truth);
+* per layer, by :class:`sinder.measure.ModelStats` (energy along ν_i, max/median norm, high-norm
+  and defect rates), ν_i being the *original* model's predicted directions (a retrained model is
+  judged along its own);
+* feature preservation (:class:`sinder.measure.FeatureCosines`): cosine to the original's
+  final-normed tokens, for patch tokens that are neither high-norm nor defects in the original,
+  and for CLS (the pooled output without one);
+* for planted models, the energy along the planted direction u and the rule's recall and
+  precision of the planted defect tokens (ground truth);
 * inference time per image next to the original's;
 * maps of the first images: PCA of the last layer's patch tokens, their norms, and the CLS
   attention of the last block (with a register token present, attention to it is left out, so
@@ -22,16 +24,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..analyze import denormalise, pca_rgb
 from ..backbones.base import Backbone
-from ..detect import DefectRule, DefectStats, detect_layer
+from ..detect import DefectRule
 from ..images import ImageSet
-from ..repair.metrics import feature_summary
+from ..measure import FeatureCosines, ModelStats, forward_tokens, ordinary_tokens, summary_token_name, truth_mask, truth_of
 from .methods import Method
 
 LAYER_KEYS = ("energy_along_direction", "max_over_median", "high_norm_rate", "defect_rate")
+TRUTH_KEYS = ("energy_along_u", "truth_recall", "truth_precision")  # planted models only
 
 
 @dataclass
@@ -43,11 +45,8 @@ class MethodMaps:
 
 @dataclass
 class _Tally:
-    layers: list[DefectStats]
-    cos_patch: list[torch.Tensor] = field(default_factory=list)
-    cos_cls: list[torch.Tensor] = field(default_factory=list)
-    u_along: float = 0.0
-    u_total: float = 0.0
+    stats: ModelStats
+    cosines: FeatureCosines
     seconds: float = 0.0
     images: int = 0
     maps: MethodMaps = field(default_factory=MethodMaps)
@@ -73,17 +72,16 @@ class _LastBlockInput:
 def _run(method: Method, pixels: torch.Tensor, want_attention: bool):
     with method.active() as bb, _LastBlockInput(bb) as cap:
         start = time.perf_counter()
-        outs, ctx = bb.forward_layers(pixels.to(bb.device, bb.dtype))
-        final = bb.final_norm(outs[-1]).float()
+        tokens = forward_tokens(bb, pixels, every_layer=True)
         seconds = time.perf_counter() - start
         attn = None
         if want_attention and bb.has_cls_token and cap.x is not None:
+            ctx = tokens.ctx
             extra = cap.x.shape[1] - (bb.num_prefix_tokens + ctx.grid[0] * ctx.grid[1])
             seen = copy.copy(bb)  # an inserted register token counts as one more prefix token
             seen.num_prefix_tokens = bb.num_prefix_tokens + extra
             attn = seen.cls_attention(bb.depth - 1, cap.x, ctx).mean(dim=1).reshape(pixels.shape[0], *ctx.grid).float().cpu()
-    grids = [bb.patch_grid(x, ctx).float() for x in outs]
-    return grids, final, ctx, seconds, attn
+    return tokens, seconds, attn
 
 
 def measure(methods: list[Method], images: ImageSet, directions: dict[str, torch.Tensor], rule: DefectRule,
@@ -91,61 +89,43 @@ def measure(methods: list[Method], images: ImageSet, directions: dict[str, torch
     """(per-method results, maps) over ``images``; ``methods[0]`` must be the original."""
     original = methods[0]
     assert original.name == "original"
-    depth = original.backbone.depth
-    tallies = {m.name: _Tally([DefectStats() for _ in range(depth)]) for m in methods}
-    truth = getattr(original.backbone, "ground_truth", None)
+    ob = original.backbone
+    layers, truth, key = range(ob.depth), truth_of(ob), summary_token_name(ob)
+    tallies = {m.name: _Tally(ModelStats(rule, directions[m.name], layers, truth), FeatureCosines(key)) for m in methods}
     inputs: list[np.ndarray] = []
     names: list[str] = []
     for idxs, pixels in images.batches(batch_size, progress=progress, desc="compare"):
         keep = max(0, min(len(idxs), max_maps - len(inputs)))
+        mask = truth_mask(ob, pixels)
         ref = None
         for method in methods:
-            d = directions[method.name]
-            grids, final, ctx, seconds, attn = _run(method, pixels, keep > 0)
+            tokens, seconds, attn = _run(method, pixels, keep > 0)
             tally = tallies[method.name]
             tally.seconds += seconds
             tally.images += pixels.shape[0]
-            for i, grid in enumerate(grids):
-                tally.layers[i].add(grid, d[i], detect_layer(rule, grid, d[i]))
-            last = grids[-1]
-            if truth is not None:
-                u = truth.u.to(last.device, last.dtype)
-                tally.u_along += float(((last @ u) ** 2).sum())
-                tally.u_total += float((last**2).sum())
+            found = tally.stats.add(tokens, mask)[ob.depth - 1]
             if ref is None:
-                found = detect_layer(rule, last, d[-1])
-                ref = (final, ctx, ~(found.high | found.defects))
+                ref = (tokens, ordinary_tokens(found))
             else:
-                ref_final, ref_ctx, clean = ref
-                bb = method.backbone
-                cos = F.cosine_similarity(bb.patch_grid(final, ctx), original.backbone.patch_grid(ref_final, ref_ctx), dim=-1)
-                tally.cos_patch.append(cos[clean].cpu())
-                if bb.has_cls_token and original.backbone.has_cls_token:
-                    tally.cos_cls.append(F.cosine_similarity(final[:, 0], ref_final[:, 0], dim=-1).cpu())
+                tally.cosines.add(ob, ref[0], method.backbone, tokens, ref[1])
             for b in range(keep):
-                tally.maps.pca.append(pca_rgb(last[b]))
-                tally.maps.norms.append(last[b].norm(dim=-1).cpu().numpy())
+                tally.maps.pca.append(pca_rgb(tokens.last[b]))
+                tally.maps.norms.append(tokens.last[b].norm(dim=-1).cpu().numpy())
                 tally.maps.attention.append(None if attn is None else attn[b].numpy())
         for b in range(keep):
-            inputs.append(denormalise(pixels[b], original.backbone.mean, original.backbone.std))
+            inputs.append(denormalise(pixels[b], ob.mean, ob.std))
             names.append(images.names[idxs[b]])
-    results = {m.name: _summary(m, tallies[m.name], tallies["original"], directions[m.name], truth is not None) for m in methods}
+    results = {m.name: _summary(m, tallies[m.name], tallies["original"]) for m in methods}
     maps = {"inputs": inputs, "names": names, "methods": {m.name: tallies[m.name].maps for m in methods}}
     return results, maps
 
 
-def _summary(method: Method, tally: _Tally, original: _Tally, directions: torch.Tensor, planted: bool) -> dict:
-    per_layer = []
-    for i, stats in enumerate(tally.layers):
-        s = stats.summary()
-        per_layer.append({"layer": i, **{k: s[k] for k in LAYER_KEYS}})
-    last = dict(per_layer[-1])
-    last.pop("layer")
-    if planted:
-        last["energy_along_u"] = tally.u_along / tally.u_total if tally.u_total > 0 else None
+def _summary(method: Method, tally: _Tally, original: _Tally) -> dict:
+    per_layer = [{"layer": e["index"], **{k: e[k] for k in LAYER_KEYS}} for e in tally.stats.per_layer()]
+    last = {k: v for k, v in tally.stats.last_layer().items() if k in LAYER_KEYS + TRUTH_KEYS}
     features = None
     if method.name != "original" and not method.own_directions:
-        features = feature_summary(tally.cos_patch, tally.cos_cls)
+        features = tally.cosines.summary()
     ms = 1000 * tally.seconds / max(tally.images, 1)
     return {
         "last_layer": last,

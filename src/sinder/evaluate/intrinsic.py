@@ -1,7 +1,8 @@
 """Intrinsic feature-quality statistics at the last layer, before the final norm (no labels needed).
 
-Per image, on the patch-token grid, by the shared :class:`~sinder.detect.DefectRule` and
-:class:`~sinder.detect.DefectStats` (same names as analysis.json and summary.json):
+Per image, on the patch-token grid (square crops, :data:`sinder.measure.CROP`), by the shared
+:class:`~sinder.detect.DefectRule` and :class:`sinder.measure.ModelStats` (same names and
+numbers as analysis.json and summary.json):
     high_norm_rate, max_over_median, defect_rate, energy_along_direction (ν_L from ``sinder.theory``),
     direction_consistency_deg / _images (from tokens both defective and high-norm),
     neighbour_consistency     mean over tokens of the mean cosine with its 4-neighbours (mean over images)
@@ -16,9 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from ..backbones.base import Backbone
-from ..detect import DefectRule, DefectStats, detect_layer
+from ..detect import DefectRule
 from ..errors import SinderError
-from .features import iter_batches, last_tokens
+from ..measure import ModelStats, Tokens, forward_tokens
+from .features import iter_batches
 
 logger = logging.getLogger(__name__)
 
@@ -48,26 +50,24 @@ INTRINSIC_KEYS = ("high_norm_rate", "max_over_median", "defect_rate", "energy_al
 
 
 class IntrinsicStats:
-    """Running totals over images: the shared :class:`~sinder.detect.DefectStats` plus neighbour consistency."""
+    """Running totals over images: the last layer by :class:`sinder.measure.ModelStats` (the numbers
+    ``sinder analyze`` and repair's summary give), plus neighbour consistency."""
 
-    def __init__(self, rule: DefectRule | None = None) -> None:
-        self.rule = rule or DefectRule()
-        self.stats = DefectStats()
+    def __init__(self, rule: DefectRule | None = None, direction: torch.Tensor | None = None) -> None:
+        self.has_direction = direction is not None
+        self.stats = ModelStats(rule or DefectRule(), None if direction is None else direction[None], [0])
         self.neighbour: list[float] = []
-        self.has_direction = False
 
     @property
     def images(self) -> int:
         return self.stats.images
 
-    def update(self, grid: torch.Tensor, direction: torch.Tensor | None) -> None:
-        grid = grid.float()
-        self.has_direction = self.has_direction or direction is not None
-        self.stats.add(grid, direction, detect_layer(self.rule, grid, direction))
-        self.neighbour += neighbour_consistency(grid).tolist()
+    def update(self, tokens: Tokens) -> None:
+        self.stats.add(Tokens(tokens.grids[-1:], [0], tokens.final, tokens.ctx))
+        self.neighbour += neighbour_consistency(tokens.last).tolist()
 
     def metrics(self) -> dict[str, float | None]:
-        s = self.stats.summary()
+        s = self.stats.last_layer()
         out = {k: s[k] for k in INTRINSIC_KEYS}
         if not self.has_direction:
             out.update(defect_rate=None, energy_along_direction=None, direction_consistency_deg=None)
@@ -103,12 +103,11 @@ def intrinsic(
     """Intrinsic statistics over ``paths``. ``direction`` overrides the theory's ν_L."""
     if direction is None and use_theory:
         direction = theory_direction(backbone)
-    stats = IntrinsicStats(rule)
+    stats = IntrinsicStats(rule, direction)
     skipped: list[dict] = []
     # fp32 throughout: the statistics are about norms, which reduced precision would blur.
     for batch in iter_batches(backbone, paths, resolution, batch_size, skipped, desc="intrinsic", progress=progress):
-        x, ctx = last_tokens(backbone, batch.pixels)
-        stats.update(backbone.patch_grid(x, ctx), direction)
+        stats.update(forward_tokens(backbone, batch.pixels))
     if stats.images == 0:
         raise SinderError(f"intrinsic: none of the {len(paths)} images could be decoded; check the folder")
     return stats.metrics(), {"num_images": stats.images, "skipped": skipped}

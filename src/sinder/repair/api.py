@@ -352,7 +352,7 @@ class _Run:
 
         def measure() -> dict:
             batch = max(c.batch_size, EVAL_BATCH)
-            return last_layer_residual(self.backbone, held_out, self.dirs[-1], c.rule, batch_size=batch, autocast=trainer.autocast)
+            return last_layer_residual(self.backbone, held_out, self.dirs, c.rule, batch_size=batch, autocast=trainer.autocast)
 
         return [ResidualPlateau(measure, c.plateau_every, c.plateau_patience, c.plateau_min_delta, self.dist)]
 

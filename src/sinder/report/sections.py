@@ -74,18 +74,24 @@ def _no_analysis_run(inputs: ReportInputs) -> bool:
     return inputs.run is not None and inputs.run.without_analysis and not inputs.analyses
 
 
+def layer_curves_figure(inputs: ReportInputs, cfg: ReportConfig, lead: str = "") -> str:
+    uri = plots.png_data_uri(plots.layer_curves([(a.label, a.result.summary) for a in inputs.analyses]), cfg.dpi)
+    return figure(uri, "theory alignment, defect rate and norm ratio per layer",
+                  lead + "Theory alignment = |cos| between ν_i and the mean direction of the high-norm tokens; "
+                  "defect rate = share of patch tokens flagged by the |cos| rule; high-norm rate = share with norm > factor × median.")
+
+
 def section_per_layer(inputs: ReportInputs, cfg: ReportConfig) -> str:
     parts = ["<h2>Per-layer statistics</h2>"]
     if _no_analysis_run(inputs):
         return "".join(parts) + f"<p>No per-layer statistics: {esc(NO_ANALYSIS)}.</p>"
     if not inputs.analyses:
         return "".join(parts) + note(f"no analysis folder given; per-layer plots need {ANALYSIS_JSON}")
-    uri = plots.png_data_uri(plots.layer_curves([(a.label, a.result.summary) for a in inputs.analyses]), cfg.dpi)
-    parts.append(
-        figure(uri, "theory alignment, defect rate and norm ratio per layer",
-               "Theory alignment = |cos| between ν_i and the mean direction of the high-norm tokens; "
-               "defect rate = share of patch tokens flagged by the |cos| rule; high-norm rate = share with norm > factor × median.")
-    )
+    if _run_owns_analyses(inputs):
+        parts.append('<p>The per-layer curves of theory alignment, defect rate and norm ratio are under <a href="#metrics">Metrics</a>, '
+                     "beside the before/after table they extend.</p>")
+    else:
+        parts.append(layer_curves_figure(inputs, cfg))
     norms = [(a.label, a.result.distributions, depth(a.result)) for a in inputs.analyses if has_distributions(a.result, "norms")]
     if norms:
         parts.append(figure(plots.png_data_uri(plots.norm_violins(norms), cfg.dpi), "token norm violins per layer",
@@ -171,7 +177,9 @@ def value_cell(key: str, value: object) -> str:
     return percent(value) if is_rate(key) and is_number(value) else fmt(value)
 
 
-def comparison_table(before: dict, after: dict, names: tuple[str, str] = ("before", "after")) -> str:
+def comparison_table(before: dict, after: dict, names: tuple[str, str] = ("before", "after"), after_only: dict | None = None) -> str:
+    """One row per metric: before, after and the change; ``after_only`` rows (the feature cosines
+    of the repaired model to the original) have no before."""
     fb, fa = dict(flatten(before)), dict(flatten(after))
     keys = list(fb) + [k for k in fa if k not in fb]
     rows = []
@@ -179,6 +187,8 @@ def comparison_table(before: dict, after: dict, names: tuple[str, str] = ("befor
         b, a = fb.get(key), fa.get(key)
         change = "" if not (is_number(a) and is_number(b)) else points(a - b) if is_rate(key) else fmt(a - b)
         rows.append((f"<code>{esc(key)}</code>", esc(value_cell(key, b)), esc(value_cell(key, a)), esc(change)))
+    for key, value in flatten(after_only or {}):
+        rows.append((f"<code>{esc(key)}</code>", "(original)", esc(value_cell(key, value)), ""))
     return table(("metric", *names, "change (after − before; rates in percentage points, pp)"), rows, "cmp")
 
 
@@ -191,6 +201,16 @@ def _consistency(summary: dict) -> str:
     return fmt(angle) + (f" ({plural(int(images), 'image')})" if angle is not None and is_number(images) else "")
 
 
+TRUTH_RECALL = "recall of the planted defect tokens (ground truth), last layer"
+TRUTH_PRECISION = "precision against the planted defect tokens, last layer"
+
+
+def _shown(name: str, analyses: Sequence[AnalysisInput]) -> bool:
+    """Ground-truth rows only for planted models (others have no truth to score against)."""
+    key = {TRUTH_RECALL: "truth_recall", TRUTH_PRECISION: "truth_precision"}.get(name)
+    return key is None or any(_last_layer(a).get(key) is not None for a in analyses)
+
+
 LAST_LAYER_METRICS: tuple[tuple[str, Callable[[AnalysisInput], str]], ...] = (
     ("images analysed", lambda a: fmt(len(a.result.summary.get("images", [])))),
     ("defect rate, last layer", lambda a: percent(_last_layer(a).get("defect_rate"))),
@@ -200,16 +220,20 @@ LAST_LAYER_METRICS: tuple[tuple[str, Callable[[AnalysisInput], str]], ...] = (
     ("theory alignment, last layer", lambda a: fmt(_last_layer(a).get("theory_alignment"))),
     ("high-norm recall of the |cos| rule, last layer", lambda a: percent(_last_layer(a).get("high_norm_recall"))),
     ("defect precision, last layer", lambda a: percent(_last_layer(a).get("defect_precision"))),
+    (TRUTH_RECALL, lambda a: percent(_last_layer(a).get("truth_recall"))),
+    (TRUTH_PRECISION, lambda a: percent(_last_layer(a).get("truth_precision"))),
     ("direction consistency (mean pairwise angle, deg)", lambda a: _consistency(a.result.summary)),
 )
 
 PER_LAYER_KEYS = ("theory_alignment", "defect_rate", "high_norm_rate", "max_over_median", "norm_median", "norm_max",
-                  "defect_norm_mean", "normal_norm_mean", "high_norm_recall", "defect_precision")
+                  "defect_norm_mean", "normal_norm_mean", "high_norm_recall", "defect_precision", "truth_recall", "truth_precision")
 
 
 def per_layer_table(a: AnalysisInput) -> str:
-    rows = [(fmt(layer.get("index")), *(esc(value_cell(k, layer.get(k))) for k in PER_LAYER_KEYS)) for layer in a.result.summary.get("layers", [])]
-    return table(("layer", *PER_LAYER_KEYS), rows, "num")
+    layers = a.result.summary.get("layers", [])
+    keys = [k for k in PER_LAYER_KEYS if not k.startswith("truth_") or any(layer.get(k) is not None for layer in layers)]
+    rows = [(fmt(layer.get("index")), *(esc(value_cell(k, layer.get(k))) for k in keys)) for layer in layers]
+    return table(("layer", *keys), rows, "num")
 
 
 def residual_table(residual: object) -> str:
@@ -236,11 +260,13 @@ def _run_summary(summary: dict | None) -> list[str]:
     summary = dict(summary)
     metrics = dict(summary.get("metrics") or {})
     residual = metrics.pop("residual", None)
+    features = metrics.pop("features", None) if isinstance(metrics.get("before"), dict) else None
     summary["metrics"] = metrics or summary.get("metrics")
     scalars, comparisons = split_comparisons(summary)
     for name, before, after in comparisons:
         where = "" if name == "summary" else f" (<code>{esc(name)}</code>)"
-        parts.append(f"<h4>Before vs after repair{where}</h4>" + comparison_table(before, after))
+        extra = {"features": features} if name == "metrics" and isinstance(features, dict) else None
+        parts.append(f"<h4>Before vs after repair{where}</h4>" + comparison_table(before, after, after_only=extra))
     if not comparisons:
         parts.append(note(f"{SUMMARY} has no before/after metrics"))
     parts.append(residual_table(residual))
@@ -261,21 +287,44 @@ def _gate_warning(summary: dict) -> str | None:
 
 
 def analyses_heading(inputs: ReportInputs) -> str:
-    """What the analyses are, in plain words (a run analyses images it never trained on)."""
-    if inputs.run is not None and all(a.path.parent == inputs.run.path for a in inputs.analyses):
-        return "Last layer on the held-out images (never trained on)" + (", before and after repair" if len(inputs.analyses) == 2 else "")
+    """What analyses that are not a run's own are, in plain words."""
     return "Last layer: " + (" and ".join(a.label for a in inputs.analyses) + " side by side" if len(inputs.analyses) == 2 else inputs.analyses[0].label)
+
+
+def _run_owns_analyses(inputs: ReportInputs) -> bool:
+    return inputs.run is not None and bool(inputs.analyses) and all(a.path.parent == inputs.run.path for a in inputs.analyses)
+
+
+def _same_numbers(summary: dict | None, analyses: Sequence[AnalysisInput]) -> bool:
+    """Whether the run's before/after table and its analyses measured the same tokens (runs made
+    before sinder measured both on square crops did not)."""
+    metrics = (summary or {}).get("metrics") or {}
+    for a in analyses:
+        side = metrics.get("after" if a.repaired else "before")
+        x, y = (side or {}).get("max_over_median"), _last_layer(a).get("max_over_median")
+        if is_number(x) and is_number(y) and abs(x - y) > 1e-4 * max(abs(x), abs(y), 1e-12):
+            return False
+    return True
 
 
 def section_metrics(inputs: ReportInputs, cfg: ReportConfig) -> str:
     parts = ["<h2>Metrics</h2>"]
+    owned = _run_owns_analyses(inputs)
     if inputs.run is not None:
         parts.append(f"<h3>Repair summary ({SUMMARY})</h3>")
         parts.extend(_run_summary(inputs.run.summary))
+    if owned:  # one before/after table (above); the analyses give its per-layer curves on the same photos
+        folders = " and ".join(f"{a.path.name}/" for a in inputs.analyses)
+        parts.append(layer_curves_figure(inputs, cfg, f"The same measurement per layer ({folders} of the same held-out photos): "
+                                                      "the last point of each curve is the table's row. "))
+        if not _same_numbers(inputs.run.summary, inputs.analyses):
+            parts.append(note("this run's analysis folders measured other crops than its summary (a run made before both used square crops): "
+                              "their last-layer numbers differ from the table; rerun to get one measurement"))
     if inputs.analyses:
-        parts.append(f"<h3>{esc(analyses_heading(inputs))}</h3>")
-        rows = [(esc(name), *(esc(get(a)) for a in inputs.analyses)) for name, get in LAST_LAYER_METRICS]
-        parts.append(table(("metric", *(a.label for a in inputs.analyses)), rows, "cmp"))
+        if not owned:
+            parts.append(f"<h3>{esc(analyses_heading(inputs))}</h3>")
+            rows = [(esc(name), *(esc(get(a)) for a in inputs.analyses)) for name, get in LAST_LAYER_METRICS if _shown(name, inputs.analyses)]
+            parts.append(table(("metric", *(a.label for a in inputs.analyses)), rows, "cmp"))
         for a in inputs.analyses:
             warning = _gate_warning(a.result.summary)
             if warning:

@@ -1,0 +1,173 @@
+"""One measurement behind every number that compares a model with another or with itself.
+
+``sinder analyze``, repair's held-out summary, ``sinder compare``, ``evaluate --task intrinsic``,
+the report and the benchmarks all take their token statistics and feature cosines from here, so
+the same photos give the same numbers whichever command printed them:
+
+* :func:`forward_tokens`: the patch tokens of every block (or of the last one), before the final
+  norm, and the final-normed tokens, in float32;
+* :class:`ModelStats`: per measured layer, :class:`~sinder.detect.DefectStats` by the run's
+  :class:`~sinder.detect.DefectRule` (energy along ν_i, max/median norm, defect and high-norm
+  rates, ...); with a planted model's truth also recall and precision against its ignition mask
+  and the energy along the planted direction u;
+* :class:`FeatureCosines`: the cosine between two models' final-normed tokens, over the patch
+  tokens the reference model has neither as defects nor as high-norm, and for the summary token
+  (CLS, or the mean patch token of a model without one: its pooled output).
+
+Crop policy (:data:`CROP`): every before/after measurement uses square centre crops at the
+model's resolution. ViTs are trained on square crops (DINOv2 at 518, CLIP at 224), repair trains on
+them, and a fixed grid lets images batch; an aspect-keeping crop would measure a different token
+grid per photo, which is why ``analyze`` and ``repair`` once disagreed on the same photos.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .backbones.base import Backbone, TokenContext
+from .detect import DefectRule, DefectStats, LayerDetection, detect_layer
+
+CROP = "square"
+
+
+@dataclass
+class Tokens:
+    """One batch through one model."""
+
+    grids: list[torch.Tensor]  # per measured layer: patch tokens (B, H, W, D), before the final norm
+    layers: list[int]  # which blocks ``grids`` come from (ascending; the last is the last block)
+    final: torch.Tensor  # (B, N, D) the final-normed tokens of the last block
+    ctx: TokenContext
+
+    @property
+    def last(self) -> torch.Tensor:
+        return self.grids[-1]
+
+
+@torch.no_grad()
+def forward_tokens(backbone: Backbone, pixels: torch.Tensor, *, every_layer: bool = False, autocast: Callable | None = None) -> Tokens:
+    """``pixels`` through ``backbone`` (moved to its device and dtype); float32 tokens out."""
+    autocast = autocast or contextlib.nullcontext
+    with autocast():
+        outputs, ctx = backbone.forward_layers(pixels.to(backbone.device, backbone.dtype))
+        return tokens_of(backbone, outputs, ctx, every_layer=every_layer)
+
+
+def tokens_of(backbone: Backbone, outputs: list[torch.Tensor], ctx: TokenContext, *, every_layer: bool = False) -> Tokens:
+    """:class:`Tokens` from the block outputs of :meth:`~sinder.backbones.base.Backbone.forward_layers`."""
+    layers = list(range(len(outputs))) if every_layer else [len(outputs) - 1]
+    grids = [backbone.patch_grid(outputs[i], ctx).float() for i in layers]
+    return Tokens(grids, layers, backbone.final_norm(outputs[-1]).float(), ctx)
+
+
+def summary_token(backbone: Backbone, tokens: Tokens) -> torch.Tensor:
+    """(B, D): the final-normed CLS token, or the mean patch token when the model has no CLS."""
+    if backbone.has_cls_token:
+        return tokens.final[:, 0]
+    return backbone.patch_grid(tokens.final, tokens.ctx).mean(dim=(1, 2))
+
+
+def summary_token_name(backbone: Backbone) -> str:
+    return "cls_cosine" if backbone.has_cls_token else "pooled_cosine"
+
+
+class ModelStats:
+    """Per-layer statistics of one model over batches of :class:`Tokens`.
+
+    ``directions`` (L, D) are the ν_i the rule and the energy use (None: norms only). ``truth`` is a
+    planted model's :class:`~sinder.planted.PlantedTruth`; with it, layers from its ignition block
+    on are scored against the ignition mask and the last layer reports the energy along u."""
+
+    def __init__(self, rule: DefectRule, directions: torch.Tensor | None, layers: Sequence[int], truth=None) -> None:
+        self.rule, self.directions, self.truth = rule, directions, truth
+        self.layers = list(layers)
+        self.stats = {i: DefectStats() for i in self.layers}
+        self.u_along = self.u_total = 0.0
+
+    def direction(self, layer: int) -> torch.Tensor | None:
+        return None if self.directions is None else self.directions[layer]
+
+    def add(self, tokens: Tokens, truth_mask: torch.Tensor | None = None) -> dict[int, LayerDetection]:
+        """Detect and accumulate every measured layer; returns what the rule found, per layer."""
+        found = {}
+        for layer, grid in zip(tokens.layers, tokens.grids):
+            if layer not in self.stats:
+                continue
+            d = self.direction(layer)
+            d = None if d is None else d.to(grid.device)
+            found[layer] = f = detect_layer(self.rule, grid, d)
+            scored = truth_mask if truth_mask is not None and self.truth is not None and layer >= self.truth.ignition_layer else None
+            self.stats[layer].add(grid, d, f, scored)
+        if self.truth is not None:
+            last = tokens.last
+            u = self.truth.u.to(last.device, last.dtype)
+            self.u_along += float(((last @ u) ** 2).sum())
+            self.u_total += float((last**2).sum())
+        return found
+
+    def layer_summary(self, layer: int) -> dict:
+        d = self.direction(layer)
+        return self.stats[layer].summary(None if d is None else d.cpu())
+
+    def last_layer(self) -> dict:
+        out = self.layer_summary(self.layers[-1])
+        if self.truth is not None:
+            out["energy_along_u"] = self.u_along / self.u_total if self.u_total > 0 else None
+        return out
+
+    def per_layer(self) -> list[dict]:
+        return [{"index": i, **self.layer_summary(i)} for i in self.layers]
+
+    @property
+    def images(self) -> int:
+        return self.stats[self.layers[-1]].images
+
+
+def truth_of(backbone: Backbone):
+    """A planted model's ground truth, or None."""
+    return getattr(backbone, "ground_truth", None)
+
+
+@torch.no_grad()
+def truth_mask(backbone: Backbone, pixels: torch.Tensor) -> torch.Tensor | None:
+    """(B, H, W) the tokens a planted ``backbone`` ignites on ``pixels``; None for other models."""
+    truth = truth_of(backbone)
+    return None if truth is None else truth.ignition(backbone, pixels).cpu()
+
+
+def ordinary_tokens(found: LayerDetection) -> torch.Tensor:
+    """The tokens whose features must be kept: neither defects nor high-norm."""
+    return ~(found.high | found.defects)
+
+
+class FeatureCosines:
+    """Cosine between a reference's final-normed tokens and another model's, on the same pixels."""
+
+    def __init__(self, summary_key: str = "cls_cosine") -> None:
+        self.summary_key = summary_key
+        self.patch: list[torch.Tensor] = []
+        self.summary_tokens: list[torch.Tensor] = []
+
+    def add(self, reference_backbone: Backbone, reference: Tokens, backbone: Backbone, other: Tokens, keep: torch.Tensor) -> None:
+        """``keep`` (B, H, W): the patch tokens compared (:func:`ordinary_tokens` of the reference)."""
+        ref_grid = reference_backbone.patch_grid(reference.final, reference.ctx)
+        cos = F.cosine_similarity(backbone.patch_grid(other.final, other.ctx), ref_grid, dim=-1)
+        self.patch.append(cos[keep.to(cos.device)].cpu())
+        if reference_backbone.has_cls_token == backbone.has_cls_token:
+            a, b = summary_token(reference_backbone, reference), summary_token(backbone, other)
+            self.summary_tokens.append(F.cosine_similarity(a, b, dim=-1).cpu())
+
+    def summary(self) -> dict:
+        """Mean and 1% quantile of the ordinary patch cosines; mean and min of the summary token's."""
+        out: dict = {}
+        c = torch.cat(self.patch) if self.patch else torch.empty(0)
+        if c.numel():
+            out.update(non_defect_cosine=float(c.mean()), non_defect_cosine_p01=float(c.quantile(0.01)))
+        if self.summary_tokens:
+            c = torch.cat(self.summary_tokens)
+            out.update({self.summary_key: float(c.mean()), f"{self.summary_key}_min": float(c.min())})
+        return out
