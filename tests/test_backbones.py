@@ -6,11 +6,12 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from helpers.towers import tower_config
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 from sinder.backbones import load_backbone, parse_spec
 from sinder.backbones.convert import hf_dinov2_to_official, official_dinov2_to_hf, timm_to_official_dinov2
-from sinder.backbones.hf_loader import known_config, known_hf_ids, load_hf
+from sinder.backbones.hf_loader import hf_backbone, known_config, known_hf_ids, load_hf
 from sinder.backbones.hf_vit import HFViTBackbone
 from sinder.backbones.timm_loader import wrap_timm
 from sinder.errors import ModelSpecError, SinderError, WeightsError
@@ -71,15 +72,20 @@ HF_CASES = {
     "hf_dinov2_reg": lambda: _hf(_hf_cfg("dinov2_reg")),
     "hf_dinov3": lambda: _hf(_hf_cfg("dinov3")),
     "hf_dinov3_gated": lambda: _hf(_hf_cfg("dinov3", use_gated_mlp=True, hidden_act="silu")),
+    "hf_clip": lambda: _hf(tower_config("clip")),
+    "hf_clip_model": lambda: _hf(tower_config("clip_model")),
+    "hf_siglip": lambda: _hf(tower_config("siglip")),
+    "hf_siglip2": lambda: _hf(tower_config("siglip2")),
 }
 EXPECTED_ACT = {"dinov2_giant_swiglu": "swiglu", "clip_quickgelu": "quick_gelu", "dinov3_plus_swiglu": "swiglu",
-                "hf_dinov2_swiglu": "swiglu", "hf_dinov3_gated": "swiglu"}  # fmt: skip
+                "hf_dinov2_swiglu": "swiglu", "hf_dinov3_gated": "swiglu", "hf_clip": "quick_gelu", "hf_clip_model": "quick_gelu",
+                "hf_siglip": "gelu_tanh", "hf_siglip2": "gelu_tanh"}  # fmt: skip
 
 
 def make(case: str):
     if case in TIMM_CASES:
         return wrap_timm(TIMM_CASES[case](), f"timm:{case}")
-    return HFViTBackbone(HF_CASES[case](), f"hf:{case}")
+    return hf_backbone(HF_CASES[case](), f"hf:{case}")
 
 
 def pixels(backbone, extra_rows: int = 1) -> torch.Tensor:
@@ -165,7 +171,8 @@ def test_view_is_a_live_reference(case):
 def _model_attention(bb, x):
     """The attention probabilities the model itself computes, per block: (B, heads, N, N)."""
     if bb.family == "hf":
-        return list(bb.model(pixel_values=x, output_attentions=True).attentions)
+        extra = {"interpolate_pos_encoding": True} if hasattr(bb, "tower") else {}  # CLIP/SigLIP refuse other grids without it
+        return list(bb.model(pixel_values=x, output_attentions=True, **extra).attentions)
     captured = {}
     for i, blk in enumerate(bb.blocks()):
         blk.attn.fused_attn = False  # timm's explicit path passes the probabilities through attn_drop
@@ -174,7 +181,7 @@ def _model_attention(bb, x):
     return [captured[i] for i in range(bb.depth)]
 
 
-@pytest.mark.parametrize("case", ["dinov2_reg4", "clip_quickgelu", "dinov3", "dinov3_qkvb", "hf_dinov2_reg", "hf_dinov3"])
+@pytest.mark.parametrize("case", ["dinov2_reg4", "clip_quickgelu", "dinov3", "dinov3_qkvb", "hf_dinov2_reg", "hf_dinov3", "hf_clip"])
 def test_cls_attention_is_the_models_attention(case):
     bb = make(case)
     x = pixels(bb)

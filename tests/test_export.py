@@ -153,3 +153,21 @@ def test_existing_output_is_refused_unless_overwrite(tmp_path):
     with pytest.raises(OutputExistsError):
         save_weights(hf, hf_dir)
     assert (hf_dir / "config.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("kind", ["clip", "clip_model", "siglip", "siglip2"])
+def test_hf_tower_export_round_trip_in_the_users_own_class(tmp_path, kind):
+    """CLIP and SigLIP vision towers (and a whole CLIPModel, text tower kept) save with
+    save_pretrained and load back with transformers' own from_pretrained, same tokens."""
+    from helpers.towers import tower_model
+
+    from sinder.backbones.hf_loader import hf_backbone
+
+    model = tower_model(kind)
+    bb = hf_backbone(_liven(model), "hf:tiny")
+    path = _check_round_trip(bb, tmp_path)
+    plain = type(model).from_pretrained(str(path)).eval()  # nothing from sinder
+    assert plain.state_dict().keys() == model.state_dict().keys()
+    assert max_token_diff(bb, hf_backbone(plain, "hf:plain"), _pixels(bb)) <= ROUND_TRIP
+    if kind == "clip_model":  # the text tower travels untouched
+        assert torch.equal(plain.text_model.embeddings.token_embedding.weight, model.text_model.embeddings.token_embedding.weight)

@@ -48,8 +48,12 @@ def test_ground_truth_scores_only_from_the_ignition_block_and_only_for_planted_m
 
 
 def _stub(has_cls: bool):
+    from sinder.backbones.base import Backbone
+
     prefix = int(has_cls)
-    return SimpleNamespace(has_cls_token=has_cls, patch_grid=lambda x, ctx: x[:, prefix:].reshape(x.shape[0], 2, 2, x.shape[-1]))
+    stub = SimpleNamespace(has_cls_token=has_cls, patch_grid=lambda x, ctx: x[:, prefix:].reshape(x.shape[0], 2, 2, x.shape[-1]))
+    stub.pooled = lambda final, ctx: Backbone.pooled(stub, final, ctx)  # the base class's rule
+    return stub
 
 
 @pytest.mark.parametrize("has_cls", [True, False])

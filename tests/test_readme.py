@@ -27,6 +27,10 @@ PY_SUBSTITUTIONS = {
         "no hub weights and no GPU here: the planted ViT-S/14 is built from a seed",
     ),
     "RepairConfig()": ("RepairConfig(max_steps=2)", "two steps run the same code as a full repair, in seconds"),
+    'torch.load("my_finetuned.pth", weights_only=True)': (
+        '__import__("sinder.backbones").backbones.load_backbone("planted:small").model.state_dict()',
+        "no user checkpoint here: the planted model's weights stand for the fine-tuned ones",
+    ),
 }
 PY_NOT_RUN: dict[str, str] = {}  # first line of a python block -> why it is not run (none today)
 

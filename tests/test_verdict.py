@@ -72,13 +72,16 @@ def _timm(name: str, img_size: int, **kw):
 
 def _hf(kind: str, folder):
     import transformers
-    from transformers import DINOv3ViTConfig, Dinov2Config, Dinov2WithRegistersConfig
+    from transformers import CLIPVisionConfig, DINOv3ViTConfig, Dinov2Config, Dinov2WithRegistersConfig, Siglip2VisionConfig, SiglipVisionConfig
 
     common = dict(hidden_size=384, num_hidden_layers=4, num_attention_heads=6, intermediate_size=1536)
     cfg = {
         "dinov2": lambda: Dinov2Config(image_size=112, patch_size=14, **common),
         "dinov2_reg": lambda: Dinov2WithRegistersConfig(image_size=112, patch_size=14, **common),
         "dinov3": lambda: DINOv3ViTConfig(image_size=112, patch_size=16, num_register_tokens=4, **common),
+        "clip": lambda: CLIPVisionConfig(image_size=112, patch_size=16, hidden_act="quick_gelu", **common),
+        "siglip": lambda: SiglipVisionConfig(image_size=112, patch_size=16, **common),
+        "siglip2": lambda: Siglip2VisionConfig(num_patches=49, patch_size=16, **common),  # 7×7 patches = 112 px
     }[kind]()
     torch.manual_seed(0)
     getattr(transformers, type(cfg).__name__.replace("Config", "Model"))(cfg).save_pretrained(folder)
@@ -95,6 +98,9 @@ RANDOM = {
     "hf_dinov2": lambda tmp: _hf("dinov2", tmp / "hf"),
     "hf_dinov2_reg": lambda tmp: _hf("dinov2_reg", tmp / "hf"),
     "hf_dinov3": lambda tmp: _hf("dinov3", tmp / "hf"),
+    "hf_clip": lambda tmp: _hf("clip", tmp / "hf"),
+    "hf_siglip": lambda tmp: _hf("siglip", tmp / "hf"),
+    "hf_siglip2": lambda tmp: _hf("siglip2", tmp / "hf"),
 }
 
 

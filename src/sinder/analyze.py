@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backbones import Backbone
+from .backbones import Backbone, as_backbone
 from .detect import DefectRule, LayerDetection, abs_cosine, mean_direction
 from .errors import ConfigError, ImageError
 from .images import ImageItem, ImageSet
@@ -186,7 +186,7 @@ class _Run:
 
 @torch.no_grad()
 def analyze(
-    backbone: Backbone,
+    backbone: Backbone | torch.nn.Module,
     inputs: Sequence[ImageItem],
     config: AnalyzeConfig = AnalyzeConfig(),
     *,
@@ -199,6 +199,7 @@ def analyze(
     """Analyse ``backbone`` on ``inputs`` (image files, folders, PIL or bundled images); optionally write ``out_dir``.
 
     ``directions`` (L, D) overrides the predicted ν_i (``singular_values``: their top-3 spectra, if known)."""
+    backbone = as_backbone(backbone)  # the user's own timm / transformers module is wrapped in place
     folder = AnalysisFolder(out_dir) if out_dir is not None else None
     if folder is not None:
         folder.check(overwrite)  # refuse before any work; created once there is a result

@@ -12,7 +12,7 @@ the same photos give the same numbers whichever command printed them:
   and the energy along the planted direction u;
 * :class:`FeatureCosines`: the cosine between two models' final-normed tokens, over the patch
   tokens the reference model has neither as defects nor as high-norm, and for the summary token
-  (CLS, or the mean patch token of a model without one: its pooled output).
+  (CLS, or the pooled output of a model without one: its pooling head or the mean patch token).
 
 Crop policy (:data:`CROP`): every before/after measurement uses square centre crops at the
 model's resolution. ViTs are trained on square crops (DINOv2 at 518, CLIP at 224), repair trains on
@@ -65,10 +65,9 @@ def tokens_of(backbone: Backbone, outputs: list[torch.Tensor], ctx: TokenContext
 
 
 def summary_token(backbone: Backbone, tokens: Tokens) -> torch.Tensor:
-    """(B, D): the final-normed CLS token, or the mean patch token when the model has no CLS."""
-    if backbone.has_cls_token:
-        return tokens.final[:, 0]
-    return backbone.patch_grid(tokens.final, tokens.ctx).mean(dim=(1, 2))
+    """(B, D): the final-normed CLS token, or the model's pooled output when it has no CLS
+    (:meth:`~sinder.backbones.base.Backbone.pooled`: its pooling head, or the mean patch token)."""
+    return backbone.pooled(tokens.final, tokens.ctx).float()
 
 
 def summary_token_name(backbone: Backbone) -> str:

@@ -7,12 +7,17 @@ Specs are ``FAMILY:NAME``; the families live in :mod:`sinder.families` (see
     ``hf:ID_OR_DIR``               transformers Dinov2Model / Dinov2WithRegistersModel / DINOv3ViTModel
     ``dinov2:vits14|vitb14|vitl14|vitg14[_reg]``  official torch.hub state dicts (``--weights FILE.pth``)
     ``planted:small``              the built-in model with planted singular defects
+
+or, for a model already in memory (built, fine-tuned or loaded by the user), the module itself:
+``load_backbone(model)`` wraps a timm ``VisionTransformer``/``Eva`` or a transformers DINOv2 /
+DINOv3 / CLIP / SigLIP model in place (every API function also takes the module directly).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from ..errors import ModelSpecError
 from .base import Backbone, TokenContext
@@ -33,21 +38,65 @@ def parse_spec(spec: str) -> tuple[str, str]:
 
 
 def load_backbone(
-    spec: str,
+    spec: str | nn.Module,
     weights: str | Path | None = None,
     *,
     random_init: bool = False,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> Backbone:
-    """Build the model named by ``spec`` and wrap it in its adapter (eval mode, on ``device``)."""
+    """Build the model named by ``spec`` and wrap it in its adapter (eval mode, on ``device``,
+    default CPU); or wrap the user's own module ``spec`` (:func:`from_module`: left on its device
+    unless ``device`` is given)."""
+    if isinstance(spec, nn.Module):
+        if weights is not None or random_init:
+            raise ModelSpecError("a model passed as a module already has its weights; load them into it, or pass a spec with --weights")
+        backbone = from_module(spec)
+        if device is not None:
+            backbone.model.to(device)
+        return backbone
     family, name = parse_spec(spec)
     backbone = get_family(family).load(name, spec, weights=weights, random_init=random_init)
     check_finite(backbone.model.state_dict().items(), str(weights or spec))
-    backbone.model.eval().to(device)
+    backbone.model.eval().to(device or "cpu")
     return backbone
+
+
+def from_module(model: nn.Module, spec: str | None = None) -> Backbone:
+    """The backbone over ``model`` itself (a timm or transformers ViT, any ``img_size`` and with or
+    without ``dynamic_img_size``), put in eval mode. Repair edits this module in place, so it keeps
+    its class and state-dict keys; export writes its family's format (``spec`` names it in logs,
+    default ``timm:ARCH`` or ``hf:CLASS``)."""
+    from transformers import PreTrainedModel
+
+    from .hf_loader import hf_backbone
+    from .timm_loader import wrap_timm
+
+    if isinstance(model, PreTrainedModel):
+        backbone = hf_backbone(model, spec or f"hf:{type(model).__name__}")
+    elif type(model).__module__.startswith("timm."):
+        arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+        backbone = wrap_timm(model, spec or f"timm:{arch or type(model).__name__}")
+        backbone.timm_name = arch
+    else:
+        raise ModelSpecError(
+            f"{type(model).__name__} ({type(model).__module__}) is not a model sinder can adapt; pass a timm VisionTransformer/Eva "
+            "or a transformers DINOv2, DINOv3, CLIP or SigLIP model (or a spec such as timm:NAME)"
+        )
+    check_finite(model.state_dict().items(), backbone.spec)
+    model.eval()
+    return backbone
+
+
+def as_backbone(model: Backbone | nn.Module) -> Backbone:
+    """What every API function calls on its model argument: a backbone as is, a module wrapped."""
+    if isinstance(model, Backbone):
+        return model
+    if isinstance(model, nn.Module):
+        return from_module(model)
+    raise ModelSpecError(f"expected a Backbone or an nn.Module, got {type(model).__name__}; use load_backbone(SPEC) for a spec string")
 
 
 __all__ = [
     "Backbone", "BlockView", "Family", "LinearSlice", "TokenContext",
-    "families", "get_family", "load_backbone", "parse_spec", "register_family",
+    "as_backbone", "families", "from_module", "get_family", "load_backbone", "parse_spec", "register_family",
 ]  # fmt: skip

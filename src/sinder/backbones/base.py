@@ -115,6 +115,13 @@ class Backbone(ABC):
             outputs.append(x)
         return outputs, ctx
 
+    def pooled(self, final: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
+        """The image-level output (B, D) from final-normed tokens: the CLS token, or the mean patch
+        token of a model without one (adapters with a pooling head use their head)."""
+        if self.has_cls_token:
+            return final[:, 0]
+        return self.patch_grid(final, ctx).mean(dim=(1, 2))
+
     def patch_grid(self, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
         """(B, N, D) tokens -> (B, H, W, D) patch tokens."""
         h, w = ctx.grid

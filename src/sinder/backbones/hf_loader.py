@@ -1,4 +1,6 @@
-"""``hf:ID_OR_DIR``: a transformers DINOv2 / DINOv2-with-registers / DINOv3 ViT.
+"""``hf:ID_OR_DIR``: a transformers DINOv2 / DINOv2-with-registers / DINOv3 ViT, or the vision tower
+of a CLIP, SigLIP or SigLIP2 model (``CLIPVisionModel``, ``CLIPModel``, ``SiglipVisionModel``,
+``SiglipModel``, ``Siglip2VisionModel``, ``Siglip2Model``).
 
 * a local directory (``save_pretrained`` layout) loads offline;
 * a hub id downloads only when the hub answers (checked up front, so offline runs fail fast);
@@ -73,16 +75,31 @@ def known_config(model_id: str):
     return None
 
 
-def _model_class(config, spec: str):
-    from transformers import DINOv3ViTModel, Dinov2Model, Dinov2WithRegistersModel
+MODEL_CLASSES = {  # config.model_type -> transformers class
+    "dinov2": "Dinov2Model", "dinov2_with_registers": "Dinov2WithRegistersModel", "dinov3_vit": "DINOv3ViTModel",
+    "clip_vision_model": "CLIPVisionModel", "clip": "CLIPModel", "siglip_vision_model": "SiglipVisionModel", "siglip": "SiglipModel",
+    "siglip2_vision_model": "Siglip2VisionModel", "siglip2": "Siglip2Model",
+}  # fmt: skip
+NOT_YET: dict[str, str] = {}  # model types users bring that sinder does not serve yet, and why
 
-    classes = {"dinov2": Dinov2Model, "dinov2_with_registers": Dinov2WithRegistersModel, "dinov3_vit": DINOv3ViTModel}
-    cls = classes.get(getattr(config, "model_type", None))
-    if cls is None:
-        raise ModelSpecError(
-            f"{spec}: model type {getattr(config, 'model_type', None)!r} is not supported; use a dinov2, dinov2_with_registers or dinov3_vit model"
-        )
-    return cls
+
+def _model_class(config, spec: str):
+    import transformers
+
+    kind = getattr(config, "model_type", None)
+    if kind in NOT_YET:
+        raise ModelSpecError(f"{spec}: {NOT_YET[kind]}")
+    if kind not in MODEL_CLASSES:
+        raise ModelSpecError(f"{spec}: model type {kind!r} is not supported; use one of {', '.join(MODEL_CLASSES)}")
+    return getattr(transformers, MODEL_CLASSES[kind])
+
+
+def hf_backbone(model: nn.Module, spec: str) -> Backbone:
+    """The adapter for a transformers model: the CLIP/SigLIP tower one or the DINO one."""
+    from .hf_tower import HFTowerBackbone, tower_kind
+    from .hf_vit import HFViTBackbone
+
+    return HFTowerBackbone(model, spec) if tower_kind(model) else HFViTBackbone(model, spec)
 
 
 def _resolve_config(name: str, spec: str, local: bool):
@@ -174,13 +191,11 @@ def _with_local_normalisation(backbone: Backbone, folder: Path) -> Backbone:
 
 
 def load_hf(name: str, spec: str, weights: str | Path | None = None, random_init: bool = False) -> Backbone:
-    from .hf_vit import HFViTBackbone
-
     local = Path(name).expanduser().is_dir()
     if not local and not _HUB_ID.fullmatch(name):
         raise ModelSpecError(f"{spec}: directory {name} not found; pass a save_pretrained folder or a hub id like facebook/dinov2-small")
     source = str(Path(name).expanduser()) if local else name
-    backbone = HFViTBackbone(_build_model(source, spec, local, weights, random_init), spec)
+    backbone = hf_backbone(_build_model(source, spec, local, weights, random_init), spec)
     return _with_local_normalisation(backbone, Path(source)) if local else backbone
 
 

@@ -60,12 +60,13 @@ class TimmEvaBackbone(TimmBackbone):
 
     def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, TokenContext]:
         m = self.model
-        x = m.patch_embed(pixels)
-        if x.ndim == 4:  # dynamic_img_size keeps NHWC until _pos_embed
-            grid = (x.shape[1], x.shape[2])
-        else:
-            grid = tuple(m.patch_embed.grid_size)
-        x, rope = _eval_mode_call(m.rope, lambda: m._pos_embed(x))
+        with self.any_size():
+            x = m.patch_embed(pixels)
+            if x.ndim == 4:  # dynamic_img_size keeps NHWC until _pos_embed
+                grid = (x.shape[1], x.shape[2])
+            else:
+                grid = tuple(m.patch_embed.grid_size)
+            x, rope = _eval_mode_call(m.rope, lambda: m._pos_embed(x))
         x = m.norm_pre(x)
         half = bool(getattr(m.blocks[0].attn, "rotate_half", False))
         return x, TokenContext(grid=(int(grid[0]), int(grid[1])), extras={"rope": rope, "rope_half": half})

@@ -1,6 +1,9 @@
 """Adapter over timm's ``VisionTransformer``: DINOv2 (S/B/L/g, ±reg4), DeiT-III, CLIP ViTs."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 from torch import nn
 
@@ -86,8 +89,32 @@ class TimmBackbone(Backbone):
     def blocks(self) -> list[nn.Module]:
         return list(self.model.blocks)
 
+    @contextmanager
+    def any_size(self) -> Iterator[None]:
+        """The model as if built with ``dynamic_img_size=True``, for the length of one embedding: a
+        module the user built for one size (timm's default) then takes any grid, and is left as it was."""
+        m, pe = self.model, self.model.patch_embed
+        if getattr(m, "dynamic_img_size", True):
+            yield
+            return
+        from timm.layers import Format
+
+        saved = (m.dynamic_img_size, pe.strict_img_size, pe.flatten, pe.output_fmt)
+        m.dynamic_img_size, pe.strict_img_size, pe.flatten, pe.output_fmt = True, False, False, Format.NHWC
+        try:
+            yield
+        finally:
+            m.dynamic_img_size, pe.strict_img_size, pe.flatten, pe.output_fmt = saved
+
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.norm(x)
+
+    def pooled(self, final: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
+        """A MAP head's output (timm SigLIP, ``global_pool="map"``) when the model has one."""
+        pool = getattr(self.model, "attn_pool", None)
+        if pool is not None and not self.has_cls_token:
+            return pool(final)  # timm pools the whole sequence
+        return super().pooled(final, ctx)
 
     def model_forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.forward_features(pixels)
@@ -139,13 +166,14 @@ class TimmViTBackbone(TimmBackbone):
 
     def embed(self, pixels: torch.Tensor) -> tuple[torch.Tensor, TokenContext]:
         m = self.model
-        x = m.patch_embed(pixels)
-        if x.ndim == 4:  # dynamic_img_size keeps NHWC
-            grid = (x.shape[1], x.shape[2])
-        else:
-            grid = m.patch_embed.dynamic_feat_size(pixels.shape[-2:]) if hasattr(m.patch_embed, "dynamic_feat_size") else m.patch_embed.grid_size
-            grid = tuple(grid)
-        x = m._pos_embed(x)
+        with self.any_size():
+            x = m.patch_embed(pixels)
+            if x.ndim == 4:  # dynamic_img_size keeps NHWC
+                grid = (x.shape[1], x.shape[2])
+            else:
+                grid = m.patch_embed.dynamic_feat_size(pixels.shape[-2:]) if hasattr(m.patch_embed, "dynamic_feat_size") else m.patch_embed.grid_size
+                grid = tuple(grid)
+            x = m._pos_embed(x)
         x = m.norm_pre(x)
         return x, TokenContext(grid=tuple(int(g) for g in grid))
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from pathlib import Path
 
 from ..analyze import format_table, verdict_line
 from ..backbones import load_backbone

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import torch
 
+from ..backbones import as_backbone
 from ..backbones.base import Backbone
 from ..detect import DefectRule
 from ..errors import ConfigError, require
@@ -107,7 +108,7 @@ def check_tasks(config: CompareConfig) -> dict[str, object]:
 
 
 def compare(
-    backbone: Backbone,
+    backbone: Backbone | torch.nn.Module,
     train_images: Sequence[ImageItem] | None,
     eval_images: Sequence[ImageItem],
     config: CompareConfig | None = None,
@@ -119,6 +120,7 @@ def compare(
 
     ``backbone`` is left as it was: weight edits happen on copies, hooks are removed. ``layouts``:
     what :func:`check_tasks` returned for ``config`` (else it runs here, before any work)."""
+    backbone = as_backbone(backbone)
     cfg = config or CompareConfig()
     if layouts is None:
         layouts = check_tasks(cfg)

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from ..backbones import Backbone, load_backbone, parse_spec
+from ..backbones import Backbone, as_backbone, load_backbone, parse_spec
 from ..detect import DefectRule
 from ..errors import ConfigError, SinderError, WeightsError
 from .checks import check_box_files, check_knn_labels, check_seg_files, require_grid
@@ -154,7 +155,7 @@ def run_task(backbone: Backbone, task: str, layout, res: int, config: EvaluateCo
 
 
 def evaluate_with_info(
-    backbone_or_spec: Backbone | str,
+    backbone_or_spec: Backbone | nn.Module | str,
     task: str,
     data_dir: str | os.PathLike,
     config: EvaluateConfig | None = None,
@@ -173,8 +174,8 @@ def evaluate_with_info(
     if layout is None:
         layout = load_layout(task, data_dir)
         check_layout(task, layout, config)
-    if isinstance(backbone_or_spec, Backbone):
-        backbone = backbone_or_spec
+    if isinstance(backbone_or_spec, (Backbone, nn.Module)):
+        backbone = as_backbone(backbone_or_spec)
     else:
         backbone = load_backbone(
             backbone_or_spec, config.weights, random_init=config.random_init, device=resolve_device(config.device)
@@ -190,7 +191,7 @@ def evaluate_with_info(
 
 
 def evaluate(
-    backbone_or_spec: Backbone | str,
+    backbone_or_spec: Backbone | nn.Module | str,
     task: str,
     data_dir: str | os.PathLike,
     config: EvaluateConfig | None = None,

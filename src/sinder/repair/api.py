@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..backbones import as_backbone
 from ..backbones.base import Backbone
 from ..errors import ConfigError, DiskFullError, ImageError, OutputExistsError, SinderError
 from ..images import ImageItem, ImageSet, check_decodable, expand_inputs, item_name, split_holdout, subsample
@@ -192,7 +193,7 @@ def _directions(backbone: Backbone, config: RepairConfig, directions: torch.Tens
 
 
 def repair(
-    backbone: Backbone,
+    backbone: Backbone | torch.nn.Module,
     train_images: Sequence[ImageItem],
     config: RepairConfig | None = None,
     eval_images: Sequence[ImageItem] | None = None,
@@ -210,6 +211,7 @@ def repair(
     ``directions`` (L, D) overrides the predicted ν_i. With ``out_dir``: the complete run folder
     (see :mod:`sinder.runfolder`), the repaired weights re-loaded and checked before returning.
     """
+    backbone = as_backbone(backbone)  # the user's own module: repaired in place, same class and keys
     config = config or RepairConfig()
     config.validate()
     dist = dist or current()
