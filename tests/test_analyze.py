@@ -43,6 +43,7 @@ def bad_dir(tmp_path_factory, photo_dir):
     return d
 
 
+@pytest.mark.slow
 def test_outputs_and_keys(tmp_path, photo_dir):
     out = tmp_path / "an"
     assert main(["analyze", "planted:small", str(photo_dir), "--out", str(out)]) == 0

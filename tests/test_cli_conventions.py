@@ -176,6 +176,7 @@ def test_progress_bar_draws_only_on_a_terminal_and_when_enabled(monkeypatch):
     assert list(progress_bar(iterable=range(3))) == [0, 1, 2]  # a disabled bar still iterates
 
 
+@pytest.mark.slow
 def test_analyze_log_has_no_carriage_returns_nor_pil_chunks(photos, tmp_path):
     """`sinder -v analyze ... 2> log`: stderr is a pipe, so no bar and no \r; -v adds sinder's
     debug lines, not PIL's per-chunk ones; the slow start-up phases are announced."""
@@ -216,6 +217,7 @@ def on_terminal(*argv) -> bytes:
     return b"".join(chunks)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag, drawn", [(None, True), ("--no-progress", False), ("-q", False)])
 def test_analyze_bar_on_a_terminal_unless_hidden(photos, tmp_path, flag, drawn):
     argv = ["analyze", "planted:small", photos / "photos", "--out", tmp_path / "o", "--resolution", "42", "--no-figures"]
@@ -224,6 +226,7 @@ def test_analyze_bar_on_a_terminal_unless_hidden(photos, tmp_path, flag, drawn):
     assert (b"loading planted:small" in err) == (flag != "-q"), err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flag, drawn", [(None, True), ("-q", False)])
 def test_evaluate_bar_on_a_terminal_unless_hidden(photos, tmp_path, flag, drawn):
     argv = ["evaluate", "planted:small", "--task", "intrinsic", "--data", photos / "photos", "--out", tmp_path / "o", "--resolution", "42"]

@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+pytestmark = pytest.mark.slow  # CLI runs and repairs end to end: `make test` runs them, `make test-fast` does not
+
 
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):

@@ -22,6 +22,8 @@ from sinder.repair.config import RepairConfig
 from test_evaluate import make_knn
 from test_report import browser_check, chromium
 
+pytestmark = pytest.mark.slow  # CLI runs and repairs end to end: `make test` runs them, `make test-fast` does not
+
 EVAL = BUNDLED_EVAL[:4]
 KNN_KEYS = {f"{p}top1@{k}" for p in ("", "patch_") for k in (1, 3)}
 

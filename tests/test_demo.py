@@ -6,6 +6,8 @@ import pytest
 from sinder.cli import main
 from sinder.images import BUNDLED_EVAL, BUNDLED_TRAIN
 
+pytestmark = pytest.mark.slow  # CLI runs and repairs end to end: `make test` runs them, `make test-fast` does not
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):

@@ -19,6 +19,8 @@ from PIL import Image
 
 from sinder.runfolder import TEMPORARY
 
+pytestmark = pytest.mark.slow  # CLI runs and repairs end to end: `make test` runs them, `make test-fast` does not
+
 STEPS = 16  # four checkpoints: enough for every stage of the fault plan
 REPAIR = ["repair", "planted:small", "--max-steps", str(STEPS), "--checkpoint-every", "4", "--no-analysis", "--num-eval", "0", "--no-progress"]
 WEIGHTS = Path("weights") / "model.safetensors"

@@ -34,6 +34,7 @@ def test_block_linears_are_every_block_linear_once(planted):
     assert set(found) == {f"blocks.{i}.{n}" for i in range(planted.depth) for n in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")}
 
 
+@pytest.mark.slow
 def test_clamp_caps_every_singular_value_and_keeps_the_rest(planted):
     bb = copy.deepcopy(planted)
     before = {k: m.weight.clone() for k, m in block_linears(bb).items()}
@@ -60,6 +61,7 @@ def test_infinite_or_loose_gamma_changes_nothing_and_bad_gamma_is_one_line(plant
         clamp_singular_values(bb, 0.0)
 
 
+@pytest.mark.slow
 def test_clamping_removes_the_planted_defect_and_costs_features_as_gamma_falls(planted, eval_pixels):
     """Appendix B on the planted model: the planted circuit lives in a few large singular values,
     so any γ ≤ 2 removes it; the cosine of ordinary tokens to the original can only fall as γ

@@ -17,6 +17,7 @@ from sinder.repair import RepairConfig, repair
 COMPARED = ("max_over_median", "defect_rate", "high_norm_rate", "energy_along_direction", "norm_median", "truth_recall", "truth_precision")
 
 
+@pytest.mark.slow
 def test_analyze_and_repair_give_the_same_numbers_for_the_same_photos(tmp_path):
     """The issue's case: `sinder analyze` said max/median 9.26 where repair's summary said 9.545 for
     the same held-out photos (aspect-keeping vs square crops)."""

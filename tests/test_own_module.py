@@ -24,6 +24,7 @@ def planted_in_a_plain_timm_model() -> torch.nn.Module:
     return model
 
 
+@pytest.mark.slow
 def test_a_fixed_size_timm_module_is_analysed_at_another_size_and_repaired_in_place(tmp_path):
     model = planted_in_a_plain_timm_model()
     keys, cls = list(model.state_dict()), type(model)

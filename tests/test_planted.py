@@ -24,6 +24,7 @@ def result(planted, planted_directions):
     return analyze(planted, bundled_photos(PHOTOS), cfg, directions=planted_directions, progress=False)
 
 
+@pytest.mark.slow
 def test_build_is_deterministic_and_seeded():
     a, info_a = build_planted(PlantedConfig())
     b, _ = build_planted(PlantedConfig())
@@ -83,6 +84,7 @@ ZOO_PHOTOS = ("rocket", "coffee", "camera", "astronaut")  # training photos: fla
 @pytest.mark.parametrize(
     "name", ["content", "early", "late", "noisy", "native518", "swiglu", "reg4", "spectral", "spread", "attention", "border", "crowded", "lownorm"]
 )
+@pytest.mark.slow
 def test_zoo_member_has_real_singular_defects(name):
     """Built from a seed in seconds, with its ground truth: the planted u ignites on some tokens,
     is amplified to high norm by the last layer (``lownorm``: stays below the median norm), and
@@ -176,6 +178,7 @@ def test_default_member_is_unchanged(planted):
     assert_unchanged("small", planted.model)
 
 
+@pytest.mark.slow
 def test_fingerprint_ignores_float_noise_and_catches_real_changes():
     """Float32 rounding noise (what another CPU's kernels give) passes; a change of a config
     field, or a 1e-4 relative edit of one tensor, fails."""
@@ -193,6 +196,7 @@ def test_fingerprint_ignores_float_noise_and_catches_real_changes():
     assert any(line.startswith("pos_embed") for line in mismatches(fingerprint(changed.state_dict()), pinned))
 
 
+@pytest.mark.slow
 def test_build_matches_its_pin_under_other_cpu_kernels():
     """ATen's portable kernels (ATEN_CPU_CAPABILITY=default) stand in for another CPU model: its
     float32 build differs in the last bits from the vectorised one, and the fingerprint holds."""
@@ -236,6 +240,7 @@ def test_spectral_member_has_trained_looking_spectra_with_the_circuit_among_them
             assert 1.5 < float((blk.mlp.fc1.weight @ truth.u).norm()) < 5, i  # what reads it (the amplifier)
 
 
+@pytest.mark.slow
 @torch.no_grad()
 def test_clamping_the_spectral_member_trades_defect_for_features(spectral):
     """SINDER appendix B's trade-off, which the other members lack: γ = 3 leaves part of the defect

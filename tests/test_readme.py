@@ -227,6 +227,7 @@ def test_inline_options_exist():
     assert len(options) > 10 and not missing, f"README.md names options nothing defines: {missing}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("block", python_blocks(), ids=lambda b: f"README.md:{b.line}")
 def test_python_example_runs(block, photo_dir):
     if first_line(block) in PY_NOT_RUN:
@@ -244,6 +245,7 @@ def test_python_example_runs(block, photo_dir):
         assert Path("run/summary.json").is_file() and Path("run/report.html").is_file()
 
 
+@pytest.mark.slow
 def test_cheap_command_lines_run(photo_dir):
     for where, line in sinder_lines():
         key = run_key(line)

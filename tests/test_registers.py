@@ -140,6 +140,7 @@ def zoo_search(member: str):
     return bb, find_register_neurons(bb, ImageSet.from_inputs(bundled_photos(BUNDLED_TRAIN), bb, bb.image_size))
 
 
+@pytest.mark.slow
 def test_search_raises_top_k_until_every_unit_of_a_spread_ignition_is_found():
     bb, found = zoo_search("spread")  # the ignition is 12 units of unequal strength in one block
     truth = bb.ground_truth
@@ -149,6 +150,7 @@ def test_search_raises_top_k_until_every_unit_of_a_spread_ignition_is_found():
     assert found.measured["outliers_before"] > 0 and found.measured["outliers_after"] == 0
 
 
+@pytest.mark.slow
 def test_search_says_so_when_no_mlp_neuron_writes_the_outliers(caplog):
     import logging
 

@@ -11,6 +11,8 @@ from test_repair_helpers import photos, single_thread, tiny_backbone
 
 from sinder.repair import RepairConfig, repair
 
+pytestmark = pytest.mark.slow  # CLI runs and repairs end to end: `make test` runs them, `make test-fast` does not
+
 STEPS = 3
 
 

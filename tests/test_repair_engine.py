@@ -216,6 +216,7 @@ def test_gram_anchor_is_zero_at_start_and_training_runs():
     assert max((plain[k] - anchored[k]).abs().max().item() for k in plain) <= 1e-6  # …and so does its gradient
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_on_the_planted_model(tmp_path, capsys):
     from sinder.commands import repair as cmd
     from sinder.images import bundled_photos
@@ -243,6 +244,7 @@ def test_cli_end_to_end_on_the_planted_model(tmp_path, capsys):
     assert "held-out" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_overwrite_leaves_nothing_of_an_earlier_run(tmp_path):
     """A rerun with --overwrite (here without analyses) must not show the earlier run's analyses or report."""
     from sinder.report import build_report

@@ -132,6 +132,7 @@ def expected_onset(backbone, directions) -> int:
 ZOO = ("small", "reg4", "spectral", "late", "border", "lownorm")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ZOO)
 def test_zoo_members_have_defects_from_the_right_block(name):
     if name not in PRESETS:
