@@ -74,3 +74,20 @@ def test_other_modules_are_refused_in_one_line():
     assert "\n" not in str(err.value)
     with pytest.raises(ModelSpecError, match="already has its weights"):
         load_backbone(tower_model("clip"), weights="w.safetensors")
+
+
+def test_compare_runs_every_fix_on_a_siglip_module_and_reports_its_pooled_cosine(tmp_path):
+    """No CLS token: the attention-pooling head's output is compared instead."""
+    from sinder.compare import CompareConfig, compare, format_table
+    from sinder.fixes.registers import RegisterSearchConfig
+
+    model = tower_model("siglip", image_size=112)
+    config = CompareConfig(repair=RepairConfig(max_steps=2, progress=False), registers_search=RegisterSearchConfig(threshold=1.0))
+    report = compare(model, bundled_photos(BUNDLED_TRAIN[:3]), bundled_photos(BUNDLED_EVAL[:2]), config, out_dir=tmp_path / "cmp")
+    assert report["order"] == ["original", "sinder", "registers", "clamp", "interp"]
+    for name in report["order"][1:]:
+        assert 0.5 < report["methods"][name]["features"]["pooled_cosine"] <= 1.0 + 1e-6, name
+    lines = format_table(report).splitlines()
+    assert "CLS/pooled cos" in lines[0]
+    sinder_row = next(line for line in lines if line.startswith("sinder"))
+    assert f"{report['methods']['sinder']['features']['pooled_cosine']:.4f}" in sinder_row

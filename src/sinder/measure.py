@@ -74,6 +74,12 @@ def summary_token_name(backbone: Backbone) -> str:
     return "cls_cosine" if backbone.has_cls_token else "pooled_cosine"
 
 
+def summary_cosine(features: dict) -> float | None:
+    """The CLS cosine of a :meth:`FeatureCosines.summary`, or the pooled output's for a model without CLS."""
+    value = features.get("cls_cosine")
+    return features.get("pooled_cosine") if value is None else value
+
+
 class ModelStats:
     """Per-layer statistics of one model over batches of :class:`Tokens`.
 
@@ -151,6 +157,7 @@ class FeatureCosines:
         self.patch: list[torch.Tensor] = []
         self.summary_tokens: list[torch.Tensor] = []
 
+    @torch.no_grad()  # a pooling head (SigLIP's) runs here: no graph for it
     def add(self, reference_backbone: Backbone, reference: Tokens, backbone: Backbone, other: Tokens, keep: torch.Tensor) -> None:
         """``keep`` (B, H, W): the patch tokens compared (:func:`ordinary_tokens` of the reference)."""
         ref_grid = reference_backbone.patch_grid(reference.final, reference.ctx)

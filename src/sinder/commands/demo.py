@@ -53,7 +53,7 @@ def comparison_table(before: dict, after: dict, features: dict | None) -> str:
         f"max / median token norm       {b['max_over_median']:9.2f} {a['max_over_median']:9.2f}",
     ]
     if features:
-        for key, label in (("non_defect_cosine", "non-defect token cosine"), ("cls_cosine", "CLS token cosine")):
+        for key, label in (("non_defect_cosine", "non-defect token cosine"), ("cls_cosine", "CLS token cosine"), ("pooled_cosine", "pooled output cosine")):
             if features.get(key) is not None:
                 rows.append(f"{label:<29} {'':>9} {features[key]:9.3f}")
     return "\n".join(rows)

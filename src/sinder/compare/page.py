@@ -7,6 +7,7 @@ import datetime as _dt
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..measure import summary_cosine
 from ..report.html import esc, fmt, note, page, table
 from ..report.plots import png_data_uri
 from .methods import DESCRIPTIONS
@@ -27,7 +28,7 @@ def summary_table(report: dict) -> str:
     base = methods["original"]["last_layer"]
     planted = "energy_along_u" in base
     head = ["method", "energy along ν (last)", "energy drop", *(["energy along u (planted)"] if planted else []), "max/median",
-            "high-norm rate", "defect rate", "non-defect cos", "CLS cos", *IMAGE_COLUMNS, "training steps", "prepare", "inference / image"]  # fmt: skip
+            "high-norm rate", "defect rate", "non-defect cos", "CLS/pooled cos", *IMAGE_COLUMNS, "training steps", "prepare", "inference / image"]  # fmt: skip
     rows = []
     for name in report["order"]:
         m = methods[name]
@@ -37,7 +38,7 @@ def summary_table(report: dict) -> str:
             _drop(base["energy_along_direction"], last["energy_along_direction"]) if name != "original" else "–",
             *([pct(last.get("energy_along_u"))] if planted else []),
             esc(fmt(last["max_over_median"])), pct(last["high_norm_rate"]), pct(last["defect_rate"]),
-            esc(fmt(feats.get("non_defect_cosine"))), esc(fmt(feats.get("cls_cosine"))),
+            esc(fmt(feats.get("non_defect_cosine"))), esc(fmt(summary_cosine(feats))),
             esc(fmt(needs.get("images"))), esc(fmt(needs.get("training_images_seen"))), esc(fmt(needs.get("training_steps"))),
             f"{m['prepare_seconds']:.1f} s",
             f"{m['inference_ms_per_image']:.1f} ms",

@@ -3,6 +3,7 @@ two image counts of what each fix needed. No matplotlib here: the command prints
 from __future__ import annotations
 
 from .. import units
+from ..measure import summary_cosine
 
 # downstream metrics that are fractions of images, pixels or classes (shown as %), besides the
 # defect rates :func:`sinder.units.is_rate` knows; the others (max/median norm, cosines, degrees,
@@ -52,7 +53,7 @@ def _grid(rows: list[list[str]]) -> list[str]:
 def format_table(report: dict) -> str:
     """The summary as plain text: one row per method; then one table per downstream task."""
     planted = "energy_along_u" in report["methods"]["original"]["last_layer"]
-    head = ["method", "energy ν", *(["energy u"] if planted else []), "max/med", "high-norm", "defects", "non-def cos", "CLS cos",
+    head = ["method", "energy ν", *(["energy u"] if planted else []), "max/med", "high-norm", "defects", "non-def cos", "CLS/pooled cos",
             "distinct imgs", "imgs seen", "prepare"]  # fmt: skip
     rows = [head]
     num = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
@@ -62,7 +63,7 @@ def format_table(report: dict) -> str:
         rows.append([
             name, pct(last["energy_along_direction"]), *([pct(last.get("energy_along_u"))] if planted else []),
             f"{last['max_over_median']:.2f}", pct(last["high_norm_rate"]), pct(last["defect_rate"]),
-            num(feats.get("non_defect_cosine")), num(feats.get("cls_cosine")),
+            num(feats.get("non_defect_cosine")), num(summary_cosine(feats)),
             count(needs.get("images")), count(needs.get("training_images_seen")), f"{m['prepare_seconds']:.1f}s",
         ])  # fmt: skip
     lines = _grid(rows) + [f"distinct imgs = {IMAGE_COLUMNS[0]}; imgs seen = {IMAGE_COLUMNS[1]}"]
