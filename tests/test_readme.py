@@ -1,4 +1,4 @@
-"""Every example in README.md works: python blocks run (on planted:small, in a folder of
+"""Every example in README.md and docs/*.md works: python blocks run (on planted:small, in a folder of
 scikit-image photos), every `sinder ...` line parses with the real CLI parser and names only
 options that exist, and the cheap command lines run. Substitutions are listed below, each with
 its reason; an example that is neither run nor listed fails the test."""
@@ -19,6 +19,7 @@ from sinder.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]  # README first: its examples run first
 
 # python blocks: text replaced before the block runs -> (replacement, why)
 PY_SUBSTITUTIONS = {
@@ -66,20 +67,31 @@ class Block:
     lang: str
     code: str
     line: int  # 1-based line of the opening fence
+    doc: str = "README.md"  # the file, relative to the repository
+
+    @property
+    def where(self) -> str:
+        return f"{self.doc}:{self.line}"
 
 
-def readme_blocks() -> list[Block]:
-    blocks, lines = [], README.read_text(encoding="utf-8").splitlines()
+def doc_blocks(path: Path) -> list[Block]:
+    blocks, lines = [], path.read_text(encoding="utf-8").splitlines()
+    doc = str(path.relative_to(ROOT))
     start = None
     for i, line in enumerate(lines):
         fence = re.match(r"^```\s*(\S*)\s*$", line)
         if fence and start is None:
             start, lang = i, fence.group(1)
         elif fence:
-            blocks.append(Block(lang, "\n".join(lines[start + 1 : i]), start + 1))
+            blocks.append(Block(lang, "\n".join(lines[start + 1 : i]), start + 1, doc))
             start = None
-    assert start is None, f"README.md:{start + 1}: unclosed code fence"
+    assert start is None, f"{doc}:{start + 1}: unclosed code fence"
     return blocks
+
+
+def readme_blocks() -> list[Block]:
+    """Every fenced block of README.md and docs/*.md, in that order."""
+    return [b for path in DOCS for b in doc_blocks(path)]
 
 
 def first_line(block: Block) -> str:
@@ -90,10 +102,10 @@ def kind(block: Block) -> str:
     """python, command (a shell block: each line starts with a command) or output (listed in OUTPUT_BLOCKS)."""
     if block.lang == "python":
         return "python"
-    assert block.lang in ("", "bash", "sh", "shell", "console"), f"README.md:{block.line}: unexpected language {block.lang!r}"
+    assert block.lang in ("", "bash", "sh", "shell", "console"), f"{block.where}: unexpected language {block.lang!r}"
     if first_line(block).split()[0] in COMMANDS:
         return "command"
-    assert any(first_line(block).startswith(p) for p in OUTPUT_BLOCKS), f"README.md:{block.line}: neither a command nor known output"
+    assert any(first_line(block).startswith(p) for p in OUTPUT_BLOCKS), f"{block.where}: neither a command nor known output"
     return "output"
 
 
@@ -155,7 +167,7 @@ def parse_concrete(words: list[str], where: str) -> argparse.Namespace:
 
 
 def sinder_lines() -> list[tuple[str, str]]:
-    return [(f"README.md:{b.line}", line) for b in command_blocks() for line in logical_lines(b) if sinder_words(line)]
+    return [(b.where, line) for b in command_blocks() for line in logical_lines(b) if sinder_words(line)]
 
 
 @pytest.fixture(autouse=True)
@@ -212,23 +224,23 @@ def test_other_command_lines_name_real_targets():
     for block in command_blocks():
         for line in logical_lines(block):
             words = line.split()
-            assert words[0] in COMMANDS, f"README.md:{block.line}: unknown command {words[0]}"
+            assert words[0] in COMMANDS, f"{block.where}: unknown command {words[0]}"
             if words[0] == "make":
-                assert re.search(rf"^{re.escape(words[1])}:", makefile, re.M), f"README.md:{block.line}: no make target {words[1]}"
+                assert re.search(rf"^{re.escape(words[1])}:", makefile, re.M), f"{block.where}: no make target {words[1]}"
 
 
 def test_inline_options_exist():
     """`--option` in the prose names an option of some sinder command or of a benchmark script."""
-    prose = re.sub(r"```.*?```", "", README.read_text(encoding="utf-8"), flags=re.S)
+    prose = re.sub(r"```.*?```", "", "\n".join(p.read_text(encoding="utf-8") for p in DOCS), flags=re.S)
     options = {o for span in re.findall(r"`([^`]+)`", prose) for o in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", span)}
     known = {o for p in [build_parser(), *subparsers().values()] for a in p._actions for o in a.option_strings}
     bench = "\n".join(p.read_text() for p in (ROOT / "benchmarks").glob("*.py"))
     missing = sorted(o for o in options if o not in known and f'"{o}"' not in bench)
-    assert len(options) > 10 and not missing, f"README.md names options nothing defines: {missing}"
+    assert len(options) > 10 and not missing, f"the docs name options nothing defines: {missing}"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("block", python_blocks(), ids=lambda b: f"README.md:{b.line}")
+@pytest.mark.parametrize("block", python_blocks(), ids=lambda b: b.where)
 def test_python_example_runs(block, photo_dir):
     if first_line(block) in PY_NOT_RUN:
         pytest.skip(PY_NOT_RUN[first_line(block)])
@@ -236,7 +248,7 @@ def test_python_example_runs(block, photo_dir):
     for old, (new, _why) in PY_SUBSTITUTIONS.items():
         code = code.replace(old, new)
     namespace: dict = {}
-    exec(compile(code, f"README.md:{block.line}", "exec"), namespace)  # noqa: S102 - our own README
+    exec(compile(code, block.where, "exec"), namespace)  # noqa: S102 - our own docs
     if 'analyze(bb, ["photos/"]' in block.code:  # issue #8: it reported "file not found" on the existing folder
         assert len(namespace["result"].summary["images"]) == len(PHOTOS["photos"])
         assert namespace["result"].summary["skipped"] == []
@@ -256,3 +268,13 @@ def test_cheap_command_lines_run(photo_dir):
         assert main(shlex.split(line)[1:] + RUN[key]) == 0, f"{where}: {line}"
     assert Path("an_g/analysis.json").is_file()
     assert Path("run_g/summary.json").is_file() and Path("run_g/report.html").is_file()
+
+
+def test_readme_is_a_readme_and_its_links_resolve():
+    """At most ~150 lines (the manual lives in docs/), and every relative link of README.md and
+    docs/*.md names a file that exists."""
+    assert len(README.read_text(encoding="utf-8").splitlines()) <= 150
+    for path in DOCS:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text(encoding="utf-8")):
+            if "://" not in target:
+                assert (path.parent / target).exists(), f"{path.relative_to(ROOT)}: broken link {target}"

@@ -118,9 +118,9 @@ class DefectRule:
     reference clears 1, where its 3×3 window does not fit).
     ``skip_less_than``: how many defects a layer needs before repair trains on it (the
     reference's name). The defaults (whole grid, gate 2, one defect) were chosen on the zoo of
-    planted models (README). ``threshold`` stays ``meanstd`` by default: ``robust`` finds the
+    planted models (docs/zoo.md). ``threshold`` stays ``meanstd`` by default: ``robust`` finds the
     dense late-layer defects of a ViT-L at 518 px that μ + 4σ misses, and the default repair then
-    did worse there (README, "What counts as a defect"); ``border=1, norm_gate=0,
+    did worse there (docs/detection-and-repair.md); ``border=1, norm_gate=0,
     skip_less_than=3`` with ``meanstd`` is exactly the reference rule.
     """
 

@@ -12,7 +12,7 @@ A block has singular defects when either
 
 The model has them when some block does; ``onset_layer`` is the first such block and the numbers
 are the last block's (the features a user takes). The low-norm warning is the low-norm case at the
-last block. Measured with 8 bundled photos (README, "Verdict"): at the onset blocks of the zoo
+last block. Measured with 8 bundled photos (docs/command-line.md, "Verdict"): at the onset blocks of the zoo
 ``theory_alignment`` ≥ 0.94, on random-init models of every family ≤ 0.20 in every block; the
 gate-rejected tokens of defect-free blocks (random init, and the zoo before its onset) have median
 |cos| ≤ 0.45 and mean-direction |cos| ≤ 0.36, the zoo's low-norm artifacts 0.74 and 0.88.
