@@ -11,6 +11,7 @@ weights); on the other members the clamp touches little but the planted circuit.
     python benchmarks/clamp_tradeoff.py --members spectral
     python benchmarks/clamp_tradeoff.py --members small swiglu --gammas 3 2 1.5 1.3 1.1 --figure clamp.png
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,14 @@ def run(member: str, gammas: list[float]) -> list[dict]:
         bb = load_backbone(f"planted:{member}")
         t0 = time.perf_counter()
         res = clamp_singular_values(bb, gamma)
-        row = {"member": member, "gamma": gamma, "clamped_values": res.clamped_values, "largest_sigma": res.largest_sigma,
-               "seconds": time.perf_counter() - t0, **measure(original, bb, held_out)}  # fmt: skip
+        row = {
+            "member": member,
+            "gamma": gamma,
+            "clamped_values": res.clamped_values,
+            "largest_sigma": res.largest_sigma,
+            "seconds": time.perf_counter() - t0,
+            **measure(original, bb, held_out),
+        }
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
@@ -45,11 +52,14 @@ def run(member: str, gammas: list[float]) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     head = "| member | γ | σ clamped | energy along u (drop) | max/median | high-norm rate | non-defect cos | CLS cos |"
-    return markdown(head, [
-        f"| {r['member']} | {r['gamma']:g} | {r['clamped_values']} | {100 * r['energy_after']:.2f}% ({100 * r['energy_drop']:.1f}%) "
-        f"| {r['max_over_median']:.2f} | {100 * r['high_norm_rate']:.2f}% | {r['non_defect_cosine']:.4f} | {r['cls_cosine']:.4f} |"
-        for r in rows
-    ])  # fmt: skip
+    return markdown(
+        head,
+        [
+            f"| {r['member']} | {r['gamma']:g} | {r['clamped_values']} | {100 * r['energy_after']:.2f}% ({100 * r['energy_drop']:.1f}%) "
+            f"| {r['max_over_median']:.2f} | {100 * r['high_norm_rate']:.2f}% | {r['non_defect_cosine']:.4f} | {r['cls_cosine']:.4f} |"
+            for r in rows
+        ],
+    )
 
 
 def figure(rows: list[dict], path: str) -> None:
@@ -63,7 +73,7 @@ def figure(rows: list[dict], path: str) -> None:
     for member in dict.fromkeys(r["member"] for r in rows):
         mine = [r for r in rows if r["member"] == member]
         x = [max(1 - r["non_defect_cosine"], 1e-7) for r in mine]  # the original sits at the floor
-        line, = ax.plot(x, [100 * r["energy_after"] for r in mine], lw=1, label=member)
+        (line,) = ax.plot(x, [100 * r["energy_after"] for r in mine], lw=1, label=member)
         for xi, r in zip(x, mine):
             ax.plot(xi, 100 * r["energy_after"], markers[gammas.index(r["gamma"]) % len(markers)], color=line.get_color(), ms=5)
     for k, g in enumerate(gammas):  # a legend entry per γ, by marker shape

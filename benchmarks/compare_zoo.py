@@ -8,6 +8,7 @@ compare.html are kept under --out.
     python benchmarks/compare_zoo.py                          # the whole zoo (about 30 min on 2 CPU cores)
     python benchmarks/compare_zoo.py --members spread attention --out /tmp/cz
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,9 @@ from sinder.repair import RepairConfig
 def run(member: str, out: Path, max_steps: int, gamma: float) -> list[dict]:
     bb = load_backbone(f"planted:{member}")
     truth = bb.ground_truth
-    config = CompareConfig(max_maps=2, gamma=gamma, overwrite=True, repair=RepairConfig(max_steps=max_steps, progress=False, analysis=False, overwrite=True))
+    config = CompareConfig(
+        max_maps=2, gamma=gamma, overwrite=True, repair=RepairConfig(max_steps=max_steps, progress=False, analysis=False, overwrite=True)
+    )
     report = compare(bb, bundled_photos(BUNDLED_TRAIN), bundled_photos(BUNDLED_EVAL), config, out / member)
     base = report["methods"]["original"]["last_layer"]["energy_along_u"]
     rows = []
@@ -37,7 +40,11 @@ def run(member: str, out: Path, max_steps: int, gamma: float) -> list[dict]:
         last, feats, needs, details = m["last_layer"], m["features"] or {}, m["needs"], m["details"]
         if name == "registers":
             neurons = [tuple(n) for n in details["neurons"]]
-            hit = "no ignition neuron (attention)" if truth.ignition_unit < 0 else ("ignition unit found" if (truth.ignition_layer, truth.ignition_unit) in neurons else "ignition unit MISSED")
+            hit = (
+                "no ignition neuron (attention)"
+                if truth.ignition_unit < 0
+                else ("ignition unit found" if (truth.ignition_layer, truth.ignition_unit) in neurons else "ignition unit MISSED")
+            )
             note = f"{len(neurons)} neuron(s), {hit}"
         elif name == "sinder":
             note = f"{needs['training_steps']} steps ({details['stop_reason']})"
@@ -48,11 +55,18 @@ def run(member: str, out: Path, max_steps: int, gamma: float) -> list[dict]:
         else:
             note = ""
         row = {
-            "member": member, "method": name, "energy_u": last["energy_along_u"], "energy_drop": 1 - last["energy_along_u"] / base if base else None,
-            "max_over_median": last["max_over_median"], "high_norm_rate": last["high_norm_rate"],
-            "non_defect_cosine": feats.get("non_defect_cosine"), "cls_cosine": feats.get("cls_cosine"),
-            "prepare_seconds": m["prepare_seconds"], "inference_vs_original": m["inference_vs_original"], "note": note,
-        }  # fmt: skip
+            "member": member,
+            "method": name,
+            "energy_u": last["energy_along_u"],
+            "energy_drop": 1 - last["energy_along_u"] / base if base else None,
+            "max_over_median": last["max_over_median"],
+            "high_norm_rate": last["high_norm_rate"],
+            "non_defect_cosine": feats.get("non_defect_cosine"),
+            "cls_cosine": feats.get("cls_cosine"),
+            "prepare_seconds": m["prepare_seconds"],
+            "inference_vs_original": m["inference_vs_original"],
+            "note": note,
+        }
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     return rows
@@ -62,11 +76,14 @@ def table(rows: list[dict]) -> str:
     num = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
     drop = lambda r: "" if r["energy_drop"] is None or r["method"] == "original" else f" ({100 * r['energy_drop']:.1f}%)"  # noqa: E731
     head = "| member | method | energy along u (drop) | max/median | high-norm rate | non-defect cos | CLS cos | prepare | what it took |"
-    return markdown(head, [
-        f"| {r['member']} | {r['method']} | {100 * r['energy_u']:.2f}%{drop(r)} | {r['max_over_median']:.2f} | {100 * r['high_norm_rate']:.2f}% "
-        f"| {num(r['non_defect_cosine'], '.4f')} | {num(r['cls_cosine'], '.4f')} | {r['prepare_seconds']:.1f} s | {r['note']} |"
-        for r in rows
-    ])  # fmt: skip
+    return markdown(
+        head,
+        [
+            f"| {r['member']} | {r['method']} | {100 * r['energy_u']:.2f}%{drop(r)} | {r['max_over_median']:.2f} | {100 * r['high_norm_rate']:.2f}% "
+            f"| {num(r['non_defect_cosine'], '.4f')} | {num(r['cls_cosine'], '.4f')} | {r['prepare_seconds']:.1f} s | {r['note']} |"
+            for r in rows
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ embedding, and with it the positional markers).
     python benchmarks/detection_zoo.py                       # default and faithful rules, every member
     python benchmarks/detection_zoo.py --members border crowded --json det.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,7 +64,12 @@ def score(member: str, photos: list[SourceImage]) -> dict:
             c[2] += int(planted.sum())
     row = {"member": member}
     for name, (hits, detected, planted) in counts.items():
-        row[name] = {"recall": hits / planted if planted else None, "precision": hits / detected if detected else None, "planted": planted, "detected": detected}
+        row[name] = {
+            "recall": hits / planted if planted else None,
+            "precision": hits / detected if detected else None,
+            "planted": planted,
+            "detected": detected,
+        }
     return row
 
 
@@ -86,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         d, f = r["default"], r["faithful"]
-        print(f"| {r['member']} | {r['photos']} | {d['planted']} | {fmt(d['recall'])} | {fmt(d['precision'])} | {fmt(f['recall'])} | {fmt(f['precision'])} |")
+        print(
+            f"| {r['member']} | {r['photos']} | {d['planted']} | {fmt(d['recall'])} | {fmt(d['precision'])} | {fmt(f['recall'])} | {fmt(f['precision'])} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

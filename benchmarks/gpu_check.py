@@ -16,6 +16,7 @@ A row whose process fails or runs past its time limit says so and the next one r
     bash benchmarks/gpu_check.sh              # installs sinder (pip install -e .), then this
     python benchmarks/gpu_check.py --rows "L bf16" "L fp32" --json out.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,7 +60,12 @@ def targets_hold(metrics: dict) -> bool | None:
     if not before or not after:
         return None
     drop = 1 - after["energy_along_direction"] / max(before["energy_along_direction"], 1e-12)
-    return bool(drop >= 0.95 and after["max_over_median"] <= 3 and feats.get("non_defect_cosine", 0) >= 0.999 and feats.get("cls_cosine", 1) >= 0.999)
+    return bool(
+        drop >= 0.95
+        and after["max_over_median"] <= 3
+        and feats.get("non_defect_cosine", 0) >= 0.999
+        and feats.get("cls_cosine", 1) >= 0.999
+    )
 
 
 def run_row(name: str, photos: tuple[Path, Path], work: Path, limit: float, device: str, member: str | None) -> dict:
@@ -81,16 +87,19 @@ def run_row(name: str, photos: tuple[Path, Path], work: Path, limit: float, devi
         return row | {"error": f"over {limit:.0f} s"}
     row["wall_s"] = time.perf_counter() - t0
     if done.returncode != 0:
-        return row | {"error": (done.stderr.strip().splitlines() or ["rc %d" % done.returncode])[-1][:300]}
+        return row | {"error": (done.stderr.strip().splitlines() or [f"rc {done.returncode}"])[-1][:300]}
     peak = [line for line in done.stdout.splitlines() if line.startswith("PEAK ")]
     row["peak_gpu_gb"] = json.loads(peak[-1][5:]) if peak else None
     summary = json.loads((out / "summary.json").read_text())
     steps = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
     trained = [s["time"] for s in steps[1:] if s.get("stepped")]  # the first step compiles/warms up
     row.update(
-        steps=summary["steps"], stop=summary["stop_reason"], train_s=summary["seconds"],
-        median_step_s=statistics.median(trained) if trained else None, targets=targets_hold(summary.get("metrics") or {}),
-    )  # fmt: skip
+        steps=summary["steps"],
+        stop=summary["stop_reason"],
+        train_s=summary["seconds"],
+        median_step_s=statistics.median(trained) if trained else None,
+        targets=targets_hold(summary.get("metrics") or {}),
+    )
     after = (summary.get("metrics") or {}).get("after")
     if after:
         row["energy"] = f"{summary['metrics']['before']['energy_along_direction']:.1%} → {after['energy_along_direction']:.2%}"
@@ -130,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             rows.append(run_row(name, photos, Path(tmp), left, args.device, args.member))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print("| row | wall s | train s | steps | stop | median step s | peak GPU GiB | energy along ν | max/median | non-defect / CLS cos | targets |")
+    print(
+        "| row | wall s | train s | steps | stop | median step s | peak GPU GiB | energy along ν | max/median | non-defect / CLS cos | targets |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "error" in r:

@@ -4,6 +4,7 @@ many tokens the hook replaced.
 
     python benchmarks/interpolation_layers.py --members small
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,7 +31,12 @@ def run(member: str, layers: list[int] | None) -> list[dict]:
             for _, px in held_out.batches(8):  # one pass, to count the replaced tokens once
                 hooked.model_forward(px)
             replaced = fix.replaced
-            row = {"member": member, "layer": layer, "ignition_layer": original.ground_truth.ignition_layer, **measure(original, hooked, held_out)}
+            row = {
+                "member": member,
+                "layer": layer,
+                "ignition_layer": original.ground_truth.ignition_layer,
+                **measure(original, hooked, held_out),
+            }
         row["replaced"] = replaced
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
@@ -39,11 +45,14 @@ def run(member: str, layers: list[int] | None) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     head = "| member | hooked layer (ignition) | tokens replaced | energy along u, before → after | max/median | non-defect cos | CLS cos |"
-    return markdown(head, [
-        f"| {r['member']} | {r['layer']} ({r['ignition_layer']}) | {r['replaced']} | {100 * r['energy_before']:.1f}% → {100 * r['energy_after']:.2f}% "
-        f"| {r['max_over_median_before']:.1f} → {r['max_over_median']:.2f} | {r['non_defect_cosine']:.4f} | {r['cls_cosine']:.4f} |"
-        for r in rows
-    ])  # fmt: skip
+    return markdown(
+        head,
+        [
+            f"| {r['member']} | {r['layer']} ({r['ignition_layer']}) | {r['replaced']} | {100 * r['energy_before']:.1f}% → {100 * r['energy_after']:.2f}% "
+            f"| {r['max_over_median_before']:.1f} → {r['max_over_median']:.2f} | {r['non_defect_cosine']:.4f} | {r['cls_cosine']:.4f} |"
+            for r in rows
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

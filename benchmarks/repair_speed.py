@@ -13,6 +13,7 @@ Each (model, path) runs in its own process, so its peak resident memory is its o
     python benchmarks/repair_speed.py                              # planted:small, 224 px
     python benchmarks/repair_speed.py --models native518@L --paths plain "fast b1"   # a ViT-L/14 at 518 px
 """
+
 from __future__ import annotations
 
 import argparse
@@ -107,9 +108,17 @@ def child(model: str, path: str, steps: int) -> dict:
             times.append(time.perf_counter() - t0)
             trained += n
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"model": model, "path": path, "batch": batch, "steps": steps, "trained_images": trained,
-            "seconds": sum(times), "median_step_s": statistics.median(times), "peak_rss_mb": peak_mb,
-            "seconds_per_trained_image": sum(times) / max(trained, 1)}  # fmt: skip
+    return {
+        "model": model,
+        "path": path,
+        "batch": batch,
+        "steps": steps,
+        "trained_images": trained,
+        "seconds": sum(times),
+        "median_step_s": statistics.median(times),
+        "peak_rss_mb": peak_mb,
+        "seconds_per_trained_image": sum(times) / max(trained, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ them apart for its own held-out checks); evaluation uses the 8 bundled evaluatio
     python benchmarks/repair_zoo.py --members small content --modes default
     python benchmarks/repair_zoo.py --set rule.norm_gate=2.5 --set lr=0.01   # try other settings
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,12 +49,15 @@ def measure(original, repaired, images: ImageSet) -> dict:
         cosines.add(original, before, repaired, after, ordinary_tokens(found) & ~ignited)
     b, a = stats["before"].last_layer(), stats["after"].last_layer()
     return {
-        "energy_before": b["energy_along_u"], "energy_after": a["energy_along_u"],
+        "energy_before": b["energy_along_u"],
+        "energy_after": a["energy_along_u"],
         "energy_drop": 1 - a["energy_along_u"] / max(b["energy_along_u"], 1e-12),
-        "max_over_median_before": b["max_over_median"], "max_over_median": a["max_over_median"],
-        "high_norm_rate_before": b["high_norm_rate"], "high_norm_rate": a["high_norm_rate"],
+        "max_over_median_before": b["max_over_median"],
+        "max_over_median": a["max_over_median"],
+        "high_norm_rate_before": b["high_norm_rate"],
+        "high_norm_rate": a["high_norm_rate"],
         **cosines.summary(),
-    }  # fmt: skip
+    }
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -104,21 +108,37 @@ def markdown(head: str, lines: list[str]) -> str:
 
 def table(rows: list[dict]) -> str:
     head = "| member | mode | energy along u, before → after (drop) | max/median | high-norm rate | non-defect cos | CLS cos | steps (optimizer) | seconds | stop | targets |"
-    return markdown(head, [
-        f"| {r['member']} | {r['mode']} | {100 * r['energy_before']:.1f}% → {100 * r['energy_after']:.2f}% ({100 * r['energy_drop']:.1f}%) "
-        f"| {r['max_over_median_before']:.1f} → {r['max_over_median']:.2f} | {100 * r['high_norm_rate_before']:.2f}% → {100 * r['high_norm_rate']:.2f}% "
-        f"| {r['non_defect_cosine']:.5f} | {r['cls_cosine']:.5f} | {r['steps']} ({r['optimizer_steps']}) | {r['seconds']:.1f} | {r['stop']} | {'pass' if r['passes'] else 'FAIL'} |"
-        for r in rows
-    ])  # fmt: skip
+    return markdown(
+        head,
+        [
+            f"| {r['member']} | {r['mode']} | {100 * r['energy_before']:.1f}% → {100 * r['energy_after']:.2f}% ({100 * r['energy_drop']:.1f}%) "
+            f"| {r['max_over_median_before']:.1f} → {r['max_over_median']:.2f} | {100 * r['high_norm_rate_before']:.2f}% → {100 * r['high_norm_rate']:.2f}% "
+            f"| {r['non_defect_cosine']:.5f} | {r['cls_cosine']:.5f} | {r['steps']} ({r['optimizer_steps']}) | {r['seconds']:.1f} | {r['stop']} | {'pass' if r['passes'] else 'FAIL'} |"
+            for r in rows
+        ],
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--members", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     p.add_argument("--modes", nargs="+", default=["faithful", "default"], choices=["faithful", "default"])
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a RepairConfig field (rule.NAME for the rule)")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a RepairConfig field (rule.NAME for the rule)",
+    )
     p.add_argument("--max-steps", type=int, default=1500, help="step budget per run (default 1500)")
-    p.add_argument("--eval-photos", nargs="+", default=list(BUNDLED_EVAL), metavar="NAME", help="skimage.data photos to judge on (default: the bundled evaluation photos)")
+    p.add_argument(
+        "--eval-photos",
+        nargs="+",
+        default=list(BUNDLED_EVAL),
+        metavar="NAME",
+        help="skimage.data photos to judge on (default: the bundled evaluation photos)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args(argv)

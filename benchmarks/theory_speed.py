@@ -8,6 +8,7 @@ alignment |cos(ν_i, u)| with the planted defect direction.
     python benchmarks/theory_speed.py                       # planted:small (ViT-S, 12 blocks)
     python benchmarks/theory_speed.py --model timm:vit_small_patch14_dinov2 --layer-scale 0.1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,10 @@ def main() -> int:
         torch.set_num_threads(args.threads)
 
     backbone = build(args.model, args.layer_scale)
-    print(f"model {backbone.spec}: {backbone.depth} blocks, d = {backbone.embed_dim}, "
-          f"activation {backbone.block_view(0).activation}, {torch.get_num_threads()} threads")
+    print(
+        f"model {backbone.spec}: {backbone.depth} blocks, d = {backbone.embed_dim}, "
+        f"activation {backbone.block_view(0).activation}, {torch.get_num_threads()} threads"
+    )
 
     times = []
     for _ in range(max(1, args.repeats)):

@@ -15,6 +15,7 @@ Policies:
 
 Run it alone: any other job on the machine is load the idle rows would wrongly include.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """`sinder analyze`: outputs, keys, and bad inputs (handled or skipped with a reason, never a traceback)."""
+
 import json
 import subprocess
 import sys
@@ -48,10 +49,29 @@ def test_outputs_and_keys(tmp_path, photo_dir):
     out = tmp_path / "an"
     assert main(["analyze", "planted:small", str(photo_dir), "--out", str(out)]) == 0
     summary = json.loads((out / "analysis.json").read_text())
-    for key in ("model", "num_layers", "patch_size", "num_prefix_tokens", "resolution", "images", "skipped", "direction_consistency_deg", "layers"):
+    for key in (
+        "model",
+        "num_layers",
+        "patch_size",
+        "num_prefix_tokens",
+        "resolution",
+        "images",
+        "skipped",
+        "direction_consistency_deg",
+        "layers",
+    ):
         assert key in summary
     assert summary["num_layers"] == 12 and summary["patch_size"] == 14 and summary["resolution"] == 224
-    layer_keys = {"index", "theory_alignment", "defect_rate", "high_norm_rate", "norm_median", "norm_max", "defect_norm_mean", "normal_norm_mean"}
+    layer_keys = {
+        "index",
+        "theory_alignment",
+        "defect_rate",
+        "high_norm_rate",
+        "norm_median",
+        "norm_max",
+        "defect_norm_mean",
+        "normal_norm_mean",
+    }
     assert all(layer_keys <= set(layer) for layer in summary["layers"])
     assert len(summary["images"]) == 2 and summary["skipped"] == []
     directions = load_file(str(out / "directions.safetensors"))["directions"]
@@ -116,10 +136,14 @@ def test_square_preprocessing_is_the_references_torchvision_pipeline(size):
     rng = np.random.default_rng(sum(size))
     img = Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype(np.uint8))
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    reference = transforms.Compose([
-        transforms.Resize(224, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
-        transforms.CenterCrop(224), transforms.ToTensor(), transforms.Normalize(mean, std),
-    ])(img)  # fmt: skip
+    reference = transforms.Compose(
+        [
+            transforms.Resize(224, interpolation=transforms.InterpolationMode.BICUBIC, antialias=True),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )(img)
     assert torch.equal(preprocess(img, 224, 14, mean, std, square=True), reference)
 
 

@@ -1,5 +1,6 @@
 """Every backbone family: the canonical view reproduces the model's own forward, is a live reference,
 and its CLS attention is the model's; weight formats (official / timm / HF) give the same tokens."""
+
 from __future__ import annotations
 
 import pytest
@@ -45,7 +46,7 @@ def _hf(cfg) -> torch.nn.Module:
 
 
 def _hf_cfg(kind: str, **kw):
-    from transformers import DINOv3ViTConfig, Dinov2Config, Dinov2WithRegistersConfig
+    from transformers import Dinov2Config, Dinov2WithRegistersConfig, DINOv3ViTConfig
 
     common = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2)
     common.update({k: kw.pop(k) for k in list(kw) if k in common})
@@ -77,9 +78,17 @@ HF_CASES = {
     "hf_siglip": lambda: _hf(tower_config("siglip")),
     "hf_siglip2": lambda: _hf(tower_config("siglip2")),
 }
-EXPECTED_ACT = {"dinov2_giant_swiglu": "swiglu", "clip_quickgelu": "quick_gelu", "dinov3_plus_swiglu": "swiglu",
-                "hf_dinov2_swiglu": "swiglu", "hf_dinov3_gated": "swiglu", "hf_clip": "quick_gelu", "hf_clip_model": "quick_gelu",
-                "hf_siglip": "gelu_tanh", "hf_siglip2": "gelu_tanh"}  # fmt: skip
+EXPECTED_ACT = {
+    "dinov2_giant_swiglu": "swiglu",
+    "clip_quickgelu": "quick_gelu",
+    "dinov3_plus_swiglu": "swiglu",
+    "hf_dinov2_swiglu": "swiglu",
+    "hf_dinov3_gated": "swiglu",
+    "hf_clip": "quick_gelu",
+    "hf_clip_model": "quick_gelu",
+    "hf_siglip": "gelu_tanh",
+    "hf_siglip2": "gelu_tanh",
+}
 
 
 def make(case: str):
@@ -101,8 +110,9 @@ def _act(view, hidden):
         gate, value = hidden
         return F.silu(gate) * value
     (h,) = hidden
-    return {"gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"),
-            "quick_gelu": lambda t: t * torch.sigmoid(1.702 * t)}[view.activation](h)  # fmt: skip
+    return {"gelu": F.gelu, "gelu_tanh": lambda t: F.gelu(t, approximate="tanh"), "quick_gelu": lambda t: t * torch.sigmoid(1.702 * t)}[
+        view.activation
+    ](h)
 
 
 def view_block(backbone, index, x, ctx, edit_hidden=None):
@@ -364,9 +374,13 @@ def test_errors_are_one_line(tmp_path, monkeypatch):
 # timm models the adapters cannot serve: other classes (the first six used to crash with a TypeError
 # on dynamic_img_size) and a VisionTransformer whose blocks are not pre-norm Blocks
 UNSUPPORTED_TIMM = {
-    "resnet50": "ResNet", "convnext_tiny": "ConvNeXt", "beit_base_patch16_224": "Beit",
-    "vit_relpos_small_patch16_224": "VisionTransformerRelPos", "naflexvit_base_patch16_siglip": "NaFlexVit",
-    "swin_tiny_patch4_window7_224": "SwinTransformer", "vit_base_patch16_xp_224": "ParallelScalingBlock",
+    "resnet50": "ResNet",
+    "convnext_tiny": "ConvNeXt",
+    "beit_base_patch16_224": "Beit",
+    "vit_relpos_small_patch16_224": "VisionTransformerRelPos",
+    "naflexvit_base_patch16_siglip": "NaFlexVit",
+    "swin_tiny_patch4_window7_224": "SwinTransformer",
+    "vit_base_patch16_xp_224": "ParallelScalingBlock",
 }
 
 
@@ -427,8 +441,9 @@ def test_registering_a_family_makes_its_specs_load_and_export(tmp_path):
     kwargs = dict(depth=1, embed_dim=32, num_heads=2)
 
     def load(name, spec, weights=None, random_init=False):
-        model = _liven(timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=28,
-                                         dynamic_img_size=True, **kwargs))  # fmt: skip
+        model = _liven(
+            timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=28, dynamic_img_size=True, **kwargs)
+        )
         bb = wrap_timm(model, spec, family="toy")
         bb.timm_name, bb.timm_kwargs = "vit_small_patch14_dinov2", kwargs
         return bb

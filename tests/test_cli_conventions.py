@@ -1,6 +1,7 @@
 """Conventions every sinder command keeps (issue #8): --version, -q/-v, help texts with their
 defaults, progress bars only on a terminal, quiet third-party loggers, every input file accounted
 for (broken symlinks, the same file reached twice) and fast start-up on large photos."""
+
 from __future__ import annotations
 
 import argparse
@@ -126,8 +127,15 @@ def test_skip_less_than_help_says_which_commands_it_acts_in():
 
 
 def _layer(rate: float, align=None) -> dict:
-    return {"index": 0, "theory_alignment": align, "defect_rate": rate, "high_norm_rate": rate, "norm_median": 32.0,
-            "max_over_median": 9.5, "gate_rejected_rate": 0.0}
+    return {
+        "index": 0,
+        "theory_alignment": align,
+        "defect_rate": rate,
+        "high_norm_rate": rate,
+        "norm_median": 32.0,
+        "max_over_median": 9.5,
+        "gate_rejected_rate": 0.0,
+    }
 
 
 def test_rates_are_percentages_and_counts_agree_with_their_noun_in_every_command():
@@ -140,8 +148,14 @@ def test_rates_are_percentages_and_counts_agree_with_their_noun_in_every_command
 
     last = {"energy_along_direction": 0.6118, "max_over_median": 9.48, "high_norm_rate": 0.0193, "defect_rate": 0.0193}
     fixed = {"energy_along_direction": 1.135e-07, "max_over_median": 1.15, "high_norm_rate": 0.0, "defect_rate": 0.0}
-    summary = {"steps": 1, "images_seen": 1, "seconds": 1.0, "stop_reason": "clean_pass", "final_skip_ratio": 0.008,
-               "metrics": {"num_images": 1, "before": last, "after": fixed, "features": {"cls_cosine": 0.9999}}}
+    summary = {
+        "steps": 1,
+        "images_seen": 1,
+        "seconds": 1.0,
+        "stop_reason": "clean_pass",
+        "final_skip_ratio": 0.008,
+        "metrics": {"num_images": 1, "before": last, "after": fixed, "features": {"cls_cosine": 0.9999}},
+    }
     repair_text = format_summary(summary)
     assert "energy_along_direction" in repair_text and "61.18%" in repair_text and "0.00%" in repair_text, repair_text
     assert "0.6118" not in repair_text and "e-07" not in repair_text
@@ -150,8 +164,9 @@ def test_rates_are_percentages_and_counts_agree_with_their_noun_in_every_command
     assert "61.18%" in demo_text and "1.93%" in demo_text and "0.6118" not in demo_text, demo_text
     residual = [{"image": "a", "high_norm_tokens": 1, "strongest": []}, {"image": "b", "high_norm_tokens": 2, "strongest": []}]
     assert residual_lines(residual)[1:] == ["  a: 1 token", "  b: 2 tokens"]
-    table = format_table({"layers": [_layer(0.0193, 0.99)], "direction_consistency_deg": 3.0, "direction_consistency_images": 1,
-                          "rule": {"norm_gate": 2.0}})
+    table = format_table(
+        {"layers": [_layer(0.0193, 0.99)], "direction_consistency_deg": 3.0, "direction_consistency_images": 1, "rule": {"norm_gate": 2.0}}
+    )
     assert "1.93%" in table and "(1 image with high-norm defects)" in table, table
     report = {"models": {"m": {"high_norm_rate": 0.0193, "max_over_median": 9.48, "top1@20": 0.5}}}
     assert evaluate_table(report).splitlines()[2].split()[1:] == ["1.93%", "9.4800", "50.00%"]
@@ -238,8 +253,13 @@ def test_no_progress_is_an_option_of_every_command_with_a_bar():
     from sinder.cli import build_parser
 
     parser = build_parser()
-    commands = (["analyze", "m", "x", "--out", "o"], ["repair", "m", "--data", "x", "--out", "o"], ["demo"],
-                ["evaluate", "m", "--task", "knn", "--data", "x", "--out", "o"], ["compare", "m", "--eval", "x", "--out", "o"])  # fmt: skip
+    commands = (
+        ["analyze", "m", "x", "--out", "o"],
+        ["repair", "m", "--data", "x", "--out", "o"],
+        ["demo"],
+        ["evaluate", "m", "--task", "knn", "--data", "x", "--out", "o"],
+        ["compare", "m", "--eval", "x", "--out", "o"],
+    )
     for argv in commands:
         assert parser.parse_args([*argv, "--no-progress"]).no_progress
         assert parser.parse_args(["-q", *argv]).quiet and parser.parse_args([*argv, "-q"]).quiet

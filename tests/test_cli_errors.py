@@ -1,5 +1,6 @@
 """A demanding user's bad inputs: each is one actionable line on stderr, exit status 2, no
 traceback, and nothing written (regressions of cases that used to trace back, exit 0 or write)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -46,33 +47,60 @@ def ws(tmp_path_factory):
 CASES = {
     # id: (argv with {ws} placeholders, needle in the error line, path that must not be created or None)
     "weights_pickled_module": (
-        "analyze timm:vit_small_patch14_dinov2 {ws}/photos --out {ws}/o1 --weights {ws}/module.pth", "never unpickles", "o1"),
+        "analyze timm:vit_small_patch14_dinov2 {ws}/photos --out {ws}/o1 --weights {ws}/module.pth",
+        "never unpickles",
+        "o1",
+    ),
     "weights_text_named_pth": (
-        "analyze timm:vit_small_patch14_dinov2 {ws}/photos --out {ws}/o2 --weights {ws}/text.pth", "not a PyTorch checkpoint", "o2"),
+        "analyze timm:vit_small_patch14_dinov2 {ws}/photos --out {ws}/o2 --weights {ws}/text.pth",
+        "not a PyTorch checkpoint",
+        "o2",
+    ),
     "weights_other_architecture": (
         "analyze timm:vit_small_patch14_dinov2 {ws}/photos --out {ws}/o3 --weights {ws}/other_arch.safetensors",
-        "is (192,) in the file but (384,) in the model", "o3"),
+        "is (192,) in the file but (384,) in the model",
+        "o3",
+    ),
     "weights_folder": ("repair timm:vit_small_patch14_dinov2 --data {ws}/photos --out {ws}/o5 --weights {ws}/photos", "is a folder", "o5"),
     "hf_weights_other_width": (
-        "analyze hf:{ws}/hf_tiny {ws}/photos --out {ws}/o6 --weights {ws}/hf_wide/model.safetensors", "does not fit", "o6"),
+        "analyze hf:{ws}/hf_tiny {ws}/photos --out {ws}/o6 --weights {ws}/hf_wide/model.safetensors",
+        "does not fit",
+        "o6",
+    ),
     "timm_unknown_name_offline": ("analyze -v timm:nonexistent {ws}/photos --out {ws}/o7", "timm has no model 'nonexistent'", "o7"),
     "analyze_only_undecodable": ("analyze planted:small {ws}/junk --out {ws}/o8", "none of the 1 input image(s) can be used", "o8"),
     "analyze_grid_too_small": (
         "analyze planted:small {ws}/photos --out {ws}/o9 --resolution 20",
-        "--resolution must be between 42 and 4096 px for 14 px patches (at least 3 per side) (got 20)", "o9"),
+        "--resolution must be between 42 and 4096 px for 14 px patches (at least 3 per side) (got 20)",
+        "o9",
+    ),
     # one wording for --resolution whatever the value and the command (0 used to say ">= 14 px" in
     # repair and "a positive int" in evaluate; 100000 was accepted and hung resizing to 100000 px)
     "repair_resolution_zero": (
-        "repair planted:small --data {ws}/photos --out {ws}/o15 --resolution 0", "--resolution must be between 16 and 4096 px (got 0)", "o15"),
+        "repair planted:small --data {ws}/photos --out {ws}/o15 --resolution 0",
+        "--resolution must be between 16 and 4096 px (got 0)",
+        "o15",
+    ),
     "repair_resolution_huge": (
-        "repair planted:small --data {ws}/photos --out {ws}/o16 --resolution 100000", "--resolution must be between 16 and 4096 px (got 100000)", "o16"),
+        "repair planted:small --data {ws}/photos --out {ws}/o16 --resolution 100000",
+        "--resolution must be between 16 and 4096 px (got 100000)",
+        "o16",
+    ),
     "evaluate_resolution_zero": (
-        "evaluate planted:small --task intrinsic --data {ws}/photos --out {ws}/o17 --resolution 0", "--resolution must be between 16 and 4096 px (got 0)", "o17"),
+        "evaluate planted:small --task intrinsic --data {ws}/photos --out {ws}/o17 --resolution 0",
+        "--resolution must be between 16 and 4096 px (got 0)",
+        "o17",
+    ),
     "evaluate_resolution_huge": (
         "evaluate planted:small --task intrinsic --data {ws}/photos --out {ws}/o18 --resolution 100000",
-        "--resolution must be between 16 and 4096 px (got 100000)", "o18"),
+        "--resolution must be between 16 and 4096 px (got 100000)",
+        "o18",
+    ),
     "analyze_resolution_huge": (
-        "analyze planted:small {ws}/photos --out {ws}/o19 --resolution 100000", "--resolution must be between 16 and 4096 px (got 100000)", "o19"),
+        "analyze planted:small {ws}/photos --out {ws}/o19 --resolution 100000",
+        "--resolution must be between 16 and 4096 px (got 100000)",
+        "o19",
+    ),
     "repair_only_undecodable": ("repair planted:small --data {ws}/junk/fake.jpg --out {ws}/o10", "training image(s) can be used", "o10"),
     "repair_empty_eval_data": ("repair planted:small --data {ws}/photos --eval-data {ws}/empty --out {ws}/o11", "check --eval-data", "o11"),
     "repair_resume_missing_run": ("repair planted:small --data {ws}/photos --out {ws}/o12 --resume", "holds no repair run", "o12"),
@@ -80,17 +108,28 @@ CASES = {
     "report_hf_model_folder": ("report {ws}/hf_tiny --out {ws}/r1.html", "holds no readable sinder run", "r1.html"),
     "report_unreadable_analysis": ("report {ws}/bad_analysis --out {ws}/r2.html", "nothing to report", "r2.html"),
     "evaluate_bad_compare_spec": (
-        "evaluate planted:small --task intrinsic --data {ws}/photos --compare foo:bar --out {ws}/o13", "unknown model spec 'foo:bar'", "o13"),
+        "evaluate planted:small --task intrinsic --data {ws}/photos --compare foo:bar --out {ws}/o13",
+        "unknown model spec 'foo:bar'",
+        "o13",
+    ),
     "evaluate_missing_data": ("evaluate planted:small --task knn --data {ws}/nosuch --out {ws}/o14", "not found", "o14"),
     # timm models no adapter serves: one line naming what is supported (they used to trace back with
     # "TypeError ... dynamic_img_size"); the in-process test in test_backbones covers the other classes
     "timm_resnet_unsupported": (
         "analyze timm:resnet50 {ws}/photos --out {ws}/o20 --random-init",
-        "ResNet is not a ViT that sinder can adapt; sinder adapts timm VisionTransformer", "o20"),
+        "ResNet is not a ViT that sinder can adapt; sinder adapts timm VisionTransformer",
+        "o20",
+    ),
     "weights_with_random_init": (
-        "analyze planted:small {ws}/photos --out {ws}/o22 --weights {ws}/text.pth --random-init", "--weights and --random-init contradict", "o22"),
-    **({} if torch.cuda.is_available() else {
-        "device_cuda_without_cuda": ("repair planted:small --data {ws}/photos --out {ws}/o23 --device cuda", "no CUDA device", "o23")}),
+        "analyze planted:small {ws}/photos --out {ws}/o22 --weights {ws}/text.pth --random-init",
+        "--weights and --random-init contradict",
+        "o22",
+    ),
+    **(
+        {}
+        if torch.cuda.is_available()
+        else {"device_cuda_without_cuda": ("repair planted:small --data {ws}/photos --out {ws}/o23 --device cuda", "no CUDA device", "o23")}
+    ),
 }
 # refused before any model is loaded (no "loading MODEL" line)
 BEFORE_LOADING = ("weights_with_random_init", "device_cuda_without_cuda")

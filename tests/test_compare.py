@@ -2,6 +2,7 @@
 photos. The numbers in ``compare.json`` are measured (defects gone, features kept), a finished
 run and a registers.json are reused with the same result, bad input is one line, and the page
 renders in a real browser."""
+
 from __future__ import annotations
 
 import json
@@ -11,6 +12,8 @@ import subprocess
 
 import pytest
 import torch
+from test_evaluate import make_knn
+from test_report import browser_check, chromium
 
 from sinder.compare import COMPARE_FILE, PAGE_FILE, CompareConfig, compare, format_table
 from sinder.compare.page import SECTION_IDS, neurons, per_layer_figure
@@ -18,9 +21,6 @@ from sinder.errors import ConfigError
 from sinder.evaluate import EvaluateConfig
 from sinder.images import BUNDLED_EVAL, BUNDLED_TRAIN, bundled_photos
 from sinder.repair.config import RepairConfig
-
-from test_evaluate import make_knn
-from test_report import browser_check, chromium
 
 pytestmark = pytest.mark.slow  # CLI runs and repairs end to end: `make test` runs them, `make test-fast` does not
 
@@ -58,8 +58,13 @@ def compared(planted, tmp_path_factory, knn_dir):
     (its k passed on) and the progress lines kept."""
     out = tmp_path_factory.mktemp("compare") / "out"
     before = {k: v.clone() for k, v in planted.model.state_dict().items()}
-    config = CompareConfig(max_maps=1, repair=RepairConfig(max_steps=120, progress=False, analysis=False), retrained="planted:reg4",
-                           tasks=(("knn", str(knn_dir)),), task_options=EvaluateConfig(knn_ks=(1, 3)))  # fmt: skip
+    config = CompareConfig(
+        max_maps=1,
+        repair=RepairConfig(max_steps=120, progress=False, analysis=False),
+        retrained="planted:reg4",
+        tasks=(("knn", str(knn_dir)),),
+        task_options=EvaluateConfig(knn_ks=(1, 3)),
+    )
     logger, lines = logging.getLogger("sinder.evaluate.run"), _Lines()
     level = logger.level
     logger.setLevel(logging.INFO)
@@ -133,7 +138,9 @@ def test_the_page_has_every_section_and_a_map_row_per_method(compared):
 
 def test_neurons_are_shown_and_long_lists_abbreviated():
     assert neurons([[4, 1535]]) == "[(4, 1535)]"
-    assert neurons([[1, u] for u in range(50)]) == "[(1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 7), … +42 more (50 in all)]"
+    assert (
+        neurons([[1, u] for u in range(50)]) == "[(1, 0), (1, 1), (1, 2), (1, 3), (1, 4), (1, 5), (1, 6), (1, 7), … +42 more (50 in all)]"
+    )
 
 
 def test_per_layer_chart_shows_rates_in_percent(compared):
@@ -185,14 +192,36 @@ def sinder_cli(capsys, *argv: str) -> subprocess.CompletedProcess:
 
 def test_command_reuses_a_finished_run_and_registers_file_with_the_same_numbers(compared, eval_dir, knn_dir, tmp_path, capsys):
     report, out, _ = compared
-    res = sinder_cli(capsys, "compare", "-q", "planted:small", "--methods", "sinder,registers", "--repair-run", str(out / "sinder_run"),
-                     "--registers", str(out / "registers.json"), "--eval", str(eval_dir), "--out", str(tmp_path / "c"), "--max-maps", "0",
-                     "--task", f"knn={knn_dir}", "--knn-k", "1", "3")  # fmt: skip
+    res = sinder_cli(
+        capsys,
+        "compare",
+        "-q",
+        "planted:small",
+        "--methods",
+        "sinder,registers",
+        "--repair-run",
+        str(out / "sinder_run"),
+        "--registers",
+        str(out / "registers.json"),
+        "--eval",
+        str(eval_dir),
+        "--out",
+        str(tmp_path / "c"),
+        "--max-maps",
+        "0",
+        "--task",
+        f"knn={knn_dir}",
+        "--knn-k",
+        "1",
+        "3",
+    )
     assert res.returncode == 0, res.stderr
     again = json.loads((tmp_path / "c" / COMPARE_FILE).read_text())
     for name in ("original", "sinder", "registers"):  # --knn-k passed on; the same numbers as through the API
         assert again["methods"][name]["tasks"]["knn"]["top1@3"] == pytest.approx(report["methods"][name]["tasks"]["knn"]["top1@3"]), name
-    assert f"downstream knn on {knn_dir}:" in res.stdout and re.search(r"^registers\s.*\d\.\d\d%", res.stdout.split("downstream knn")[1], re.M)
+    assert f"downstream knn on {knn_dir}:" in res.stdout and re.search(
+        r"^registers\s.*\d\.\d\d%", res.stdout.split("downstream knn")[1], re.M
+    )
     assert again["methods"]["sinder"]["details"]["reused"] is True
     assert again["methods"]["sinder"]["needs"]["training_steps"] == report["methods"]["sinder"]["needs"]["training_steps"]
     for name in ("original", "sinder", "registers"):
@@ -206,8 +235,26 @@ def test_command_reuses_a_finished_run_and_registers_file_with_the_same_numbers(
 
 
 def test_command_passes_the_published_style_search_settings(eval_dir, tmp_path, capsys):
-    res = sinder_cli(capsys, "compare", "-q", "planted:small", "--methods", "registers", "--data", str(eval_dir), "--eval", str(eval_dir),
-                     "--out", str(tmp_path / "c"), "--max-maps", "0", "--registers-top-k", "2", "--registers-layer-limit", "4")  # fmt: skip
+    res = sinder_cli(
+        capsys,
+        "compare",
+        "-q",
+        "planted:small",
+        "--methods",
+        "registers",
+        "--data",
+        str(eval_dir),
+        "--eval",
+        str(eval_dir),
+        "--out",
+        str(tmp_path / "c"),
+        "--max-maps",
+        "0",
+        "--registers-top-k",
+        "2",
+        "--registers-layer-limit",
+        "4",
+    )
     assert res.returncode == 0, res.stderr
     saved = json.loads((tmp_path / "c" / "registers.json").read_text())
     assert len(saved["neurons"]) == 2 and saved["neurons"][0] == [4, 1535]
@@ -231,7 +278,9 @@ BAD = {
 def test_bad_compare_input_is_one_line_and_writes_nothing(case, eval_dir, tmp_path, capsys):
     extra, needle = BAD[case]
     out = tmp_path / "c"
-    res = sinder_cli(capsys, "compare", "-q", "planted:small", "--eval", str(eval_dir), "--out", str(out), *(a.format(eval=eval_dir) for a in extra))
+    res = sinder_cli(
+        capsys, "compare", "-q", "planted:small", "--eval", str(eval_dir), "--out", str(out), *(a.format(eval=eval_dir) for a in extra)
+    )
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1 and needle in lines[0], lines
     assert not (out / COMPARE_FILE).exists()
@@ -247,14 +296,32 @@ def test_task_data_is_checked_before_the_model_loads(planted, eval_dir, knn_dir,
         raise AssertionError("the model loaded or a method was prepared before the task checks")
 
     monkeypatch.setattr(command, "load_model_from_args", never)
-    res = sinder_cli(capsys, "compare", "-q", "planted:small", "--methods", "sinder", "--data", str(eval_dir), "--eval", str(eval_dir),
-                     "--out", str(tmp_path / "c"), "--task", f"knn={knn_dir}")  # fmt: skip
+    res = sinder_cli(
+        capsys,
+        "compare",
+        "-q",
+        "planted:small",
+        "--methods",
+        "sinder",
+        "--data",
+        str(eval_dir),
+        "--eval",
+        str(eval_dir),
+        "--out",
+        str(tmp_path / "c"),
+        "--task",
+        f"knn={knn_dir}",
+    )
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1 and "fewer than k=10, 20, 100, 200; pass --knn-k" in lines[0], lines
     assert not (tmp_path / "c").exists()
     monkeypatch.setattr(run, "_prepare", never)
-    small = CompareConfig(methods=("sinder",), resolution=28, tasks=(("knn", str(knn_dir)), ("intrinsic", str(eval_dir))),
-                          task_options=EvaluateConfig(knn_ks=(1, 3)))  # fmt: skip
+    small = CompareConfig(
+        methods=("sinder",),
+        resolution=28,
+        tasks=(("knn", str(knn_dir)), ("intrinsic", str(eval_dir))),
+        task_options=EvaluateConfig(knn_ks=(1, 3)),
+    )
     with pytest.raises(ConfigError, match="intrinsic: resolution 28 gives 2 patch"):
         compare(planted, None, bundled_photos(EVAL), small)
 

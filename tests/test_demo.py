@@ -1,4 +1,5 @@
 """`sinder demo` end to end: the issue's done criteria, on held-out photos never used in training."""
+
 import json
 
 import pytest

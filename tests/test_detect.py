@@ -1,5 +1,6 @@
 """The defect rule on hand-made token grids: the whole grid, a threshold the defects do not move,
 and the faithful rule kept as the reference's."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,5 +1,6 @@
 """sinder evaluate: metric functions on hand-computed cases, each task on a tiny generated data set
 with a known answer (and a shuffled-label control), and the CLI contract."""
+
 from __future__ import annotations
 
 import json
@@ -18,14 +19,13 @@ from sinder.backbones.timm_vit import TimmViTBackbone
 from sinder.errors import ConfigError, OutputExistsError, SinderError
 from sinder.evaluate import EvaluateConfig, evaluate, evaluate_models, evaluate_with_info, format_table, write_metrics
 from sinder.evaluate.datasets import load_mask, read_voc_boxes, voc_colormap
-from sinder.images import crop_geometry
 from sinder.evaluate.intrinsic import IntrinsicStats, neighbour_consistency
-from sinder.measure import Tokens
 from sinder.evaluate.knn import knn_top1, knn_votes
 from sinder.evaluate.lost import lost_box
 from sinder.evaluate.metrics import box_iou, confusion_matrix, corloc, hungarian_mapping, miou, pixel_accuracy
 from sinder.evaluate.unsup_seg import kmeans
-from sinder.images import preprocess
+from sinder.images import crop_geometry, preprocess
+from sinder.measure import Tokens
 
 KNN_KS = (5, 10, 20)  # each at most the train images of the generated sets (k > train images is refused)
 KNN_KEYS = {f"{p}top1@{k}" for p in ("", "patch_") for k in KNN_KS}
@@ -357,8 +357,23 @@ def test_cli_end_to_end_knn(tmp_path, capsys):
 
     root = make_knn(tmp_path / "knn", n_train=7, n_val=2)
     out = tmp_path / "out"
-    argv = ["evaluate", "timm:vit_tiny_patch16_224", "--random-init", "--task", "knn", "--data", str(root),
-            "--out", str(out), "--resolution", "64", "--device", "cpu", "--knn-k", *map(str, KNN_KS)]
+    argv = [
+        "evaluate",
+        "timm:vit_tiny_patch16_224",
+        "--random-init",
+        "--task",
+        "knn",
+        "--data",
+        str(root),
+        "--out",
+        str(out),
+        "--resolution",
+        "64",
+        "--device",
+        "cpu",
+        "--knn-k",
+        *map(str, KNN_KS),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "timm:vit_tiny_patch16_224" in printed and "top1@10" in printed
@@ -375,8 +390,12 @@ def test_cli_end_to_end_knn(tmp_path, capsys):
 
     bad = tmp_path / "flat"
     save(np.zeros((32, 32, 3), np.uint8), bad / "a.png")
-    assert main(["evaluate", "timm:vit_tiny_patch16_224", "--random-init", "--task", "knn", "--data", str(bad),
-                 "--out", str(tmp_path / "out2")]) == 2
+    assert (
+        main(
+            ["evaluate", "timm:vit_tiny_patch16_224", "--random-init", "--task", "knn", "--data", str(bad), "--out", str(tmp_path / "out2")]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "DIR/train/CLASS" in err[0]
     assert not (tmp_path / "out2").exists()
@@ -465,7 +484,9 @@ def lost_no_boxes(root: Path) -> Path:
 def lost_empty_boxes(root: Path) -> Path:
     make_lost(root, n=2, size=(112, 112), cell=14)
     for xml in (root / "annotations").iterdir():
-        xml.write_text("<annotation><object><bndbox><xmin>9</xmin><ymin>1</ymin><xmax>3</xmax><ymax>5</ymax></bndbox></object></annotation>")
+        xml.write_text(
+            "<annotation><object><bndbox><xmin>9</xmin><ymin>1</ymin><xmax>3</xmax><ymax>5</ymax></bndbox></object></annotation>"
+        )
     return root
 
 
@@ -473,8 +494,18 @@ def lost_empty_boxes(root: Path) -> Path:
 DEGENERATE = {
     "unsup-seg one class": ("unsup-seg", seg_single_class, [], "unsup-seg: the masks in"),
     "unsup-seg only ignore": ("unsup-seg", seg_only_ignore, [], "only ignore (255) pixels; mIoU needs at least 2 classes"),
-    "unsup-seg one class in the crop": ("unsup-seg", seg_second_class_outside_crop, ["--resolution", "32"], "single class (0) in the usable images' centre crops; mIoU"),
-    "unsup-seg fewer tokens than classes": ("unsup-seg", seg_more_classes_than_tokens, ["--resolution", "32"], "5 classes need at least 5 patch tokens, the val images give 4"),
+    "unsup-seg one class in the crop": (
+        "unsup-seg",
+        seg_second_class_outside_crop,
+        ["--resolution", "32"],
+        "single class (0) in the usable images' centre crops; mIoU",
+    ),
+    "unsup-seg fewer tokens than classes": (
+        "unsup-seg",
+        seg_more_classes_than_tokens,
+        ["--resolution", "32"],
+        "5 classes need at least 5 patch tokens, the val images give 4",
+    ),
     "unsup-seg one patch": ("unsup-seg", make_seg, ["--resolution", "16"], "1 patch(es) per side"),
     "linear-seg one train class": ("linear-seg", seg_train_single_class, [], "train/masks hold a single class (0); a linear probe"),
     "linear-seg one val class": ("linear-seg", seg_val_single_class, [], "val/masks hold a single class (1); mIoU"),

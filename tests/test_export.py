@@ -1,4 +1,5 @@
 """Export writes each family's own format atomically, and the file reloads to the same tokens."""
+
 from __future__ import annotations
 
 import json
@@ -76,8 +77,9 @@ def test_timm_export_round_trip_and_plain_timm_load(tmp_path, family):
     # the documented recipe, with nothing from sinder
     from safetensors.torch import load_file
 
-    plain = timm.create_model(meta["timm_name"], pretrained=False, img_size=meta["img_size"],
-                              num_classes=meta["num_classes"], **meta["kwargs"]).eval()  # fmt: skip
+    plain = timm.create_model(
+        meta["timm_name"], pretrained=False, img_size=meta["img_size"], num_classes=meta["num_classes"], **meta["kwargs"]
+    ).eval()
     plain.load_state_dict(load_file(str(path)), strict=True)
     x = _pixels(bb)
     with torch.no_grad():
@@ -89,8 +91,9 @@ def test_timm_export_of_giant_swiglu(tmp_path):
 
 
 def test_timm_eva_export(tmp_path):
-    model = _liven(timm.create_model("vit_small_patch16_dinov3_qkvb", pretrained=False, num_classes=0,
-                                     img_size=64, depth=2, embed_dim=64, num_heads=2))  # fmt: skip
+    model = _liven(
+        timm.create_model("vit_small_patch16_dinov3_qkvb", pretrained=False, num_classes=0, img_size=64, depth=2, embed_dim=64, num_heads=2)
+    )
     bb = wrap_timm(model, "timm:vit_small_patch16_dinov3_qkvb")
     bb.timm_kwargs = dict(depth=2, embed_dim=64, num_heads=2)
     _check_round_trip(bb, tmp_path)
@@ -98,15 +101,17 @@ def test_timm_eva_export(tmp_path):
 
 @pytest.mark.parametrize("kind", ["dinov2_reg_swiglu", "dinov3"])
 def test_hf_export_round_trip(tmp_path, kind):
-    from transformers import DINOv3ViTConfig, DINOv3ViTModel, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+    from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel, DINOv3ViTConfig, DINOv3ViTModel
 
     if kind == "dinov3":
-        cfg = DINOv3ViTConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                              num_register_tokens=4, image_size=64)  # fmt: skip
+        cfg = DINOv3ViTConfig(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_register_tokens=4, image_size=64
+        )
         model = DINOv3ViTModel(cfg)
     else:
-        cfg = Dinov2WithRegistersConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56,
-                                        patch_size=14, use_swiglu_ffn=True)  # fmt: skip
+        cfg = Dinov2WithRegistersConfig(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56, patch_size=14, use_swiglu_ffn=True
+        )
         model = Dinov2WithRegistersModel(cfg)
     bb = HFViTBackbone(_liven(model), "hf:tiny")
     path = _check_round_trip(bb, tmp_path)

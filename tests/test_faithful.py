@@ -6,6 +6,7 @@ SVD modules (``U @ diag(S + ε) @ Vᵀ`` rebuilt on every call, only ε of v/pro
 its detection inside the loss, its skip history pre-filled with 1000 ``False``, images walked in
 order, gradients of blocks before the window dropped, SGD(momentum 0.9).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -122,7 +123,9 @@ def test_faithful_mode_matches_the_reference_loop_step_for_step(impl):
     assert any(e[0] is None for e in expected) and any(e[0] is not None for e in expected)  # trains, then skips
 
     rows: list[dict] = []
-    cfg = RepairConfig.faithful(impl=impl, lr=LR, limit_layers=LIMIT, max_steps=STEPS, progress=False, export=False, analysis=False, num_eval_max=0)
+    cfg = RepairConfig.faithful(
+        impl=impl, lr=LR, limit_layers=LIMIT, max_steps=STEPS, progress=False, export=False, analysis=False, num_eval_max=0
+    )
     result = repair(bb, data, cfg, directions=dirs, on_step=rows.append)
     got = [(r["layer"], r["defects"], r["loss"]) for r in rows]
     assert [g[:2] for g in got] == [e[:2] for e in expected]

@@ -1,6 +1,7 @@
 """Fault injection: SIGKILL at points of training and export, SIGINT/SIGTERM, a full disk and
 non-finite weights. In every case: one line (never a traceback), nothing half-written left to pass
 for a result, and ``--resume`` reaches the same bytes as a run that was never interrupted."""
+
 from __future__ import annotations
 
 import errno
@@ -22,7 +23,18 @@ from sinder.runfolder import TEMPORARY
 pytestmark = pytest.mark.slow  # CLI runs and repairs end to end: `make test` runs them, `make test-fast` does not
 
 STEPS = 16  # four checkpoints: enough for every stage of the fault plan
-REPAIR = ["repair", "planted:small", "--max-steps", str(STEPS), "--checkpoint-every", "4", "--no-analysis", "--num-eval", "0", "--no-progress"]
+REPAIR = [
+    "repair",
+    "planted:small",
+    "--max-steps",
+    str(STEPS),
+    "--checkpoint-every",
+    "4",
+    "--no-analysis",
+    "--num-eval",
+    "0",
+    "--no-progress",
+]
 WEIGHTS = Path("weights") / "model.safetensors"
 
 
@@ -172,7 +184,7 @@ def test_every_interruption_then_resume_gives_the_same_bytes(ws, clean):
             wait_for(proc, lambda: (out / "weights").is_dir(), "the export")
         else:
             step = int(when.split()[1])
-            wait_for(proc, lambda: logged_steps(out) >= step, when)
+            wait_for(proc, lambda step=step: logged_steps(out) >= step, when)
         if how == "SIGKILL":
             kill(proc)
         else:
@@ -299,10 +311,11 @@ def test_the_theory_names_a_nonfinite_tensor_of_a_model_built_in_python(planted)
 # ----------------------------------------------------------------------------- resume checks before start-up
 
 
-@pytest.mark.parametrize("change, needle", [(["--lr", "0.01"], "lr is 0.01"), (["--data", "photos/coffee.png", "photos/rocket.png"], "training images differ")])
+@pytest.mark.parametrize(
+    "change, needle", [(["--lr", "0.01"], "lr is 0.01"), (["--data", "photos/coffee.png", "photos/rocket.png"], "training images differ")]
+)
 def test_resume_with_other_settings_is_refused_before_the_model_loads(ws, clean, monkeypatch, capsys, change, needle):
     import sinder.backbones
-
     from sinder.cli import main
 
     def too_late(*a, **k):
@@ -325,9 +338,21 @@ def test_resume_with_other_settings_is_refused_before_the_model_loads(ws, clean,
 PHASE_STEPS = 2
 PHASE_MODEL = "timm:vit_tiny_patch16_224"
 PHASE_REPAIR = [
-    "repair", PHASE_MODEL, "--random-init", "--data", "photos", "--eval-data", "eval", "--max-steps", "6",
-    "--plateau-every", "1", "--plateau-patience", "1", "--no-progress",
-]  # fmt: skip
+    "repair",
+    PHASE_MODEL,
+    "--random-init",
+    "--data",
+    "photos",
+    "--eval-data",
+    "eval",
+    "--max-steps",
+    "6",
+    "--plateau-every",
+    "1",
+    "--plateau-patience",
+    "1",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -343,8 +368,9 @@ def in_process(ws, tiny, monkeypatch):
     each on a copy of one model: no interpreter start-up or model build per run."""
     import copy
 
-    import sinder.backbones
     from skimage import data
+
+    import sinder.backbones
 
     (ws / "eval").mkdir(exist_ok=True)
     if not (ws / "eval" / "camera.png").exists():
@@ -416,7 +442,6 @@ def test_an_interrupt_before_the_run_started_leaves_the_folder_as_it_was(in_proc
     """With --overwrite over a finished run, stopped while the model loads: nothing was replaced yet, so
     the advice is the same command (not --resume, which would continue the old run)."""
     import sinder.backbones
-
     from sinder.cli import main
 
     out = ws / "old_run"
@@ -435,7 +460,6 @@ def test_resume_with_other_held_out_images_is_refused_before_the_model_loads(in_
     changed --eval-data like a changed --data (it used to finish silently)."""
     import sinder.backbones
     import sinder.repair.api
-
     from sinder.cli import main
 
     out = ws / "other_eval"
@@ -498,7 +522,7 @@ def test_an_interrupt_inside_a_savez_is_held_until_the_file_is_whole(tmp_path):
     ValueError traceback (seen once in test_sigterm_outside_training...). Held, it arrives after."""
     import numpy as np
 
-    from sinder.interrupt import Terminated, TerminateAsInterrupt, interrupts_held
+    from sinder.interrupt import TerminateAsInterrupt, Terminated, interrupts_held
 
     if signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
         pytest.skip("SIGTERM already has a handler in this process; TerminateAsInterrupt would not take it")
@@ -534,7 +558,9 @@ def test_no_temporary_survives_a_storm_of_sigterms(tmp_path):
     """Hundreds of SIGTERMs, one at a time, at random moments of small atomic writes. A generator-based
     atomic_path lost about 3% of them between mkstemp and the ``with`` body, leaving ``.a.txt.XXXXXXXX.txt``."""
     signals = 300
-    proc = subprocess.Popen([sys.executable, "-c", STORM_CHILD, str(tmp_path), str(signals)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STORM_CHILD, str(tmp_path), str(signals)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     rng = random.Random(0)
     for sent in range(signals):
         assert proc.stdout.readline() == f"{sent}\n", proc.stderr.read()  # the last one was caught
@@ -550,11 +576,12 @@ def test_an_interrupted_demo_says_to_start_over(ws, monkeypatch, capsys, overwri
     """The demo takes no --resume: its advice is the command that works (with --overwrite, since the
     folder now exists)."""
     import sinder.repair.api
-
     from sinder.cli import main
 
     monkeypatch.chdir(ws)
     interrupt_at(monkeypatch, sinder.repair.api, "_directions")
     assert main(["demo", "--out", f"demo_{overwrite}", "--no-progress", *(["--overwrite"] if overwrite else [])]) == 130
     line = one_line(capsys.readouterr().err)
-    assert line == "sinder demo: interrupted: SIGINT during the demo, which starts over: rerun the same command" + ("" if overwrite else " with --overwrite"), line
+    assert line == "sinder demo: interrupted: SIGINT during the demo, which starts over: rerun the same command" + (
+        "" if overwrite else " with --overwrite"
+    ), line

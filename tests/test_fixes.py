@@ -1,4 +1,5 @@
 """Training-free fixes compared with SINDER (issue #9): σ clamp so far."""
+
 from __future__ import annotations
 
 import copy

@@ -3,6 +3,7 @@
 the right images beside the right masks, boxes and classes; the pipeline runs end to end on them
 with planted:small; each wrong layout is one line naming the expected one. Also LOST's key Gram
 bias (registers paper §3.3): 0 is LOST as before, a bias moves every sign test."""
+
 from __future__ import annotations
 
 import shutil
@@ -240,7 +241,9 @@ def test_ade_pairs_by_stem_and_shifts_labels(tmp_path, where):
             np.testing.assert_array_equal(mask[(raw > 0) & (raw < IGNORE)], raw[(raw > 0) & (raw < IGNORE)] - 1)
     assert [Path(s["path"]).name for s in splits["train"].skipped] == ["ADE_train_00000099.jpg"]
     assert splits["train"].skipped[0]["reason"] == "no annotations/training/ADE_train_00000099.png"
-    np.testing.assert_array_equal(load_mask(Path(splits["val"].masks[0])), np.array(Image.open(splits["val"].masks[0])))  # a plain path: no shift
+    np.testing.assert_array_equal(
+        load_mask(Path(splits["val"].masks[0])), np.array(Image.open(splits["val"].masks[0]))
+    )  # a plain path: no shift
 
 
 def test_class_folders_follow_imagefolder(tmp_path):
@@ -297,13 +300,21 @@ def voc_case(change, task: str = "linear-seg", data: str = "."):
 
 # name -> (builder(tmp) -> (task, data, voc or ade), expected message with {voc}/{devkit}/{ade}/{root})
 WRONG = {
-    "voc no val list": (voc_case(lambda v: unlink(v / "ImageSets/Segmentation/val.txt")), f"{{voc}}: no ImageSets/Segmentation/val.txt; {SEG_EXPECTS}"),
-    "voc no masks folder": (
-        voc_case(lambda v: unlink(v / "SegmentationClass"), "unsup-seg", "VOCdevkit"), f"{{voc}}: no SegmentationClass/ folder; {VAL_EXPECTS}"
+    "voc no val list": (
+        voc_case(lambda v: unlink(v / "ImageSets/Segmentation/val.txt")),
+        f"{{voc}}: no ImageSets/Segmentation/val.txt; {SEG_EXPECTS}",
     ),
-    "voc no annotations folder": (voc_case(lambda v: unlink(v / "Annotations"), "lost"), f"{{voc}}: no Annotations/ folder; {LOST_EXPECTS}"),
+    "voc no masks folder": (
+        voc_case(lambda v: unlink(v / "SegmentationClass"), "unsup-seg", "VOCdevkit"),
+        f"{{voc}}: no SegmentationClass/ folder; {VAL_EXPECTS}",
+    ),
+    "voc no annotations folder": (
+        voc_case(lambda v: unlink(v / "Annotations"), "lost"),
+        f"{{voc}}: no Annotations/ folder; {LOST_EXPECTS}",
+    ),
     "voc test-only (no trainval list)": (
-        voc_case(lambda v: unlink(v / "ImageSets/Main/trainval.txt"), "lost"), f"{{voc}}: no ImageSets/Main/trainval.txt; {LOST_EXPECTS}"
+        voc_case(lambda v: unlink(v / "ImageSets/Main/trainval.txt"), "lost"),
+        f"{{voc}}: no ImageSets/Main/trainval.txt; {LOST_EXPECTS}",
     ),
     "voc empty list": (
         voc_case(lambda v: (v / "ImageSets/Segmentation/val.txt").write_text(""), "unsup-seg"),
@@ -341,7 +352,8 @@ def rename_annotations(ade: Path) -> None:
 
 WRONG |= {
     "ade no validation annotations": (
-        ade_case(lambda a: unlink(a / "annotations" / "validation")), f"{{ade}}: no annotations/validation/ folder; {ADE_EXPECTS}"
+        ade_case(lambda a: unlink(a / "annotations" / "validation")),
+        f"{{ade}}: no annotations/validation/ folder; {ADE_EXPECTS}",
     ),
     "ade nothing paired": (
         ade_case(rename_annotations, "unsup-seg"),
@@ -361,7 +373,8 @@ def knn_case(change):
 
 WRONG |= {
     "knn empty class folder": (
-        knn_case(lambda r: (r / "val" / "n09999999").mkdir()), f"{{root}}/in: val/ class folder(s) n09999999 hold no images; knn expects {LAYOUTS['knn']}"
+        knn_case(lambda r: (r / "val" / "n09999999").mkdir()),
+        f"{{root}}/in: val/ class folder(s) n09999999 hold no images; knn expects {LAYOUTS['knn']}",
     ),
     "knn no val folder": (knn_case(lambda r: unlink(r / "val")), f"{{root}}/in: no val/ folder; knn expects {LAYOUTS['knn']}"),
 }

@@ -1,5 +1,6 @@
 """One measurement (sinder.measure): `analyze`, repair's summary and its analysis folders give the
 same numbers for the same photos; feature cosines; ground-truth recall and precision."""
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """Bring your own module: a timm or transformers model built in Python (any img_size, no
 dynamic_img_size) goes straight into analyze, repair and evaluate; repair edits it in place and it
 keeps its class, its state-dict keys and its fixed-size settings."""
+
 from __future__ import annotations
 
 import pytest
@@ -33,8 +34,13 @@ def test_a_fixed_size_timm_module_is_analysed_at_another_size_and_repaired_in_pl
     assert summary["verdict"]["has_defects"] and summary["images"][0]["grid"] == [20, 20]
     with pytest.raises(AssertionError):  # the module itself is still the fixed-size model the user built
         model.forward_features(torch.zeros(1, 3, 280, 280))
-    result = repair(model, bundled_photos(BUNDLED_TRAIN), RepairConfig(max_steps=200, progress=False),
-                    eval_images=bundled_photos(BUNDLED_EVAL[:3]), out_dir=tmp_path / "run")  # fmt: skip
+    result = repair(
+        model,
+        bundled_photos(BUNDLED_TRAIN),
+        RepairConfig(max_steps=200, progress=False),
+        eval_images=bundled_photos(BUNDLED_EVAL[:3]),
+        out_dir=tmp_path / "run",
+    )
     assert type(model) is cls and list(model.state_dict()) == keys and not model.dynamic_img_size
     before, after = result.summary["metrics"]["before"], result.summary["metrics"]["after"]
     assert before["energy_along_direction"] > 0.3 and after["energy_along_direction"] < 0.01
@@ -52,7 +58,9 @@ def test_a_transformers_module_goes_through_analyze_repair_and_evaluate(kind, tm
     photos = bundled_photos(BUNDLED_TRAIN[:3])
     summary = analyze(model, photos, AnalyzeConfig(figures=False), progress=False).summary
     assert len(summary["layers"]) == 2 and summary["num_prefix_tokens"] == (1 if kind == "clip" else 0)
-    result = repair(model, photos, RepairConfig(max_steps=2, progress=False), eval_images=bundled_photos(BUNDLED_EVAL[:2]), out_dir=tmp_path / "run")
+    result = repair(
+        model, photos, RepairConfig(max_steps=2, progress=False), eval_images=bundled_photos(BUNDLED_EVAL[:2]), out_dir=tmp_path / "run"
+    )
     assert type(model) is cls and list(model.state_dict()) == keys
     assert ("cls_cosine" if kind == "clip" else "pooled_cosine") in result.summary["metrics"]["features"]
     assert (tmp_path / "run" / "weights" / "config.json").is_file()  # save_pretrained, re-loaded by the export check

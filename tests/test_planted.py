@@ -1,17 +1,16 @@
 """The planted-defect model really has singular defects, measured on natural photos."""
+
 import math
 import os
 
 import pytest
 import torch
+from helpers.fingerprint import fingerprint, mismatches, read_pins
 
 from sinder.analyze import AnalyzeConfig, analyze
-from sinder.planted import PlantedConfig, build_planted
 from sinder.detect import DefectRule
 from sinder.images import BUNDLED_EVAL, BUNDLED_TRAIN, bundled_photos
-from sinder.planted import PRESETS
-
-from helpers.fingerprint import fingerprint, mismatches, read_pins
+from sinder.planted import PRESETS, PlantedConfig, build_planted
 
 PHOTOS = BUNDLED_TRAIN[:4] + BUNDLED_EVAL[:4]
 
@@ -82,7 +81,8 @@ ZOO_PHOTOS = ("rocket", "coffee", "camera", "astronaut")  # training photos: fla
 
 
 @pytest.mark.parametrize(
-    "name", ["content", "early", "late", "noisy", "native518", "swiglu", "reg4", "spectral", "spread", "attention", "border", "crowded", "lownorm"]
+    "name",
+    ["content", "early", "late", "noisy", "native518", "swiglu", "reg4", "spectral", "spread", "attention", "border", "crowded", "lownorm"],
 )
 @pytest.mark.slow
 def test_zoo_member_has_real_singular_defects(name):
@@ -190,7 +190,13 @@ def test_fingerprint_ignores_float_noise_and_catches_real_changes():
     gen = torch.Generator().manual_seed(0)
     noisy = {k: v * (1 + 6e-8 * torch.randn(v.shape, generator=gen)) for k, v in state.items()}
     assert mismatches(fingerprint(noisy), pinned) == []
-    edited = dict(state, **{"blocks.3.mlp.fc1.weight": state["blocks.3.mlp.fc1.weight"] * (1 + 1e-4 * torch.randn(state["blocks.3.mlp.fc1.weight"].shape, generator=gen))})
+    edited = dict(
+        state,
+        **{
+            "blocks.3.mlp.fc1.weight": state["blocks.3.mlp.fc1.weight"]
+            * (1 + 1e-4 * torch.randn(state["blocks.3.mlp.fc1.weight"].shape, generator=gen))
+        },
+    )
     assert [line.split(":")[0] for line in mismatches(fingerprint(edited), pinned)] == ["blocks.3.mlp.fc1.weight"]
     changed, _ = build_planted(replace(PRESETS["small"], marker_norm=PRESETS["small"].marker_norm * 1.01))
     assert any(line.startswith("pos_embed") for line in mismatches(fingerprint(changed.state_dict()), pinned))
@@ -295,8 +301,8 @@ def test_marker_layouts_and_new_fields_are_checked():
 
 
 def test_zoo_sizes_plant_the_same_circuits():
-    from sinder.planted import ARCHITECTURES, preset
     from sinder.errors import ModelSpecError
+    from sinder.planted import ARCHITECTURES, preset
 
     cfg = preset("content@B")
     assert cfg.size == "B" and cfg.timm_name == ARCHITECTURES["B"][0] and cfg.ignition == "content"

@@ -2,6 +2,7 @@
 scikit-image photos), every `sinder ...` line parses with the real CLI parser and names only
 options that exist, and the cheap command lines run. Substitutions are listed below, each with
 its reason; an example that is neither run nor listed fails the test."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,6 +1,7 @@
 """Test-time registers (issue #9): the search finds the neuron that writes the planted outliers,
 the hooks equal an independent implementation on every family, a batch equals its images one
 by one, and removing the hooks restores the model exactly."""
+
 from __future__ import annotations
 
 import json
@@ -118,8 +119,11 @@ def test_registers_json_round_trip_and_one_line_errors(planted, found, tmp_path)
         found.save(path)
     found.save(path, overwrite=True)
     bad = tmp_path / "bad.json"
-    for text, match in (("{", "not a readable"), ('{"format": "other"}', "not a sinder registers"),
-                        ('{"format": "sinder-registers", "version": 1, "neurons": [[99, 0]], "depth": 12, "hidden": [1536]}', "outside")):  # fmt: skip
+    for text, match in (
+        ("{", "not a readable"),
+        ('{"format": "other"}', "not a sinder registers"),
+        ('{"format": "sinder-registers", "version": 1, "neurons": [[99, 0]], "depth": 12, "hidden": [1536]}', "outside"),
+    ):
         bad.write_text(text)
         with pytest.raises(WeightsError, match=match) as err:
             RegisterNeurons.load(bad)
@@ -219,7 +223,9 @@ def test_hooks_equal_the_written_out_method_on_every_family(case):
     bb = make(case)
     px = pixels(bb)
     units = {0: [1, 7], bb.depth - 1: [3]}
-    neurons = RegisterNeurons(tuple((l, u) for l, us in units.items() for u in us), bb.spec, bb.depth, tuple(hidden_units(bb, i) for i in range(bb.depth)))
+    neurons = RegisterNeurons(
+        tuple((layer, u) for layer, us in units.items() for u in us), bb.spec, bb.depth, tuple(hidden_units(bb, i) for i in range(bb.depth))
+    )
     with torch.no_grad():
         plain = bb.model_forward(px)
         expected = reference_forward(bb, px, units)

@@ -1,4 +1,5 @@
 """Data-parallel repair: 2 processes on gloo (CPU) take identical steps; only rank 0 writes."""
+
 from __future__ import annotations
 
 import json
@@ -54,7 +55,14 @@ def test_two_gloo_ranks_agree_and_match_one_process_with_the_same_global_batch(t
     assert info[0]["images_seen"] == info[1]["images_seen"] == 2 * STEPS  # each rank its own image
     assert info[1]["written"] == [] and len(info[0]["written"]) >= 4  # rank 0 alone writes
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.safetensors", "config.json", "log.jsonl", "sigma.safetensors", "summary.json", "weights"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoint.safetensors",
+        "config.json",
+        "log.jsonl",
+        "sigma.safetensors",
+        "summary.json",
+        "weights",
+    ]
     rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert len(rows) == STEPS and all(r["images"] == 2 for r in rows)  # global, not rank 0's
     assert rows[0]["layers"] == [1, 1] and rows[0]["defects"] >= 6

@@ -1,4 +1,5 @@
 """The training engine: fast = reference, batching, resume exactness, NaN guard, outputs."""
+
 from __future__ import annotations
 
 import argparse
@@ -108,8 +109,14 @@ def test_resumed_run_ends_with_exactly_the_same_eps(tmp_path, interrupt):
 
         with pytest.raises(KeyboardInterrupt):
             bb, dirs = tiny_backbone()
-            repair(bb, photos(5), RepairConfig(max_steps=6, progress=False, export=False, analysis=False, checkpoint_every=2),
-                   out_dir=tmp_path / "part", directions=dirs, on_step=kill)  # fmt: skip
+            repair(
+                bb,
+                photos(5),
+                RepairConfig(max_steps=6, progress=False, export=False, analysis=False, checkpoint_every=2),
+                out_dir=tmp_path / "part",
+                directions=dirs,
+                on_step=kill,
+            )
         assert type(bb.model.blocks[0].mlp.fc1) is torch.nn.Linear  # a failed run leaves a plain model
     resumed = _run(tmp_path / "part", 6, resume=True)
     assert resumed.summary["resumed"] and resumed.summary["steps"] == 6
@@ -156,7 +163,9 @@ def test_existing_output_is_refused_unless_overwrite_or_resume(tmp_path):
     with pytest.raises(OutputExistsError):
         repair(bb, photos(2), RepairConfig(max_steps=1, progress=False, export=False, analysis=False), out_dir=out, directions=dirs)
     assert type(bb.model.blocks[0].attn.qkv) is torch.nn.Linear  # refused before touching the model
-    res = repair(bb, photos(2), RepairConfig(max_steps=1, progress=False, export=False, analysis=False, overwrite=True), out_dir=out, directions=dirs)
+    res = repair(
+        bb, photos(2), RepairConfig(max_steps=1, progress=False, export=False, analysis=False, overwrite=True), out_dir=out, directions=dirs
+    )
     assert (out / "summary.json").exists() and (out / "notes.txt").read_text() == "mine"
     assert res.summary["steps"] == 1
 
@@ -187,7 +196,13 @@ def test_repair_removes_the_planted_defects_and_keeps_features(tmp_path):
     assert s["export_max_token_diff"] is not None and s["export_max_token_diff"] <= 1e-5
     again = reload_exported(bb, s["weights"])
     assert max_token_diff(bb, again, pixels(photos(1, seed=9), bb)) <= 1e-5
-    assert set(p.name for p in (tmp_path / "o").iterdir()) >= {"config.json", "log.jsonl", "summary.json", "checkpoint.safetensors", "weights"}
+    assert set(p.name for p in (tmp_path / "o").iterdir()) >= {
+        "config.json",
+        "log.jsonl",
+        "summary.json",
+        "checkpoint.safetensors",
+        "weights",
+    }
     # σ and its learned correction per part, named where they live, for the HTML report
     from sinder.report import read_sigma
 
@@ -231,8 +246,22 @@ def test_cli_end_to_end_on_the_planted_model(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     cmd.add_arguments(parser)
     out = tmp_path / "out"
-    args = parser.parse_args(["planted:small", "--data", str(data), "--eval-data", str(held), "--out", str(out),
-                              "--max-steps", "2", "--device", "cpu", "--no-progress"])  # fmt: skip
+    args = parser.parse_args(
+        [
+            "planted:small",
+            "--data",
+            str(data),
+            "--eval-data",
+            str(held),
+            "--out",
+            str(out),
+            "--max-steps",
+            "2",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert cmd.run(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 2 and summary["num_eval_images"] == 1 and summary["model"]["model"] == "planted:small"
@@ -252,7 +281,9 @@ def test_overwrite_leaves_nothing_of_an_earlier_run(tmp_path):
 
     out = tmp_path / "run"
     bb, dirs = tiny_backbone()
-    first = repair(bb, photos(4), RepairConfig(max_steps=2, progress=False, export=False), eval_images=photos(2, seed=9), out_dir=out, directions=dirs)
+    first = repair(
+        bb, photos(4), RepairConfig(max_steps=2, progress=False, export=False), eval_images=photos(2, seed=9), out_dir=out, directions=dirs
+    )
     folder = RunFolder(out)
     assert first.analysis_before is not None and folder.analysis("before").holds_analysis(folder.analysis("before").path)
     assert folder.analysis("after").holds_analysis(folder.analysis("after").path)

@@ -1,5 +1,6 @@
 """Shared fixtures for the repair tests: a tiny timm ViT (3 blocks, d=48, 12×12 grid at 84 px)
 with a planted singular defect, and smooth random photos. No tests here."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,9 +26,17 @@ def tiny_backbone(seed: int = 0, depth: int = DEPTH):
 
     torch.manual_seed(seed)
     model = timm.create_model(
-        "vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=IMG, patch_size=PATCH,
-        embed_dim=DIM, depth=depth, num_heads=3, init_values=0.1, dynamic_img_size=True,
-    ).eval()  # fmt: skip
+        "vit_small_patch14_dinov2",
+        pretrained=False,
+        num_classes=0,
+        img_size=IMG,
+        patch_size=PATCH,
+        embed_dim=DIM,
+        depth=depth,
+        num_heads=3,
+        init_values=0.1,
+        dynamic_img_size=True,
+    ).eval()
     gen = torch.Generator().manual_seed(seed + 1)
     basis = torch.randn(DIM, 2, generator=gen, dtype=torch.float64)
     basis -= basis.mean(dim=0, keepdim=True)

@@ -1,4 +1,5 @@
 """σ-parametrisation, folding, the neighbourhood loss, data order and config validation."""
+
 from __future__ import annotations
 
 import pytest
@@ -6,10 +7,10 @@ import torch
 from test_repair_helpers import DEPTH, DIM, photos, pixels, single_thread, tiny_backbone
 from torch import nn
 
-from sinder.errors import ConfigError, ModelSpecError
-from sinder.repair import RepairConfig, attach
 from sinder.detect import DefectRule, interior_mask
+from sinder.errors import ConfigError, ModelSpecError
 from sinder.images import ImageSet, split_holdout
+from sinder.repair import RepairConfig, attach
 from sinder.repair.data import SeededOrder
 from sinder.repair.loss import gaussian_kernel, neighbour_loss, neighbourhood_target, token_scores
 from sinder.repair.singular import SingularLinear
@@ -265,7 +266,9 @@ def test_defect_mask_uses_whole_grid_statistics_and_excludes_border():
     assert DefectRule(border=3, **ref).cosine_mask(scores)[0, 3, 3]  # border 3 leaves only the centre
     assert not DefectRule(border=4, **ref).cosine_mask(scores).any()
     # the whole grid (the default), and the robust threshold the outliers do not lift
-    assert torch.equal(DefectRule(mask_thr=3.0, threshold="robust").cosine_mask(crowded)[0].nonzero(), torch.tensor([[0, c] for c in range(5)] + [[3, 3]]))
+    assert torch.equal(
+        DefectRule(mask_thr=3.0, threshold="robust").cosine_mask(crowded)[0].nonzero(), torch.tensor([[0, c] for c in range(5)] + [[3, 3]])
+    )
     k3, k5 = gaussian_kernel(3), gaussian_kernel(5)
     assert torch.allclose(k3, torch.tensor([1.0, 2, 1])[:, None] * torch.tensor([1.0, 2, 1]) / 16)
     assert abs(float(k5.sum()) - 1.0) < 1e-6 and float(k5[2, 2]) == pytest.approx(41 / 273)
@@ -299,7 +302,11 @@ def test_border_defect_target_comes_from_its_existing_neighbours_only():
     loss.sum().backward()
     assert torch.isfinite(loss).all() and torch.equal(x.grad.abs().sum(-1) > 0, mask)
     inner = interior_mask(h, w, 1).expand(1, h, w).nonzero()  # where the window fits: unchanged
-    old = torch.softmax(-scores[inner[:, :1], inner[:, 1:2] + torch.tensor([-1, -1, -1, 0, 0, 0, 1, 1, 1]), inner[:, 2:3] + torch.tensor([-1, 0, 1] * 3)] / tau, 1)
+    old = torch.softmax(
+        -scores[inner[:, :1], inner[:, 1:2] + torch.tensor([-1, -1, -1, 0, 0, 0, 1, 1, 1]), inner[:, 2:3] + torch.tensor([-1, 0, 1] * 3)]
+        / tau,
+        1,
+    )
     old = old * gauss.flatten()
     old = old / old.sum(1, keepdim=True)
     nb = grid[inner[:, :1], inner[:, 1:2] + torch.tensor([-1, -1, -1, 0, 0, 0, 1, 1, 1]), inner[:, 2:3] + torch.tensor([-1, 0, 1] * 3)]
@@ -360,9 +367,18 @@ def test_image_set_skips_bad_files_and_subsamples(tmp_path):
 # -- config ---------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(kernel=4), dict(lr=0), dict(momentum=1.0), dict(impl="reference", batch_size=2), dict(stop_skip_ratio=0),
-     dict(save_at_skip=(1.5,)), dict(resume=True, overwrite=True), dict(limit_layers=0), dict(impl="quick")],
-)  # fmt: skip
+    [
+        dict(kernel=4),
+        dict(lr=0),
+        dict(momentum=1.0),
+        dict(impl="reference", batch_size=2),
+        dict(stop_skip_ratio=0),
+        dict(save_at_skip=(1.5,)),
+        dict(resume=True, overwrite=True),
+        dict(limit_layers=0),
+        dict(impl="quick"),
+    ],
+)
 def test_config_rejects_bad_values(kwargs):
     with pytest.raises(ConfigError):
         RepairConfig(**kwargs)

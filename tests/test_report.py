@@ -1,5 +1,6 @@
 """``sinder report``: page content, embedded images, tolerance to partial runs, CLI behaviour,
 and a real headless browser that renders the page and decodes every image."""
+
 from __future__ import annotations
 
 import base64
@@ -44,7 +45,11 @@ def write_fake_run_files(run, steps: int = 40, truncated_line: bool = True) -> N
     config = {"lr": 0.005, "momentum": 0.9, "stop_skip_ratio": 0.75, "max_steps": 300}
     (run / "config.json").write_text(json.dumps(config | {"model": {"model": "planted:small", "num_layers": 12}}))
     summary = {  # the shape sinder.repair writes: held-out metrics nested under "metrics"
-        "model": {"model": "planted:small"}, "config": config, "steps": steps, "images_seen": steps, "seconds": 75.5,
+        "model": {"model": "planted:small"},
+        "config": config,
+        "steps": steps,
+        "images_seen": steps,
+        "seconds": 75.5,
         "stop_reason": "skip_ratio",
         "metrics": {
             "num_images": 2,
@@ -53,8 +58,12 @@ def write_fake_run_files(run, steps: int = 40, truncated_line: bool = True) -> N
             "features": {"cos_non_defect_mean": 0.9975},
             "residual": [
                 {"image": "skimage:chelsea", "high_norm_tokens": 0, "max_over_median": 1.4, "strongest": []},
-                {"image": "skimage:moon", "high_norm_tokens": 2, "max_over_median": 3.6,
-                 "strongest": [{"row": 5, "col": 7, "norm_over_median": 3.6}, {"row": 9, "col": 2, "norm_over_median": 3.1}]},
+                {
+                    "image": "skimage:moon",
+                    "high_norm_tokens": 2,
+                    "max_over_median": 3.6,
+                    "strongest": [{"row": 5, "col": 7, "norm_over_median": 3.6}, {"row": 9, "col": 2, "norm_over_median": 3.1}],
+                },
             ],
         },
     }
@@ -248,7 +257,9 @@ def test_verdict_of_each_analysis_is_at_the_top_of_the_page(run_dir, run_page, t
     after = json.loads((run_dir / "analysis_after" / "analysis.json").read_text())["verdict"]
     assert before["has_defects"] and before["onset_layer"] == 4 and not after["has_defects"]
     assert lines == [f"before repair: {before['reason']}", f"after repair: {after['reason']}"]
-    assert lines[0].startswith("before repair: singular defects from block 4: ") and lines[1].startswith("after repair: no singular defects")
+    assert lines[0].startswith("before repair: singular defects from block 4: ") and lines[1].startswith(
+        "after repair: no singular defects"
+    )
     old = shutil.copytree(run_dir / "analysis_before", tmp_path / "old")
     summary = json.loads((old / "analysis.json").read_text())
     summary.pop("verdict")
@@ -267,7 +278,8 @@ def test_training_plot_names_the_rule_and_the_stop_reason():
     assert layer.get_title() == "First layer with ≥ 1 defect"
     assert skip.get_title() == "Skip ratio (images without defects): stopped by a clean pass"
     assert [t.get_text().replace("\n", " ") for t in skip.texts] == [
-        "Stopped by a clean pass: a whole pass over the training images found no defect left to train on"]
+        "Stopped by a clean pass: a whole pass over the training images found no defect left to train on"
+    ]
     assert [t.get_text() for t in skip.get_legend().get_texts()] == ["skip-ratio stop at 75% (not needed)"]
     assert skip.lines[0].get_ydata()[0] == pytest.approx(0.4)  # in %, like the stop line
     skip, _, layer = training_curves(rows, 0.75, stop_reason="skip_ratio", min_defects=3, weak_defects=True).axes
@@ -359,11 +371,19 @@ def test_partial_run_folder_is_noted_not_fatal(tmp_path):
     (run / "summary.json").write_text("{broken")
     page = build_report([run], ReportConfig(dpi=40))
     assert [m.group(1) for m in re.finditer(r'<section id="([^"]+)">', page)] == list(SECTION_IDS)
-    for expected in ("config.json not found", "cannot be read as safetensors", "summary.json is not valid JSON",
-                     "analysis_before holds no analysis.json", "no image maps available", "no σ deltas"):
+    for expected in (
+        "config.json not found",
+        "cannot be read as safetensors",
+        "summary.json is not valid JSON",
+        "analysis_before holds no analysis.json",
+        "no image maps available",
+        "no σ deltas",
+    ):
         assert expected in html.unescape(page), expected
-    assert banner_text(page) == ("Unfinished run: summary.json unreadable — training stopped at step 11 (last checkpoint: none). "
-                                 "There is no config.json to resume from: start again with the same sinder repair command plus --overwrite.")
+    assert banner_text(page) == (
+        "Unfinished run: summary.json unreadable — training stopped at step 11 (last checkpoint: none). "
+        "There is no config.json to resume from: start again with the same sinder repair command plus --overwrite."
+    )
     assert len(decoded_images(page)) == 1  # only the training curves
 
 
@@ -422,7 +442,7 @@ PARTIAL_STATES = {  # case: the banner (None: a finished run or an analysis, no 
     "config_log_checkpoint": f"Unfinished run: no summary.json — training stopped at step 11 (last checkpoint: step 10). {RESUME}",
     "weights_no_summary": f"Unfinished run: no summary.json — training stopped at step 11 (last checkpoint: step 10). {RESUME}",
     "analysis_before_only": "Unfinished run: no summary.json — no training step was logged (last checkpoint: none). "
-                            "There is no config.json to resume from: start again with the same sinder repair command plus --overwrite.",
+    "There is no config.json to resume from: start again with the same sinder repair command plus --overwrite.",
     "summary_no_after": None,
     "analyze_only": None,
 }
@@ -447,7 +467,9 @@ def test_every_partial_run_folder_reports_what_it_holds(case, run_dir, tmp_path,
     assert [m.group(1) for m in re.finditer(r'<section id="([^"]+)">', page)] == list(SECTION_IDS)
     expected = PARTIAL_STATES[case]
     assert banner_text(page) == expected
-    assert [r.getMessage() for r in caplog.records if r.levelno >= 30] == ([expected.replace("sinder repair", "`sinder repair`")] if expected else [])
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 30] == (
+        [expected.replace("sinder repair", "`sinder repair`")] if expected else []
+    )
     assert f"by <code>sinder report</code> from <code>{folder.name}</code>.</p>" in page
     if expected:
         assert re.search(r'<body><header><div class="banner"', page), "the banner comes first"
@@ -471,14 +493,21 @@ def test_cli_warns_once_about_an_unfinished_run_and_prints_the_page_once(tmp_pat
     save_fake_checkpoint(run, step=10)
     out = tmp_path / "r.html"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    res = subprocess.run([sys.executable, "-m", "sinder", "report", str(run), "--out", str(out), "--dpi", "30"],
-                         capture_output=True, text=True, timeout=120, env=env)
+    res = subprocess.run(
+        [sys.executable, "-m", "sinder", "report", str(run), "--out", str(out), "--dpi", "30"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "Traceback" not in res.stderr
     assert res.stdout == f"report written to {out}\n" and "report written to" not in res.stderr  # said once
     warnings = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
-    assert warnings == ["warning: Unfinished run: no summary.json — training stopped at step 11 (last checkpoint: step 10). "
-                        "Resume with the same `sinder repair` command plus --resume."]
+    assert warnings == [
+        "warning: Unfinished run: no summary.json — training stopped at step 11 (last checkpoint: step 10). "
+        "Resume with the same `sinder repair` command plus --resume."
+    ]
     assert banner_text(out.read_text()).startswith("Unfinished run: no summary.json")
 
 
@@ -516,8 +545,12 @@ def test_colour_bars_keep_clear_of_the_next_panel(run_dir):
 
 
 def fake_layer_summary(ratios: list[float]) -> dict:
-    return {"layers": [{"index": i, "theory_alignment": 0.9, "defect_rate": 0.02 * i, "high_norm_rate": 0.015 * i,
-                        "max_over_median": r} for i, r in enumerate(ratios)]}
+    return {
+        "layers": [
+            {"index": i, "theory_alignment": 0.9, "defect_rate": 0.02 * i, "high_norm_rate": 0.015 * i, "max_over_median": r}
+            for i, r in enumerate(ratios)
+        ]
+    }
 
 
 def visible_labels(axis, renderer, lo: float, hi: float) -> list[str]:
@@ -527,8 +560,12 @@ def visible_labels(axis, renderer, lo: float, hi: float) -> list[str]:
 
 def two_series_layer_curves():
     # early layers at ~1.1, the last at 20: matplotlib alone labelled only 10⁰ and 10¹ there
-    return layer_curves([("before repair", fake_layer_summary([1.1, 1.3, 2, 4, 12, 20])),
-                         ("after repair", fake_layer_summary([1.1, 1.2, 1.3, 1.4, 1.3, 1.5]))])
+    return layer_curves(
+        [
+            ("before repair", fake_layer_summary([1.1, 1.3, 2, 4, 12, 20])),
+            ("after repair", fake_layer_summary([1.1, 1.2, 1.3, 1.4, 1.3, 1.5])),
+        ]
+    )
 
 
 def test_layer_curve_legends_hide_no_curve():
@@ -583,9 +620,19 @@ def chromium() -> str | None:
 
 def run_browser(binary: str, args: list[str], profile, timeout: float = 40.0) -> subprocess.CompletedProcess:
     cmd = [
-        binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", "--hide-scrollbars", f"--user-data-dir={profile}", *args,
+        binary,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        *args,
     ]
     # Own process group, so a hung browser and its helpers can be killed as a unit.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
@@ -630,8 +677,17 @@ def browser_check(binary: str, page: str, tmp_path) -> dict:
     checked = checked.replace("</body>", CHECK_SCRIPT + "</body>", 1)
     check_path = tmp_path / "check.html"
     check_path.write_text(checked, encoding="utf-8")
-    res = run_browser(binary, ["--run-all-compositor-stages-before-draw", "--virtual-time-budget=5000", "--dump-dom",
-                               "--window-size=1200,900", check_path.as_uri()], tmp_path / "p2")
+    res = run_browser(
+        binary,
+        [
+            "--run-all-compositor-stages-before-draw",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            "--window-size=1200,900",
+            check_path.as_uri(),
+        ],
+        tmp_path / "p2",
+    )
     m = re.search(r'<pre id="result">(.*?)</pre>', res.stdout, re.S)
     assert m, f"checker did not run; stderr: {res.stderr[-2000:]}"
     return json.loads(html.unescape(m.group(1)))

@@ -1,4 +1,5 @@
 """Theory: Gaussian quadrature, the closed-form hidden map, block matrices and defect directions."""
+
 from __future__ import annotations
 
 import math
@@ -33,8 +34,15 @@ def tiny_vit(activation: str = "gelu", dim: int = 48, depth: int = 3, mlp_ratio:
         kw["mlp_layer"] = timm.layers.SwiGLUPacked
     torch.manual_seed(seed)
     model = VisionTransformer(
-        img_size=56, patch_size=14, embed_dim=dim, depth=depth, num_heads=4, mlp_ratio=mlp_ratio,
-        init_values=0.1, num_classes=0, **kw,
+        img_size=56,
+        patch_size=14,
+        embed_dim=dim,
+        depth=depth,
+        num_heads=4,
+        mlp_ratio=mlp_ratio,
+        init_values=0.1,
+        num_classes=0,
+        **kw,
     )
     return TimmViTBackbone(model.eval(), f"test-{activation}")
 
@@ -88,13 +96,16 @@ def test_gelu_slope_matches_closed_form():
     assert got[18, 1] < -0.12  # b = −1.5, σ = 0.1: GELU's negative slope survives averaging
 
 
-@pytest.mark.parametrize("name,fn,slope", [
-    ("gelu", torch.nn.functional.gelu, theory._gelu_slope),
-    ("gelu_tanh", lambda h: torch.nn.functional.gelu(h, approximate="tanh"), theory._gelu_tanh_slope),
-    ("quick_gelu", lambda h: __import__("timm").layers.QuickGELU()(h), theory._quick_gelu_slope),
-    ("silu", torch.nn.functional.silu, theory._silu_slope),
-    ("silu'", theory._silu_slope, theory._silu_curvature),
-])
+@pytest.mark.parametrize(
+    "name,fn,slope",
+    [
+        ("gelu", torch.nn.functional.gelu, theory._gelu_slope),
+        ("gelu_tanh", lambda h: torch.nn.functional.gelu(h, approximate="tanh"), theory._gelu_tanh_slope),
+        ("quick_gelu", lambda h: __import__("timm").layers.QuickGELU()(h), theory._quick_gelu_slope),
+        ("silu", torch.nn.functional.silu, theory._silu_slope),
+        ("silu'", theory._silu_slope, theory._silu_curvature),
+    ],
+)
 def test_hand_derivatives_match_autograd(name, fn, slope):
     h = torch.linspace(-12, 12, 2001, dtype=torch.float64, requires_grad=True)
     (grad,) = torch.autograd.grad(fn(h).sum(), h)
@@ -246,9 +257,9 @@ def test_rms_norm_branch_has_no_centring():
     with torch.no_grad():
         blk.norm1.weight.uniform_(0.5, 1.5)
     dbl = lambda t: t.detach().double()
-    A = torch.eye(48, dtype=torch.float64) + torch.diag(dbl(blk.ls1.gamma)) @ dbl(blk.attn.proj.weight) @ dbl(
-        blk.attn.qkv.weight
-    )[96:] @ torch.diag(dbl(blk.norm1.weight))
+    A = torch.eye(48, dtype=torch.float64) + torch.diag(dbl(blk.ls1.gamma)) @ dbl(blk.attn.proj.weight) @ dbl(blk.attn.qkv.weight)[
+        96:
+    ] @ torch.diag(dbl(blk.norm1.weight))
     torch.testing.assert_close(theory.attention_matrix(bb.block_view(0)), A, rtol=0, atol=1e-12)
 
 

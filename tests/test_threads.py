@@ -1,5 +1,6 @@
 """The command line's CPU thread policy (sinder.threads): passive OpenMP waits set before torch
 loads, --threads auto from the usable cores, restored afterwards for in-process callers."""
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """The per-model verdict and the low-norm warning (sinder.verdict): "no singular defects" and no
 warning on random-init models of every family, the right onset block on the zoo, a warning that
 fires on low-norm artifacts, and the verdict as the last line of `sinder analyze`."""
+
 from __future__ import annotations
 
 import json
@@ -34,19 +35,40 @@ def run_analysis(backbone, photos=PHOTOS, resolution=None):
 
 
 def _layer(**kw) -> dict:
-    base = {"index": 0, "defect_rate": 0.0, "high_norm_rate": 0.0, "gate_rejected_rate": 0.0, "max_over_median": 1.5,
-            "defect_precision": None, "theory_alignment": None, "direction_consistency_deg": None, "direction_consistency_images": 0}
+    base = {
+        "index": 0,
+        "defect_rate": 0.0,
+        "high_norm_rate": 0.0,
+        "gate_rejected_rate": 0.0,
+        "max_over_median": 1.5,
+        "defect_precision": None,
+        "theory_alignment": None,
+        "direction_consistency_deg": None,
+        "direction_consistency_images": 0,
+    }
     return {**base, **kw}
 
 
 def test_rule_reads_alignment_and_the_gate_rejected_tokens():
-    high = dict(defect_rate=0.02, high_norm_rate=0.02, defect_precision=1.0, max_over_median=9.4, theory_alignment=0.99,
-                direction_consistency_deg=2.6, direction_consistency_images=8)
+    high = dict(
+        defect_rate=0.02,
+        high_norm_rate=0.02,
+        defect_precision=1.0,
+        max_over_median=9.4,
+        theory_alignment=0.99,
+        direction_consistency_deg=2.6,
+        direction_consistency_images=8,
+    )
     assert layer_defects(_layer(**high)) == "high-norm"
     assert layer_defects(_layer(**{**high, "theory_alignment": 0.12})) is None  # high-norm tokens that are not along ν
     assert layer_defects(_layer(**{**high, "defect_precision": None})) is None  # nothing flagged
-    low = dict(gate_rejected_rate=0.02, gate_rejected_cos_median=0.74, gate_rejected_alignment=0.88, gate_rejected_images=8,
-               gate_rejected_norm_over_neighbours=0.68)
+    low = dict(
+        gate_rejected_rate=0.02,
+        gate_rejected_cos_median=0.74,
+        gate_rejected_alignment=0.88,
+        gate_rejected_images=8,
+        gate_rejected_norm_over_neighbours=0.68,
+    )
     assert layer_defects(_layer(**low)) == "low-norm"
     assert layer_defects(_layer(**{**low, "gate_rejected_cos_median": 0.3})) is None  # the noise tail
     assert layer_defects(_layer(**{**low, "gate_rejected_alignment": 0.4})) is None  # no common direction
@@ -72,7 +94,14 @@ def _timm(name: str, img_size: int, **kw):
 
 def _hf(kind: str, folder):
     import transformers
-    from transformers import CLIPVisionConfig, DINOv3ViTConfig, Dinov2Config, Dinov2WithRegistersConfig, Siglip2VisionConfig, SiglipVisionConfig
+    from transformers import (
+        CLIPVisionConfig,
+        Dinov2Config,
+        Dinov2WithRegistersConfig,
+        DINOv3ViTConfig,
+        Siglip2VisionConfig,
+        SiglipVisionConfig,
+    )
 
     common = dict(hidden_size=384, num_hidden_layers=4, num_attention_heads=6, intermediate_size=1536)
     cfg = {
@@ -110,7 +139,9 @@ def test_random_init_models_have_no_singular_defects_and_no_warning(case, tmp_pa
     summary, _ = run_analysis(RANDOM[case](tmp_path))
     v = summary["verdict"]
     assert not v["has_defects"] and v["onset_layer"] is None and not v["low_norm_artifacts"], v
-    assert v["reason"].startswith("no singular defects: max/median ") and v["reason"].endswith("nothing aligned with ν above the noise tail")
+    assert v["reason"].startswith("no singular defects: max/median ") and v["reason"].endswith(
+        "nothing aligned with ν above the noise tail"
+    )
     assert gate_warning(summary) is None
     assert all(layer_defects(layer) is None for layer in summary["layers"])
 
@@ -124,7 +155,9 @@ def expected_onset(backbone, directions) -> int:
     spectral, where the theory first sees u 1–3 blocks after the ignition)."""
     truth = backbone.ground_truth
     u = truth.u.float()
-    return next(i for i in range(truth.ignition_layer, backbone.depth) if abs(float(F.cosine_similarity(directions[i].float(), u, dim=0))) >= 0.9)
+    return next(
+        i for i in range(truth.ignition_layer, backbone.depth) if abs(float(F.cosine_similarity(directions[i].float(), u, dim=0))) >= 0.9
+    )
 
 
 # marker and content ignition, the onset one and three blocks after the ignition, defects on the

@@ -2,4 +2,5 @@
 
 Pipeline: backbones -> theory -> detect -> repair -> export -> report.
 """
+
 __version__ = "0.1.0"

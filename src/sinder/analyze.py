@@ -7,12 +7,14 @@ look like (:class:`GateRejectedStats`), and the model's verdict (:mod:`sinder.ve
 (:class:`~sinder.runfolder.AnalysisFolder`): ``analysis.json``, ``directions.safetensors``,
 ``maps.npz`` / ``distributions.npz`` (for the report) and figures.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -158,7 +160,9 @@ class GateRejectedStats:
         pooled = mean_direction(torch.stack(self.directions)) if self.directions else None
         return {
             "gate_rejected_cos_median": median(self.cos),
-            "gate_rejected_alignment": None if pooled is None else abs(float(F.cosine_similarity(pooled.float(), direction.float().cpu(), dim=0))),
+            "gate_rejected_alignment": None
+            if pooled is None
+            else abs(float(F.cosine_similarity(pooled.float(), direction.float().cpu(), dim=0))),
             "gate_rejected_norm_over_neighbours": median(self.ratio),
             "gate_rejected_images": len(self.directions),
         }
@@ -309,7 +313,9 @@ def format_table(summary: dict) -> str:
             f"  {layer['norm_median']:6.2f}  {layer['max_over_median']:7.2f}"
         )
     cons, n = summary.get("direction_consistency_deg"), summary.get("direction_consistency_images", 0)
-    rows.append(f"direction consistency (last layer): {'n/a' if cons is None else f'{cons:.1f} deg'} ({plural(n or 0, 'image')} with high-norm defects)")
+    rows.append(
+        f"direction consistency (last layer): {'n/a' if cons is None else f'{cons:.1f} deg'} ({plural(n or 0, 'image')} with high-norm defects)"
+    )
     warning = gate_warning(summary)
     if warning:
         rows.append(f"warning: {warning}")

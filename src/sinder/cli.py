@@ -1,5 +1,6 @@
 """``sinder`` command line. Each sub-command lives in ``sinder/commands/<name>.py`` with
 ``add_arguments(parser)`` and ``run(args) -> int``. User errors print one line, never a traceback."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,7 @@ import logging
 import sys
 
 from .errors import Interrupted, SinderError
-from .interrupt import Terminated, TerminateAsInterrupt
+from .interrupt import TerminateAsInterrupt, Terminated
 from .threads import THREADS_HELP, before_torch_import, cli_threads, parse_threads
 
 COMMANDS = {

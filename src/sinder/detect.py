@@ -14,6 +14,7 @@ A token is *high-norm* when its norm exceeds ``high_norm_factor`` × the image's
 
 :class:`DefectStats` accumulates every per-layer number sinder reports, under one name each.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -135,7 +136,10 @@ class DefectRule:
         require(math.isfinite(self.mask_thr) and self.mask_thr > 0, f"--mask-thr must be > 0, got {self.mask_thr}")
         require(isinstance(self.border, int) and self.border >= 0, f"border must be an integer >= 0, got {self.border!r}")
         require(math.isfinite(self.norm_gate) and self.norm_gate >= 0, f"--norm-gate must be >= 0 (0: off), got {self.norm_gate}")
-        require(math.isfinite(self.high_norm_factor) and self.high_norm_factor > 1, f"--high-norm-factor must be > 1, got {self.high_norm_factor}")
+        require(
+            math.isfinite(self.high_norm_factor) and self.high_norm_factor > 1,
+            f"--high-norm-factor must be > 1, got {self.high_norm_factor}",
+        )
         require(self.skip_less_than >= 1, f"--skip-less-than must be >= 1, got {self.skip_less_than}")
         require(self.threshold in THRESHOLDS, f"--threshold must be {' or '.join(THRESHOLDS)}, got {self.threshold!r}")
 

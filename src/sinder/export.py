@@ -9,6 +9,7 @@ Each family (:mod:`sinder.families`) owns its format:
 * ``dinov2`` → ``<name>_sinder.pth``, a plain state dict with the official keys (loads into the
   official torch.hub model with ``strict=True``, or ``dinov2:NAME --weights FILE.pth``).
 """
+
 from __future__ import annotations
 
 import os

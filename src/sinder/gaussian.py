@@ -11,6 +11,7 @@ Two rules, picked per entry by σ:
   where every activation here is non-linear, plus closed-form tails outside it where g is
   affine to double precision (g ≈ c₀ + c₁·h). Accurate to ~1e-14 for any σ.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,9 +35,7 @@ def hermite_rule(nodes: int = HERMITE_NODES) -> tuple[torch.Tensor, torch.Tensor
     return torch.from_numpy(z), torch.from_numpy(w / math.sqrt(2.0 * math.pi))
 
 
-def panel_rule(
-    half_range: float = RANGE, width: float = PANEL_WIDTH, nodes: int = PANEL_NODES
-) -> tuple[torch.Tensor, torch.Tensor]:
+def panel_rule(half_range: float = RANGE, width: float = PANEL_WIDTH, nodes: int = PANEL_NODES) -> tuple[torch.Tensor, torch.Tensor]:
     """Composite Gauss–Legendre nodes and weights on [−half_range, half_range]."""
     x0, w0 = np.polynomial.legendre.leggauss(nodes)
     edges = np.arange(-half_range, half_range - 1e-12, width)

@@ -2,6 +2,7 @@
 two crop policies (``square`` centre-crops: training and every measurement, see
 :data:`sinder.measure.CROP`; ``aspect`` keeps the aspect ratio, for ``analyze --crop aspect`` and
 the tasks that need the whole photo), lazy image sets, and the bundled scikit-image photos."""
+
 from __future__ import annotations
 
 import errno
@@ -9,9 +10,10 @@ import hashlib
 import logging
 import math
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Literal, Sequence, Union
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -168,8 +170,12 @@ class _Collector:
         log.debug("%d image path(s) listed, %d input(s) missing", len(self.found), len(self.skipped))
         if self.repeats:
             again, first = self.repeats[0]
-            log.info("%d image path(s) skipped as repeats of a file already listed (e.g. %s, the same file as %s); each file is used once",
-                     len(self.repeats), again, first)  # fmt: skip
+            log.info(
+                "%d image path(s) skipped as repeats of a file already listed (e.g. %s, the same file as %s); each file is used once",
+                len(self.repeats),
+                again,
+                first,
+            )
 
 
 def list_images(inputs: Sequence[str | os.PathLike]) -> tuple[list[Path], list[dict]]:
@@ -277,7 +283,7 @@ def image_digest(img: Image.Image) -> str:
 
 # ----------------------------------------------------------------------------- image sets
 
-ImageItem = Union[str, os.PathLike, Image.Image, SourceImage, torch.Tensor]
+ImageItem = str | os.PathLike | Image.Image | SourceImage | torch.Tensor
 Crop = Literal["square", "aspect"]
 CACHE_BYTES = 512 * 2**20  # keep decoded pixels when the whole set fits (small sets are cycled many times)
 
@@ -359,7 +365,9 @@ class ImageSet:
             self.names = [item_name(x, i) for i, x in enumerate(self.items)]
 
     @classmethod
-    def from_inputs(cls, inputs: Sequence[ImageItem], backbone, resolution: int, crop: Crop = "square", limit: int | None = None) -> ImageSet:
+    def from_inputs(
+        cls, inputs: Sequence[ImageItem], backbone, resolution: int, crop: Crop = "square", limit: int | None = None
+    ) -> ImageSet:
         items, missing = expand_inputs(inputs)
         if limit is not None:
             items = subsample(items, limit)

@@ -3,13 +3,14 @@ say how to resume, exit; a second Ctrl-C stops at once. Elsewhere (:class:`Termi
 SIGTERM unwinds like Ctrl-C, so no half-written file is left. Cluster schedulers send SIGTERM
 before they kill a preempted job.
 """
+
 from __future__ import annotations
 
 import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from types import FrameType
-from typing import Iterator
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 

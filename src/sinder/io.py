@@ -1,4 +1,5 @@
 """Atomic, non-clobbering file output shared by every command."""
+
 from __future__ import annotations
 
 import errno

@@ -19,11 +19,12 @@ model's resolution. ViTs are trained on square crops (DINOv2 at 518, CLIP at 224
 them, and a fixed grid lets images batch; an aspect-keeping crop would measure a different token
 grid per photo, which is why ``analyze`` and ``repair`` once disagreed on the same photos.
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -5,6 +5,7 @@ half-lines per image, so a bar is drawn only where a person watches: stderr is a
 notebook). Callers that must stay silent (``--quiet``, ``--no-progress``, other ranks) pass
 ``enabled=False``; nothing here is global, each caller decides for its own bar.
 """
+
 from __future__ import annotations
 
 import sys

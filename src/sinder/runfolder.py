@@ -18,6 +18,7 @@ analysis), ``directions.safetensors``, ``maps.npz``, ``distributions.npz`` and `
 Every other module reads and writes these through this one, so ``--overwrite`` can remove
 everything an earlier run left, and nothing stale is ever read as fresh.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,9 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -236,7 +237,9 @@ class RunFolder:
     @staticmethod
     def holds_run(path: str | os.PathLike) -> bool:
         p = Path(path)
-        return any((p / f).is_file() for f in (*RUN_FILES, CHECKPOINT)) or any((p / d).is_dir() for d in (WEIGHTS, ANALYSIS_BEFORE, ANALYSIS_AFTER))
+        return any((p / f).is_file() for f in (*RUN_FILES, CHECKPOINT)) or any(
+            (p / d).is_dir() for d in (WEIGHTS, ANALYSIS_BEFORE, ANALYSIS_AFTER)
+        )
 
     # -- starting ---------------------------------------------------------------------------
     def check(self, *, resume: bool, overwrite: bool, resumable: bool = True) -> None:
@@ -247,7 +250,11 @@ class RunFolder:
         settings = (out / CONFIG).is_file()
         used = out.exists() and any(out.iterdir())
         if used and not (resume or overwrite):
-            options = "pass --resume to continue that run, --overwrite to replace it" if resumable and settings else "pass --overwrite to replace it"
+            options = (
+                "pass --resume to continue that run, --overwrite to replace it"
+                if resumable and settings
+                else "pass --overwrite to replace it"
+            )
             raise OutputExistsError(f"{out} already exists; {options}, or choose another --out")
         if resume and not settings:
             fix = "pass --overwrite instead of --resume to start again there" if used else "drop --resume to start a new run there"

@@ -1,8 +1,9 @@
 """Device selection and intra-op threads, shared by the commands."""
+
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 

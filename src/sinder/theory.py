@@ -17,6 +17,7 @@ Two ways to get Â:
 
 All linear algebra runs in float64 on the CPU, whatever the model's device and dtype.
 """
+
 from __future__ import annotations
 
 import logging
@@ -133,7 +134,7 @@ def _hidden_exact(view: BlockView) -> Tensor:
         curvature = gaussian_expectation(_silu_curvature, bg, sg, *FLAT)
         gate_gain = bx * slope + (wx * wg).sum(dim=1) * curvature
         return gate_gain[:, None] * wg + level[:, None] * wx
-    (w, b), = (_affine(p) for p in view.mlp_in)
+    ((w, b),) = (_affine(p) for p in view.mlp_in)
     slope = gaussian_expectation(ACTIVATION_FUNCTIONS[view.activation][1], b, w.norm(dim=1), *STEP)
     return slope[:, None] * w
 
@@ -143,7 +144,7 @@ def hidden_function(view: BlockView) -> Callable[[Tensor], Tensor]:
     if view.activation == "swiglu":
         (wg, bg), (wx, bx) = (_affine(p) for p in view.mlp_in)
         return lambda x: F.silu(x @ wg.T + bg) * (x @ wx.T + bx)
-    (w, b), = (_affine(p) for p in view.mlp_in)
+    ((w, b),) = (_affine(p) for p in view.mlp_in)
     f = ACTIVATION_FUNCTIONS[view.activation][0]
     return lambda x: f(x @ w.T + b)
 

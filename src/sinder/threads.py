@@ -14,12 +14,13 @@ than free cores, so every parallel region waits for a descheduled thread. The po
 
 This module imports no torch at module level: :func:`before_torch_import` must run first.
 """
+
 from __future__ import annotations
 
 import argparse
 import contextlib
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 THREADS_HELP = "CPU threads for torch: auto (OMP_NUM_THREADS if set, else every core this process may use) or a number (default: auto)"
 

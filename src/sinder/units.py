@@ -1,6 +1,7 @@
 """How numbers are shown to people, in the terminal and on the pages: rates as percentages (JSON
 files keep fractions), counts with their noun in the right number. One helper for every command,
 so ``sinder repair`` and ``sinder demo`` never print the same rate in two units."""
+
 from __future__ import annotations
 
 import math
@@ -9,11 +10,22 @@ import math
 # ending in ``_rate`` are rates too (defect_rate, high_norm_rate, gate_rejected_rate, ...), and so
 # are the downstream accuracies (``top1@K``, ``patch_top1@K``). Norm ratios, cosines, degrees and
 # counts keep their own units.
-RATE_KEYS = frozenset({
-    "energy_along_direction", "energy_along_u", "skip_ratio", "final_skip_ratio", "high_norm_recall", "defect_precision",
-    "truth_recall", "truth_precision", "energy_drop",
-    "miou", "pixel_acc", "corloc",
-})
+RATE_KEYS = frozenset(
+    {
+        "energy_along_direction",
+        "energy_along_u",
+        "skip_ratio",
+        "final_skip_ratio",
+        "high_norm_recall",
+        "defect_precision",
+        "truth_recall",
+        "truth_precision",
+        "energy_drop",
+        "miou",
+        "pixel_acc",
+        "corloc",
+    }
+)
 RATE_PREFIXES = ("top1@", "patch_top1@")
 
 

@@ -17,6 +17,7 @@ last block. Measured with 8 bundled photos (docs/command-line.md, "Verdict"): at
 gate-rejected tokens of defect-free blocks (random init, and the zoo before its onset) have median
 |cos| ≤ 0.45 and mean-direction |cos| ≤ 0.36, the zoo's low-norm artifacts 0.74 and 0.88.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal

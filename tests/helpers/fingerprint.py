@@ -12,6 +12,7 @@ this machine's builds against the pins whatever its versions (how far each membe
 of the tolerance):
     .venv/bin/python tests/helpers/fingerprint.py [--check]
 """
+
 from __future__ import annotations
 
 import json
@@ -72,7 +73,10 @@ def _repin() -> None:
 
     members = {name: fingerprint(build_planted(cfg)[0].state_dict()) for name, cfg in PRESETS.items()}
     versions = {"torch": torch.__version__.split("+")[0], "timm": timm.__version__}
-    body = ",\n".join(f'{json.dumps(name)}: {{\n' + ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in fp.items()) + "\n}" for name, fp in sorted(members.items()))
+    body = ",\n".join(
+        f"{json.dumps(name)}: {{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in fp.items()) + "\n}"
+        for name, fp in sorted(members.items())
+    )
     head = json.dumps(versions)[1:-1]
     PINS.write_text("{" + head + ', "members": {\n' + body + "\n}}\n")  # one line per tensor
     print(f"pinned {len(members)} members under {versions}: {PINS}")
@@ -84,11 +88,16 @@ def _check() -> None:
     from sinder.planted import PRESETS, build_planted
 
     pins = read_pins()
-    print(f"here: torch {torch.__version__}, timm {timm.__version__}, CPU kernels {torch.backends.cpu.get_cpu_capability()}; pinned under torch {pins['torch']}, timm {pins['timm']}")
+    print(
+        f"here: torch {torch.__version__}, timm {timm.__version__}, CPU kernels {torch.backends.cpu.get_cpu_capability()}; pinned under torch {pins['torch']}, timm {pins['timm']}"
+    )
     for name, cfg in PRESETS.items():
         got = fingerprint(build_planted(cfg)[0].state_dict())
         bad = mismatches(got, pins["members"][name])
-        print(f"{name}: worst {worst_ratio(got, pins['members'][name]):.3f} of the tolerance, {len(bad)} tensors off" + (f" ({bad[0]})" if bad else ""))
+        print(
+            f"{name}: worst {worst_ratio(got, pins['members'][name]):.3f} of the tolerance, {len(bad)} tensors off"
+            + (f" ({bad[0]})" if bad else "")
+        )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Tiny transformers CLIP / SigLIP models (random init) shared by the backbone, export and API tests."""
+
 from __future__ import annotations
 
 

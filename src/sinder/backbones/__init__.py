@@ -12,6 +12,7 @@ or, for a model already in memory (built, fine-tuned or loaded by the user), the
 ``load_backbone(model)`` wraps a timm ``VisionTransformer``/``Eva`` or a transformers DINOv2 /
 DINOv3 / CLIP / SigLIP model in place (every API function also takes the module directly).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -97,6 +98,16 @@ def as_backbone(model: Backbone | nn.Module) -> Backbone:
 
 
 __all__ = [
-    "Backbone", "BlockView", "Family", "LinearSlice", "TokenContext",
-    "as_backbone", "families", "from_module", "get_family", "load_backbone", "parse_spec", "register_family",
-]  # fmt: skip
+    "Backbone",
+    "BlockView",
+    "Family",
+    "LinearSlice",
+    "TokenContext",
+    "as_backbone",
+    "families",
+    "from_module",
+    "get_family",
+    "load_backbone",
+    "parse_spec",
+    "register_family",
+]

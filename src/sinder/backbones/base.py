@@ -1,4 +1,5 @@
 """The uniform backbone interface that theory, detection, repair and export are written against."""
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -103,9 +104,7 @@ class Backbone(ABC):
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def forward_layers(
-        self, pixels: torch.Tensor, upto: int | None = None
-    ) -> tuple[list[torch.Tensor], TokenContext]:
+    def forward_layers(self, pixels: torch.Tensor, upto: int | None = None) -> tuple[list[torch.Tensor], TokenContext]:
         """Outputs of blocks 0..upto (default: all), before the final norm."""
         last = self.depth - 1 if upto is None else upto
         x, ctx = self.embed(pixels)

@@ -11,6 +11,7 @@ exact inverse. For register models timm folds the cls pos-embed entry into ``cls
 inverse writes a zero cls entry, so the round trip is exact. ``mask_token`` (unused at inference)
 is written as zeros so the official hub model loads with ``strict=True``.
 """
+
 from __future__ import annotations
 
 import re
@@ -77,9 +78,13 @@ def official_dinov2_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     """Official DINOv2 -> transformers 5 ``Dinov2Model`` / ``Dinov2WithRegistersModel`` keys."""
     top = _OFFICIAL_TO_HF_TOP
     direct = {
-        "norm1": "norm1", "norm2": "norm2", "attn.proj": "attention.o_proj", "mlp.fc1": "mlp.fc1",
-        "mlp.fc2": "mlp.fc2", "mlp.w3": "mlp.down_proj",
-    }  # fmt: skip
+        "norm1": "norm1",
+        "norm2": "norm2",
+        "attn.proj": "attention.o_proj",
+        "mlp.fc1": "mlp.fc1",
+        "mlp.fc2": "mlp.fc2",
+        "mlp.w3": "mlp.down_proj",
+    }
     out: dict[str, torch.Tensor] = {}
     for k, v in sd.items():
         if k in top:

@@ -8,6 +8,7 @@ of a CLIP, SigLIP or SigLIP2 model (``CLIPVisionModel``, ``CLIPModel``, ``Siglip
   the directory's or id's config;
 * ``--random-init`` with a known id builds its config locally (no network).
 """
+
 from __future__ import annotations
 
 import json
@@ -48,7 +49,7 @@ def known_hf_ids() -> list[str]:
 
 def known_config(model_id: str):
     """The architecture config of a known hub id, built without network (None when unknown)."""
-    from transformers import DINOv3ViTConfig, Dinov2Config, Dinov2WithRegistersConfig
+    from transformers import Dinov2Config, Dinov2WithRegistersConfig, DINOv3ViTConfig
 
     org, _, name = model_id.partition("/")
     if org != "facebook":
@@ -60,26 +61,51 @@ def known_config(model_id: str):
         if name.startswith(prefix) and name[len(prefix) :] in _DINOV2_SIZES:
             hidden, layers, heads, swiglu = _DINOV2_SIZES[name[len(prefix) :]]
             return cls(
-                hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, mlp_ratio=4,
-                use_swiglu_ffn=swiglu, image_size=518, patch_size=14, layerscale_value=1.0, layer_norm_eps=1e-6, **extra,
-            )  # fmt: skip
+                hidden_size=hidden,
+                num_hidden_layers=layers,
+                num_attention_heads=heads,
+                mlp_ratio=4,
+                use_swiglu_ffn=swiglu,
+                image_size=518,
+                patch_size=14,
+                layerscale_value=1.0,
+                layer_norm_eps=1e-6,
+                **extra,
+            )
     if name.startswith("dinov3-") and name.endswith("-pretrain-lvd1689m"):
         size = name[len("dinov3-") : -len("-pretrain-lvd1689m")]
         if size in _DINOV3_SIZES:
             hidden, layers, heads, inter, gated, qv_bias = _DINOV3_SIZES[size]
             return DINOv3ViTConfig(
-                hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=inter,
-                use_gated_mlp=gated, hidden_act="silu" if gated else "gelu", query_bias=qv_bias, value_bias=qv_bias,
-                key_bias=False, num_register_tokens=4, patch_size=16, image_size=224, layer_norm_eps=1e-5, rope_theta=100.0,
-            )  # fmt: skip
+                hidden_size=hidden,
+                num_hidden_layers=layers,
+                num_attention_heads=heads,
+                intermediate_size=inter,
+                use_gated_mlp=gated,
+                hidden_act="silu" if gated else "gelu",
+                query_bias=qv_bias,
+                value_bias=qv_bias,
+                key_bias=False,
+                num_register_tokens=4,
+                patch_size=16,
+                image_size=224,
+                layer_norm_eps=1e-5,
+                rope_theta=100.0,
+            )
     return None
 
 
 MODEL_CLASSES = {  # config.model_type -> transformers class
-    "dinov2": "Dinov2Model", "dinov2_with_registers": "Dinov2WithRegistersModel", "dinov3_vit": "DINOv3ViTModel",
-    "clip_vision_model": "CLIPVisionModel", "clip": "CLIPModel", "siglip_vision_model": "SiglipVisionModel", "siglip": "SiglipModel",
-    "siglip2_vision_model": "Siglip2VisionModel", "siglip2": "Siglip2Model",
-}  # fmt: skip
+    "dinov2": "Dinov2Model",
+    "dinov2_with_registers": "Dinov2WithRegistersModel",
+    "dinov3_vit": "DINOv3ViTModel",
+    "clip_vision_model": "CLIPVisionModel",
+    "clip": "CLIPModel",
+    "siglip_vision_model": "SiglipVisionModel",
+    "siglip": "SiglipModel",
+    "siglip2_vision_model": "Siglip2VisionModel",
+    "siglip2": "Siglip2Model",
+}
 NOT_YET: dict[str, str] = {}  # model types users bring that sinder does not serve yet, and why
 
 

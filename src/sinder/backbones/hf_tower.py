@@ -22,6 +22,7 @@ transformers 5.x releases nest the transformer one level deeper (``CLIPVisionMod
 :func:`vision_tower` finds it either way. A repair edits the user's module; export saves the
 whole of it (``save_pretrained``), so a ``CLIPModel`` folder keeps its text tower.
 """
+
 from __future__ import annotations
 
 import torch
@@ -48,7 +49,9 @@ def tower_kind(model: nn.Module) -> str | None:
     """``clip`` or ``siglip`` for the models this adapter serves, None for others."""
     import transformers
 
-    clip = tuple(getattr(transformers, n) for n in ("CLIPModel", "CLIPVisionModel", "CLIPVisionModelWithProjection") if hasattr(transformers, n))
+    clip = tuple(
+        getattr(transformers, n) for n in ("CLIPModel", "CLIPVisionModel", "CLIPVisionModelWithProjection") if hasattr(transformers, n)
+    )
     siglip = tuple(getattr(transformers, n) for n in ("SiglipModel", "SiglipVisionModel") if hasattr(transformers, n))
     siglip2 = tuple(getattr(transformers, n) for n in ("Siglip2Model", "Siglip2VisionModel") if hasattr(transformers, n))
     for kind, classes in (("clip", clip), ("siglip2", siglip2), ("siglip", siglip)):

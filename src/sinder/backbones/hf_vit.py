@@ -5,6 +5,7 @@ transformers 5 names (read from the installed source): ``attention.q_proj/k_proj
 ``down_proj`` (DINOv3) or SwiGLU ``gate_proj``/``up_proj``/``down_proj``. DINOv3 applies RoPE
 (``rope_embeddings``) to the patch tokens only; cls + register tokens are prefix tokens.
 """
+
 from __future__ import annotations
 
 import torch
@@ -51,7 +52,7 @@ class HFViTBackbone(Backbone):
     family = "hf"
 
     def __init__(self, model: nn.Module, spec: str, family: str = "hf") -> None:
-        from transformers import DINOv3ViTModel, Dinov2Model, Dinov2WithRegistersModel
+        from transformers import Dinov2Model, Dinov2WithRegistersModel, DINOv3ViTModel
 
         if isinstance(model, DINOv3ViTModel):
             self.kind = "dinov3"

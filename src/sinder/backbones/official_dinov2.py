@@ -10,6 +10,7 @@ the positional embedding with a legacy ``interpolate_offset=0.1`` (scale factor 
 timm/HF resize to the exact grid; their tokens then differ from the official code by ~0.02–0.05.
 At the native resolution, and for register models at any resolution, they match exactly.
 """
+
 from __future__ import annotations
 
 import socket
@@ -51,7 +52,9 @@ def official_img_size(state_dict: dict, patch_size: int = 14, spec: str = "dinov
     """Native resolution of an official checkpoint: its ``pos_embed`` always has one cls entry."""
     pos = state_dict.get("pos_embed")
     if pos is None:
-        raise WeightsError(f"{spec}: the checkpoint has no pos_embed; pass an official DINOv2 state dict such as dinov2_vits14_pretrain.pth")
+        raise WeightsError(
+            f"{spec}: the checkpoint has no pos_embed; pass an official DINOv2 state dict such as dinov2_vits14_pretrain.pth"
+        )
     return grid_from_pos_embed(pos.shape[1], 1) * patch_size
 
 
@@ -93,9 +96,7 @@ def load_official_dinov2(name: str, spec: str, weights: str | Path | None = None
         model = timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True)
     else:
         if not _hub_reachable():
-            raise ModelSpecError(
-                f"{spec}: {HUB_HOST} is unreachable; download {hub_url(name)} elsewhere and pass --weights FILE.pth"
-            )
+            raise ModelSpecError(f"{spec}: {HUB_HOST} is unreachable; download {hub_url(name)} elsewhere and pass --weights FILE.pth")
         state_dict = torch.hub.load_state_dict_from_url(hub_url(name), map_location="cpu", weights_only=True)
         model = official_to_timm(state_dict, arch, spec)
     backbone = wrap_timm(model, spec, family="dinov2")

@@ -5,6 +5,7 @@ and load them back. Each lives in one module of :mod:`sinder.families` that call
 :func:`register_family` at import; the registry imports every such module the first time it is
 asked, so adding a family means adding one module there.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """What every family's ``save`` needs: refusing to clobber, and a portable copy of the weights."""
+
 from __future__ import annotations
 
 from pathlib import Path

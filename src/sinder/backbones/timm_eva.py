@@ -5,6 +5,7 @@ tokens are prefix tokens and are not rotated), LayerScale as ``gamma_1``/``gamma
 ``qkv`` without bias (``*_qkvb``: separate ``q_bias``/``v_bias`` parameters, the k bias is a
 zero buffer) and either a GELU ``Mlp`` or a SwiGLU (``fc1_g``/``fc1_x``, or packed ``GluMlp``).
 """
+
 from __future__ import annotations
 
 import torch
@@ -95,4 +96,3 @@ class TimmEvaBackbone(TimmBackbone):
         q = torch.cat([q[:, :, :npt], apply_rot_embed_cat(q[:, :, npt:], rope, half=half)], dim=2)
         k = torch.cat([k[:, :, :npt], apply_rot_embed_cat(k[:, :, npt:], rope, half=half)], dim=2)
         return q, k
-

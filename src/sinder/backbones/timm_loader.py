@@ -1,4 +1,5 @@
 """``timm:NAME[.TAG]``: create the timm model, load weights, infer the native image size."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +10,6 @@ from torch import nn
 from ..errors import ModelSpecError, WeightsError
 from .base import Backbone
 from .weights import grid_from_pos_embed, read_state_dict, require_hub
-
 
 # What the adapters serve, named in every refusal (decided by class and block structure, not by name).
 SUPPORTED_TIMM = (

@@ -1,8 +1,9 @@
 """Adapter over timm's ``VisionTransformer``: DINOv2 (S/B/L/g, ±reg4), DeiT-III, CLIP ViTs."""
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -146,7 +147,6 @@ class TimmBackbone(Backbone):
 
 
 class TimmViTBackbone(TimmBackbone):
-
     def __init__(self, model: nn.Module, spec: str, family: str = "timm") -> None:
         from timm.models.vision_transformer import Block, VisionTransformer
 
@@ -171,7 +171,11 @@ class TimmViTBackbone(TimmBackbone):
             if x.ndim == 4:  # dynamic_img_size keeps NHWC
                 grid = (x.shape[1], x.shape[2])
             else:
-                grid = m.patch_embed.dynamic_feat_size(pixels.shape[-2:]) if hasattr(m.patch_embed, "dynamic_feat_size") else m.patch_embed.grid_size
+                grid = (
+                    m.patch_embed.dynamic_feat_size(pixels.shape[-2:])
+                    if hasattr(m.patch_embed, "dynamic_feat_size")
+                    else m.patch_embed.grid_size
+                )
                 grid = tuple(grid)
             x = m._pos_embed(x)
         x = m.norm_pre(x)

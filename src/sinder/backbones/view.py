@@ -5,6 +5,7 @@ projections, the MLP projections, the activation and the layer scales are. Adapt
 their family's modules onto this view; the view holds references (never copies), so reading
 it sees the live weights and a repair that edits them edits the user's own model.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -100,7 +101,12 @@ class BlockView:
             out.append((f"{part.name}.weight", part.weight))
             if part.bias is not None:
                 out.append((f"{part.name}.bias", part.bias))
-        for name, t in (("norm1.weight", getattr(self.norm1, "weight", None)), ("norm2.weight", getattr(self.norm2, "weight", None)), ("ls1", self.ls1), ("ls2", self.ls2)):
+        for name, t in (
+            ("norm1.weight", getattr(self.norm1, "weight", None)),
+            ("norm2.weight", getattr(self.norm2, "weight", None)),
+            ("ls1", self.ls1),
+            ("ls2", self.ls2),
+        ):
             if t is not None:
                 out.append((name, t))
         return out

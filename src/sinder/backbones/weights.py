@@ -1,4 +1,5 @@
 """Reading checkpoints safely: safetensors, or ``.pth`` with ``weights_only=True`` (never unpickled)."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,15 @@ from ..errors import ModelSpecError, WeightsError
 # UnicodeDecodeError, IndexError, KeyError, struct.error), an unreadable record (OSError), and
 # asserts in the legacy format reader.
 _TORCH_LOAD_ERRORS = (
-    RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError, LookupError, struct.error, AssertionError,
-)  # fmt: skip
+    RuntimeError,
+    pickle.UnpicklingError,
+    EOFError,
+    OSError,
+    ValueError,
+    LookupError,
+    struct.error,
+    AssertionError,
+)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -39,7 +47,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         try:
             return load_file(str(p))
         except (SafetensorError, OSError, ValueError) as err:  # a bad header or a truncated body: SafetensorError
-            raise WeightsError(f"{p}: not a readable safetensors file ({str(err).splitlines()[0] if str(err) else type(err).__name__}); re-download or re-export it") from None
+            raise WeightsError(
+                f"{p}: not a readable safetensors file ({str(err).splitlines()[0] if str(err) else type(err).__name__}); re-download or re-export it"
+            ) from None
     if p.suffix not in {".pth", ".pt", ".bin", ".ckpt"}:
         raise WeightsError(f"{p}: unknown weights format; use .safetensors or a .pth state dict")
     try:
@@ -53,7 +63,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise WeightsError(f"{p}: holds a {type(obj).__name__}, not a state dict; save model.state_dict() instead")
     bad = next((k for k, v in obj.items() if not isinstance(v, torch.Tensor)), None)
     if bad is not None:
-        raise WeightsError(f"{p}: expected a state dict of tensors, but {bad!r} is a {type(obj[bad]).__name__}; save model.state_dict() instead")
+        raise WeightsError(
+            f"{p}: expected a state dict of tensors, but {bad!r} is a {type(obj[bad]).__name__}; save model.state_dict() instead"
+        )
     return dict(obj)
 
 
@@ -88,7 +100,7 @@ def require_hub(spec: str) -> None:
 def grid_from_pos_embed(num_positions: int, prefix_in_pos_embed: int) -> int:
     """Side of the square patch grid a positional embedding was trained for."""
     n = num_positions - prefix_in_pos_embed
-    side = int(round(n ** 0.5))
+    side = int(round(n**0.5))
     if side * side != n:
         raise WeightsError(f"positional embedding has {num_positions} entries: not a square grid plus {prefix_in_pos_embed} prefix")
     return side
@@ -99,4 +111,6 @@ def check_finite(named_tensors, source: str) -> None:
     for name, t in named_tensors:
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
-            raise WeightsError(f"{source}: tensor {name} holds {bad} non-finite value(s) (NaN/Inf); the weights are corrupt: re-download or re-export them")
+            raise WeightsError(
+                f"{source}: tensor {name} holds {bad} non-finite value(s) (NaN/Inf); the weights are corrupt: re-download or re-export them"
+            )

@@ -1,4 +1,5 @@
 """``sinder analyze MODEL IMAGE_OR_DIR... --out DIR``"""
+
 from __future__ import annotations
 
 import argparse
@@ -19,10 +20,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or folders (searched recursively)")
     p.add_argument("--out", required=True, help="output folder (analysis.json, directions.safetensors, figures/)")
-    p.add_argument("--resolution", type=int, default=None, help="crop side in px (the short side with --crop aspect), 16 to 4096 (default: the model's native size, 518 for DINOv2)")
-    p.add_argument("--crop", choices=("square", "aspect"), default="square",
-                   help="square centre crop (default: the crop repair, compare and evaluate measure, so the numbers agree) or keep the aspect ratio (the whole photo)")  # fmt: skip
-    p.add_argument("--square-crop", action="store_const", const="square", dest="crop", help=argparse.SUPPRESS)  # the default now; kept for old scripts
+    p.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="crop side in px (the short side with --crop aspect), 16 to 4096 (default: the model's native size, 518 for DINOv2)",
+    )
+    p.add_argument(
+        "--crop",
+        choices=("square", "aspect"),
+        default="square",
+        help="square centre crop (default: the crop repair, compare and evaluate measure, so the numbers agree) or keep the aspect ratio (the whole photo)",
+    )
+    p.add_argument(
+        "--square-crop", action="store_const", const="square", dest="crop", help=argparse.SUPPRESS
+    )  # the default now; kept for old scripts
     p.add_argument("--directions", choices=("exact", "montecarlo"), default="exact", help="how Â is computed (default: exact)")
     add_rule_arguments(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
@@ -48,8 +60,16 @@ def run(args: argparse.Namespace) -> int:
     log.info("predicting the defect directions of %d layers (%s)", backbone.depth, config.directions)
     directions, singular_values = compute_directions(backbone, config.directions)
     log.info("analysing %s at %d px", plural(len(paths), "image"), resolution)
-    result = analyze(backbone, paths, config, directions=directions, singular_values=singular_values,
-                     out_dir=args.out, overwrite=args.overwrite, progress=not args.no_progress)  # fmt: skip
+    result = analyze(
+        backbone,
+        paths,
+        config,
+        directions=directions,
+        singular_values=singular_values,
+        out_dir=args.out,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     print(format_table(result.summary))
     n_ok, n_skip = len(result.summary["images"]), len(result.summary["skipped"])
     print(f"{plural(n_ok, 'image')} analysed, {n_skip} skipped; outputs in {args.out}")

@@ -1,4 +1,5 @@
 """Arguments shared by several sub-commands."""
+
 from __future__ import annotations
 
 import argparse
@@ -74,11 +75,14 @@ def add_rule_arguments(p: argparse.ArgumentParser, defaults=None, faithful=None)
 
     p.add_argument("--mask-thr", type=float, help=f"defect if |cos(t, ν)| > mean + THR·std of the image ({default('mask_thr')})")
     p.add_argument(
-        "--threshold", choices=THRESHOLDS,
+        "--threshold",
+        choices=THRESHOLDS,
         help="how mean and std are taken: robust (over the image's tokens that are not defects, a fixed point from median + THR·MAD, "
         f"so strong defects do not hide weaker ones) or meanstd (one pass over all tokens, as the reference) ({default('threshold')})",
-    )  # fmt: skip
-    p.add_argument("--norm-gate", type=float, help=f"a defect must also have norm > G × the image's median patch norm (0: off; {default('norm_gate')})")
+    )
+    p.add_argument(
+        "--norm-gate", type=float, help=f"a defect must also have norm > G × the image's median patch norm (0: off; {default('norm_gate')})"
+    )
     p.add_argument("--high-norm-factor", type=float, help=f"high-norm if norm > F × the image's median ({default('high_norm_factor')})")
     if p.prog.split()[-1] in TRAINING_COMMANDS:
         skip_help = f"defects a layer needs before repair trains on it ({default('skip_less_than')})"

@@ -1,4 +1,5 @@
 """``sinder compare MODEL --methods sinder,registers,clamp,interp --data TRAIN --eval EVAL --out DIR``"""
+
 from __future__ import annotations
 
 import argparse
@@ -20,30 +21,89 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = CompareConfig()
     add_model_arguments(p)
-    p.add_argument("--methods", default=",".join(d.methods), help=f"comma-separated fixes to run, from {','.join(METHODS)} (default {','.join(d.methods)})")
-    p.add_argument("--data", nargs="+", metavar="DIR_OR_FILE", help="unlabelled training images: SINDER trains on them, the register search reads them (default: none)")
-    p.add_argument("--eval", nargs="+", required=True, metavar="DIR_OR_FILE", help="evaluation images every method is judged on (keep them apart from --data)")
+    p.add_argument(
+        "--methods",
+        default=",".join(d.methods),
+        help=f"comma-separated fixes to run, from {','.join(METHODS)} (default {','.join(d.methods)})",
+    )
+    p.add_argument(
+        "--data",
+        nargs="+",
+        metavar="DIR_OR_FILE",
+        help="unlabelled training images: SINDER trains on them, the register search reads them (default: none)",
+    )
+    p.add_argument(
+        "--eval",
+        nargs="+",
+        required=True,
+        metavar="DIR_OR_FILE",
+        help="evaluation images every method is judged on (keep them apart from --data)",
+    )
     p.add_argument("--out", required=True, help="output folder: compare.json, compare.html, registers.json, sinder_run/")
-    p.add_argument("--repair-run", metavar="DIR", help="take SINDER's row from this finished `sinder repair` --out folder instead of training (default: train now)")
-    p.add_argument("--max-steps", type=int, default=RepairConfig().max_steps, help=f"SINDER training iterations at most, when it trains here (default {RepairConfig().max_steps})")
-    p.add_argument("--gamma", type=float, default=d.gamma, help=f"σ clamp: cap on every block Linear's singular values (default {d.gamma:g})")
+    p.add_argument(
+        "--repair-run",
+        metavar="DIR",
+        help="take SINDER's row from this finished `sinder repair` --out folder instead of training (default: train now)",
+    )
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=RepairConfig().max_steps,
+        help=f"SINDER training iterations at most, when it trains here (default {RepairConfig().max_steps})",
+    )
+    p.add_argument(
+        "--gamma", type=float, default=d.gamma, help=f"σ clamp: cap on every block Linear's singular values (default {d.gamma:g})"
+    )
     p.add_argument("--interp-layer", type=int, help="neighbour interpolation: the block whose output is interpolated (default: the last)")
-    p.add_argument("--registers", metavar="FILE", help="apply this registers.json instead of searching register neurons (default: search on --data)")
-    p.add_argument("--registers-mode", choices=("move", "zero"), default=d.registers_search.mode, help="move: into an extra token (the method); zero: only zero them on patch tokens (an ablation) (default move)")
-    p.add_argument("--registers-threshold", type=float, metavar="NORM", help="register search: outlier patch-token norm (published for DINOv2-L/14: 150; default: mean + 3 std over --data)")
-    p.add_argument("--registers-layer-limit", type=int, metavar="N", help="register search: score the MLP units of blocks 0..N (published for DINOv2-L/14: 17; default: where the outliers appear)")
-    p.add_argument("--registers-top-k", type=int, metavar="K", help="register search: keep K neurons (published for DINOv2-L/14: 50; default: grow 1, 2, 4, ... until the outliers are gone)")
-    p.add_argument("--retrained", metavar="MODEL", help="the same architecture retrained with registers (e.g. dinov2:vitl14_reg), added as a row (default: none)")
+    p.add_argument(
+        "--registers", metavar="FILE", help="apply this registers.json instead of searching register neurons (default: search on --data)"
+    )
+    p.add_argument(
+        "--registers-mode",
+        choices=("move", "zero"),
+        default=d.registers_search.mode,
+        help="move: into an extra token (the method); zero: only zero them on patch tokens (an ablation) (default move)",
+    )
+    p.add_argument(
+        "--registers-threshold",
+        type=float,
+        metavar="NORM",
+        help="register search: outlier patch-token norm (published for DINOv2-L/14: 150; default: mean + 3 std over --data)",
+    )
+    p.add_argument(
+        "--registers-layer-limit",
+        type=int,
+        metavar="N",
+        help="register search: score the MLP units of blocks 0..N (published for DINOv2-L/14: 17; default: where the outliers appear)",
+    )
+    p.add_argument(
+        "--registers-top-k",
+        type=int,
+        metavar="K",
+        help="register search: keep K neurons (published for DINOv2-L/14: 50; default: grow 1, 2, 4, ... until the outliers are gone)",
+    )
+    p.add_argument(
+        "--retrained",
+        metavar="MODEL",
+        help="the same architecture retrained with registers (e.g. dinov2:vitl14_reg), added as a row (default: none)",
+    )
     p.add_argument("--retrained-weights", metavar="FILE", help="checkpoint for --retrained (default: its own weights)")
-    p.add_argument("--task", action="append", default=[], metavar="TASK=DIR",
-                   help="downstream evaluation on a dataset folder, as `sinder evaluate --task TASK --data DIR` reads it, e.g. knn=imagenet/ "
-                   "or lost=VOCdevkit/ (repeatable; default: none); the task options below apply")  # fmt: skip
+    p.add_argument(
+        "--task",
+        action="append",
+        default=[],
+        metavar="TASK=DIR",
+        help="downstream evaluation on a dataset folder, as `sinder evaluate --task TASK --data DIR` reads it, e.g. knn=imagenet/ "
+        "or lost=VOCdevkit/ (repeatable; default: none); the task options below apply",
+    )
     add_task_arguments(p)
     p.add_argument("--resolution", type=int, default=None, help="square crop side in px, 16 to 4096 (default: the model's native size)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per forward pass (default {d.batch_size})")
     p.add_argument("--max-maps", type=int, default=d.max_maps, help=f"evaluation images shown as side-by-side maps (default {d.max_maps})")
     add_rule_arguments(p)
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bars (they are only drawn on a terminal anyway; -q hides them too)")
+    p.add_argument(
+        "--no-progress", action="store_true", help="hide the progress bars (they are only drawn on a terminal anyway; -q hides them too)"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --out")
 
 
@@ -59,8 +119,9 @@ def parse_tasks(items: list[str]) -> tuple[tuple[str, str], ...]:
 
 def registers_search(args: argparse.Namespace) -> RegisterSearchConfig:
     try:
-        return RegisterSearchConfig(threshold=args.registers_threshold, layer_limit=args.registers_layer_limit, top_k=args.registers_top_k,
-                                    mode=args.registers_mode)  # fmt: skip
+        return RegisterSearchConfig(
+            threshold=args.registers_threshold, layer_limit=args.registers_layer_limit, top_k=args.registers_top_k, mode=args.registers_mode
+        )
     except ConfigError as err:
         raise ConfigError(f"--registers-{str(err).replace('_', '-', 1)}") from None  # top_k -> --registers-top-k
 
@@ -71,11 +132,24 @@ def compare_config(args: argparse.Namespace) -> CompareConfig:
     repair = RepairConfig(max_steps=args.max_steps, rule=rule, progress=not args.no_progress, analysis=False)
     repair.validate()
     return CompareConfig(
-        methods=methods, resolution=args.resolution, batch_size=args.batch_size, max_maps=args.max_maps, gamma=args.gamma,
-        interp_layer=args.interp_layer, registers_file=args.registers, registers_search=registers_search(args), repair_run=args.repair_run,
-        repair=repair, retrained=args.retrained, retrained_weights=args.retrained_weights, tasks=parse_tasks(args.task),
-        task_options=EvaluateConfig(**task_options(args)), rule=rule, progress=not args.no_progress, overwrite=args.overwrite,
-    )  # fmt: skip
+        methods=methods,
+        resolution=args.resolution,
+        batch_size=args.batch_size,
+        max_maps=args.max_maps,
+        gamma=args.gamma,
+        interp_layer=args.interp_layer,
+        registers_file=args.registers,
+        registers_search=registers_search(args),
+        repair_run=args.repair_run,
+        repair=repair,
+        retrained=args.retrained,
+        retrained_weights=args.retrained_weights,
+        tasks=parse_tasks(args.task),
+        task_options=EvaluateConfig(**task_options(args)),
+        rule=rule,
+        progress=not args.no_progress,
+        overwrite=args.overwrite,
+    )
 
 
 def _images(inputs: list[str], flag: str) -> list:
@@ -94,9 +168,13 @@ def run(args: argparse.Namespace) -> int:
     if args.retrained:
         parse_spec(args.retrained)
     check_compare_output(args.out, args.overwrite)
-    needs_data = ("sinder" in config.methods and config.repair_run is None) or ("registers" in config.methods and config.registers_file is None)
+    needs_data = ("sinder" in config.methods and config.repair_run is None) or (
+        "registers" in config.methods and config.registers_file is None
+    )
     if needs_data and not args.data:
-        raise ConfigError("--data is needed: SINDER trains on it and the register search reads it (or give --repair-run DIR and --registers FILE)")
+        raise ConfigError(
+            "--data is needed: SINDER trains on it and the register search reads it (or give --repair-run DIR and --registers FILE)"
+        )
     train = _images(args.data, "--data") if args.data else None
     evaluation = _images(args.eval, "--eval")
     layouts = check_tasks(config)  # every dataset check that needs no model, before the model loads
@@ -106,4 +184,3 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(report))
     print(f"outputs in {args.out}")
     return 0
-

@@ -2,6 +2,7 @@
 
 analyse (held-out photos) -> repair (other photos) -> analyse again -> HTML report.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,8 @@ import time
 
 from ..analyze import format_table, verdict_line
 from ..backbones import load_backbone
-from ..images import BUNDLED_EVAL, BUNDLED_TRAIN, bundled_photos
 from ..errors import Interrupted
+from ..images import BUNDLED_EVAL, BUNDLED_TRAIN, bundled_photos
 from ..interrupt import Terminated
 from ..runfolder import RunFolder
 from ..runtime import resolve_device
@@ -53,7 +54,11 @@ def comparison_table(before: dict, after: dict, features: dict | None) -> str:
         f"max / median token norm       {b['max_over_median']:9.2f} {a['max_over_median']:9.2f}",
     ]
     if features:
-        for key, label in (("non_defect_cosine", "non-defect token cosine"), ("cls_cosine", "CLS token cosine"), ("pooled_cosine", "pooled output cosine")):
+        for key, label in (
+            ("non_defect_cosine", "non-defect token cosine"),
+            ("cls_cosine", "CLS token cosine"),
+            ("pooled_cosine", "pooled output cosine"),
+        ):
             if features.get(key) is not None:
                 rows.append(f"{label:<29} {'':>9} {features[key]:9.3f}")
     return "\n".join(rows)
@@ -70,8 +75,13 @@ def run(args: argparse.Namespace) -> int:
     log.info("loading %s", args.model)
     backbone = load_backbone(args.model, device=resolve_device(args.device))
     train, held_out = bundled_photos(BUNDLED_TRAIN), bundled_photos(BUNDLED_EVAL)
-    log.info("analysing %s on %d held-out photos, repairing it on %d others (at most %d steps), analysing again",
-             args.model, len(held_out), len(train), args.max_steps)  # fmt: skip
+    log.info(
+        "analysing %s on %d held-out photos, repairing it on %d others (at most %d steps), analysing again",
+        args.model,
+        len(held_out),
+        len(train),
+        args.max_steps,
+    )
 
     try:
         result = repair(backbone, train, config, eval_images=held_out, out_dir=out.path)

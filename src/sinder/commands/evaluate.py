@@ -1,4 +1,5 @@
 """``sinder evaluate``: downstream evaluation of one or more models on frozen features."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,14 +17,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random-init", action="store_true", help="use untrained weights when no checkpoint is given")
     parser.add_argument("--task", required=True, choices=TASKS, help="evaluation task")
     parser.add_argument(
-        "--data", required=True, metavar="DIR",
+        "--data",
+        required=True,
+        metavar="DIR",
         help="dataset folder in the task's layout: sinder's own, ImageNet-style class folders (knn), "
         "a Pascal VOC root, VOCdevkit or VOC20XX (linear-seg, unsup-seg, lost) or ADEChallengeData2016 (segmentation); "
         "intrinsic: a folder of photos (recursive), or any of those layouts, of which only the photos are read",
     )
     parser.add_argument("--compare", nargs="+", default=[], metavar="MODEL2", help="more model specs to evaluate")
     parser.add_argument(
-        "--compare-weights", nargs="+", default=[], metavar="FILE",
+        "--compare-weights",
+        nargs="+",
+        default=[],
+        metavar="FILE",
         help="one checkpoint per --compare model, in order ('-' for none)",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help=f"output folder for {METRICS_FILE}")
@@ -31,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default auto)")
     add_task_arguments(parser)
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bars (they are only drawn on a terminal anyway; -q hides them too)")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="hide the progress bars (they are only drawn on a terminal anyway; -q hides them too)"
+    )
     parser.add_argument("--overwrite", action="store_true", help=f"replace an existing {METRICS_FILE}")
     add_rule_arguments(parser)  # the intrinsic task's defect rule
 
@@ -39,12 +47,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_task_arguments(parser: argparse.ArgumentParser) -> None:
     """The per-task options, shared with ``sinder compare --task`` (read back by :func:`task_options`)."""
     parser.add_argument(
-        "--knn-k", nargs="+", type=int, metavar="K",
-        help="knn: neighbour counts, each at most the number of train images "
-        f"(default {' '.join(map(str, EvaluateConfig().knn_ks))})",
+        "--knn-k",
+        nargs="+",
+        type=int,
+        metavar="K",
+        help=f"knn: neighbour counts, each at most the number of train images (default {' '.join(map(str, EvaluateConfig().knn_ks))})",
     )
     parser.add_argument(
-        "--lost-gram-bias", type=float, default=0.0, metavar="B",
+        "--lost-gram-bias",
+        type=float,
+        default=0.0,
+        metavar="B",
         help="lost: constant added to the key Gram matrix before LOST's sign tests, as the registers paper did "
         "for DINOv2 (no published value; default 0 = LOST as published)",
     )

@@ -1,13 +1,15 @@
 """``sinder report RUN_DIR_OR_ANALYSIS_DIR... --out report.html``"""
+
 from __future__ import annotations
 
 import argparse
 
 
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "inputs", nargs="+", metavar="RUN_DIR_OR_ANALYSIS_DIR",
+        "inputs",
+        nargs="+",
+        metavar="RUN_DIR_OR_ANALYSIS_DIR",
         help="a repair run folder (sinder repair/demo) and/or one or two analysis folders (sinder analyze); two analyses are shown side by side",
     )
     p.add_argument("--out", required=True, help="the HTML file to write (self-contained: images embedded, no network)")

@@ -16,6 +16,7 @@ original, so nothing is cached across batches:
   attention of the last block (with a register token present, attention to it is left out, so
   the patch shares sum to less than one).
 """
+
 from __future__ import annotations
 
 import copy
@@ -84,8 +85,15 @@ def _run(method: Method, pixels: torch.Tensor, want_attention: bool):
     return tokens, seconds, attn
 
 
-def measure(methods: list[Method], images: ImageSet, directions: dict[str, torch.Tensor], rule: DefectRule,
-            batch_size: int = 8, max_maps: int = 4, progress: bool = False) -> tuple[dict[str, dict], dict]:  # fmt: skip
+def measure(
+    methods: list[Method],
+    images: ImageSet,
+    directions: dict[str, torch.Tensor],
+    rule: DefectRule,
+    batch_size: int = 8,
+    max_maps: int = 4,
+    progress: bool = False,
+) -> tuple[dict[str, dict], dict]:
     """(per-method results, maps) over ``images``; ``methods[0]`` must be the original."""
     original = methods[0]
     assert original.name == "original"

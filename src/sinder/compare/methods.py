@@ -5,6 +5,7 @@ original with hooks) and :meth:`Method.active` makes it the one that runs. Prepa
 records what it needed (images, training steps, seconds), so the table can say what each fix
 costs besides how well it works.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -12,9 +13,9 @@ import copy
 import json
 import logging
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 
@@ -81,7 +82,9 @@ def interp_method(backbone: Backbone, layer: int, directions: torch.Tensor, rule
     return method
 
 
-def registers_method(backbone: Backbone, search_images: ImageSet | None, search_config, registers_file: str | Path | None, out: Path | None) -> Method:
+def registers_method(
+    backbone: Backbone, search_images: ImageSet | None, search_config, registers_file: str | Path | None, out: Path | None
+) -> Method:
     start = time.perf_counter()
     if registers_file is not None:
         found = RegisterNeurons.load(registers_file)
@@ -97,10 +100,17 @@ def registers_method(backbone: Backbone, search_images: ImageSet | None, search_
             source = str(out / "registers.json")
     seconds = time.perf_counter() - start
     mode = search_config.mode if search_config is not None else "move"
-    details = {"neurons": [list(n) for n in found.neurons], "settings": found.settings, "measured_on_search_images": found.measured, "source": source, "mode": mode}
+    details = {
+        "neurons": [list(n) for n in found.neurons],
+        "settings": found.settings,
+        "measured_on_search_images": found.measured,
+        "source": source,
+        "mode": mode,
+    }
     images = int(found.settings.get("images", 0))
-    return Method("registers", backbone, {**NO_DATA, "images": images}, seconds, details,
-                  hooks=lambda: NeuronRegisters(backbone, found, mode))  # fmt: skip
+    return Method(
+        "registers", backbone, {**NO_DATA, "images": images}, seconds, details, hooks=lambda: NeuronRegisters(backbone, found, mode)
+    )
 
 
 def sinder_from_run(backbone: Backbone, run_dir: str | Path) -> Method:
@@ -112,7 +122,9 @@ def sinder_from_run(backbone: Backbone, run_dir: str | Path) -> Method:
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"--repair-run {run}: no summary.json; give the --out folder of a finished `sinder repair` (resume an unfinished one first)") from None
+        raise ConfigError(
+            f"--repair-run {run}: no summary.json; give the --out folder of a finished `sinder repair` (resume an unfinished one first)"
+        ) from None
     except (OSError, json.JSONDecodeError) as err:
         raise ConfigError(f"--repair-run {run}: summary.json is unreadable ({type(err).__name__}); rerun the repair") from None
     spec = (summary.get("model") or {}).get("model")
@@ -124,8 +136,12 @@ def sinder_from_run(backbone: Backbone, run_dir: str | Path) -> Method:
     start = time.perf_counter()
     repaired = reload_exported(backbone, weights)
     log.info("loaded the repaired weights of %s in %.1f s", run, time.perf_counter() - start)
-    needs = {"images": summary.get("num_train_images"), "training_images_seen": summary.get("images_seen"), "training_steps": summary.get("steps"),
-             "edits_weights": True}  # fmt: skip
+    needs = {
+        "images": summary.get("num_train_images"),
+        "training_images_seen": summary.get("images_seen"),
+        "training_steps": summary.get("steps"),
+        "edits_weights": True,
+    }
     details = {"run": str(run), "weights": weights, "stop_reason": summary.get("stop_reason"), "reused": True}
     return Method("sinder", repaired, needs, float(summary.get("seconds") or 0.0), details)
 
@@ -139,7 +155,12 @@ def sinder_by_training(backbone: Backbone, train_items, eval_items, repair_confi
     result = repair(repaired, train_items, repair_config, eval_items, out_dir=out)
     s = result.summary
     details = {"run": str(out), "weights": s.get("weights"), "stop_reason": s.get("stop_reason"), "reused": False}
-    needs = {"images": s.get("num_train_images"), "training_images_seen": s.get("images_seen"), "training_steps": s.get("steps"), "edits_weights": True}
+    needs = {
+        "images": s.get("num_train_images"),
+        "training_images_seen": s.get("images_seen"),
+        "training_steps": s.get("steps"),
+        "edits_weights": True,
+    }
     return Method("sinder", repaired, needs, time.perf_counter() - start, details)
 
 
@@ -149,7 +170,15 @@ def retrained_method(spec: str, weights: str | None, device, original: Backbone)
     start = time.perf_counter()
     other = load_backbone(spec, weights, device=device)
     if other.patch_size != original.patch_size:
-        raise ConfigError(f"--retrained {spec} has {other.patch_size} px patches and {original.spec} {original.patch_size} px; the maps must line up: give the same architecture")
+        raise ConfigError(
+            f"--retrained {spec} has {other.patch_size} px patches and {original.spec} {original.patch_size} px; the maps must line up: give the same architecture"
+        )
     details = {"model": spec, "weights": weights}
-    return Method("retrained", other, {"images": None, "training_images_seen": None, "training_steps": None, "edits_weights": True}, time.perf_counter() - start,
-                  details, own_directions=True)  # fmt: skip
+    return Method(
+        "retrained",
+        other,
+        {"images": None, "training_images_seen": None, "training_steps": None, "edits_weights": True},
+        time.perf_counter() - start,
+        details,
+        own_directions=True,
+    )

@@ -1,5 +1,6 @@
 """The comparison page (``compare.html``): one row per method in every table and every map grid,
 self-contained like the report (inline styles, images as data URIs, no network)."""
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -13,7 +14,14 @@ from ..report.plots import png_data_uri
 from .methods import DESCRIPTIONS
 from .table import IMAGE_COLUMNS, IMAGES_NOTE, downstream_cell, downstream_keys, pct
 
-COLORS = {"original": "tab:gray", "sinder": "tab:blue", "registers": "tab:green", "clamp": "tab:red", "interp": "tab:purple", "retrained": "tab:orange"}
+COLORS = {
+    "original": "tab:gray",
+    "sinder": "tab:blue",
+    "registers": "tab:green",
+    "clamp": "tab:red",
+    "interp": "tab:purple",
+    "retrained": "tab:orange",
+}
 SECTION_IDS = ("summary", "per-layer", "downstream", "maps", "settings")
 
 
@@ -27,36 +35,62 @@ def summary_table(report: dict) -> str:
     methods = report["methods"]
     base = methods["original"]["last_layer"]
     planted = "energy_along_u" in base
-    head = ["method", "energy along ν (last)", "energy drop", *(["energy along u (planted)"] if planted else []), "max/median",
-            "high-norm rate", "defect rate", "non-defect cos", "CLS/pooled cos", *IMAGE_COLUMNS, "training steps", "prepare", "inference / image"]  # fmt: skip
+    head = [
+        "method",
+        "energy along ν (last)",
+        "energy drop",
+        *(["energy along u (planted)"] if planted else []),
+        "max/median",
+        "high-norm rate",
+        "defect rate",
+        "non-defect cos",
+        "CLS/pooled cos",
+        *IMAGE_COLUMNS,
+        "training steps",
+        "prepare",
+        "inference / image",
+    ]
     rows = []
     for name in report["order"]:
         m = methods[name]
         last, feats, needs = m["last_layer"], m["features"] or {}, m["needs"]
-        rows.append([
-            f"<b>{esc(name)}</b>", pct(last["energy_along_direction"]),
-            _drop(base["energy_along_direction"], last["energy_along_direction"]) if name != "original" else "–",
-            *([pct(last.get("energy_along_u"))] if planted else []),
-            esc(fmt(last["max_over_median"])), pct(last["high_norm_rate"]), pct(last["defect_rate"]),
-            esc(fmt(feats.get("non_defect_cosine"))), esc(fmt(summary_cosine(feats))),
-            esc(fmt(needs.get("images"))), esc(fmt(needs.get("training_images_seen"))), esc(fmt(needs.get("training_steps"))),
-            f"{m['prepare_seconds']:.1f} s",
-            f"{m['inference_ms_per_image']:.1f} ms",
-        ])  # fmt: skip
+        rows.append(
+            [
+                f"<b>{esc(name)}</b>",
+                pct(last["energy_along_direction"]),
+                _drop(base["energy_along_direction"], last["energy_along_direction"]) if name != "original" else "–",
+                *([pct(last.get("energy_along_u"))] if planted else []),
+                esc(fmt(last["max_over_median"])),
+                pct(last["high_norm_rate"]),
+                pct(last["defect_rate"]),
+                esc(fmt(feats.get("non_defect_cosine"))),
+                esc(fmt(summary_cosine(feats))),
+                esc(fmt(needs.get("images"))),
+                esc(fmt(needs.get("training_images_seen"))),
+                esc(fmt(needs.get("training_steps"))),
+                f"{m['prepare_seconds']:.1f} s",
+                f"{m['inference_ms_per_image']:.1f} ms",
+            ]
+        )
     described = "".join(f"<li><b>{esc(n)}</b>: {esc(DESCRIPTIONS.get(n, ''))}</li>" for n in report["order"])
     return (
-        "<h2>Summary</h2>" + table(head, rows, "num")
+        "<h2>Summary</h2>"
+        + table(head, rows, "num")
         + "<p>Last block's patch tokens (before the final norm) on the evaluation images. Energy along ν: Σ⟨t, ν⟩² / Σ‖t‖² with "
         "the original model's predicted direction; cosines compare final-normed tokens with the original's, for patch tokens that "
         f"were neither high-norm nor defects there. Images: {esc(IMAGES_NOTE)}.</p>"
         f"<ul>{described}</ul>"
-    )  # fmt: skip
+    )
 
 
 def per_layer_figure(report: dict) -> Figure:
     fig = Figure(figsize=(12, 3.8))
     axes = fig.subplots(1, 3)
-    keys = (("energy_along_direction", "energy along ν_i (%)"), ("max_over_median", "max / median norm"), ("high_norm_rate", "high-norm rate (%)"))
+    keys = (
+        ("energy_along_direction", "energy along ν_i (%)"),
+        ("max_over_median", "max / median norm"),
+        ("high_norm_rate", "high-norm rate (%)"),
+    )
     for ax, (key, label) in zip(axes, keys):
         scale = 1.0 if key == "max_over_median" else 100.0  # rates in %, as in the tables
         for name in report["order"]:
@@ -76,12 +110,16 @@ def per_layer_figure(report: dict) -> Figure:
 def downstream_table(report: dict) -> str:
     tasks = report.get("tasks") or {}
     if not tasks:
-        return "<h2>Downstream</h2>" + note("no downstream data was given (--task TASK=DIR); only the defect and feature numbers above were measured")
+        return "<h2>Downstream</h2>" + note(
+            "no downstream data was given (--task TASK=DIR); only the defect and feature numbers above were measured"
+        )
     parts = ["<h2>Downstream</h2>"]
     for task in tasks:
         keys = downstream_keys(report, task)
-        rows = [[f"<b>{esc(n)}</b>", *(esc(downstream_cell(k, (report["methods"][n].get("tasks", {}).get(task) or {}).get(k))) for k in keys)]
-                for n in report["order"]]  # fmt: skip
+        rows = [
+            [f"<b>{esc(n)}</b>", *(esc(downstream_cell(k, (report["methods"][n].get("tasks", {}).get(task) or {}).get(k))) for k in keys)]
+            for n in report["order"]
+        ]
         parts.append(f"<h3>{esc(task)} on <code>{esc(tasks[task])}</code></h3>" + table(["method", *keys], rows, "num"))
     return "".join(parts)
 
@@ -95,8 +133,12 @@ def maps_figure(name: str, rgb: np.ndarray, order: list[str], maps: dict, index:
     vmax = max(float(n.max()) for n in norms)
     for r, method in enumerate(order):
         mm = maps[method]
-        panels = ((rgb, None, "input"), (mm.pca[index], None, "PCA"), (mm.norms[index], "viridis", "token norm"),
-                  (mm.attention[index], "inferno", "CLS attention"))  # fmt: skip
+        panels = (
+            (rgb, None, "input"),
+            (mm.pca[index], None, "PCA"),
+            (mm.norms[index], "viridis", "token norm"),
+            (mm.attention[index], "inferno", "CLS attention"),
+        )
         for c, (img, cmap, title) in enumerate(panels):
             ax = axes[r, c]
             ax.set_xticks([])
@@ -129,7 +171,11 @@ def settings_section(report: dict) -> str:
         details = {k: v for k, v in m.get("details", {}).items() if k not in ("settings", "measured_on_search_images")}
         text = "; ".join(f"{k}={neurons(v) if k == 'neurons' else fmt(v)}" for k, v in details.items()) or "–"
         rows.append([f"<b>{esc(name)}</b>", esc(text), esc(fmt(m.get("inference_vs_original")))])
-    return "<h2>Settings</h2>" + table(["method", "details", "inference time ÷ original"], rows) + f"<p>Defect rule: <code>{esc(report['rule'])}</code>; resolution {report['resolution']} px; {report['images']['eval']} evaluation image(s).</p>"
+    return (
+        "<h2>Settings</h2>"
+        + table(["method", "details", "inference time ÷ original"], rows)
+        + f"<p>Defect rule: <code>{esc(report['rule'])}</code>; resolution {report['resolution']} px; {report['images']['eval']} evaluation image(s).</p>"
+    )
 
 
 def build_page(report: dict, maps: dict, dpi: int = 70) -> str:
@@ -138,13 +184,16 @@ def build_page(report: dict, maps: dict, dpi: int = 70) -> str:
         f'<figure><img src="{png_data_uri(maps_figure(name, rgb, order, maps["methods"], i), dpi)}" alt="maps of {esc(name)}, one row per method">'
         f"<figcaption>{esc(name)}: norms share one colour scale across methods.</figcaption></figure>"
         for i, (name, rgb) in enumerate(zip(maps["names"], maps["inputs"]))
-    )  # fmt: skip
+    )
     sections = {
         "summary": summary_table(report),
-        "per-layer": "<h2>Per layer</h2>" + f'<figure><img src="{png_data_uri(per_layer_figure(report), dpi)}" alt="per-layer defect numbers, one line per method"></figure>',
+        "per-layer": "<h2>Per layer</h2>"
+        + f'<figure><img src="{png_data_uri(per_layer_figure(report), dpi)}" alt="per-layer defect numbers, one line per method"></figure>',
         "downstream": downstream_table(report),
         "maps": "<h2>Maps</h2>" + (figures or note("no maps (--max-maps 0)")),
         "settings": settings_section(report),
     }
     stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    return page(f"sinder compare: {report['model']['model']}", stamp, [report["out"]], report.get("notes", []), sections, tool="sinder compare")
+    return page(
+        f"sinder compare: {report['model']['model']}", stamp, [report["out"]], report.get("notes", []), sections, tool="sinder compare"
+    )

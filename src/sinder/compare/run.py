@@ -5,14 +5,15 @@ Output folder: ``compare.json``, ``compare.html``, ``registers.json`` (the regis
 found, to apply with :func:`sinder.fixes.apply_registers`) and, when SINDER was trained here
 rather than taken from ``repair_run``, its run folder ``sinder_run/``.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -31,9 +32,17 @@ from ..repair.finish import json_safe
 from ..theory import defect_directions
 from .measure import measure
 from .methods import (
-    DESCRIPTIONS, METHODS, Method, clamp_method, interp_method, original_method, registers_method, retrained_method, sinder_by_training,
+    DESCRIPTIONS,
+    METHODS,
+    Method,
+    clamp_method,
+    interp_method,
+    original_method,
+    registers_method,
+    retrained_method,
+    sinder_by_training,
     sinder_from_run,
-)  # fmt: skip
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +93,9 @@ class CompareConfig:
         for task, _ in self.tasks:
             require(task in TASKS, f"--task {task}=DIR: unknown task; choose from {', '.join(TASKS)}")
         require(len({t for t, _ in self.tasks}) == len(self.tasks), "--task names a task twice; give one folder per task")
-        require(isinstance(self.task_options, EvaluateConfig), f"task_options must be an EvaluateConfig, got {type(self.task_options).__name__}")
+        require(
+            isinstance(self.task_options, EvaluateConfig), f"task_options must be an EvaluateConfig, got {type(self.task_options).__name__}"
+        )
 
     def evaluate_config(self, resolution: int | None = None) -> EvaluateConfig:
         """The downstream tasks' settings: ``task_options`` at compare's resolution, batch size, rule and progress."""
@@ -167,9 +178,13 @@ def compare(
         if m.name == "interp":
             m.details["replaced_tokens"] = m.details.pop("fix").replaced
         report["methods"][m.name] = {
-            "description": DESCRIPTIONS[m.name], "needs": m.needs, "prepare_seconds": m.seconds,
-            "details": m.details, **results[m.name], "tasks": tasks.get(m.name, {}),
-        }  # fmt: skip
+            "description": DESCRIPTIONS[m.name],
+            "needs": m.needs,
+            "prepare_seconds": m.seconds,
+            "details": m.details,
+            **results[m.name],
+            "tasks": tasks.get(m.name, {}),
+        }
     report = json_safe(report)
     if out is not None:
         write_json(out / COMPARE_FILE, report)
@@ -180,8 +195,17 @@ def compare(
     return report
 
 
-def _prepare(name: str, backbone: Backbone, train: ImageSet | None, train_items, eval_items, directions: torch.Tensor, layer: int,
-             cfg: CompareConfig, out: Path | None) -> Method:  # fmt: skip
+def _prepare(
+    name: str,
+    backbone: Backbone,
+    train: ImageSet | None,
+    train_items,
+    eval_items,
+    directions: torch.Tensor,
+    layer: int,
+    cfg: CompareConfig,
+    out: Path | None,
+) -> Method:
     if name == "clamp":
         return clamp_method(backbone, cfg.gamma)
     if name == "interp":
@@ -210,7 +234,7 @@ def _notes(methods: list[Method]) -> list[str]:
                 f"registers: the {len(m.details['neurons'])} register neuron(s) left {measured['outliers_after']} of "
                 f"{measured['outliers_before']} outliers on the search images; this model's outliers may not be written by "
                 "MLP neurons (e.g. by attention), which test-time registers assume"
-            )  # fmt: skip
+            )
     return notes
 
 
@@ -224,5 +248,3 @@ def _downstream(methods: list[Method], cfg: CompareConfig, resolution: int, layo
                 metrics, _ = evaluate_with_info(bb, task, folder, econf, layout=layouts[task], name=f"{m.name} ({bb.spec})")
             out.setdefault(m.name, {})[task] = {**metrics, "seconds": time.perf_counter() - start}
     return out
-
-

@@ -1,5 +1,6 @@
 """What the terminal table and the page share: one unit per number (rates as percentages) and the
 two image counts of what each fix needed. No matplotlib here: the command prints without a page."""
+
 from __future__ import annotations
 
 from .. import units
@@ -10,8 +11,10 @@ from ..measure import summary_cosine
 # counts, seconds) keep their own units
 DOWNSTREAM_RATES = ("miou", "pixel_acc", "corloc")
 IMAGE_COLUMNS = ("images needed (distinct)", "training images seen (with repeats)")
-IMAGES_NOTE = ("images needed: the distinct images the fix read (training set, or register search images); "
-               "training images seen: what SINDER's training processed, an image once per visit")  # fmt: skip
+IMAGES_NOTE = (
+    "images needed: the distinct images the fix read (training set, or register search images); "
+    "training images seen: what SINDER's training processed, an image once per visit"
+)
 
 
 def is_rate(key: str) -> bool:
@@ -53,19 +56,39 @@ def _grid(rows: list[list[str]]) -> list[str]:
 def format_table(report: dict) -> str:
     """The summary as plain text: one row per method; then one table per downstream task."""
     planted = "energy_along_u" in report["methods"]["original"]["last_layer"]
-    head = ["method", "energy ν", *(["energy u"] if planted else []), "max/med", "high-norm", "defects", "non-def cos", "CLS/pooled cos",
-            "distinct imgs", "imgs seen", "prepare"]  # fmt: skip
+    head = [
+        "method",
+        "energy ν",
+        *(["energy u"] if planted else []),
+        "max/med",
+        "high-norm",
+        "defects",
+        "non-def cos",
+        "CLS/pooled cos",
+        "distinct imgs",
+        "imgs seen",
+        "prepare",
+    ]
     rows = [head]
     num = lambda v: "–" if v is None else f"{v:.4f}"  # noqa: E731
     for name in report["order"]:
         m = report["methods"][name]
         last, feats, needs = m["last_layer"], m["features"] or {}, m["needs"]
-        rows.append([
-            name, pct(last["energy_along_direction"]), *([pct(last.get("energy_along_u"))] if planted else []),
-            f"{last['max_over_median']:.2f}", pct(last["high_norm_rate"]), pct(last["defect_rate"]),
-            num(feats.get("non_defect_cosine")), num(summary_cosine(feats)),
-            count(needs.get("images")), count(needs.get("training_images_seen")), f"{m['prepare_seconds']:.1f}s",
-        ])  # fmt: skip
+        rows.append(
+            [
+                name,
+                pct(last["energy_along_direction"]),
+                *([pct(last.get("energy_along_u"))] if planted else []),
+                f"{last['max_over_median']:.2f}",
+                pct(last["high_norm_rate"]),
+                pct(last["defect_rate"]),
+                num(feats.get("non_defect_cosine")),
+                num(summary_cosine(feats)),
+                count(needs.get("images")),
+                count(needs.get("training_images_seen")),
+                f"{m['prepare_seconds']:.1f}s",
+            ]
+        )
     lines = _grid(rows) + [f"distinct imgs = {IMAGE_COLUMNS[0]}; imgs seen = {IMAGE_COLUMNS[1]}"]
     for task, folder in (report.get("tasks") or {}).items():
         keys = downstream_keys(report, task)

@@ -4,11 +4,12 @@ A metric that cannot be computed meaningfully (mIoU over a single class, k-NN ov
 over fewer train images than k, CorLoc over no box, a one-patch grid) is never reported: each
 check raises a :class:`~sinder.errors.ConfigError` whose one line names the data and what to pass.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

@@ -10,6 +10,7 @@ sinder's own layouts (a wrong one is a ``SinderError`` naming the expected layou
 Pascal VOC and ADE20K as they unpack are read by :mod:`.layouts`. Files whose suffix is not an
 image suffix are ignored; images without labels are skipped and counted.
 """
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
@@ -195,7 +196,7 @@ def _read_mask(path: Path) -> np.ndarray:
         raise ImageError(f"mask {path.name} cannot be decoded ({type(err).__name__})") from None
     if mode not in ("RGB", "RGBA"):
         raise ImageError(f"mask {path.name} has unsupported mode {mode}; use an index or palette PNG")
-    codes = (voc_colormap().astype(np.int64) @ np.array([65536, 256, 1]))
+    codes = voc_colormap().astype(np.int64) @ np.array([65536, 256, 1])
     lookup = {int(c): i for i, c in enumerate(codes)}
     flat = rgb @ np.array([65536, 256, 1])
     uniq, inverse = np.unique(flat, return_inverse=True)

@@ -1,11 +1,12 @@
 """Batched frozen-feature extraction: image decoding with skips, preprocessing, autocast."""
+
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import torch
 
@@ -53,7 +54,9 @@ def iter_batches(
 ) -> Iterator[Batch]:
     """Decode, preprocess and stack images (sinder's one image pipeline); undecodable ones are
     appended to ``skipped``. With ``square=False`` images keep their aspect ratio and come one per batch."""
-    images = ImageSet(list(paths), resolution, backbone.patch_size, tuple(backbone.mean), tuple(backbone.std), crop="square" if square else "aspect")
+    images = ImageSet(
+        list(paths), resolution, backbone.patch_size, tuple(backbone.mean), tuple(backbone.std), crop="square" if square else "aspect"
+    )
     size = batch_size if square else 1
     try:
         for idxs, pixels in images.batches(size, progress=progress, desc=desc):  # drawn on a terminal only

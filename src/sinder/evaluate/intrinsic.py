@@ -7,11 +7,12 @@ numbers as analysis.json and summary.json):
     direction_consistency_deg / _images (from tokens both defective and high-norm),
     neighbour_consistency     mean over tokens of the mean cosine with its 4-neighbours (mean over images)
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +47,14 @@ def neighbour_consistency(grid: torch.Tensor) -> torch.Tensor:
     return (total / count.clamp_min(1)).flatten(1).mean(1)
 
 
-INTRINSIC_KEYS = ("high_norm_rate", "max_over_median", "defect_rate", "energy_along_direction", "direction_consistency_deg", "direction_consistency_images")
+INTRINSIC_KEYS = (
+    "high_norm_rate",
+    "max_over_median",
+    "defect_rate",
+    "energy_along_direction",
+    "direction_consistency_deg",
+    "direction_consistency_images",
+)
 
 
 class IntrinsicStats:

@@ -6,6 +6,7 @@ summed vote. :func:`knn_votes` caps k by the train-set size; the task refuses a 
 the train set, a single train class, or val classes none of which is in train (the accuracy would
 not measure the features).
 """
+
 from __future__ import annotations
 
 import torch
@@ -81,7 +82,9 @@ def knn_task(
     skipped: list[dict] = []
     for split in ("train", "val"):
         part = getattr(data, split)
-        f = extract_features(backbone, part.paths, resolution, batch_size, want=("cls", "patch_mean"), amp=amp, desc=split, progress=progress)
+        f = extract_features(
+            backbone, part.paths, resolution, batch_size, want=("cls", "patch_mean"), amp=amp, desc=split, progress=progress
+        )
         if not f.kept:
             raise SinderError(f"knn: no {split} image could be decoded ({len(f.skipped)} skipped); check {split}/")
         feats[split] = f

@@ -32,6 +32,7 @@ gives its ``{train,val}/images/``, Pascal VOC its year's ``JPEGImages/``, ADE20K
 ``val/CLASS/*`` (as ImageFolder lists them); any other folder is a folder of photos, searched
 recursively (:func:`.datasets.intrinsic_layout`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -133,8 +134,12 @@ def torchvision_voc(task: str, year_dir: Path, image_set: str) -> tuple[list[Pat
         try:
             link.symlink_to(year_dir.resolve(), target_is_directory=True)
         except OSError as err:
-            raise voc_error(task, year_dir, f"torchvision reads {year_dir.name} at ROOT/{base.as_posix()} and no link could be made there "
-                            f"({type(err).__name__}); move it into VOCdevkit/") from None  # fmt: skip
+            raise voc_error(
+                task,
+                year_dir,
+                f"torchvision reads {year_dir.name} at ROOT/{base.as_posix()} and no link could be made there "
+                f"({type(err).__name__}); move it into VOCdevkit/",
+            ) from None
         return _voc_lists(task, year_dir, image_set, Path(tmp), link)
 
 
@@ -234,7 +239,9 @@ def intrinsic_images(data_dir: str | os.PathLike) -> list[Path] | None:
     if ade is not None:
         folders = [ade / "images" / sub for sub in ADE_SPLITS.values() if (ade / "images" / sub).is_dir()]
         if not folders:
-            raise SinderError(f"{ade}: no images/training/ or images/validation/ folder; intrinsic on ADE20K expects {ADE_DIR}/images/{{training,validation}}/")
+            raise SinderError(
+                f"{ade}: no images/training/ or images/validation/ folder; intrinsic on ADE20K expects {ADE_DIR}/images/{{training,validation}}/"
+            )
         return _photos(ade, "ADE20K", folders, "annotations not read")
     splits = [root / s for s in ("train", "val")]
     if all(d.is_dir() and class_folders(d) for d in splits):

@@ -6,6 +6,7 @@ bilinearly upsampled to the label size. Training labels are the masks cropped an
 the images, then subsampled (nearest) to 4 cells per patch side to keep training cheap;
 validation is at the masks' own resolution (the image's centre crop, in original pixels). mIoU is over classes present in ground truth or prediction; 255 is ignored.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,9 +19,9 @@ from PIL import Image
 
 from ..backbones.base import Backbone
 from ..errors import ImageError, SinderError
+from ..images import crop_geometry
 from .checks import first_skip, require_mask_classes, warn_unseen
 from .datasets import IGNORE, SegSplit, load_mask
-from ..images import crop_geometry
 from .features import extract_features
 from .metrics import confusion_matrix, miou, pixel_accuracy
 
@@ -42,7 +43,9 @@ class SegFeatures:
         return max(vals, default=-1)
 
 
-def load_split(backbone: Backbone, split: SegSplit, resolution: int, batch_size: int, amp: bool, desc: str, progress: bool = True) -> SegFeatures:
+def load_split(
+    backbone: Backbone, split: SegSplit, resolution: int, batch_size: int, amp: bool, desc: str, progress: bool = True
+) -> SegFeatures:
     """Patch tokens and aligned masks of one split; undecodable images or masks are skipped."""
     feats = extract_features(backbone, split.images, resolution, batch_size, want=("patches",), amp=amp, desc=desc, progress=progress)
     skipped = list(split.skipped) + feats.skipped

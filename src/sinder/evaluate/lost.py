@@ -20,6 +20,7 @@ keys (then every pair correlates, every degree ties and the box is the whole ima
 gives no value and none is published, so the default is 0: exactly LOST as published. The bias is
 in the units of K Kᵀ, so a value fits one model (e.g. about −‖mean key‖² to centre the keys).
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,9 +31,9 @@ import torch.nn.functional as F
 
 from ..backbones.base import Backbone
 from ..errors import ImageError, SinderError
+from ..images import crop_geometry
 from .checks import first_skip
 from .datasets import BoxData, read_voc_boxes
-from ..images import crop_geometry
 from .features import autocast, iter_batches
 from .metrics import corloc
 

@@ -1,4 +1,5 @@
 """Segmentation and detection metrics: confusion matrix, mIoU, pixel accuracy, Hungarian matching, box IoU."""
+
 from __future__ import annotations
 
 import numpy as np

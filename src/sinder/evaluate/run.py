@@ -1,5 +1,6 @@
 """Evaluation entry points: the typed config, one model (``evaluate``), several models with a
 comparison table and ``metrics.json`` (``evaluate_models``, ``format_table``, ``write_metrics``)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,11 +16,11 @@ from torch import nn
 from ..backbones import Backbone, as_backbone, load_backbone, parse_spec
 from ..detect import DefectRule
 from ..errors import ConfigError, SinderError, WeightsError
+from ..runtime import resolve_device
 from .checks import check_box_files, check_knn_labels, check_seg_files, require_grid
 from .datasets import LAYOUTS, intrinsic_layout, knn_layout, lost_layout, seg_layout
-from .layouts import standard_layout
-from ..runtime import resolve_device
 from .features import default_resolution
+from .layouts import standard_layout
 
 logger = logging.getLogger(__name__)
 
@@ -140,7 +141,9 @@ def run_task(backbone: Backbone, task: str, layout, res: int, config: EvaluateCo
     if task == "linear-seg":
         from .linear_seg import linear_seg
 
-        return linear_seg(backbone, layout, res, bs, config.probe_steps, config.probe_lr, config.probe_batch_size, config.seed, amp, progress=bars)
+        return linear_seg(
+            backbone, layout, res, bs, config.probe_steps, config.probe_lr, config.probe_batch_size, config.seed, amp, progress=bars
+        )
     if task == "unsup-seg":
         from .unsup_seg import unsup_seg
 
@@ -177,9 +180,7 @@ def evaluate_with_info(
     if isinstance(backbone_or_spec, (Backbone, nn.Module)):
         backbone = as_backbone(backbone_or_spec)
     else:
-        backbone = load_backbone(
-            backbone_or_spec, config.weights, random_init=config.random_init, device=resolve_device(config.device)
-        )
+        backbone = load_backbone(backbone_or_spec, config.weights, random_init=config.random_init, device=resolve_device(config.device))
     res = default_resolution(backbone, config.resolution)
     if task in MIN_GRID:
         require_grid(task, res, backbone.patch_size, MIN_GRID[task])

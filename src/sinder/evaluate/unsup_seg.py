@@ -5,6 +5,7 @@ pixel would match and mIoU would be 1 whatever the features, so that is refused)
 (−squared distance to each centroid) are bilinearly upsampled to the masks' own resolution;
 clusters are matched to labels by the Hungarian algorithm on the pixel confusion matrix.
 """
+
 from __future__ import annotations
 
 import logging
@@ -74,7 +75,9 @@ def require_tokens(tokens: torch.Tensor, k: int) -> None:
     """k-means into ``k`` clusters needs at least ``k`` patch tokens (n, h, w, D)."""
     n = tokens[..., 0].numel()
     if n < k:
-        raise ConfigError(f"unsup-seg: {k} classes need at least {k} patch tokens, the val images give {n}; add val images or raise --resolution")
+        raise ConfigError(
+            f"unsup-seg: {k} classes need at least {k} patch tokens, the val images give {n}; add val images or raise --resolution"
+        )
 
 
 def matched_confusion(tokens: torch.Tensor, centres: torch.Tensor, masks: list[np.ndarray], present: list[int]) -> np.ndarray:

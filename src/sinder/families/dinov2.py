@@ -3,6 +3,7 @@
 Export format: ``<name>_sinder.pth``, a plain state dict with the official keys; it loads into
 the official torch.hub model with ``strict=True``, or as ``dinov2:NAME --weights FILE.pth``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,7 +42,12 @@ def reload_official_format(backbone: Backbone, path: Path) -> Backbone:
 
 register_family(
     Family(
-        name="dinov2", spec_help="dinov2:vits14|vitb14|vitl14|vitg14[_reg]", load=load, save=save_official_format,
-        reload=reload_official_format, key_maps={"official": timm_to_official_dinov2}, order=30,
+        name="dinov2",
+        spec_help="dinov2:vits14|vitb14|vitl14|vitg14[_reg]",
+        load=load,
+        save=save_official_format,
+        reload=reload_official_format,
+        key_maps={"official": timm_to_official_dinov2},
+        order=30,
     )
-)  # fmt: skip
+)

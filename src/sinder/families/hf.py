@@ -2,6 +2,7 @@
 
 Export format: a ``save_pretrained`` folder (``config.json`` + ``model.safetensors``); ``hf:DIR`` loads it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -50,8 +51,12 @@ def reload_hf_format(backbone: Backbone, path: Path) -> Backbone:
 
 register_family(
     Family(
-        name="hf", spec_help="hf:ID_OR_DIR", load=load, save=save_hf_format, reload=reload_hf_format,
+        name="hf",
+        spec_help="hf:ID_OR_DIR",
+        load=load,
+        save=save_hf_format,
+        reload=reload_hf_format,
         key_maps={"official": hf_dinov2_to_official},  # DINOv2 models only (DINOv3 has no official layout here)
         order=20,
     )
-)  # fmt: skip
+)

@@ -2,6 +2,7 @@
 
 Planted models are timm ``vit_small_patch14_dinov2`` models, so they export like ``timm``.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,7 +21,12 @@ def load(name: str, spec: str, weights: str | Path | None = None, random_init: b
 
 register_family(
     Family(
-        name="planted", spec_help="planted:" + "|".join(PRESETS) + "[@S|B|L|g]", load=load, save=save_timm_format,
-        reload=reload_timm_format, key_maps={"official": timm_to_official_dinov2}, order=40,
+        name="planted",
+        spec_help="planted:" + "|".join(PRESETS) + "[@S|B|L|g]",
+        load=load,
+        save=save_timm_format,
+        reload=reload_timm_format,
+        key_maps={"official": timm_to_official_dinov2},
+        order=40,
     )
-)  # fmt: skip
+)

@@ -4,6 +4,7 @@ Export format (shared with ``planted``): ``model.safetensors`` + ``model_spec.js
 ``timm.create_model(timm_name, pretrained=False, img_size=img_size, num_classes=num_classes, **kwargs)``
 then ``load_state_dict(strict=True)``, or ``--model timm:NAME --weights model.safetensors``.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,13 +73,17 @@ def reload_timm_format(backbone: Backbone, path: Path) -> Backbone:
     folder = path.parent if path.is_file() else path
     meta = json.loads((folder / SPEC_FILE).read_text())
     model = timm.create_model(
-        meta["timm_name"], pretrained=False, img_size=meta["img_size"], num_classes=meta["num_classes"],
-        dynamic_img_size=True, **meta["kwargs"],
-    )  # fmt: skip
+        meta["timm_name"],
+        pretrained=False,
+        img_size=meta["img_size"],
+        num_classes=meta["num_classes"],
+        dynamic_img_size=True,
+        **meta["kwargs"],
+    )
     model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)), strict=True)
     new = wrap_timm(model, backbone.spec, family=backbone.family)
     new.timm_name, new.timm_kwargs = meta["timm_name"], meta["kwargs"]
     return new
 
 
-register_family(Family(name="timm", spec_help="timm:NAME[.TAG]", load=load, save=save_timm_format, reload=reload_timm_format, order=10))  # fmt: skip
+register_family(Family(name="timm", spec_help="timm:NAME[.TAG]", load=load, save=save_timm_format, reload=reload_timm_format, order=10))

@@ -4,11 +4,19 @@
 * :mod:`~sinder.fixes.interpolate`: SC-CLIP-style replacement of defect tokens by their neighbours.
 * :mod:`~sinder.fixes.registers`: test-time registers, register neurons moved into an extra token.
 """
+
 from .clamp import ClampResult, clamp_singular_values
 from .interpolate import NeighbourInterpolation, interpolate_defects
 from .registers import NeuronRegisters, RegisterNeurons, RegisterSearchConfig, apply_registers, find_register_neurons
 
 __all__ = [
-    "ClampResult", "NeighbourInterpolation", "NeuronRegisters", "RegisterNeurons", "RegisterSearchConfig", "apply_registers",
-    "clamp_singular_values", "find_register_neurons", "interpolate_defects",
-]  # fmt: skip
+    "ClampResult",
+    "NeighbourInterpolation",
+    "NeuronRegisters",
+    "RegisterNeurons",
+    "RegisterSearchConfig",
+    "apply_registers",
+    "clamp_singular_values",
+    "find_register_neurons",
+    "interpolate_defects",
+]

@@ -6,6 +6,7 @@ that exports like a repair.
 Fused layers are clamped as the module they are (timm's qkv as one matrix, as the paper's
 "every linear layer" reads); LayerScale, norms and embeddings are left alone.
 """
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ block, removed by :meth:`NeighbourInterpolation.remove` (or on leaving ``with``)
 
 The hook sees tokens, not pixels, so the patch grid is taken as square unless ``grid`` is given.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,9 @@ class NeighbourInterpolation:
     """``with NeighbourInterpolation(backbone, layer, direction):`` — the model's forward (and
     sinder's block calls) then interpolate the defects of block ``layer``'s output."""
 
-    def __init__(self, backbone: Backbone, layer: int, direction: torch.Tensor, rule: DefectRule | None = None,
-                 grid: tuple[int, int] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, backbone: Backbone, layer: int, direction: torch.Tensor, rule: DefectRule | None = None, grid: tuple[int, int] | None = None
+    ) -> None:
         require(0 <= layer < backbone.depth, f"layer must be in 0..{backbone.depth - 1}, got {layer}")
         self.backbone, self.layer, self.grid = backbone, layer, grid
         self.direction = direction.detach().float()

@@ -19,6 +19,7 @@ inference their activation is moved from the patch tokens into one extra token.
 ``mode="zero"`` only zeroes the neurons on the patch tokens, with no extra token: an ablation
 known to hurt (OpenCLIP zero-shot 70.4 → 55.6 in the paper).
 """
+
 from __future__ import annotations
 
 import json
@@ -73,10 +74,14 @@ class RegisterNeurons:
     def check_fits(self, backbone: Backbone) -> None:
         """One-line error when these neurons were found on a model of another shape."""
         if backbone.depth != self.depth:
-            raise ConfigError(f"register neurons were found on a {self.depth}-block model ({self.model}); {backbone.spec} has {backbone.depth} blocks")
+            raise ConfigError(
+                f"register neurons were found on a {self.depth}-block model ({self.model}); {backbone.spec} has {backbone.depth} blocks"
+            )
         for layer, unit in self.neurons:
             if unit >= hidden_units(backbone, layer):
-                raise ConfigError(f"register neuron ({layer}, {unit}) does not exist in {backbone.spec}: block {layer} has {hidden_units(backbone, layer)} MLP hidden units")
+                raise ConfigError(
+                    f"register neuron ({layer}, {unit}) does not exist in {backbone.spec}: block {layer} has {hidden_units(backbone, layer)} MLP hidden units"
+                )
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -97,11 +102,15 @@ class RegisterNeurons:
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise WeightsError(f"{path}: no such file; give the registers.json written by `sinder compare` or find_register_neurons") from None
+            raise WeightsError(
+                f"{path}: no such file; give the registers.json written by `sinder compare` or find_register_neurons"
+            ) from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise WeightsError(f"{path}: not a readable registers.json ({type(err).__name__}); write it again with `sinder compare`") from None
+            raise WeightsError(
+                f"{path}: not a readable registers.json ({type(err).__name__}); write it again with `sinder compare`"
+            ) from None
         if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise WeightsError(f"{path}: not a sinder registers file (no \"format\": \"{FORMAT}\")")
+            raise WeightsError(f'{path}: not a sinder registers file (no "format": "{FORMAT}")')
         if d.get("version") != VERSION:
             raise WeightsError(f"{path}: registers format version {d.get('version')!r}; this sinder reads version {VERSION}")
         try:
@@ -109,10 +118,14 @@ class RegisterNeurons:
             depth, hidden = int(d["depth"]), tuple(int(h) for h in d["hidden"])
             scores = tuple(float(s) for s in d.get("scores", ()))
         except (KeyError, TypeError, ValueError) as err:
-            raise WeightsError(f"{path}: malformed registers.json ({type(err).__name__}: {err}); write it again with `sinder compare`") from None
+            raise WeightsError(
+                f"{path}: malformed registers.json ({type(err).__name__}: {err}); write it again with `sinder compare`"
+            ) from None
         bad = [n for n in neurons if not (0 <= n[0] < depth and len(hidden) == depth and 0 <= n[1] < hidden[n[0]])]
         if bad:
-            raise WeightsError(f"{path}: neuron {bad[0]} is outside the recorded model ({depth} blocks); write it again with `sinder compare`")
+            raise WeightsError(
+                f"{path}: neuron {bad[0]} is outside the recorded model ({depth} blocks); write it again with `sinder compare`"
+            )
         return cls(neurons, str(d.get("model", "")), depth, hidden, scores, dict(d.get("settings", {})), dict(d.get("measured", {})))
 
 
@@ -253,7 +266,10 @@ class RegisterSearchConfig:
         layer = depth - 2 if self.detect_layer is None else self.detect_layer
         layer = layer + depth if layer < 0 else layer
         require(0 <= layer < depth, f"detect_layer must be in -{depth}..{depth - 1}, got {self.detect_layer}")
-        require(self.layer_limit is None or 0 <= self.layer_limit <= layer, f"layer_limit must be in 0..{layer} (the detection layer), got {self.layer_limit}")
+        require(
+            self.layer_limit is None or 0 <= self.layer_limit <= layer,
+            f"layer_limit must be in 0..{layer} (the detection layer), got {self.layer_limit}",
+        )
         return max(layer, 0)
 
 
@@ -271,14 +287,18 @@ def count_outliers(backbone: Backbone, images: ImageSet, layer: int, threshold: 
 
 
 @torch.no_grad()
-def _score_units(backbone: Backbone, images: ImageSet, layer: int, limit: int, threshold: float, batch_size: int) -> tuple[torch.Tensor, int]:
+def _score_units(
+    backbone: Backbone, images: ImageSet, layer: int, limit: int, threshold: float, batch_size: int
+) -> tuple[torch.Tensor, int]:
     """(limit+1, max hidden) mean |activation| at the outlier tokens, averaged over the images that have some."""
     p = backbone.num_prefix_tokens
     widths = [hidden_units(backbone, i) for i in range(limit + 1)]
     total = torch.zeros(limit + 1, max(widths), dtype=torch.float64)
     seen: dict[int, torch.Tensor] = {}
     handles = [
-        backbone.block_view(i).mlp_out.module.register_forward_pre_hook(lambda m, a, i=i: seen.__setitem__(i, a[0][:, p:].detach().float().cpu()))
+        backbone.block_view(i).mlp_out.module.register_forward_pre_hook(
+            lambda m, a, i=i: seen.__setitem__(i, a[0][:, p:].detach().float().cpu())
+        )
         for i in range(limit + 1)
     ]
     counted = 0
@@ -324,25 +344,41 @@ def find_register_neurons(backbone: Backbone, images: ImageSet, config: Register
     keep = cfg.top_k if cfg.top_k is not None else cfg.max_top_k
     order = scores.flatten().argsort(descending=True)
     ranked = [(int(i) // width, int(i) % width) for i in order]
-    ranked = [(l, u) for l, u in ranked if u < widths[l]][:keep]
+    ranked = [(layer, u) for layer, u in ranked if u < widths[layer]][:keep]
     found = RegisterNeurons(
         neurons=tuple(ranked),
         model=backbone.spec,
         depth=depth,
         hidden=tuple(hidden_units(backbone, i) for i in range(depth)),
-        scores=tuple(float(scores[l, u]) for l, u in ranked),
-        settings={**asdict(cfg), "detect_layer": layer, "threshold": threshold, "layer_limit": limit, "images": norms.shape[1], "images_with_outliers": counted},
+        scores=tuple(float(scores[layer, u]) for layer, u in ranked),
+        settings={
+            **asdict(cfg),
+            "detect_layer": layer,
+            "threshold": threshold,
+            "layer_limit": limit,
+            "images": norms.shape[1],
+            "images_with_outliers": counted,
+        },
     )
     k, after = _choose_top_k(backbone, images, found, layer, threshold, before, cfg)
     chosen = found.top(k)
-    measured = {"outliers_before": before, "outliers_after": after, "outlier_rate_before": before / outliers.numel(), "outlier_rate_after": after / outliers.numel()}
+    measured = {
+        "outliers_before": before,
+        "outliers_after": after,
+        "outlier_rate_before": before / outliers.numel(),
+        "outlier_rate_after": after / outliers.numel(),
+    }
     settings = {**chosen.settings, "top_k": k, "top_k_auto": cfg.top_k is None}
     log.info("register neurons: top-%d of layers 0..%d; outliers at block %d: %d -> %d", k, limit, layer, before, after)
     if after > cfg.residual * before:
         log.warning(
             "register neurons leave %d of %d outliers at block %d even at top-%d: they may not be written by MLP neurons "
-            "(e.g. by attention), and test-time registers will not remove them", after, before, layer, k,
-        )  # fmt: skip
+            "(e.g. by attention), and test-time registers will not remove them",
+            after,
+            before,
+            layer,
+            k,
+        )
     return RegisterNeurons(chosen.neurons, chosen.model, depth, chosen.hidden, chosen.scores, settings, measured)
 
 
@@ -357,10 +393,16 @@ def first_outlier_layer(norms: torch.Tensor, outliers: torch.Tensor, sigmas: flo
     return norms.shape[0] - 1
 
 
-def _choose_top_k(backbone, images, found: RegisterNeurons, layer: int, threshold: float, before: int, cfg: RegisterSearchConfig) -> tuple[int, int]:
+def _choose_top_k(
+    backbone, images, found: RegisterNeurons, layer: int, threshold: float, before: int, cfg: RegisterSearchConfig
+) -> tuple[int, int]:
     """(k, outliers left) for the configured top_k, or the smallest step that leaves ≤ residual."""
     available = len(found.neurons)
-    steps = [min(cfg.top_k, available)] if cfg.top_k is not None else sorted({min(s, available) for s in TOP_K_STEPS if s <= cfg.max_top_k} | {min(cfg.max_top_k, available)})
+    steps = (
+        [min(cfg.top_k, available)]
+        if cfg.top_k is not None
+        else sorted({min(s, available) for s in TOP_K_STEPS if s <= cfg.max_top_k} | {min(cfg.max_top_k, available)})
+    )
     after = before
     for k in steps:
         with NeuronRegisters(backbone, found.top(k), cfg.mode):

@@ -4,6 +4,7 @@ the whole pipeline, each built from a seed in seconds, each exposing its ground 
 ``config`` holds the typed config and the presets, ``circuits`` the planted neurons, ``model``
 the builder and :class:`PlantedTruth`.
 """
+
 from .config import ARCHITECTURES, PRESETS, PlantedConfig, preset
 from .model import PlantedTruth, build_planted, load_planted
 

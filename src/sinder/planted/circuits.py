@@ -10,6 +10,7 @@ has a tiny (even negative) Gaussian-expected slope, so the linear theory cannot 
 neuron; an odd dead-zone pair, gelu(a(s − t)) − gelu(a(−s − t)), is flat for the small |s| of
 ordinary tokens yet has a large Gaussian slope, so the theory sees the amplification.
 """
+
 from __future__ import annotations
 
 import torch
@@ -100,7 +101,9 @@ class Neurons:
         return j
 
 
-def plant_texture_detector(model: nn.Module, block: int, scale: float, gain: float, out: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def plant_texture_detector(
+    model: nn.Module, block: int, scale: float, gain: float, out: torch.Tensor, gen: torch.Generator
+) -> torch.Tensor:
     """Patch-embedding filters q_k·h_k and, at ``block``, even pairs act(a·s_k) + act(−a·s_k) ≈ a|s_k|
     that write their sum along ``out``: a measure of the patch's local texture (≈0 on flat
     background). Returns the filter directions q (K, D), to be kept quiet."""
@@ -203,7 +206,12 @@ def clustered_positions(grid: int, count: int, generator: torch.Generator) -> li
             base = group[int(torch.randint(len(group), (1,), generator=generator))]
             dr, dc = (int(v) - 1 for v in torch.randint(0, 3, (2,), generator=generator))
             cell = (base[0] + dr, base[1] + dc)
-            if cell not in group and 1 <= min(cell) and max(cell) <= grid - 2 and all(max(abs(cell[0] - r0), abs(cell[1] - c0)) >= 2 for r0, c0 in chosen):
+            if (
+                cell not in group
+                and 1 <= min(cell)
+                and max(cell) <= grid - 2
+                and all(max(abs(cell[0] - r0), abs(cell[1] - c0)) >= 2 for r0, c0 in chosen)
+            ):
                 group.append(cell)
         chosen += group
         g += 1

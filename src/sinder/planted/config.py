@@ -3,6 +3,7 @@
 A name is ``NAME[@SIZE]``: ``planted:content`` is the ViT-S/14 preset, ``planted:content@L``
 plants the same circuits in a ViT-L/14 (sizes S, B, L, g: the DINOv2 layouts).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -115,8 +116,14 @@ class PlantedConfig:
         require(self.ignition in ("marker", "content"), f"ignition must be marker or content, got {self.ignition!r}")
         require(self.amplifier in ("pair", "feedback", "bounded"), f"amplifier must be pair, feedback or bounded, got {self.amplifier!r}")
         require(self.markers >= 1, f"markers must be >= 1, got {self.markers}")
-        require(self.marker_layout in ("interior", "border", "clusters"), f"marker_layout must be interior, border or clusters, got {self.marker_layout!r}")
-        require(self.marker_layout != "border" or self.markers >= 6, f"marker_layout='border' needs markers >= 6 (4 corners, edges, 2 interior cells), got {self.markers}")
+        require(
+            self.marker_layout in ("interior", "border", "clusters"),
+            f"marker_layout must be interior, border or clusters, got {self.marker_layout!r}",
+        )
+        require(
+            self.marker_layout != "border" or self.markers >= 6,
+            f"marker_layout='border' needs markers >= 6 (4 corners, edges, 2 interior cells), got {self.markers}",
+        )
         require(0 <= self.strength_spread < 1, f"strength_spread must be in [0, 1), got {self.strength_spread}")
         require(0 <= self.u_noise < 0.1, f"u_noise must be in [0, 0.1), got {self.u_noise}")
         require(self.anisotropy >= 1, f"anisotropy must be >= 1, got {self.anisotropy}")
@@ -130,7 +137,8 @@ class PlantedConfig:
         require(self.ignition_margin > 0, f"ignition_margin must be > 0, got {self.ignition_margin}")
         require(0 <= self.ignition_suppress <= 1, f"ignition_suppress must be in [0, 1], got {self.ignition_suppress}")
         require(
-            self.ignition_suppress == 0 or (self.ignition == "marker" and self.ignition_path == "mlp" and self.ignition_blocks == 1 and self.ignition_units == 1),
+            self.ignition_suppress == 0
+            or (self.ignition == "marker" and self.ignition_path == "mlp" and self.ignition_blocks == 1 and self.ignition_units == 1),
             "ignition_suppress needs one MLP ignition unit in one block on positional markers: ignition='marker', ignition_path='mlp', ignition_blocks=1, ignition_units=1",
         )
         require(self.spectrum_top >= 0, f"spectrum_top must be >= 0 (0: timm's init), got {self.spectrum_top}")
@@ -165,10 +173,14 @@ PRESETS: dict[str, PlantedConfig] = {
     "content": PlantedConfig(ignition="content", markers=10, onset=5 / 12, amplifier="feedback", u_noise=0.01, seed=1),
     # early and late onset, 1–8 defects per image of unequal strength
     "early": PlantedConfig(ignition="content", markers=10, onset=2 / 12, strength_spread=0.4, seed=2),
-    "late": PlantedConfig(ignition="content", markers=10, onset=8 / 12, strength_spread=0.4, amplifier="feedback", ignition_gain=150.0, amp_gain=5.0, seed=3),
+    "late": PlantedConfig(
+        ignition="content", markers=10, onset=8 / 12, strength_spread=0.4, amplifier="feedback", ignition_gain=150.0, amp_gain=5.0, seed=3
+    ),
     # like an independently built model the reference failed on: strongly anisotropic tokens and
     # a dominant early feature whose noise tail the |cos| rule flags before the defects appear
-    "noisy": PlantedConfig(ignition="content", markers=10, onset=6 / 12, amplifier="feedback", u_noise=0.01, anisotropy=6.0, early_feature=3.0, seed=7),
+    "noisy": PlantedConfig(
+        ignition="content", markers=10, onset=6 / 12, amplifier="feedback", u_noise=0.01, anisotropy=6.0, early_feature=3.0, seed=7
+    ),
     # DINOv2's native 518 px (37×37 grid), ~2% defect tokens
     "native518": PlantedConfig(img_size=518, markers=27, strength_spread=0.2, u_noise=0.01, seed=4),
     # the ViT-g layout (fused SwiGLU w12/fc1) at ViT-S width, and a 4-register model
@@ -183,16 +195,32 @@ PRESETS: dict[str, PlantedConfig] = {
     # above 2 in each of q, k, v, proj, fc1, fc2), and the circuit sits among them (σ 2–4) instead
     # of far above: a marker read in 2 blocks, a feedback amplifier, a weaker shared component
     "spectral": PlantedConfig(
-        spectrum_top=8.0, spectrum_decay=0.5, shared_norm=10.0, onset=2 / 12, marker_norm=10.0, ignition_margin=9.7, ignition_gain=2.0,
-        ignition_blocks=2, amplifier="feedback", amp_gain=2.5, seed=8,
+        spectrum_top=8.0,
+        spectrum_decay=0.5,
+        shared_norm=10.0,
+        onset=2 / 12,
+        marker_norm=10.0,
+        ignition_margin=9.7,
+        ignition_gain=2.0,
+        ignition_blocks=2,
+        amplifier="feedback",
+        amp_gain=2.5,
+        seed=8,
     ),
     # positional defects on the edge: the 4 corners, 4 edge cells and 2 interior cells
     "border": PlantedConfig(marker_layout="border", markers=10, strength_spread=0.1, seed=11),
     # 30 defects per 518 px image in groups of 1–3 adjacent cells, ~3× apart in norm at the last
     # layer: the ignition sets each strength (wide margin, ±30% markers), a bounded amplifier keeps it
     "crowded": PlantedConfig(
-        img_size=518, markers=30, marker_layout="clusters", strength_spread=0.3, ignition_margin=5.0, ignition_gain=150.0, amplifier="bounded",
-        u_noise=0.01, seed=12,
+        img_size=518,
+        markers=30,
+        marker_layout="clusters",
+        strength_spread=0.3,
+        ignition_margin=5.0,
+        ignition_gain=150.0,
+        amplifier="bounded",
+        u_noise=0.01,
+        seed=12,
     ),
     # CLIP-like low-norm artifacts: the ignition writes a little u and removes the shared component
     # and the marker, a bounded amplifier leaves it there: aligned with ν, ~0.6–0.8× the median norm
@@ -204,7 +232,9 @@ def preset(name: str, spec: str = "") -> PlantedConfig:
     """The config of ``NAME[@SIZE]``; a one-line ``ModelSpecError`` for unknown names or sizes."""
     base, _, size = name.partition("@")
     if base not in PRESETS:
-        raise ModelSpecError(f"{spec or name}: unknown planted model {base!r}; available: {', '.join('planted:' + k for k in PRESETS)} (optionally @S|@B|@L|@g)")
+        raise ModelSpecError(
+            f"{spec or name}: unknown planted model {base!r}; available: {', '.join('planted:' + k for k in PRESETS)} (optionally @S|@B|@L|@g)"
+        )
     cfg = PRESETS[base]
     if size:
         if size not in ARCHITECTURES:

@@ -6,6 +6,7 @@ amplify u, so G_i's top singular vector is u. Each zoo member plants them differ
 :class:`~sinder.planted.config.PlantedConfig`); all are timm DINOv2-layout models, built from a
 seed in seconds with no files.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,9 +22,20 @@ from ..backbones.weights import read_state_dict
 from ..runtime import one_thread
 from ..theory import defect_directions
 from .circuits import (
-    AMPLIFIER_UNITS, TEXTURE_FILTERS, Neurons, border_positions, clustered_positions, keep_quiet_, marker_positions, ordinary_linears, orthogonal_unit,
-    place_markers, plant_amplifiers, plant_texture_detector, power_law_spectrum_,
-)  # fmt: skip
+    AMPLIFIER_UNITS,
+    TEXTURE_FILTERS,
+    Neurons,
+    border_positions,
+    clustered_positions,
+    keep_quiet_,
+    marker_positions,
+    ordinary_linears,
+    orthogonal_unit,
+    place_markers,
+    plant_amplifiers,
+    plant_texture_detector,
+    power_law_spectrum_,
+)
 from .config import PlantedConfig, preset
 
 IGNITION_SHARPNESS = 4.0
@@ -87,7 +99,9 @@ def _build(cfg: PlantedConfig) -> tuple[nn.Module, PlantedTruth]:
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = timm.create_model(cfg.timm_name, pretrained=False, num_classes=0, img_size=cfg.img_size, dynamic_img_size=True, **cfg.timm_kwargs)
+        model = timm.create_model(
+            cfg.timm_name, pretrained=False, num_classes=0, img_size=cfg.img_size, dynamic_img_size=True, **cfg.timm_kwargs
+        )
     model.eval()
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     dim = model.embed_dim
@@ -114,7 +128,9 @@ def _build(cfg: PlantedConfig) -> tuple[nn.Module, PlantedTruth]:
     model.patch_embed.proj.bias += cfg.shared_norm * shared
     if cfg.u_noise:  # a small, position- and content-dependent u component on every token
         model.pos_embed += cfg.u_noise * cfg.shared_norm * torch.randn(model.pos_embed.shape[:2], generator=gen)[..., None] * u
-        model.patch_embed.proj.weight += torch.einsum("d,chw->dchw", u, 0.3 * cfg.u_noise * torch.randn(model.patch_embed.proj.weight.shape[1:], generator=gen))
+        model.patch_embed.proj.weight += torch.einsum(
+            "d,chw->dchw", u, 0.3 * cfg.u_noise * torch.randn(model.patch_embed.proj.weight.shape[1:], generator=gen)
+        )
     used = [u, shared, texture]
     if cfg.ignition == "content":
         q = plant_texture_detector(model, max(0, layer - 1), TEXTURE_SCALE, TEXTURE_GAIN, texture, gen)
@@ -143,7 +159,9 @@ def _plant_ignition(model, cfg: PlantedConfig, u, texture, used: torch.Tensor, g
         return _plant_attention_ignition(model, cfg, u, used, gen)
     marker_level = cfg.marker_norm / _token_std(cfg)
     units_per_block = cfg.ignition_units
-    margins = [cfg.ignition_margin] if units_per_block == 1 else (cfg.ignition_margin * torch.linspace(1.25, 0.75, units_per_block)).tolist()
+    margins = (
+        [cfg.ignition_margin] if units_per_block == 1 else (cfg.ignition_margin * torch.linspace(1.25, 0.75, units_per_block)).tolist()
+    )
     gain = cfg.ignition_gain / units_per_block if units_per_block > 1 else cfg.ignition_gain
     blocks = range(cfg.ignition_layer, min(cfg.depth, cfg.ignition_layer + cfg.ignition_blocks))
     # later blocks already hold their amplifier, so their unit comes after it; the first takes the
@@ -151,7 +169,10 @@ def _plant_ignition(model, cfg: PlantedConfig, u, texture, used: torch.Tensor, g
     # a bounded amplifier, new, is not overwritten)
     first = AMPLIFIER_UNITS["bounded"] if cfg.amplifier == "bounded" else 0
     planted = [Neurons(model.blocks[b].mlp, taken=AMPLIFIER_UNITS[cfg.amplifier] if b > cfg.ignition_layer else first) for b in blocks]
-    units = [[n.add(torch.zeros_like(u), IGNITION_SHARPNESS, -IGNITION_SHARPNESS * (marker_level - margin), u, gain) for margin in margins] for n in planted]
+    units = [
+        [n.add(torch.zeros_like(u), IGNITION_SHARPNESS, -IGNITION_SHARPNESS * (marker_level - margin), u, gain) for margin in margins]
+        for n in planted
+    ]
     directions = defect_directions(TimmViTBackbone(model, "planted:build"))
     m = orthogonal_unit(model.embed_dim, torch.cat([used, directions]), gen)
     for margin, row in zip(margins, zip(*units)):

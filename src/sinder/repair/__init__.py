@@ -9,6 +9,7 @@ Modules: ``config`` (RepairConfig), ``singular`` (σ-parametrisation, folding), 
 ``loop`` (training loop and its callbacks), ``finish`` (fold, export, check), ``checkpoint``,
 ``distributed``, ``metrics`` (before/after on held-out images), ``api`` (``repair``).
 """
+
 from .api import RepairResult, repair
 from .config import RepairConfig
 from .engine import StepResult, Trainer

@@ -6,14 +6,15 @@ loop (``loop.py``) → held-out metrics, fold, export and its check (``finish.py
 after → ``summary.json`` (written last: it marks a finished run). The folder's files are
 owned by :mod:`sinder.runfolder`; the command line only parses arguments.
 """
+
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
@@ -127,7 +128,9 @@ def _names(items: Sequence[ImageItem], limit: int) -> list[str]:
     return [item_name(x, i) for i, x in enumerate(subsample(list(items), limit))]
 
 
-def check_resume_early(folder: RunFolder, config: RepairConfig, items: Sequence[ImageItem], eval_items: Sequence[ImageItem] | None = None) -> None:
+def check_resume_early(
+    folder: RunFolder, config: RepairConfig, items: Sequence[ImageItem], eval_items: Sequence[ImageItem] | None = None
+) -> None:
     """Before any slow start-up: a --resume run must use the settings, the training images and the
     held-out images (``items``, ``eval_items``: what :func:`split_inputs` returns) of the run it
     continues. ``eval_items`` None: not checked."""
@@ -144,19 +147,26 @@ def check_same_images(saved: dict, train_names: Sequence[str], eval_names: Seque
     """The training and held-out image lists recorded in config.json (``data_names``,
     ``eval_names``; absent in runs of older versions) must be those of this run."""
     if saved.get("data_names") not in (None, names_digest(train_names)):
-        raise ConfigError(f"--resume: the training images differ from those of the run in {folder.path}; pass the same --data (and --eval-data) or use --overwrite")
+        raise ConfigError(
+            f"--resume: the training images differ from those of the run in {folder.path}; pass the same --data (and --eval-data) or use --overwrite"
+        )
     # the held-out images decide the plateau stop and every before/after metric
     if eval_names is not None and saved.get("eval_names") not in (None, names_digest(eval_names)):
-        raise ConfigError(f"--resume: the held-out images differ from those of the run in {folder.path}; pass the same --eval-data (and --num-eval) or use --overwrite")
+        raise ConfigError(
+            f"--resume: the held-out images differ from those of the run in {folder.path}; pass the same --eval-data (and --num-eval) or use --overwrite"
+        )
 
 
 def run_settings(backbone: Backbone, config: RepairConfig, data: RepairData, world_size: int) -> dict:
     """What config.json holds: the settings, the model and the two image lists' digests."""
     held_out = data.held_out.names if data.held_out is not None else []
     return config.to_dict() | {
-        "model": backbone.describe(), "num_train_images": len(data.train), "world_size": world_size,
-        "data_names": names_digest(data.train.names), "eval_names": names_digest(held_out),
-    }  # fmt: skip
+        "model": backbone.describe(),
+        "num_train_images": len(data.train),
+        "world_size": world_size,
+        "data_names": names_digest(data.train.names),
+        "eval_names": names_digest(held_out),
+    }
 
 
 def interrupted_stage(err: BaseException) -> str | None:
@@ -289,8 +299,16 @@ class _Run:
             return
         log.info("analysing %d held-out image(s) %s repair", len(self.data.held_out), which)
         acfg = AnalyzeConfig(resolution=c.resolution, rule=c.rule, device=str(self.backbone.device))
-        self.analyses[which] = analyze(self.backbone, self.data.held_out.items, acfg, directions=self.dirs,
-                                       singular_values=singular_values, out_dir=out.path, overwrite=True, progress=False)  # fmt: skip
+        self.analyses[which] = analyze(
+            self.backbone,
+            self.data.held_out.items,
+            acfg,
+            directions=self.dirs,
+            singular_values=singular_values,
+            out_dir=out.path,
+            overwrite=True,
+            progress=False,
+        )
         self.written.append(out.path)
 
     def _keep(self, out) -> bool:
@@ -331,7 +349,15 @@ class _Run:
             callbacks.append(ProgressBar(self.config.max_steps, state.step))
         if self.writes:
             f = self.folder
-            callbacks.append(Checkpoints(lambda p: self._save(p, handle, trainer, state), f.checkpoint, self.config.checkpoint_every, f.skip_checkpoint, self.config.save_at_skip))
+            callbacks.append(
+                Checkpoints(
+                    lambda p: self._save(p, handle, trainer, state),
+                    f.checkpoint,
+                    self.config.checkpoint_every,
+                    f.skip_checkpoint,
+                    self.config.save_at_skip,
+                )
+            )
         self.stage = "training"  # the loop finishes the step and checkpoints itself (a second Ctrl-C lands here)
         TrainingLoop(trainer, self.data.train, state, self.config, self.dist, callbacks).run()
         self.stage = "the held-out metrics" + AFTER_TRAINING
@@ -342,7 +368,9 @@ class _Run:
             if not self.writes:
                 raise
             self.folder.clear_temporaries()  # safetensors' own staging file, left on ENOSPC
-            raise DiskFullError(f"{err}; training finished and is checkpointed in {self.folder.checkpoint}: --resume exports without training again") from None
+            raise DiskFullError(
+                f"{err}; training finished and is checkpointed in {self.folder.checkpoint}: --resume exports without training again"
+            ) from None
 
     def _plateau(self, trainer: Trainer) -> list:
         """The held-out residual stop (before the log, so its checks are logged), when there are held-out images."""
@@ -409,17 +437,33 @@ class _Run:
             weights_path, export_diff = export_checked(self.backbone, self.folder.weights, probe, c.export_tol)
             self.written.append(weights_path)
         self.analyse("after")
-        summary = json_safe({
-            "model": self.backbone.describe(), "config": c.to_dict(),
-            **training_summary(state, data.train, data.held_out, resumed, self.dist.world_size),
-            "trainable_parameters": handle.num_trainable(), "metrics": metrics, "fold_max_token_diff": fold_diff,
-            "weights": str(weights_path) if weights_path is not None else None, "export_max_token_diff": export_diff,
-        })  # fmt: skip
+        summary = json_safe(
+            {
+                "model": self.backbone.describe(),
+                "config": c.to_dict(),
+                **training_summary(state, data.train, data.held_out, resumed, self.dist.world_size),
+                "trainable_parameters": handle.num_trainable(),
+                "metrics": metrics,
+                "fold_max_token_diff": fold_diff,
+                "weights": str(weights_path) if weights_path is not None else None,
+                "export_max_token_diff": export_diff,
+            }
+        )
         if self.writes:
             self.written.append(self.folder.write_summary(summary))
         self.dist.barrier()
-        return RepairResult(self.backbone, c, summary, epsilon, run_log.rows, self.folder.path if self.folder else None,
-                            weights_path, self.written, self.analyses.get("before"), self.analyses.get("after"))  # fmt: skip
+        return RepairResult(
+            self.backbone,
+            c,
+            summary,
+            epsilon,
+            run_log.rows,
+            self.folder.path if self.folder else None,
+            weights_path,
+            self.written,
+            self.analyses.get("before"),
+            self.analyses.get("after"),
+        )
 
 
 @torch.no_grad()

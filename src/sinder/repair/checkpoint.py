@@ -2,6 +2,7 @@
 holds the rest as JSON (step, data position, skip history, config signature). Written with
 temp file + ``os.replace``; read without unpickling anything.
 """
+
 from __future__ import annotations
 
 import json
@@ -67,7 +68,9 @@ class TrainState:
         return cls(**d, history=deque(hist))
 
 
-def save_checkpoint(path: str | Path, eps: dict[str, torch.Tensor], momentum: dict[str, torch.Tensor], state: TrainState, meta: dict) -> Path:
+def save_checkpoint(
+    path: str | Path, eps: dict[str, torch.Tensor], momentum: dict[str, torch.Tensor], state: TrainState, meta: dict
+) -> Path:
     from safetensors.torch import save_file
 
     tensors = {f"eps/{k}": v.detach().cpu().contiguous() for k, v in eps.items()}

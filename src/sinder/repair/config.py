@@ -1,4 +1,5 @@
 """``RepairConfig``: every knob of a SINDER repair run, validated once at the boundary."""
+
 from __future__ import annotations
 
 import math
@@ -12,10 +13,27 @@ Impl = Literal["fast", "reference"]
 
 # Fields that change what training computes: a resumed run must match them exactly.
 TRAINING_FIELDS = (
-    "impl", "batch_size", "resolution", "lr", "momentum", "rule", "kernel", "tau", "limit_layers", "window",
-    "gram_weight", "num_train_max", "directions", "seed", "order", "plateau_every", "plateau_patience", "plateau_min_delta",
-    "from_onset", "weak_defects",
-)  # fmt: skip
+    "impl",
+    "batch_size",
+    "resolution",
+    "lr",
+    "momentum",
+    "rule",
+    "kernel",
+    "tau",
+    "limit_layers",
+    "window",
+    "gram_weight",
+    "num_train_max",
+    "directions",
+    "seed",
+    "order",
+    "plateau_every",
+    "plateau_patience",
+    "plateau_min_delta",
+    "from_onset",
+    "weak_defects",
+)
 Order = Literal["shuffle", "sequential"]
 # The reference's rule: one μ + 4σ pass, no norm gate, ≥ 3 defects, border cleared (kernel // 2).
 FAITHFUL_RULE = DefectRule(mask_thr=4.0, border=1, norm_gate=0.0, skip_less_than=3, threshold="meanstd")
@@ -84,8 +102,13 @@ class RepairConfig:
         require(self.impl in ("fast", "reference"), f"impl must be 'fast' or 'reference', got {self.impl!r}")
         require(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
         require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        require(self.impl == "fast" or self.batch_size == 1, "the reference implementation uses batch size 1; use --impl fast for --batch-size > 1")
-        require(self.resolution is None or 16 <= self.resolution <= 4096, f"--resolution must be between 16 and 4096 px (got {self.resolution})")
+        require(
+            self.impl == "fast" or self.batch_size == 1,
+            "the reference implementation uses batch size 1; use --impl fast for --batch-size > 1",
+        )
+        require(
+            self.resolution is None or 16 <= self.resolution <= 4096, f"--resolution must be between 16 and 4096 px (got {self.resolution})"
+        )
         for name in ("lr", "tau"):
             v = getattr(self, name)
             require(math.isfinite(v) and v > 0, f"{name} must be a positive number, got {v}")
@@ -115,9 +138,15 @@ class RepairConfig:
         """Exactly the reference SINDER settings: the μ+4σ rule alone with ≥ 3 defects, images
         walked in order, and the skip-ratio stop over a 1000-image history as the only stop rule."""
         settings = dict(
-            rule=FAITHFUL_RULE, order="sequential", plateau_patience=0, window=1000, stop_skip_ratio=0.75, from_onset=False, weak_defects=0.0,
+            rule=FAITHFUL_RULE,
+            order="sequential",
+            plateau_patience=0,
+            window=1000,
+            stop_skip_ratio=0.75,
+            from_onset=False,
+            weak_defects=0.0,
             stop_when_clean=False,
-        )  # fmt: skip
+        )
         return cls(**(settings | overrides))
 
     def to_dict(self) -> dict:

@@ -4,6 +4,7 @@ Training cycles over the set in a seeded order: epoch e visits ``randperm(n, see
 image at any global position is a pure function of (seed, position) and a resumed run sees
 exactly the images it would have seen.
 """
+
 from __future__ import annotations
 
 import torch

@@ -3,6 +3,7 @@ ranks and divided by the number of images that had defects, so every rank takes 
 Rank 0 alone writes files. Works under ``torchrun`` (NCCL on CUDA, gloo on CPU) or inside an
 already-initialised process group.
 """
+
 from __future__ import annotations
 
 import logging

@@ -21,6 +21,7 @@ number of images with defects, a non-finite loss or gradient skips the step (log
 blocks outside every window keep ``grad=None`` so SGD leaves them (and their momentum) alone,
 as the reference's ``p.grad = None`` does.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,9 +32,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..backbones.base import Backbone
+from ..detect import detect_layer
 from .config import RepairConfig
 from .distributed import DistContext
-from ..detect import detect_layer
 from .loss import gram_loss, neighbour_loss
 from .singular import SingularModel
 

@@ -1,5 +1,6 @@
 """After training: measure on the held-out images, fold σ back into plain weights (checking the
 fold changed nothing), export in the input's format and verify the re-loaded file."""
+
 from __future__ import annotations
 
 import logging
@@ -64,7 +65,9 @@ def export_checked(backbone: Backbone, folder: Path, probe: torch.Tensor | None,
     with torch.no_grad():
         scale = float(backbone.model_forward(probe.to(backbone.device, backbone.dtype)).abs().max())
     if not diff <= tol * max(1.0, scale):
-        raise WeightsError(f"re-loading {path} gives tokens {diff:.3g} away from the repaired model (tolerance {tol * max(1.0, scale):.3g}); the export is wrong, do not use it")
+        raise WeightsError(
+            f"re-loading {path} gives tokens {diff:.3g} away from the repaired model (tolerance {tol * max(1.0, scale):.3g}); the export is wrong, do not use it"
+        )
     log.info("wrote %s (re-loaded: max token diff %.3g)", path, diff)
     return path, diff
 

@@ -2,19 +2,22 @@
 each, the skip-ratio stop rule, and callbacks for everything else (log, progress bar,
 checkpoints, the user's ``on_step``). A callback may ask the loop to stop.
 """
+
 from __future__ import annotations
 
 import logging
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import torch
 
 from ..errors import Interrupted
 from ..images import ImageSet
+from ..interrupt import GracefulStop
 from ..runfolder import RunLog
 from ..units import percent
 from .checkpoint import TrainState
@@ -22,7 +25,6 @@ from .config import RepairConfig
 from .data import SeededOrder
 from .distributed import DistContext
 from .engine import StepResult, Trainer
-from ..interrupt import GracefulStop
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,11 @@ class Callback(Protocol):
 
 
 def interrupted_message(step: int, signame: str, saved: list[Path]) -> str:
-    where = f"checkpoint saved to {saved[0]}; rerun the same command with --resume to continue" if saved else "nothing was saved (no output folder)"
+    where = (
+        f"checkpoint saved to {saved[0]}; rerun the same command with --resume to continue"
+        if saved
+        else "nothing was saved (no output folder)"
+    )
     return f"{signame} at step {step}: the step was finished, {where}"
 
 
@@ -75,7 +81,9 @@ def finite_or_none(v):
 class TrainingLoop:
     """Runs steps until the skip ratio, ``max_steps`` or a callback says stop."""
 
-    def __init__(self, trainer: Trainer, train: ImageSet, state: TrainState, config: RepairConfig, dist: DistContext, callbacks: list[Callback]) -> None:
+    def __init__(
+        self, trainer: Trainer, train: ImageSet, state: TrainState, config: RepairConfig, dist: DistContext, callbacks: list[Callback]
+    ) -> None:
         self.trainer, self.train, self.state, self.config, self.dist = trainer, train, state, config, dist
         self.callbacks = callbacks
         n = len(train)
@@ -147,10 +155,17 @@ class TrainingLoop:
         dt = time.perf_counter() - t0
         state.seconds += dt
         return {
-            "step": state.step, "layer": min(layers) if layers else None, "layers": layers,
-            "defects": res.total_defects, "loss": finite_or_none(res.loss), "skip_ratio": state.skip_ratio(),
-            "images": len(used), "stepped": res.stepped, "nonfinite": res.nonfinite, "time": dt,
-        }  # fmt: skip
+            "step": state.step,
+            "layer": min(layers) if layers else None,
+            "layers": layers,
+            "defects": res.total_defects,
+            "loss": finite_or_none(res.loss),
+            "skip_ratio": state.skip_ratio(),
+            "images": len(used),
+            "stepped": res.stepped,
+            "nonfinite": res.nonfinite,
+            "time": dt,
+        }
 
 
 # ----------------------------------------------------------------------------- callbacks
@@ -189,7 +204,9 @@ class ProgressBar:
 class Checkpoints:
     """The resumable checkpoint every ``every`` steps and at the end; one more at each ``save_at_skip`` ratio."""
 
-    def __init__(self, save: Callable[[Path], None], latest: Path, every: int, skip_path: Callable[[float], Path], at_skip: tuple[float, ...]) -> None:
+    def __init__(
+        self, save: Callable[[Path], None], latest: Path, every: int, skip_path: Callable[[float], Path], at_skip: tuple[float, ...]
+    ) -> None:
         self.save, self.latest, self.every = save, latest, every
         self.skip_path, self.at_skip = skip_path, sorted(at_skip)
 

@@ -11,6 +11,7 @@ At layer i, with ν_i the predicted defect direction and patch tokens on an H×W
     whole grid by default, of the interior (``kernel // 2`` from the edge) with the reference's
     cleared border.
 """
+
 from __future__ import annotations
 
 import torch

@@ -8,6 +8,7 @@ Measured by :mod:`sinder.measure` (the numbers ``sinder analyze`` gives for the 
 * feature preservation: cosine between original and repaired final-normed tokens, for patch
   tokens that are neither high-norm nor defects in the original, and for CLS (pooled output).
 """
+
 from __future__ import annotations
 
 import torch
@@ -82,7 +83,9 @@ def compare(
 
 
 @torch.no_grad()
-def last_layer_residual(backbone: Backbone, images: ImageSet, directions: torch.Tensor, rule: DefectRule, *, batch_size: int = 8, autocast=None) -> dict:
+def last_layer_residual(
+    backbone: Backbone, images: ImageSet, directions: torch.Tensor, rule: DefectRule, *, batch_size: int = 8, autocast=None
+) -> dict:
     """The current model's last-layer statistics on ``images`` (what the plateau stop watches)."""
     stats = ModelStats(rule, directions, [backbone.depth - 1])
     for _, pixels in images.batches(batch_size):

@@ -18,13 +18,15 @@ Three ways to evaluate the same function (``SingularModel.mode``):
     backward gives dε_j = u_jᵀ·dW·v_j.
   * ``original`` — the untouched weights (for before/after comparisons and Gram anchoring).
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
-from itertools import pairwise
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from itertools import pairwise
+from typing import Literal
 
 import torch
 import torch.nn.functional as F

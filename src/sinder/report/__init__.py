@@ -8,13 +8,14 @@ forbids any network access, so the page opens from disk anywhere.
 Modules: :mod:`.inputs` reads the folders, :mod:`.sections` builds the five sections,
 :mod:`.html` the markup around them, :mod:`.plots` every matplotlib figure.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
 
 from ..errors import ConfigError, OutputExistsError
 from ..io import write_text
@@ -24,8 +25,18 @@ from .inputs import AnalysisInput, ReportInputs, RunInput, SigmaEntry, read_inpu
 from .sections import SECTION_IDS, SECTIONS
 
 __all__ = [
-    "SECTION_IDS", "AnalysisInput", "ReportConfig", "ReportInputs", "RunInput", "SigmaEntry",
-    "build_report", "read_inputs", "read_sigma", "render_report", "split_part", "write_report",
+    "SECTION_IDS",
+    "AnalysisInput",
+    "ReportConfig",
+    "ReportInputs",
+    "RunInput",
+    "SigmaEntry",
+    "build_report",
+    "read_inputs",
+    "read_sigma",
+    "render_report",
+    "split_part",
+    "write_report",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,7 +93,9 @@ def render_report(inputs: ReportInputs, config: ReportConfig = ReportConfig()) -
         log.info("report: rendering %s", sid)
         sections[sid] = build(inputs, config)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return page(config.title or default_title(inputs), stamp, sources(inputs), inputs.notes, sections, inputs.unfinished, verdicts=verdicts(inputs))
+    return page(
+        config.title or default_title(inputs), stamp, sources(inputs), inputs.notes, sections, inputs.unfinished, verdicts=verdicts(inputs)
+    )
 
 
 def build_report(paths: Sequence[str | Path], config: ReportConfig = ReportConfig()) -> str:

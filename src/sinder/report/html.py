@@ -1,12 +1,13 @@
 """HTML building blocks of the report: escaping, value formatting, tables, notes, figures and
 the page skeleton. The page is self-contained: inline styles, images as data URIs, and a
 Content-Security-Policy that forbids any network access."""
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable, Sequence
 from html import escape
-from typing import Iterable, Sequence
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -119,14 +120,22 @@ def verdict_box(verdicts: Sequence[tuple[str, str]]) -> str:
     return f'<div class="verdict" id="verdict">{lines}</div>'
 
 
-def page(title: str, stamp: str, sources: Sequence[str], notes: Sequence[str], sections: dict[str, str],
-         warning: str | None = None, tool: str = "sinder report", verdicts: Sequence[tuple[str, str]] = ()) -> str:
+def page(
+    title: str,
+    stamp: str,
+    sources: Sequence[str],
+    notes: Sequence[str],
+    sections: dict[str, str],
+    warning: str | None = None,
+    tool: str = "sinder report",
+    verdicts: Sequence[tuple[str, str]] = (),
+) -> str:
     """The whole document: header (``warning`` as a banner, title, the verdicts, provenance,
     navigation, notes) and one <section> per entry."""
     nav = "".join(f'<a href="#{sid}">{sid.replace("-", " ")}</a>' for sid in sections)
     body = "".join(f'<section id="{sid}">{content}</section>' for sid, content in sections.items())
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{esc(title)}</title><style>{STYLE}</style></head><body>"

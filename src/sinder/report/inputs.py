@@ -1,14 +1,15 @@
 """What a report is made from: a repair run folder and/or analysis folders, read through
 :mod:`sinder.runfolder`. Every piece is optional; what is missing or unreadable becomes a note
 shown at the top of the page instead of an error."""
+
 from __future__ import annotations
 
 import os
 import re
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -109,7 +110,15 @@ class RunInput:
     def is_sinder_run(self, analyses: Sequence[AnalysisInput]) -> bool:
         """Anything sinder wrote? (A Hugging Face model folder has a config.json, but no ``max_steps`` in it.)"""
         sinder_config = bool(self.config) and "max_steps" in self.config
-        return bool(analyses or self.log or self.sigma or self.summary or sinder_config or self.checkpoint != "none" or (self.path / WEIGHTS).is_dir())
+        return bool(
+            analyses
+            or self.log
+            or self.sigma
+            or self.summary
+            or sinder_config
+            or self.checkpoint != "none"
+            or (self.path / WEIGHTS).is_dir()
+        )
 
 
 @dataclass
@@ -251,14 +260,15 @@ def _classify(raw: str | Path) -> tuple[Path, bool]:
     """(path, is an analysis folder); raise on a path that is neither an analysis nor a run folder."""
     path = Path(raw)
     if not path.is_dir():
-        raise SinderError(f"{raw} is not a folder; pass a repair run folder (from sinder repair/demo) or an analysis folder (from sinder analyze)")
+        raise SinderError(
+            f"{raw} is not a folder; pass a repair run folder (from sinder repair/demo) or an analysis folder (from sinder analyze)"
+        )
     if AnalysisFolder.holds_analysis(path):
         return path, True
     if RunFolder.holds_run(path):
         return path, False
     raise SinderError(
-        f"{raw} is neither a repair run folder ({', '.join(RUN_FILES)}) "
-        f"nor an analysis folder ({ANALYSIS_JSON}); {_WRITTEN_BY}"
+        f"{raw} is neither a repair run folder ({', '.join(RUN_FILES)}) nor an analysis folder ({ANALYSIS_JSON}); {_WRITTEN_BY}"
     )
 
 

@@ -4,15 +4,16 @@ violins, σ deltas and training curves, for the HTML report and an analysis fold
 Figures are built as :class:`matplotlib.figure.Figure` objects, never through pyplot, so nothing
 here touches the global backend or keeps figures alive after they are rendered.
 """
+
 from __future__ import annotations
 
 import base64
 import math
 import re
 import textwrap
+from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 import numpy as np
@@ -206,7 +207,9 @@ def angle_violins(distributions: dict, depth: int, title: str = "Angle between t
     pos = np.arange(depth)
     violin(ax, [distributions[f"angles_{i}"] for i in range(depth)], pos - 0.2, "tab:red", "to ν_i (theory)", 0.4)
     if "angles_random_0" in distributions:
-        violin(ax, [distributions[f"angles_random_{i}"] for i in range(depth)], pos + 0.2, "tab:gray", "to a random direction (control)", 0.4)
+        violin(
+            ax, [distributions[f"angles_random_{i}"] for i in range(depth)], pos + 0.2, "tab:gray", "to a random direction (control)", 0.4
+        )
     ax.set_xticks(pos)
     ax.set_ylim(*ANGLE_LIMITS)
     ax.set_yticks(np.arange(0, 91, 15))
@@ -236,10 +239,19 @@ def layer_curves(series: Sequence[tuple[str, dict]]) -> Figure:
     for j, (label, summary) in enumerate(series):
         color = SERIES_COLORS[j % len(SERIES_COLORS)]
         axes[0].plot(*_layer_series(summary, lambda layer: layer.get("theory_alignment")), "o-", color=color, label=label)
-        axes[1].plot(*_layer_series(summary, lambda layer: layer.get("defect_rate"), 100.0), "o-", color=color,
-                     label=f"{label}: defects (|cos| rule)")
-        axes[1].plot(*_layer_series(summary, lambda layer: layer.get("high_norm_rate"), 100.0), "s--", color=color, alpha=0.7,
-                     label=f"{label}: high-norm tokens")
+        axes[1].plot(
+            *_layer_series(summary, lambda layer: layer.get("defect_rate"), 100.0),
+            "o-",
+            color=color,
+            label=f"{label}: defects (|cos| rule)",
+        )
+        axes[1].plot(
+            *_layer_series(summary, lambda layer: layer.get("high_norm_rate"), 100.0),
+            "s--",
+            color=color,
+            alpha=0.7,
+            label=f"{label}: high-norm tokens",
+        )
         x, y = _layer_series(summary, max_over_median)
         if x.size:
             axes[2].plot(x, y, "o-", color=color, label=label)
@@ -280,8 +292,11 @@ def sigma_delta_plot(entries: Sequence[tuple[int, str, np.ndarray, np.ndarray]],
     width = 0.8 / max(len(kinds), 1)
     for k, ax in enumerate(axes):
         for j, kind in enumerate(kinds):
-            bars = [(layers.index(layer) + (j - (len(kinds) - 1) / 2) * width, float(delta[k]))
-                    for layer, name, _sigma, delta in entries if name == kind and delta.size > k]
+            bars = [
+                (layers.index(layer) + (j - (len(kinds) - 1) / 2) * width, float(delta[k]))
+                for layer, name, _sigma, delta in entries
+                if name == kind and delta.size > k
+            ]
             xs, ys = zip(*bars) if bars else ((), ())
             ax.bar(xs, ys, width=width, color=cmap(j % 10), label=kind if k == 0 else None)
         ax.axhline(0.0, color="0.3", lw=0.8)
@@ -321,8 +336,13 @@ def stop_text(reason: str | None) -> str:
     return f"Stopped by {STOP_REASONS.get(reason, reason)}" if reason else "No stop recorded (unfinished run)"
 
 
-def training_curves(rows: Sequence[dict], stop_ratio: float | None = None, stop_reason: str | None = None,
-                    min_defects: int | None = None, weak_defects: bool = False) -> Figure:
+def training_curves(
+    rows: Sequence[dict],
+    stop_ratio: float | None = None,
+    stop_reason: str | None = None,
+    min_defects: int | None = None,
+    weak_defects: bool = False,
+) -> Figure:
     """Skip ratio (in %), loss and the repaired layer versus step, from the run's log. The skip-ratio
     chart says why the run stopped: a run stopped by a clean pass or a plateau never needs the
     skip-ratio stop line, and its flat curve must not read as 'never converged'. ``min_defects``
@@ -333,18 +353,35 @@ def training_curves(rows: Sequence[dict], stop_ratio: float | None = None, stop_
     axes[0].plot(x, [100 * v for v in y], color="tab:green")
     if stop_ratio is not None:
         reached = stop_reason == "skip_ratio"
-        axes[0].axhline(100 * stop_ratio, color="0.3", ls="--", lw=1,
-                        label=f"skip-ratio stop at {100 * stop_ratio:g}%" + ("" if reached or stop_reason is None else " (not needed)"))
+        axes[0].axhline(
+            100 * stop_ratio,
+            color="0.3",
+            ls="--",
+            lw=1,
+            label=f"skip-ratio stop at {100 * stop_ratio:g}%" + ("" if reached or stop_reason is None else " (not needed)"),
+        )
         axes[0].legend(loc="lower right")
     if stop_reason is not None and x:
         axes[0].axvline(x[-1], color="tab:red", lw=1, alpha=0.6)
         wrapped = "\n".join(textwrap.wrap(stop_text(stop_reason), 48))
-        axes[0].text(0.02, 0.95, wrapped, transform=axes[0].transAxes, va="top", ha="left", fontsize=8,
-                     bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.9})
+        axes[0].text(
+            0.02,
+            0.95,
+            wrapped,
+            transform=axes[0].transAxes,
+            va="top",
+            ha="left",
+            fontsize=8,
+            bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.9},
+        )
     axes[0].set_ylim(-2, 102)
     axes[0].set_ylabel("% of recent images skipped")
-    stopped = {"skip_ratio": "stop line reached", "clean_pass": "stopped by a clean pass",
-               "residual_plateau": "stopped by a plateau", "max_steps": "stopped at --max-steps"}.get(stop_reason, stop_reason)
+    stopped = {
+        "skip_ratio": "stop line reached",
+        "clean_pass": "stopped by a clean pass",
+        "residual_plateau": "stopped by a plateau",
+        "max_steps": "stopped at --max-steps",
+    }.get(stop_reason, stop_reason)
     axes[0].set_title("Skip ratio (images without defects)" + (f": {stopped}" if stopped else ""))
     x, y = _log_series(rows, "loss")
     axes[1].plot(x, y, ".", ms=3, color="tab:purple")

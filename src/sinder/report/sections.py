@@ -1,7 +1,9 @@
 """The five sections of the report page, each built from :class:`~.inputs.ReportInputs` alone."""
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -76,9 +78,12 @@ def _no_analysis_run(inputs: ReportInputs) -> bool:
 
 def layer_curves_figure(inputs: ReportInputs, cfg: ReportConfig, lead: str = "") -> str:
     uri = plots.png_data_uri(plots.layer_curves([(a.label, a.result.summary) for a in inputs.analyses]), cfg.dpi)
-    return figure(uri, "theory alignment, defect rate and norm ratio per layer",
-                  lead + "Theory alignment = |cos| between ν_i and the mean direction of the high-norm tokens; "
-                  "defect rate = share of patch tokens flagged by the |cos| rule; high-norm rate = share with norm > factor × median.")
+    return figure(
+        uri,
+        "theory alignment, defect rate and norm ratio per layer",
+        lead + "Theory alignment = |cos| between ν_i and the mean direction of the high-norm tokens; "
+        "defect rate = share of patch tokens flagged by the |cos| rule; high-norm rate = share with norm > factor × median.",
+    )
 
 
 def section_per_layer(inputs: ReportInputs, cfg: ReportConfig) -> str:
@@ -88,22 +93,36 @@ def section_per_layer(inputs: ReportInputs, cfg: ReportConfig) -> str:
     if not inputs.analyses:
         return "".join(parts) + note(f"no analysis folder given; per-layer plots need {ANALYSIS_JSON}")
     if _run_owns_analyses(inputs):
-        parts.append('<p>The per-layer curves of theory alignment, defect rate and norm ratio are under <a href="#metrics">Metrics</a>, '
-                     "beside the before/after table they extend.</p>")
+        parts.append(
+            '<p>The per-layer curves of theory alignment, defect rate and norm ratio are under <a href="#metrics">Metrics</a>, '
+            "beside the before/after table they extend.</p>"
+        )
     else:
         parts.append(layer_curves_figure(inputs, cfg))
     norms = [(a.label, a.result.distributions, depth(a.result)) for a in inputs.analyses if has_distributions(a.result, "norms")]
     if norms:
-        parts.append(figure(plots.png_data_uri(plots.norm_violins(norms), cfg.dpi), "token norm violins per layer",
-                            "Distribution of patch-token norms per layer (log scale); defects are the long upper tails."))
+        parts.append(
+            figure(
+                plots.png_data_uri(plots.norm_violins(norms), cfg.dpi),
+                "token norm violins per layer",
+                "Distribution of patch-token norms per layer (log scale); defects are the long upper tails.",
+            )
+        )
     else:
         parts.append(note(f"no norm distributions ({DISTRIBUTIONS}) available"))
     parts.append('<div class="row">')
     for a in inputs.analyses:
         if has_distributions(a.result, "angles"):
-            fig = plots.angle_violins(a.result.distributions, depth(a.result), title=f"{a.label}: angle between tokens and ν_i (paper Fig. 6)")
-            parts.append(figure(plots.png_data_uri(fig, cfg.dpi), f"angle violins, {a.label}",
-                                f"{a.label}: unsigned angle between patch tokens and ν_i (red) and, as a control (appendix F), a random direction (grey). Defects sit near 0°."))
+            fig = plots.angle_violins(
+                a.result.distributions, depth(a.result), title=f"{a.label}: angle between tokens and ν_i (paper Fig. 6)"
+            )
+            parts.append(
+                figure(
+                    plots.png_data_uri(fig, cfg.dpi),
+                    f"angle violins, {a.label}",
+                    f"{a.label}: unsigned angle between patch tokens and ν_i (red) and, as a control (appendix F), a random direction (grey). Defects sit near 0°.",
+                )
+            )
         else:
             parts.append(note(f"{a.label}: no angle distributions available"))
     parts.append("</div>")
@@ -132,16 +151,32 @@ def section_sigma(inputs: ReportInputs, cfg: ReportConfig) -> str:
     parts.extend(note(n) for n in inputs.run.sigma_notes)  # e.g. a part without its sigma/delta pair
     plotted = [(e.layer, e.linear, e.sigma, e.delta) for e in entries if e.layer is not None]
     if plotted:
-        parts.append(figure(plots.png_data_uri(plots.sigma_delta_plot(plotted), cfg.dpi), "singular value deltas per layer",
-                            "Learned minus original singular value for the three largest singular values of each factorised linear part, grouped by block."))
+        parts.append(
+            figure(
+                plots.png_data_uri(plots.sigma_delta_plot(plotted), cfg.dpi),
+                "singular value deltas per layer",
+                "Learned minus original singular value for the three largest singular values of each factorised linear part, grouped by block.",
+            )
+        )
     changed = [e for e in entries if np.any(e.delta != 0)]
     rows = []
     for e in changed:
         rel = float(np.linalg.norm(e.delta) / max(np.linalg.norm(e.sigma), 1e-30))
-        rows.append((fmt(e.layer), f"<code>{esc(e.linear)}</code>", str(e.sigma.size), *_top3(e.sigma), *_top3(e.delta),
-                     fmt(float(np.abs(e.delta).max())), fmt(rel)))
+        rows.append(
+            (
+                fmt(e.layer),
+                f"<code>{esc(e.linear)}</code>",
+                str(e.sigma.size),
+                *_top3(e.sigma),
+                *_top3(e.delta),
+                fmt(float(np.abs(e.delta).max())),
+                fmt(rel),
+            )
+        )
     header = ("layer", "linear", "rank", "σ₁", "σ₂", "σ₃", "Δσ₁", "Δσ₂", "Δσ₃", "max |Δσ|", "‖Δσ‖ / ‖σ‖")
-    parts.append(f"<details><summary>Table: σ and Δσ of the {len(changed)} changed linear part(s)</summary>{table(header, rows, 'num')}</details>")
+    parts.append(
+        f"<details><summary>Table: σ and Δσ of the {len(changed)} changed linear part(s)</summary>{table(header, rows, 'num')}</details>"
+    )
     unchanged = len(entries) - len(changed)
     if unchanged:
         layers = sorted({e.layer for e in entries if not np.any(e.delta != 0) and e.layer is not None})
@@ -225,8 +260,20 @@ LAST_LAYER_METRICS: tuple[tuple[str, Callable[[AnalysisInput], str]], ...] = (
     ("direction consistency (mean pairwise angle, deg)", lambda a: _consistency(a.result.summary)),
 )
 
-PER_LAYER_KEYS = ("theory_alignment", "defect_rate", "high_norm_rate", "max_over_median", "norm_median", "norm_max",
-                  "defect_norm_mean", "normal_norm_mean", "high_norm_recall", "defect_precision", "truth_recall", "truth_precision")
+PER_LAYER_KEYS = (
+    "theory_alignment",
+    "defect_rate",
+    "high_norm_rate",
+    "max_over_median",
+    "norm_median",
+    "norm_max",
+    "defect_norm_mean",
+    "normal_norm_mean",
+    "high_norm_recall",
+    "defect_precision",
+    "truth_recall",
+    "truth_precision",
+)
 
 
 def per_layer_table(a: AnalysisInput) -> str:
@@ -247,7 +294,9 @@ def residual_table(residual: object) -> str:
         strongest = ", ".join(
             f"({s.get('row')}, {s.get('col')}) {fmt(s.get('norm_over_median'))}×" for s in r.get("strongest") or [] if isinstance(s, dict)
         )
-        rows.append((esc(r.get("image")), esc(fmt(r.get("high_norm_tokens"))), esc(fmt(r.get("max_over_median"))), esc(strongest or "none")))
+        rows.append(
+            (esc(r.get("image")), esc(fmt(r.get("high_norm_tokens"))), esc(fmt(r.get("max_over_median"))), esc(strongest or "none"))
+        )
     left = sum(1 for r in residual if isinstance(r, dict) and r.get("high_norm_tokens"))
     head = f"<h4>Residual after repair: {left} of {plural(len(rows), 'held-out image')} {'keeps' if len(rows) == 1 else 'keep'} high-norm tokens</h4>"
     return head + table(("image", "high-norm tokens left", "max / median norm", "strongest (row, col) norm / median"), rows, "num")
@@ -288,7 +337,9 @@ def _gate_warning(summary: dict) -> str | None:
 
 def analyses_heading(inputs: ReportInputs) -> str:
     """What analyses that are not a run's own are, in plain words."""
-    return "Last layer: " + (" and ".join(a.label for a in inputs.analyses) + " side by side" if len(inputs.analyses) == 2 else inputs.analyses[0].label)
+    return "Last layer: " + (
+        " and ".join(a.label for a in inputs.analyses) + " side by side" if len(inputs.analyses) == 2 else inputs.analyses[0].label
+    )
 
 
 def _run_owns_analyses(inputs: ReportInputs) -> bool:
@@ -315,15 +366,27 @@ def section_metrics(inputs: ReportInputs, cfg: ReportConfig) -> str:
         parts.extend(_run_summary(inputs.run.summary))
     if owned:  # one before/after table (above); the analyses give its per-layer curves on the same photos
         folders = " and ".join(f"{a.path.name}/" for a in inputs.analyses)
-        parts.append(layer_curves_figure(inputs, cfg, f"The same measurement per layer ({folders} of the same held-out photos): "
-                                                      "the last point of each curve is the table's row. "))
+        parts.append(
+            layer_curves_figure(
+                inputs,
+                cfg,
+                f"The same measurement per layer ({folders} of the same held-out photos): "
+                "the last point of each curve is the table's row. ",
+            )
+        )
         if not _same_numbers(inputs.run.summary, inputs.analyses):
-            parts.append(note("this run's analysis folders measured other crops than its summary (a run made before both used square crops): "
-                              "their last-layer numbers differ from the table; rerun to get one measurement"))
+            parts.append(
+                note(
+                    "this run's analysis folders measured other crops than its summary (a run made before both used square crops): "
+                    "their last-layer numbers differ from the table; rerun to get one measurement"
+                )
+            )
     if inputs.analyses:
         if not owned:
             parts.append(f"<h3>{esc(analyses_heading(inputs))}</h3>")
-            rows = [(esc(name), *(esc(get(a)) for a in inputs.analyses)) for name, get in LAST_LAYER_METRICS if _shown(name, inputs.analyses)]
+            rows = [
+                (esc(name), *(esc(get(a)) for a in inputs.analyses)) for name, get in LAST_LAYER_METRICS if _shown(name, inputs.analyses)
+            ]
             parts.append(table(("metric", *(a.label for a in inputs.analyses)), rows, "cmp"))
         for a in inputs.analyses:
             warning = _gate_warning(a.result.summary)
@@ -350,10 +413,16 @@ def analysis_config_table(analyses: Sequence[AnalysisInput]) -> str:
 
     def rows(a: AnalysisInput) -> dict[str, object]:
         s = a.result.summary
-        out = {"folder": str(a.path), "model": a.model, "resolution (px, short side)": s.get("resolution"),
-               "patch size (px)": s.get("patch_size"), "layers": s.get("num_layers"), "prefix tokens": s.get("num_prefix_tokens"),
-               "images": [i.get("path") for i in s.get("images", []) if isinstance(i, dict)],
-               "skipped": [f"{i.get('path')}: {i.get('reason')}" for i in s.get("skipped", []) if isinstance(i, dict)]}
+        out = {
+            "folder": str(a.path),
+            "model": a.model,
+            "resolution (px, short side)": s.get("resolution"),
+            "patch size (px)": s.get("patch_size"),
+            "layers": s.get("num_layers"),
+            "prefix tokens": s.get("num_prefix_tokens"),
+            "images": [i.get("path") for i in s.get("images", []) if isinstance(i, dict)],
+            "skipped": [f"{i.get('path')}: {i.get('reason')}" for i in s.get("skipped", []) if isinstance(i, dict)],
+        }
         out.update((f"rule.{k}", v) for k, v in flatten(s.get("rule") or {}))
         out.update((f"config.{k}", v) for k, v in flatten(s.get("config") or {}))
         return out
@@ -368,16 +437,25 @@ def _run_config(run: RunInput, cfg: ReportConfig) -> list[str]:
     summary = run.summary or {}
     # an unfinished run has no summary: its log still says how far it got
     steps = summary.get("steps") if run.finished else (run.log[-1]["step"] if run.log else None)
-    timing = [("steps", esc(fmt(steps))), ("images seen", esc(fmt(summary.get("images_seen")))),
-              ("time", esc(humanise_seconds(summary.get("seconds"))))]
+    timing = [
+        ("steps", esc(fmt(steps))),
+        ("images seen", esc(fmt(summary.get("images_seen")))),
+        ("time", esc(humanise_seconds(summary.get("seconds")))),
+    ]
     parts = [f"<h3>Repair run <code>{esc(run.path)}</code></h3>", table(("", "value"), timing, "kv")]
     if run.log:
         skips = [r["skip_ratio"] for r in run.log if is_number(r.get("skip_ratio"))]
-        fig = plots.training_curves(run.log, find_stop_ratio(run.config), stop_reason=run.stop_reason,
-                                     min_defects=run.min_defects, weak_defects=run.weak_defects)
+        fig = plots.training_curves(
+            run.log, find_stop_ratio(run.config), stop_reason=run.stop_reason, min_defects=run.min_defects, weak_defects=run.weak_defects
+        )
         stopped = f" {plots.stop_text(run.stop_reason)}." if run.stop_reason else ""
-        parts.append(figure(plots.png_data_uri(fig, cfg.dpi), "skip ratio, loss and layer per step",
-                            f"{plural(len(run.log), 'logged step')}; final skip ratio {percent(skips[-1]) if skips else '–'}.{stopped}"))
+        parts.append(
+            figure(
+                plots.png_data_uri(fig, cfg.dpi),
+                "skip ratio, loss and layer per step",
+                f"{plural(len(run.log), 'logged step')}; final skip ratio {percent(skips[-1]) if skips else '–'}.{stopped}",
+            )
+        )
     else:
         parts.append(note(f"no training log ({LOG}) to plot"))
     if run.config is not None:
