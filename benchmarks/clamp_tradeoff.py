@@ -21,7 +21,7 @@ import sys
 import time
 
 import torch
-from repair_zoo import markdown, measure, save_rows  # the same ground-truth numbers as the repair benchmark
+from zoo_common import markdown, measure, save_rows  # the same ground-truth numbers as the repair benchmark
 
 from sinder.backbones import load_backbone
 from sinder.fixes import clamp_singular_values

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import torch
-from repair_zoo import markdown, save_rows
+from zoo_common import markdown, save_rows
 
 from sinder.backbones import load_backbone
 from sinder.compare import CompareConfig, compare

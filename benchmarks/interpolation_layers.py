@@ -12,7 +12,7 @@ import json
 import sys
 
 import torch
-from repair_zoo import markdown, measure, save_rows
+from zoo_common import markdown, measure, save_rows
 
 from sinder.backbones import load_backbone
 from sinder.fixes import NeighbourInterpolation

@@ -22,42 +22,14 @@ import sys
 import time
 
 import torch
+from zoo_common import markdown, measure, save_rows
 
 from sinder.backbones import load_backbone
-from sinder.detect import DefectRule
 from sinder.images import BUNDLED_EVAL, BUNDLED_TRAIN, ImageSet, bundled_photos
-from sinder.measure import FeatureCosines, ModelStats, forward_tokens, ordinary_tokens, summary_token_name, truth_mask
 from sinder.planted import PRESETS
 from sinder.repair import RepairConfig, repair
 
 TARGETS = {"energy_drop": 0.95, "max_over_median": 3.0, "non_defect_cosine": 0.999, "cls_cosine": 0.999}
-
-
-@torch.no_grad()
-def measure(original, repaired, images: ImageSet) -> dict:
-    """Ground-truth numbers on ``images`` by :mod:`sinder.measure` (the default rule's high-norm
-    factor), before (original) and after (repaired). The features kept are those of tokens that
-    neither ignited nor were high-norm or defects in the original."""
-    last, truth = [original.depth - 1], original.ground_truth
-    stats = {"before": ModelStats(DefectRule(), None, last, truth), "after": ModelStats(DefectRule(), None, last, truth)}
-    cosines = FeatureCosines(summary_token_name(original))
-    for _, px in images.batches(8):
-        ignited = truth_mask(original, px)
-        before, after = forward_tokens(original, px), forward_tokens(repaired, px)
-        found = stats["before"].add(before, ignited)[last[0]]
-        stats["after"].add(after, ignited)
-        cosines.add(original, before, repaired, after, ordinary_tokens(found) & ~ignited)
-    b, a = stats["before"].last_layer(), stats["after"].last_layer()
-    return {
-        "energy_before": b["energy_along_u"],
-        "energy_after": a["energy_along_u"],
-        "energy_drop": 1 - a["energy_along_u"] / max(b["energy_along_u"], 1e-12),
-        "max_over_median_before": b["max_over_median"],
-        "max_over_median": a["max_over_median"],
-        "high_norm_rate_before": b["high_norm_rate"],
-        "high_norm_rate": a["high_norm_rate"],
-        **cosines.summary(),
-    }
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -93,17 +65,6 @@ def run(member: str, mode: str, sets: dict, max_steps: int, eval_photos: tuple[s
     row.update(steps=s["steps"], optimizer_steps=s["optimizer_steps"], seconds=s["seconds"], wall=wall, stop=s["stop_reason"])
     row["passes"] = all(row[k] >= v if k != "max_over_median" else row[k] <= v for k, v in TARGETS.items())
     return row
-
-
-def save_rows(rows: list[dict], path: str | None) -> None:
-    if path:
-        with open(path, "w") as fh:
-            json.dump(rows, fh, indent=1)
-
-
-def markdown(head: str, lines: list[str]) -> str:
-    """A markdown table: ``head`` (``| a | b |``), its separator, then ``lines``."""
-    return "\n".join([head, "|---" * (head.count("|") - 1) + "|", *lines])
 
 
 def table(rows: list[dict]) -> str:

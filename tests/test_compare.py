@@ -12,8 +12,8 @@ import subprocess
 
 import pytest
 import torch
-from test_evaluate import make_knn
-from test_report import browser_check, chromium
+from helpers.browser import browser_check, chromium
+from helpers.datasets import make_knn
 
 from sinder.compare import COMPARE_FILE, PAGE_FILE, CompareConfig, compare, format_table
 from sinder.compare.page import SECTION_IDS, neurons, per_layer_figure

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.datasets import COLOURS, make_knn, save
 from PIL import Image
 
 from sinder.backbones.timm_vit import TimmViTBackbone
@@ -29,7 +30,6 @@ from sinder.measure import Tokens
 
 KNN_KS = (5, 10, 20)  # each at most the train images of the generated sets (k > train images is refused)
 KNN_KEYS = {f"{p}top1@{k}" for p in ("", "patch_") for k in KNN_KS}
-COLOURS = [(220, 40, 40), (40, 200, 60), (50, 60, 230)]
 
 
 @pytest.fixture(autouse=True)
@@ -50,27 +50,6 @@ def tiny_vit(img_size: int = 56, seed: int = 0, **kwargs) -> TimmViTBackbone:
         img_size=img_size, patch_size=14, embed_dim=48, depth=2, num_heads=3, num_classes=0, dynamic_img_size=True, **kwargs
     )
     return TimmViTBackbone(model.eval(), "test:tiny")
-
-
-def save(arr: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
-
-
-# -- generated data sets -----------------------------------------------------------------
-
-
-def make_knn(root: Path, shuffle: bool = False, n_train: int = 8, n_val: int = 5, seed: int = 0) -> Path:
-    """Class c = images of colour c (jittered, noisy). ``shuffle`` assigns train images to random classes."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("val", n_val)):
-        for c, base in enumerate(COLOURS):
-            for j in range(n):
-                colour = np.clip(np.array(base) + rng.integers(-30, 31, 3), 0, 255)
-                img = np.clip(colour + rng.normal(0, 8, (56, 56, 3)), 0, 255).astype(np.uint8)
-                label = int(rng.integers(len(COLOURS))) if shuffle and split == "train" else c
-                save(img, root / split / f"class{label}" / f"{c}_{j}.png")
-    return root
 
 
 def block_image(labels: np.ndarray, colours, block: int = 14) -> np.ndarray:

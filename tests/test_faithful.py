@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_repair_helpers import photos, pixels, single_thread, tiny_backbone
+from helpers.repair import photos, pixels, single_thread, tiny_backbone
 from torch import nn
 
 from sinder.repair import RepairConfig, repair

@@ -188,7 +188,7 @@ def reference_forward(backbone, px, units_by_layer):
     prefix, each block computed by hand, the hidden edited, the token dropped at the end."""
     import copy
 
-    from test_backbones import view_block
+    from helpers.families import view_block
 
     x, ctx = backbone.embed(px)
     p = backbone.num_prefix_tokens
@@ -211,14 +211,14 @@ def reference_forward(backbone, px, units_by_layer):
 
 
 def _family_cases():
-    from test_backbones import ALL_CASES
+    from helpers.families import ALL_CASES
 
     return ALL_CASES
 
 
 @pytest.mark.parametrize("case", _family_cases())
 def test_hooks_equal_the_written_out_method_on_every_family(case):
-    from test_backbones import make, pixels
+    from helpers.families import make, pixels
 
     bb = make(case)
     px = pixels(bb)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from test_repair_helpers import photos, single_thread, tiny_backbone
+from helpers.repair import photos, single_thread, tiny_backbone
 
 from sinder.repair import RepairConfig, repair
 

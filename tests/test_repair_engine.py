@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from test_repair_helpers import IGNITE, photos, pixels, single_thread, tiny_backbone
+from helpers.repair import IGNITE, photos, pixels, single_thread, tiny_backbone
 
 from sinder.detect import DefectRule
 from sinder.errors import OutputExistsError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_repair_helpers import DEPTH, DIM, photos, pixels, single_thread, tiny_backbone
+from helpers.repair import DEPTH, DIM, photos, pixels, single_thread, tiny_backbone
 from torch import nn
 
 from sinder.detect import DefectRule, interior_mask
@@ -67,7 +67,7 @@ def test_trainable_set_is_exactly_v_proj_fc1_fc2_singular_values():
 
 def test_fused_gated_mlp_input_is_one_svd_like_the_reference_w12():
     """timm GluMlp / official w12 keep [gate; value] in one Linear: one U·diag(σ+ε)·Vᵀ over all its rows."""
-    from test_backbones import make
+    from helpers.families import make
 
     bb = make("dinov2_giant_swiglu")
     fc1 = bb.model.blocks[0].mlp.fc1
@@ -394,7 +394,7 @@ def test_config_round_trips_through_dict():
 # -- every backbone family ------------------------------------------------------------------
 def _family_cases():
     try:
-        from test_backbones import HF_CASES, TIMM_CASES
+        from helpers.families import HF_CASES, TIMM_CASES
     except ImportError:  # the backbone tests own these tiny builders
         return []
     return list(TIMM_CASES) + list(HF_CASES)
@@ -402,8 +402,8 @@ def _family_cases():
 
 @pytest.mark.parametrize("case", _family_cases())
 def test_every_family_parametrises_trains_and_folds(case):
-    from test_backbones import make
-    from test_backbones import pixels as family_pixels
+    from helpers.families import make
+    from helpers.families import pixels as family_pixels
 
     bb = make(case)
     px = family_pixels(bb)
