@@ -306,11 +306,11 @@ def test_rope_positions_do_not_jitter_in_train_mode(case):
 def test_builtin_families_are_registered():
     from sinder.backbones.registry import families, get_family
 
-    assert [f.name for f in families()] == ["timm", "hf", "dinov2", "planted"]
+    assert [f.name for f in families()] == ["timm", "hf", "open_clip", "dinov2", "planted"]
     assert get_family("dinov2").key_maps["official"] is timm_to_official_dinov2
     with pytest.raises(ModelSpecError) as err:
         get_family("resnet")
-    assert "timm, hf, dinov2, planted" in _one_line(err)
+    assert "timm, hf, open_clip, dinov2, planted" in _one_line(err)
 
 
 def test_registering_a_family_makes_its_specs_load_and_export(tmp_path):

@@ -4,13 +4,14 @@ Specs are ``FAMILY:NAME``; the families live in :mod:`sinder.families` (see
 :mod:`sinder.backbones.registry`):
 
     ``timm:NAME[.TAG]``            a timm VisionTransformer or Eva (DINOv2, DINOv3, DeiT-III, CLIP)
-    ``hf:ID_OR_DIR``               transformers Dinov2Model / Dinov2WithRegistersModel / DINOv3ViTModel
+    ``hf:ID_OR_DIR``               transformers DINOv2 / DINOv3 / CLIP / SigLIP / SigLIP2 models
+    ``open_clip:ARCH``             an open_clip CLIP (``--weights`` its checkpoint; optional extra)
     ``dinov2:vits14|vitb14|vitl14|vitg14[_reg]``  official torch.hub state dicts (``--weights FILE.pth``)
     ``planted:small``              the built-in model with planted singular defects
 
 or, for a model already in memory (built, fine-tuned or loaded by the user), the module itself:
-``load_backbone(model)`` wraps a timm ``VisionTransformer``/``Eva`` or a transformers DINOv2 /
-DINOv3 / CLIP / SigLIP model in place (every API function also takes the module directly).
+``load_backbone(model)`` wraps a timm ``VisionTransformer``/``Eva``, a transformers DINOv2 /
+DINOv3 / CLIP / SigLIP model or an ``open_clip.CLIP`` in place (every API function also takes the module directly).
 """
 
 from __future__ import annotations
@@ -74,14 +75,18 @@ def from_module(model: nn.Module, spec: str | None = None) -> Backbone:
 
     if isinstance(model, PreTrainedModel):
         backbone = hf_backbone(model, spec or f"hf:{type(model).__name__}")
+    elif type(model).__module__.startswith("open_clip."):
+        from .openclip_vit import OpenCLIPBackbone
+
+        backbone = OpenCLIPBackbone(model, spec or f"open_clip:{type(model).__name__}")
     elif type(model).__module__.startswith("timm."):
         arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
         backbone = wrap_timm(model, spec or f"timm:{arch or type(model).__name__}")
         backbone.timm_name = arch
     else:
         raise ModelSpecError(
-            f"{type(model).__name__} ({type(model).__module__}) is not a model sinder can adapt; pass a timm VisionTransformer/Eva "
-            "or a transformers DINOv2, DINOv3, CLIP or SigLIP model (or a spec such as timm:NAME)"
+            f"{type(model).__name__} ({type(model).__module__}) is not a model sinder can adapt; pass a timm VisionTransformer/Eva, "
+            "a transformers DINOv2, DINOv3, CLIP or SigLIP model or an open_clip CLIP (or a spec such as timm:NAME)"
         )
     check_finite(model.state_dict().items(), backbone.spec)
     model.eval()

@@ -86,6 +86,12 @@ class Backbone(ABC):
         """Apply the family's rotary embedding to per-head q, k (B, heads, N, hd); identity by default."""
         return q, k
 
+    def proxies(self) -> nn.Module | None:
+        """Modules outside ``model`` that the view's linears live in: stand-in ``nn.Linear``s that
+        share the model's own parameters where the model has no Linear (open_clip's fused
+        attention in-projection). Repair σ-parametrises them like the model's; None by default."""
+        return None
+
     def extra_prefix_kwargs(self, kwargs: dict) -> dict:
         """A block's keyword arguments for a sequence with one more prefix token (test-time
         registers insert it after the model's own); unchanged by default, as plain ViT blocks

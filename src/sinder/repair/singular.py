@@ -280,6 +280,8 @@ class SingularModel:
         model = backbone.model
         self._requires_grad = [(p, p.requires_grad) for p in model.parameters()]
         parents = _parents(model)
+        if backbone.proxies() is not None:  # stand-ins sharing the model's parameters (open_clip)
+            parents.update(_parents(backbone.proxies()))
         self.modules: list[SingularLinear] = []
         self.parts: list[TrainablePart] = []
         self._swapped: list[tuple[nn.Module, str, nn.Linear, SingularLinear]] = []

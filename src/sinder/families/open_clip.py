@@ -1,0 +1,112 @@
+"""``open_clip:ARCH``: an ``open_clip.CLIP`` model (OpenAI CLIP, LAION OpenCLIP) with a
+``VisionTransformer`` image tower; ``open-clip-torch`` is an optional extra, imported here only.
+
+Weights: ``--weights FILE`` (the state dict of the whole model, ``.safetensors`` or an open_clip
+``.pt`` checkpoint, ``module.`` prefixes of DDP checkpoints removed); ``--random-init`` builds it
+untrained. Export format: ``open_clip_model.safetensors`` (the whole model's state dict, text
+tower included) + ``model_spec.json`` (``arch``: null for a model built in Python); ``open_clip.create_model(ARCH)`` then
+``load_state_dict(strict=True)`` loads it, and so does ``open_clip:ARCH --weights FILE``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+
+from ..backbones.base import Backbone
+from ..backbones.registry import Family, register_family
+from ..backbones.saving import cpu_state_dict, refuse_existing
+from ..backbones.weights import read_state_dict
+from ..errors import ModelSpecError, WeightsError
+from ..io import atomic_path
+
+log = logging.getLogger(__name__)
+
+SPEC_FILE = "model_spec.json"
+WEIGHTS_FILE = "open_clip_model.safetensors"
+
+
+def _open_clip(spec: str):
+    try:
+        import open_clip
+    except ImportError:
+        raise ModelSpecError(f"{spec}: open_clip is not installed; pip install open-clip-torch") from None
+    return open_clip
+
+
+def create(arch: str, spec: str):
+    """``open_clip.create_model(arch)`` untrained, on the CPU, in eval mode; unknown names in one line."""
+    open_clip = _open_clip(spec)
+    if arch not in open_clip.list_models():
+        raise ModelSpecError(f"{spec}: open_clip has no model {arch!r}; list them with open_clip.list_models()")
+    return open_clip.create_model(arch, pretrained=None).eval()
+
+
+def load_weights(model, weights: str | Path, spec: str) -> None:
+    state = read_state_dict(weights)
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = model.state_dict()
+    bad = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if bad or missing or unexpected:
+        first = bad[:1] or missing[:1] or unexpected[:1]
+        raise WeightsError(
+            f"{spec}: {weights} does not fit the architecture ({len(bad)} shape mismatch(es), {len(missing)} missing, "
+            f"{len(unexpected)} unexpected, e.g. {first[0]}); check the model name"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def load(name: str, spec: str, weights: str | Path | None = None, random_init: bool = False) -> Backbone:
+    from ..backbones.openclip_vit import OpenCLIPBackbone
+
+    model = create(name, spec)
+    if weights is not None:
+        load_weights(model, weights, spec)
+    elif not random_init:
+        raise WeightsError(f"{spec}: pass --weights FILE (an open_clip checkpoint or state dict), or --random-init to test")
+    backbone = OpenCLIPBackbone(model, spec)
+    backbone.timm_name = name  # the architecture name the export records
+    return backbone
+
+
+def save_open_clip_format(backbone: Backbone, folder: Path, overwrite: bool) -> Path:
+    """The whole model's state dict + the architecture name, atomically."""
+    from safetensors.torch import save_file
+
+    weights, spec_file = folder / WEIGHTS_FILE, folder / SPEC_FILE
+    refuse_existing([weights, spec_file], overwrite)
+    arch = backbone.timm_name  # None for a module the user built in Python: they rebuild it themselves
+    with atomic_path(weights) as tmp:
+        save_file(cpu_state_dict(backbone.model), str(tmp), metadata={"format": "pt"})
+    with atomic_path(spec_file) as tmp:
+        tmp.write_text(json.dumps({"format": "open_clip", "arch": arch, "spec": backbone.spec}, indent=2) + "\n")
+    log.info("wrote %s (open_clip %s)", weights, arch)
+    return weights
+
+
+def reload_open_clip_format(backbone: Backbone, path: Path) -> Backbone:
+    from ..backbones.openclip_vit import OpenCLIPBackbone
+
+    folder = path.parent if path.is_file() else path
+    arch = json.loads((folder / SPEC_FILE).read_text())["arch"]
+    # a named architecture is rebuilt by open_clip; a module built in Python, from a copy of itself
+    model = create(arch, backbone.spec) if arch else copy.deepcopy(backbone.model).cpu().float()
+    load_weights(model, folder / WEIGHTS_FILE, backbone.spec)
+    new = OpenCLIPBackbone(model, backbone.spec)
+    new.timm_name = arch
+    return new
+
+
+register_family(
+    Family(
+        name="open_clip",
+        spec_help="open_clip:ARCH",
+        load=load,
+        save=save_open_clip_format,
+        reload=reload_open_clip_format,
+        order=25,
+    )
+)
