@@ -99,6 +99,7 @@ def run_row(name: str, photos: tuple[Path, Path], work: Path, limit: float, devi
         train_s=summary["seconds"],
         median_step_s=statistics.median(trained) if trained else None,
         targets=targets_hold(summary.get("metrics") or {}),
+        phase_seconds=summary.get("phase_seconds"),  # time to a defect-free model, by phase
     )
     after = (summary.get("metrics") or {}).get("after")
     if after:
@@ -152,6 +153,14 @@ def main(argv: list[str] | None = None) -> int:
             f"| {cell(r, 'median_step_s', '{:.3f}')} | {cell(r, 'peak_gpu_gb', '{:.1f}')} | {cell(r, 'energy')} "
             f"| {cell(r, 'max_over_median', '{:.2f}')} | {cell(r, 'cosines')} | {cell(r, 'targets')} |"
         )
+    timed = [r for r in rows if r.get("phase_seconds")]
+    if timed:
+        phases = [k for k in timed[0]["phase_seconds"] if k != "total"]
+        print("\n| row | " + " | ".join(k.replace("_", " ") for k in phases) + " | total s |")
+        print("|---" * (len(phases) + 2) + "|")
+        for r in timed:
+            ps = r["phase_seconds"]
+            print(f"| {r['row']} | " + " | ".join(f"{ps[k]:.1f}" for k in phases) + f" | {ps['total']:.1f} |")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -4,6 +4,7 @@ same numbers for the same photos; feature cosines; ground-truth recall and preci
 from __future__ import annotations
 
 import json
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -25,7 +26,12 @@ def test_analyze_and_repair_give_the_same_numbers_for_the_same_photos(tmp_path):
     eval_photos = bundled_photos(BUNDLED_EVAL[:3])
     bb = load_backbone("planted:small")
     config = RepairConfig(max_steps=4, progress=False, export=False)
+    start = time.perf_counter()
     result = repair(bb, bundled_photos(BUNDLED_TRAIN[:4]), config, eval_images=eval_photos, out_dir=tmp_path / "run")
+    wall = time.perf_counter() - start
+    phases = result.summary["phase_seconds"]  # where the time to a defect-free model goes
+    assert all(phases[k] > 0 for k in ("directions", "analysis_before", "start_up", "training", "held_out_metrics", "analysis_after"))
+    assert 0.7 * wall <= phases["total"] <= wall
     before, after = result.summary["metrics"]["before"], result.summary["metrics"]["after"]
     standalone = analyze(load_backbone("planted:small"), eval_photos, AnalyzeConfig(figures=False), progress=False).summary["layers"][-1]
     run_before = json.loads((tmp_path / "run" / "analysis_before" / "analysis.json").read_text())["layers"][-1]

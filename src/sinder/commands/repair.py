@@ -147,6 +147,10 @@ def format_summary(summary: dict) -> str:
         f"steps {summary['steps']}  images {summary['images_seen']}  {summary['seconds']:.1f} s  "
         f"stop: {summary['stop_reason']}  final skip ratio {percent(summary['final_skip_ratio'])}"
     ]
+    phases = summary.get("phase_seconds")
+    if phases:
+        spent = ", ".join(f"{k.replace('_', ' ')} {v:.1f} s" for k, v in phases.items() if k != "total" and v >= 0.05)
+        lines.append(f"time by phase: {spent} (total {phases['total']:.1f} s)")
     m = summary.get("metrics")
     if m:
         n = m["num_images"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -239,6 +240,7 @@ def repair(
             run.start_folder()
         if directions is None:
             log.info("predicting the defect directions of %d layers (%s)", backbone.depth, config.directions)
+        run.clock.switch("directions")
         run.dirs, singular_values = _directions(backbone, config, directions, dist)
         run.analyse("before", singular_values)
         return run.execute()
@@ -246,6 +248,28 @@ def repair(
         if folder is not None and run.stage is not None:  # the folder holds config.json: --resume continues
             err.sinder_repair_stage = run.stage
         raise
+
+
+class PhaseClock:
+    """Wall seconds per phase of one repair attempt (``summary.json``'s ``phase_seconds``): where the
+    time to a defect-free model goes, beside ``seconds`` (the training loop's own, over resumes)."""
+
+    PHASES = ("directions", "analysis_before", "start_up", "training", "held_out_metrics", "fold_and_export", "analysis_after")
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(self.PHASES, 0.0)
+        self.current: str | None = None
+        self.since = 0.0
+
+    def switch(self, phase: str | None) -> None:
+        now = time.perf_counter()
+        if self.current is not None:
+            self.seconds[self.current] += now - self.since
+        self.current, self.since = phase, now
+
+    def summary(self) -> dict:
+        self.switch(self.current)  # count the running phase up to now
+        return {**self.seconds, "total": sum(self.seconds.values())}
 
 
 class _Run:
@@ -260,6 +284,7 @@ class _Run:
         self.analyses: dict[str, object] = {}
         self.stage: str | None = None  # what an interrupt stops, once config.json is written (see interrupted_stage)
         self.kept_analysis = False  # --resume: analysis_before/ of the same held-out images may be kept
+        self.clock = PhaseClock()
 
     def start_folder(self) -> None:
         """Before any work: check a resumed run's image lists against config.json, clear what must
@@ -294,6 +319,7 @@ class _Run:
         from ..analyze import AnalyzeConfig, analyze
 
         self.stage = f"the analysis {which} repair" + (AFTER_TRAINING if which == "after" else "")
+        self.clock.switch(f"analysis_{which}")
         out = self.folder.analysis(which)
         if which == "before" and self.kept_analysis and self._keep(out):
             return
@@ -328,6 +354,7 @@ class _Run:
     def execute(self) -> RepairResult:
         self.start_layer = 0
         self.stage = "the start-up (onset layer, factorising the weights)"
+        self.clock.switch("start_up")
         if self.config.from_onset:
             log.info("finding the first layer with defects on the training images")
             self.start_layer = onset_layer(self.backbone, self.data.train, self.dirs, self.config.rule)
@@ -359,8 +386,10 @@ class _Run:
                 )
             )
         self.stage = "training"  # the loop finishes the step and checkpoints itself (a second Ctrl-C lands here)
+        self.clock.switch("training")
         TrainingLoop(trainer, self.data.train, state, self.config, self.dist, callbacks).run()
         self.stage = "the held-out metrics" + AFTER_TRAINING
+        self.clock.switch("held_out_metrics")
         log.info("stopped after %s (%s), skip ratio %s", plural(state.step, "step"), state.stop_reason, percent(state.skip_ratio()))
         try:
             return self._finish(handle, trainer, state, resumed, run_log)
@@ -429,6 +458,7 @@ class _Run:
         if self.writes:
             self.written.append(self.folder.write_sigma(handle.sigma_state()))
         probe = probe_pixels(data.held_out, data.train)
+        self.clock.switch("fold_and_export")
         fold_diff = fold_checked(self.backbone, handle, probe)
         weights_path, export_diff = None, None
         self.stage = "the export of the repaired weights" + AFTER_TRAINING
@@ -447,6 +477,7 @@ class _Run:
                 "fold_max_token_diff": fold_diff,
                 "weights": str(weights_path) if weights_path is not None else None,
                 "export_max_token_diff": export_diff,
+                "phase_seconds": self.clock.summary(),  # this attempt only (a resumed run's earlier attempts are not in it)
             }
         )
         if self.writes:
