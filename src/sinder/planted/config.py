@@ -108,6 +108,7 @@ class PlantedConfig:
     amp_gain: float = 3.0
     spectrum_top: float = 0.0
     spectrum_decay: float = 0.5
+    layout: Literal["dinov2", "clip"] = "dinov2"  # clip: pre-norm, QuickGELU, no LayerScale (converted after planting)
 
     def __post_init__(self) -> None:
         require(self.size in ARCHITECTURES, f"size must be one of {', '.join(ARCHITECTURES)}, got {self.size!r}")
@@ -143,6 +144,8 @@ class PlantedConfig:
         )
         require(self.spectrum_top >= 0, f"spectrum_top must be >= 0 (0: timm's init), got {self.spectrum_top}")
         require(0 <= self.spectrum_decay <= 2, f"spectrum_decay must be in [0, 2], got {self.spectrum_decay}")
+        require(self.layout in ("dinov2", "clip"), f"layout must be dinov2 or clip, got {self.layout!r}")
+        require(self.layout == "dinov2" or not (self.swiglu or self.registers), "layout='clip' has a plain GELU MLP and no registers")
         require(self.early_feature == 0 or self.anisotropy > 1, "early_feature needs anisotropy > 1 (it amplifies a stretched direction)")
 
     @property
@@ -153,9 +156,16 @@ class PlantedConfig:
         return reg if self.registers else plain
 
     @property
-    def timm_kwargs(self) -> dict:
-        """Overrides of the timm architecture (JSON-able: they are recorded for export)."""
+    def build_kwargs(self) -> dict:
+        """The timm architecture the circuits are planted in (the DINOv2 layout, with LayerScale)."""
         return dict(ARCHITECTURES[self.size][2]) if self.swiglu and self.size != "g" else {}
+
+    @property
+    def timm_kwargs(self) -> dict:
+        """Overrides of the timm architecture of the finished model (JSON-able: recorded for export)."""
+        if self.layout == "clip":
+            return {**self.build_kwargs, **CLIP_LAYOUT}
+        return self.build_kwargs
 
     @property
     def depth(self) -> int:
@@ -165,6 +175,9 @@ class PlantedConfig:
     def ignition_layer(self) -> int:
         return min(self.depth - 1, round(self.onset * self.depth))
 
+
+# OpenAI CLIP's block layout in timm: a LayerNorm before the blocks, QuickGELU, no LayerScale
+CLIP_LAYOUT = {"pre_norm": True, "act_layer": "quick_gelu", "init_values": 0.0}  # 0: no LayerScale (timm drops None)
 
 PRESETS: dict[str, PlantedConfig] = {
     # 5 positional cells, equal strength, ignition at block 4 of 12, quiet u
@@ -225,6 +238,9 @@ PRESETS: dict[str, PlantedConfig] = {
     # CLIP-like low-norm artifacts: the ignition writes a little u and removes the shared component
     # and the marker, a bounded amplifier leaves it there: aligned with ν, ~0.6–0.8× the median norm
     "lownorm": PlantedConfig(markers=6, amplifier="bounded", ignition_suppress=1.0, ignition_gain=14.0, seed=13),
+    # OpenAI-CLIP layout (pre-norm, QuickGELU, no LayerScale, CLS), content-gated with a feedback
+    # amplifier: planted in the DINOv2 layout, then converted (γ folded into proj/fc2, ln_pre added)
+    "clip": PlantedConfig(layout="clip", ignition="content", markers=10, onset=5 / 12, amplifier="feedback", u_noise=0.01, seed=14),
 }
 
 

@@ -100,7 +100,7 @@ def _build(cfg: PlantedConfig) -> tuple[nn.Module, PlantedTruth]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = timm.create_model(
-            cfg.timm_name, pretrained=False, num_classes=0, img_size=cfg.img_size, dynamic_img_size=True, **cfg.timm_kwargs
+            cfg.timm_name, pretrained=False, num_classes=0, img_size=cfg.img_size, dynamic_img_size=True, **cfg.build_kwargs
         )
     model.eval()
     gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -144,7 +144,34 @@ def _build(cfg: PlantedConfig) -> tuple[nn.Module, PlantedTruth]:
     positions = layout(grid, cfg.markers, gen)
     spread = 1.0 + cfg.strength_spread * (2 * torch.rand(len(positions), generator=gen) - 1)
     place_markers(model, m, positions, (cfg.marker_norm * spread).tolist())
+    if cfg.layout == "clip":
+        model = _to_clip_layout(model, cfg)
     return model, PlantedTruth(cfg, u, m, positions, grid, layer, unit)
+
+
+def _to_clip_layout(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
+    """The planted model in OpenAI CLIP's layout: each LayerScale γ folded into the projection it
+    scales and the patch bias into the positional embedding (the same function), a LayerNorm before the blocks whose scale is a patch token's LN
+    divisor (so tokens enter at about their planted size), and QuickGELU in place of GELU (its
+    pairs q(h) − q(−h) = h are exact too). The ground truth is read from the converted model, so it
+    stays exact; the circuits' levels move by the few percent the two changes cost."""
+    import timm
+
+    state = model.state_dict()
+    for i in range(len(model.blocks)):
+        for ls, lin in (("ls1", "attn.proj"), ("ls2", "mlp.fc2")):
+            gamma = state.pop(f"blocks.{i}.{ls}.gamma")
+            state[f"blocks.{i}.{lin}.weight"] = gamma[:, None] * state[f"blocks.{i}.{lin}.weight"]
+            state[f"blocks.{i}.{lin}.bias"] = gamma * state[f"blocks.{i}.{lin}.bias"]
+    # pre-norm ViTs have no patch-embedding bias: the same constant goes into every patch position
+    state["pos_embed"][:, model.num_prefix_tokens :] += state.pop("patch_embed.proj.bias")
+    state["norm_pre.weight"] = torch.full((model.embed_dim,), _token_std(cfg))
+    state["norm_pre.bias"] = torch.zeros(model.embed_dim)
+    clip = timm.create_model(
+        cfg.timm_name, pretrained=False, num_classes=0, img_size=cfg.img_size, dynamic_img_size=True, **cfg.timm_kwargs
+    )
+    clip.load_state_dict(state, strict=True)
+    return clip.eval()
 
 
 def _plant_ignition(model, cfg: PlantedConfig, u, texture, used: torch.Tensor, gen: torch.Generator) -> tuple[int, torch.Tensor]:
