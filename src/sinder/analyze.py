@@ -24,7 +24,7 @@ from .backbones import Backbone, as_backbone
 from .detect import DefectRule, LayerDetection, abs_cosine, mean_direction
 from .errors import ConfigError, ImageError
 from .images import ImageItem, ImageSet
-from .measure import CROP, ModelStats, tokens_of, truth_mask, truth_of
+from .measure import CROP, ModelStats, tokens_of, truth_mask
 from .runfolder import AnalysisFolder, AnalysisResult, ImageMaps
 from .runtime import resolve_device
 from .units import percent, plural
@@ -222,7 +222,7 @@ def analyze(
     gen = torch.Generator().manual_seed(config.seed)
     run = _Run(
         images,
-        ModelStats(config.rule, directions, range(backbone.depth), truth_of(backbone)),
+        ModelStats(config.rule, directions, range(backbone.depth), backbone.ground_truth),
         [GateRejectedStats() for _ in range(backbone.depth)],
         Distributions(backbone.depth, config.max_distribution_samples, config.seed),
         F.normalize(torch.randn(backbone.embed_dim, generator=gen), dim=0).to(device),

@@ -133,15 +133,10 @@ class ModelStats:
         return self.stats[self.layers[-1]].images
 
 
-def truth_of(backbone: Backbone):
-    """A planted model's ground truth, or None."""
-    return getattr(backbone, "ground_truth", None)
-
-
 @torch.no_grad()
 def truth_mask(backbone: Backbone, pixels: torch.Tensor) -> torch.Tensor | None:
     """(B, H, W) the tokens a planted ``backbone`` ignites on ``pixels``; None for other models."""
-    truth = truth_of(backbone)
+    truth = backbone.ground_truth
     return None if truth is None else truth.ignition(backbone, pixels).cpu()
 
 

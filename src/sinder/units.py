@@ -20,7 +20,6 @@ RATE_KEYS = frozenset(
         "defect_precision",
         "truth_recall",
         "truth_precision",
-        "energy_drop",
         "miou",
         "pixel_acc",
         "corloc",

@@ -106,15 +106,12 @@ MODEL_CLASSES = {  # config.model_type -> transformers class
     "siglip2_vision_model": "Siglip2VisionModel",
     "siglip2": "Siglip2Model",
 }
-NOT_YET: dict[str, str] = {}  # model types users bring that sinder does not serve yet, and why
 
 
 def _model_class(config, spec: str):
     import transformers
 
     kind = getattr(config, "model_type", None)
-    if kind in NOT_YET:
-        raise ModelSpecError(f"{spec}: {NOT_YET[kind]}")
     if kind not in MODEL_CLASSES:
         raise ModelSpecError(f"{spec}: model type {kind!r} is not supported; use one of {', '.join(MODEL_CLASSES)}")
     return getattr(transformers, MODEL_CLASSES[kind])

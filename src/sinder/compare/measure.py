@@ -30,7 +30,7 @@ from ..analyze import denormalise, pca_rgb
 from ..backbones.base import Backbone
 from ..detect import DefectRule
 from ..images import ImageSet
-from ..measure import FeatureCosines, ModelStats, forward_tokens, ordinary_tokens, summary_token_name, truth_mask, truth_of
+from ..measure import FeatureCosines, ModelStats, forward_tokens, ordinary_tokens, summary_token_name, truth_mask
 from .methods import Method
 
 LAYER_KEYS = ("energy_along_direction", "max_over_median", "high_norm_rate", "defect_rate")
@@ -98,7 +98,7 @@ def measure(
     original = methods[0]
     assert original.name == "original"
     ob = original.backbone
-    layers, truth, key = range(ob.depth), truth_of(ob), summary_token_name(ob)
+    layers, truth, key = range(ob.depth), ob.ground_truth, summary_token_name(ob)
     tallies = {m.name: _Tally(ModelStats(rule, directions[m.name], layers, truth), FeatureCosines(key)) for m in methods}
     inputs: list[np.ndarray] = []
     names: list[str] = []

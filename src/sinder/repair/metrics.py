@@ -16,7 +16,7 @@ import torch
 from ..backbones.base import Backbone
 from ..detect import DefectRule
 from ..images import ImageSet
-from ..measure import FeatureCosines, ModelStats, Tokens, forward_tokens, ordinary_tokens, summary_token_name, truth_mask, truth_of
+from ..measure import FeatureCosines, ModelStats, Tokens, forward_tokens, ordinary_tokens, summary_token_name, truth_mask
 from .singular import SingularModel
 
 RESIDUAL_TOKENS_SHOWN = 5  # per image, the strongest high-norm tokens left after repair
@@ -38,7 +38,7 @@ def residual(name: str, grid: torch.Tensor, high: torch.Tensor) -> dict:
 
 class _Comparison:
     def __init__(self, backbone: Backbone, rule: DefectRule, directions: torch.Tensor) -> None:
-        last, truth = [backbone.depth - 1], truth_of(backbone)
+        last, truth = [backbone.depth - 1], backbone.ground_truth
         self.before, self.after = ModelStats(rule, directions, last, truth), ModelStats(rule, directions, last, truth)
         self.cosines = FeatureCosines(summary_token_name(backbone))
         self.residuals: list[dict] = []
