@@ -27,3 +27,20 @@ def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def spec_name(spec: str) -> str:
     """``dinov2:vits14`` -> ``vits14``."""
     return spec.partition(":")[2]
+
+
+def write_weights_and_spec(model: nn.Module, weights: Path, spec_file: Path, meta: dict, overwrite: bool) -> Path:
+    """A family's export: the state dict as safetensors and the recipe to rebuild the model as
+    JSON, each written atomically, refusing existing files unless ``overwrite``."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from ..io import atomic_path
+
+    refuse_existing([weights, spec_file], overwrite)
+    with atomic_path(weights) as tmp:
+        save_file(cpu_state_dict(model), str(tmp), metadata={"format": "pt"})
+    with atomic_path(spec_file) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    return weights

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ModelSpecError, WeightsError
+from ..errors import ModelSpecError
 from .base import Backbone
-from .weights import grid_from_pos_embed, read_state_dict, require_hub
+from .weights import grid_from_pos_embed, load_state_dict_checked, read_state_dict, require_hub
 
 # What the adapters serve, named in every refusal (decided by class and block structure, not by name).
 SUPPORTED_TIMM = (
@@ -94,22 +94,8 @@ def native_img_size(model: nn.Module, state_dict: dict) -> int | None:
 
 
 def load_timm_state_dict(model: nn.Module, state_dict: dict, spec: str) -> None:
-    own = model.state_dict()
-    mismatched = [k for k, v in state_dict.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    if mismatched:  # load_state_dict would raise a many-line RuntimeError
-        k = mismatched[0]
-        raise WeightsError(
-            f"{spec}: weights do not fit ({len(mismatched)} shape mismatch(es), e.g. {k} is {tuple(state_dict[k].shape)} "
-            f"in the file but {tuple(own[k].shape)} in the model); check the model name"
-        )
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    missing = [k for k in missing if not k.startswith("head")]
-    unexpected = [k for k in unexpected if not k.startswith("head")]
-    if missing or unexpected:
-        raise WeightsError(
-            f"{spec}: weights do not fit (missing {missing[:3]}{'…' if len(missing) > 3 else ''}, "
-            f"unexpected {unexpected[:3]}{'…' if len(unexpected) > 3 else ''}); check the model name"
-        )
+    """Checked loading; a timm checkpoint's classifier head (``head.*``) may be missing or extra."""
+    load_state_dict_checked(model, state_dict, spec, ignore=("head",))
 
 
 def load_timm(name: str, spec: str, weights: str | Path | None = None, random_init: bool = False) -> Backbone:

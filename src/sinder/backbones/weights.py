@@ -69,6 +69,28 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
+def load_state_dict_checked(model: torch.nn.Module, state_dict: dict, spec: str, ignore: tuple[str, ...] = ()) -> None:
+    """``model.load_state_dict`` with a one-line :class:`WeightsError` (naming a first culprit)
+    when the file does not fit: shape mismatches, missing or unexpected keys. Keys starting with
+    one of ``ignore`` (a classifier head the backbone does not use) may be missing or extra."""
+    own = model.state_dict()
+    mismatched = [k for k, v in state_dict.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if mismatched:  # load_state_dict would raise a many-line RuntimeError
+        k = mismatched[0]
+        raise WeightsError(
+            f"{spec}: weights do not fit ({len(mismatched)} shape mismatch(es), e.g. {k} is {tuple(state_dict[k].shape)} "
+            f"in the file but {tuple(own[k].shape)} in the model); check the model name"
+        )
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    missing = [k for k in missing if not k.startswith(ignore)] if ignore else list(missing)
+    unexpected = [k for k in unexpected if not k.startswith(ignore)] if ignore else list(unexpected)
+    if missing or unexpected:
+        raise WeightsError(
+            f"{spec}: weights do not fit (missing {missing[:3]}{'…' if len(missing) > 3 else ''}, "
+            f"unexpected {unexpected[:3]}{'…' if len(unexpected) > 3 else ''}); check the model name"
+        )
+
+
 def _load_failure(err: Exception) -> str:
     """Why ``torch.load`` failed, in a few words (its own messages span many lines, with ANSI codes)."""
     text = str(err)

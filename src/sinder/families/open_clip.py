@@ -17,10 +17,9 @@ from pathlib import Path
 
 from ..backbones.base import Backbone
 from ..backbones.registry import Family, register_family
-from ..backbones.saving import cpu_state_dict, refuse_existing
-from ..backbones.weights import read_state_dict
+from ..backbones.saving import write_weights_and_spec
+from ..backbones.weights import load_state_dict_checked, read_state_dict
 from ..errors import ModelSpecError, WeightsError
-from ..io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +44,9 @@ def create(arch: str, spec: str):
 
 
 def load_weights(model, weights: str | Path, spec: str) -> None:
-    state = read_state_dict(weights)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    own = model.state_dict()
-    bad = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-    if bad or missing or unexpected:
-        first = bad[:1] or missing[:1] or unexpected[:1]
-        raise WeightsError(
-            f"{spec}: {weights} does not fit the architecture ({len(bad)} shape mismatch(es), {len(missing)} missing, "
-            f"{len(unexpected)} unexpected, e.g. {first[0]}); check the model name"
-        )
-    model.load_state_dict(state, strict=True)
+    """The checkpoint into ``model``, strictly (``module.`` prefixes of DDP checkpoints removed)."""
+    state = {k.removeprefix("module."): v for k, v in read_state_dict(weights).items()}
+    load_state_dict_checked(model, state, spec)
 
 
 def load(name: str, spec: str, weights: str | Path | None = None, random_init: bool = False) -> Backbone:
@@ -74,15 +64,9 @@ def load(name: str, spec: str, weights: str | Path | None = None, random_init: b
 
 def save_open_clip_format(backbone: Backbone, folder: Path, overwrite: bool) -> Path:
     """The whole model's state dict + the architecture name, atomically."""
-    from safetensors.torch import save_file
-
-    weights, spec_file = folder / WEIGHTS_FILE, folder / SPEC_FILE
-    refuse_existing([weights, spec_file], overwrite)
     arch = backbone.timm_name  # None for a module the user built in Python: they rebuild it themselves
-    with atomic_path(weights) as tmp:
-        save_file(cpu_state_dict(backbone.model), str(tmp), metadata={"format": "pt"})
-    with atomic_path(spec_file) as tmp:
-        tmp.write_text(json.dumps({"format": "open_clip", "arch": arch, "spec": backbone.spec}, indent=2) + "\n")
+    meta = {"format": "open_clip", "arch": arch, "spec": backbone.spec}
+    weights = write_weights_and_spec(backbone.model, folder / WEIGHTS_FILE, folder / SPEC_FILE, meta, overwrite)
     log.info("wrote %s (open_clip %s)", weights, arch)
     return weights
 

@@ -13,9 +13,8 @@ from pathlib import Path
 
 from ..backbones.base import Backbone
 from ..backbones.registry import Family, register_family
-from ..backbones.saving import cpu_state_dict, refuse_existing, spec_name
+from ..backbones.saving import spec_name, write_weights_and_spec
 from ..errors import ModelSpecError
-from ..io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +39,6 @@ def recorded_timm_name(backbone: Backbone) -> str:
 
 def save_timm_format(backbone: Backbone, folder: Path, overwrite: bool) -> Path:
     """Write ``model.safetensors`` + ``model_spec.json`` (the recipe to rebuild the model) under ``folder``."""
-    from safetensors.torch import save_file
-
-    weights, spec_file = folder / WEIGHTS_FILE, folder / SPEC_FILE
-    refuse_existing([weights, spec_file], overwrite)
     model = backbone.model
     meta = {
         "format": "timm",
@@ -54,11 +49,7 @@ def save_timm_format(backbone: Backbone, folder: Path, overwrite: bool) -> Path:
         "spec": backbone.spec,
         "family": backbone.family,
     }
-    sd = cpu_state_dict(model)
-    with atomic_path(weights) as tmp:
-        save_file(sd, str(tmp), metadata={"format": "pt"})
-    with atomic_path(spec_file) as tmp:
-        tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    weights = write_weights_and_spec(model, folder / WEIGHTS_FILE, folder / SPEC_FILE, meta, overwrite)
     log.info("wrote %s (timm %s, %d px)", weights, meta["timm_name"], meta["img_size"])
     return weights
 
