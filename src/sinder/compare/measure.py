@@ -49,7 +49,6 @@ class _Tally:
     stats: ModelStats
     cosines: FeatureCosines
     seconds: float = 0.0
-    images: int = 0
     maps: MethodMaps = field(default_factory=MethodMaps)
 
 
@@ -110,7 +109,6 @@ def measure(
             tokens, seconds, attn = _run(method, pixels, keep > 0)
             tally = tallies[method.name]
             tally.seconds += seconds
-            tally.images += pixels.shape[0]
             found = tally.stats.add(tokens, mask)[ob.depth - 1]
             if ref is None:
                 ref = (tokens, ordinary_tokens(found))
@@ -134,7 +132,7 @@ def _summary(method: Method, tally: _Tally, original: _Tally) -> dict:
     features = None
     if method.name != "original" and not method.own_directions:
         features = tally.cosines.summary()
-    ms = 1000 * tally.seconds / max(tally.images, 1)
+    ms = 1000 * tally.seconds / max(tally.stats.images, 1)
     return {
         "last_layer": last,
         "per_layer": per_layer,
