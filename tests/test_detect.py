@@ -129,3 +129,21 @@ def test_threshold_is_validated_recorded_and_a_cli_option():
     assert rule_from_args(p.parse_args([])).threshold == "meanstd"
     with pytest.raises(SystemExit):
         p.parse_args(["--threshold", "mad"])
+
+
+def test_aligned_gate_admits_tokens_long_along_nu_not_the_noise_tail():
+    """A |cos| outlier passes the gate by its norm (> 2× the median) or by its component along ν
+    (> 1.25× the median): a weakly grown defect at 1.7× the median norm and |cos| 0.85 is found,
+    an ordinary-norm token with a large |cos| (the noise tail) and a short token are not."""
+    grid = background(16, 16, seed=4)
+    weak, tail, short, strong = (3, 3), (8, 8), (12, 4), (5, 12)
+    grid[0, weak[0], weak[1]] = defect(1.7, 0.85, 1)  # along ν: 1.45× the median
+    grid[0, tail[0], tail[1]] = defect(1.05, 0.6, 2)  # 0.63×
+    grid[0, short[0], short[1]] = defect(0.7, 0.95, 3)  # low-norm: 0.67×
+    grid[0, strong[0], strong[1]] = defect(9.0, 0.95, 4)
+    found = DefectRule().detect(grid, NU)[0]
+    assert set(map(tuple, found.nonzero().tolist())) == {weak, strong}
+    assert set(map(tuple, DefectRule(aligned_gate=0).detect(grid, NU)[0].nonzero().tolist())) == {strong}
+    assert set(map(tuple, DefectRule(norm_gate=0).detect(grid, NU)[0].nonzero().tolist())) == {weak, tail, short, strong}
+    with pytest.raises(ConfigError, match="--aligned-gate"):
+        DefectRule(aligned_gate=-1)

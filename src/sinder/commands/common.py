@@ -83,6 +83,12 @@ def add_rule_arguments(p: argparse.ArgumentParser, defaults=None, faithful=None)
     p.add_argument(
         "--norm-gate", type=float, help=f"a defect must also have norm > G × the image's median patch norm (0: off; {default('norm_gate')})"
     )
+    p.add_argument(
+        "--aligned-gate",
+        type=float,
+        help="or its component along ν must exceed A × the image's median patch norm: a defect long along ν before it is long "
+        f"(0: the norm gate alone; {default('aligned_gate')})",
+    )
     p.add_argument("--high-norm-factor", type=float, help=f"high-norm if norm > F × the image's median ({default('high_norm_factor')})")
     if p.prog.split()[-1] in TRAINING_COMMANDS:
         skip_help = f"defects a layer needs before repair trains on it ({default('skip_less_than')})"
@@ -91,7 +97,7 @@ def add_rule_arguments(p: argparse.ArgumentParser, defaults=None, faithful=None)
     p.add_argument("--skip-less-than", type=int, help=skip_help)
 
 
-RULE_OPTIONS = ("mask_thr", "threshold", "norm_gate", "high_norm_factor", "skip_less_than")
+RULE_OPTIONS = ("mask_thr", "threshold", "norm_gate", "aligned_gate", "high_norm_factor", "skip_less_than")
 
 
 def rule_from_args(args: argparse.Namespace, base=None, **fixed):
