@@ -51,12 +51,12 @@ def run(member: str, gammas: list[float]) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    head = "| member | γ | σ clamped | energy along u (drop) | max/median | high-norm rate | non-defect cos | CLS cos |"
+    head = "| member | γ | σ clamped | energy along u (drop) | max/median | high-norm rate | non-defect cos | CLS/pooled cos |"
     return markdown(
         head,
         [
             f"| {r['member']} | {r['gamma']:g} | {r['clamped_values']} | {100 * r['energy_after']:.2f}% ({100 * r['energy_drop']:.1f}%) "
-            f"| {r['max_over_median']:.2f} | {100 * r['high_norm_rate']:.2f}% | {r['non_defect_cosine']:.4f} | {r['cls_cosine']:.4f} |"
+            f"| {r['max_over_median']:.2f} | {100 * r['high_norm_rate']:.2f}% | {r['non_defect_cosine']:.4f} | {r['summary_cosine']:.4f} |"
             for r in rows
         ],
     )

@@ -22,6 +22,7 @@ from zoo_common import markdown, save_rows
 from sinder.backbones import load_backbone
 from sinder.compare import CompareConfig, compare
 from sinder.images import BUNDLED_EVAL, BUNDLED_TRAIN, bundled_photos
+from sinder.measure import summary_cosine
 from sinder.planted import PRESETS
 from sinder.repair import RepairConfig
 
@@ -62,7 +63,7 @@ def run(member: str, out: Path, max_steps: int, gamma: float) -> list[dict]:
             "max_over_median": last["max_over_median"],
             "high_norm_rate": last["high_norm_rate"],
             "non_defect_cosine": feats.get("non_defect_cosine"),
-            "cls_cosine": feats.get("cls_cosine"),
+            "summary_cosine": summary_cosine(feats),
             "prepare_seconds": m["prepare_seconds"],
             "inference_vs_original": m["inference_vs_original"],
             "note": note,
@@ -75,12 +76,12 @@ def run(member: str, out: Path, max_steps: int, gamma: float) -> list[dict]:
 def table(rows: list[dict]) -> str:
     num = lambda v, f: "–" if v is None else format(v, f)  # noqa: E731
     drop = lambda r: "" if r["energy_drop"] is None or r["method"] == "original" else f" ({100 * r['energy_drop']:.1f}%)"  # noqa: E731
-    head = "| member | method | energy along u (drop) | max/median | high-norm rate | non-defect cos | CLS cos | prepare | what it took |"
+    head = "| member | method | energy along u (drop) | max/median | high-norm rate | non-defect cos | CLS/pooled cos | prepare | what it took |"
     return markdown(
         head,
         [
             f"| {r['member']} | {r['method']} | {100 * r['energy_u']:.2f}%{drop(r)} | {r['max_over_median']:.2f} | {100 * r['high_norm_rate']:.2f}% "
-            f"| {num(r['non_defect_cosine'], '.4f')} | {num(r['cls_cosine'], '.4f')} | {r['prepare_seconds']:.1f} s | {r['note']} |"
+            f"| {num(r['non_defect_cosine'], '.4f')} | {num(r['summary_cosine'], '.4f')} | {r['prepare_seconds']:.1f} s | {r['note']} |"
             for r in rows
         ],
     )

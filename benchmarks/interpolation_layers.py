@@ -44,12 +44,12 @@ def run(member: str, layers: list[int] | None) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    head = "| member | hooked layer (ignition) | tokens replaced | energy along u, before → after | max/median | non-defect cos | CLS cos |"
+    head = "| member | hooked layer (ignition) | tokens replaced | energy along u, before → after | max/median | non-defect cos | CLS/pooled cos |"
     return markdown(
         head,
         [
             f"| {r['member']} | {r['layer']} ({r['ignition_layer']}) | {r['replaced']} | {100 * r['energy_before']:.1f}% → {100 * r['energy_after']:.2f}% "
-            f"| {r['max_over_median_before']:.1f} → {r['max_over_median']:.2f} | {r['non_defect_cosine']:.4f} | {r['cls_cosine']:.4f} |"
+            f"| {r['max_over_median_before']:.1f} → {r['max_over_median']:.2f} | {r['non_defect_cosine']:.4f} | {r['summary_cosine']:.4f} |"
             for r in rows
         ],
     )

@@ -29,7 +29,7 @@ from sinder.images import BUNDLED_EVAL, BUNDLED_TRAIN, ImageSet, bundled_photos
 from sinder.planted import PRESETS
 from sinder.repair import RepairConfig, repair
 
-TARGETS = {"energy_drop": 0.95, "max_over_median": 3.0, "non_defect_cosine": 0.999, "cls_cosine": 0.999}
+TARGETS = {"energy_drop": 0.95, "max_over_median": 3.0, "non_defect_cosine": 0.999, "summary_cosine": 0.999}
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -68,13 +68,13 @@ def run(member: str, mode: str, sets: dict, max_steps: int, eval_photos: tuple[s
 
 
 def table(rows: list[dict]) -> str:
-    head = "| member | mode | energy along u, before → after (drop) | max/median | high-norm rate | non-defect cos | CLS cos | steps (optimizer) | seconds | stop | targets |"
+    head = "| member | mode | energy along u, before → after (drop) | max/median | high-norm rate | non-defect cos | CLS/pooled cos | steps (optimizer) | seconds | stop | targets |"
     return markdown(
         head,
         [
             f"| {r['member']} | {r['mode']} | {100 * r['energy_before']:.1f}% → {100 * r['energy_after']:.2f}% ({100 * r['energy_drop']:.1f}%) "
             f"| {r['max_over_median_before']:.1f} → {r['max_over_median']:.2f} | {100 * r['high_norm_rate_before']:.2f}% → {100 * r['high_norm_rate']:.2f}% "
-            f"| {r['non_defect_cosine']:.5f} | {r['cls_cosine']:.5f} | {r['steps']} ({r['optimizer_steps']}) | {r['seconds']:.1f} | {r['stop']} | {'pass' if r['passes'] else 'FAIL'} |"
+            f"| {r['non_defect_cosine']:.5f} | {r['summary_cosine']:.5f} | {r['steps']} ({r['optimizer_steps']}) | {r['seconds']:.1f} | {r['stop']} | {'pass' if r['passes'] else 'FAIL'} |"
             for r in rows
         ],
     )

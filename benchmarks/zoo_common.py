@@ -12,14 +12,15 @@ import torch
 
 from sinder.detect import DefectRule
 from sinder.images import ImageSet
-from sinder.measure import FeatureCosines, ModelStats, forward_tokens, ordinary_tokens, summary_token_name, truth_mask
+from sinder.measure import FeatureCosines, ModelStats, forward_tokens, ordinary_tokens, summary_cosine, summary_token_name, truth_mask
 
 
 @torch.no_grad()
 def measure(original, repaired, images: ImageSet) -> dict:
     """Ground-truth numbers on ``images`` by :mod:`sinder.measure` (the default rule's high-norm
     factor), before (original) and after (repaired). The features kept are those of tokens that
-    neither ignited nor were high-norm or defects in the original."""
+    neither ignited nor were high-norm or defects in the original. ``summary_cosine`` is the CLS
+    token's, or the pooled output's for a model without CLS."""
     last, truth = [original.depth - 1], original.ground_truth
     stats = {"before": ModelStats(DefectRule(), None, last, truth), "after": ModelStats(DefectRule(), None, last, truth)}
     cosines = FeatureCosines(summary_token_name(original))
@@ -30,6 +31,7 @@ def measure(original, repaired, images: ImageSet) -> dict:
         stats["after"].add(after, ignited)
         cosines.add(original, before, repaired, after, ordinary_tokens(found) & ~ignited)
     b, a = stats["before"].last_layer(), stats["after"].last_layer()
+    features = cosines.summary()
     return {
         "energy_before": b["energy_along_u"],
         "energy_after": a["energy_along_u"],
@@ -38,7 +40,8 @@ def measure(original, repaired, images: ImageSet) -> dict:
         "max_over_median": a["max_over_median"],
         "high_norm_rate_before": b["high_norm_rate"],
         "high_norm_rate": a["high_norm_rate"],
-        **cosines.summary(),
+        **features,
+        "summary_cosine": summary_cosine(features),
     }
 
 

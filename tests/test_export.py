@@ -176,3 +176,25 @@ def test_hf_tower_export_round_trip_in_the_users_own_class(tmp_path, kind):
     assert max_token_diff(bb, hf_backbone(plain, "hf:plain"), _pixels(bb)) <= ROUND_TRIP
     if kind == "clip_model":  # the text tower travels untouched
         assert torch.equal(plain.text_model.embeddings.token_embedding.weight, model.text_model.embeddings.token_embedding.weight)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("member", ["clip", "siglip"])
+def test_converted_zoo_members_export_in_their_own_library(tmp_path, member):
+    """``planted:clip`` exports with save_pretrained and transformers' CLIPVisionModel loads it;
+    ``planted:siglip`` exports for timm, whose create_model with the recorded architecture loads it
+    strictly: the same tokens, the edit included."""
+    bb = load_backbone(f"planted:{member}")
+    path = _check_round_trip(bb, tmp_path)
+    if member == "clip":
+        from transformers import CLIPVisionModel
+
+        plain = load_backbone(CLIPVisionModel.from_pretrained(str(path)).eval())  # nothing from sinder
+    else:
+        meta = json.loads((path.parent / "model_spec.json").read_text())
+        model = timm.create_model(meta["timm_name"], pretrained=False, num_classes=0, img_size=meta["img_size"], **meta["kwargs"])
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(path)), strict=True)
+        plain = load_backbone(model.eval())
+    assert max_token_diff(bb, plain, _pixels(bb)) <= ROUND_TRIP

@@ -82,7 +82,8 @@ ZOO_PHOTOS = ("rocket", "coffee", "camera", "astronaut")  # training photos: fla
 
 @pytest.mark.parametrize(
     "name",
-    ["content", "early", "late", "noisy", "native518", "swiglu", "reg4", "spectral", "spread", "attention", "border", "crowded", "lownorm"],
+    ["content", "early", "late", "noisy", "native518", "swiglu", "reg4", "spectral", "spread", "attention", "border", "crowded", "lownorm"]
+    + ["clip", "siglip"],
 )
 @pytest.mark.slow
 def test_zoo_member_has_real_singular_defects(name):
@@ -298,6 +299,79 @@ def test_marker_layouts_and_new_fields_are_checked():
         PlantedConfig(ignition="content", ignition_suppress=1.0)
     with pytest.raises(ConfigError, match="amplifier must be pair, feedback or bounded"):
         PlantedConfig(amplifier="nope")
+    with pytest.raises(ConfigError, match="layout must be dinov2, clip, siglip"):
+        PlantedConfig(layout="eva")
+    with pytest.raises(ConfigError, match="no CLS token"):
+        PlantedConfig(layout="siglip", ignition_path="attention")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["clip", "siglip"])
+def test_converted_layouts_are_the_towers_they_name(name, tmp_path):
+    """``clip`` is a transformers ``CLIPVisionModel`` (a LayerNorm before the blocks, QuickGELU, CLS,
+    no LayerScale) and ``siglip`` a timm model in SigLIP's layout (tanh-GELU, no CLS, an
+    attention-pool head whose output is the summary the metrics compare). Each is rebuilt by its
+    own library from what sinder exports, with the same tokens."""
+    import timm
+
+    from sinder.backbones import load_backbone
+    from sinder.measure import forward_tokens, summary_token_name
+
+    bb = load_backbone(f"planted:{name}")
+    model, cfg = bb.model, bb.ground_truth.config
+    assert not any(k.endswith("gamma") for k in model.state_dict())
+    if name == "clip":
+        from transformers import CLIPVisionModel
+
+        assert type(model).__name__ == "CLIPVisionModel" and model.config.hidden_act == "quick_gelu"
+        assert bb.has_cls_token and summary_token_name(bb) == "cls_cosine"
+        model.save_pretrained(tmp_path)
+        rebuilt = load_backbone(CLIPVisionModel.from_pretrained(tmp_path))
+    else:
+        assert type(model.blocks[0].mlp.act).__name__ == "GELUTanh" and model.cls_token is None and model.global_pool == "map"
+        assert not bb.has_cls_token and bb.num_prefix_tokens == 0 and summary_token_name(bb) == "pooled_cosine"
+        again = timm.create_model(cfg.timm_name, pretrained=False, num_classes=0, img_size=cfg.img_size, **cfg.timm_kwargs)
+        again.load_state_dict(model.state_dict(), strict=True)
+        rebuilt = load_backbone(again)
+    px = torch.rand(2, 3, cfg.img_size, cfg.img_size)
+    a, b = forward_tokens(bb, px), forward_tokens(rebuilt, px)
+    assert torch.allclose(a.final, b.final, atol=1e-5) and torch.allclose(a.last, b.last, atol=1e-4)
+
+
+def test_clip_member_is_the_timm_build_in_transformers():
+    """The key map behind the CLIP member: a timm CLIP-layout ViT and the transformers tower it
+    maps to give the same tokens on the same normalised pixels (the member also moves the input
+    normalisation into its weights, checked on photos by the zoo test)."""
+    import timm
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from sinder.backbones.convert import timm_clip_to_hf_clip
+    from sinder.backbones.hf_tower import vision_tower
+
+    torch.manual_seed(0)
+    t = timm.create_model(
+        "vit_small_patch14_dinov2",
+        pretrained=False,
+        num_classes=0,
+        img_size=56,
+        depth=2,
+        pre_norm=True,
+        act_layer="quick_gelu",
+        init_values=0.0,
+    ).eval()
+    with torch.no_grad():
+        for p in t.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    cfg = CLIPVisionConfig(
+        hidden_size=384, intermediate_size=1536, num_hidden_layers=2, num_attention_heads=6, image_size=56, patch_size=14
+    )
+    cfg.hidden_act, cfg.layer_norm_eps = "quick_gelu", 1e-6
+    hf = CLIPVisionModel(cfg).eval()
+    vision_tower(hf).load_state_dict(timm_clip_to_hf_clip(t.state_dict()), strict=True)
+    px = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        ours, theirs = t.forward_features(px), vision_tower(hf)(pixel_values=px).last_hidden_state
+        assert torch.allclose(ours, vision_tower(hf).post_layernorm(theirs), atol=1e-5)
 
 
 def test_zoo_sizes_plant_the_same_circuits():

@@ -163,3 +163,35 @@ def hf_dinov2_to_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     if "mask_token" not in out and "cls_token" in out:
         out["mask_token"] = torch.zeros(1, out["cls_token"].shape[-1], dtype=out["cls_token"].dtype)
     return out
+
+
+def timm_clip_to_hf_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm CLIP-layout ViT (``pre_norm=True``, no patch bias, CLS, no LayerScale) state dict ->
+    the keys of transformers' CLIP vision tower (the module holding ``embeddings`` and ``encoder``:
+    ``CLIPVisionModel`` itself or its ``vision_model``, by transformers version), fused qkv split. The same function on the same
+    normalised pixels: both scale q·k by head_dim^-1/2, and timm's final ``norm`` is the tower's
+    ``post_layernorm``."""
+    if "patch_embed.proj.bias" in sd or "norm_pre.weight" not in sd or any(k.endswith("gamma") for k in sd):
+        raise WeightsError("not a timm CLIP-layout model (pre_norm=True, no patch bias, no LayerScale)")
+    out = {
+        "embeddings.class_embedding": sd["cls_token"].reshape(-1),
+        "embeddings.patch_embedding.weight": sd["patch_embed.proj.weight"],
+        "embeddings.position_embedding.weight": sd["pos_embed"][0],
+    }
+    names = {"norm_pre": "pre_layrnorm", "norm": "post_layernorm"}
+    for k, v in sd.items():
+        head, _, leaf = k.rpartition(".")
+        if head in names:
+            out[f"{names[head]}.{leaf}"] = v
+            continue
+        m = re.fullmatch(r"blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)", k)
+        if m is None:
+            continue
+        layer, part, leaf = f"encoder.layers.{m[1]}.", m[2], m[3]
+        if part == "attn.qkv":
+            for name, t in zip(("q_proj", "k_proj", "v_proj"), _split3(v)):
+                out[f"{layer}self_attn.{name}.{leaf}"] = t
+        else:
+            renamed = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn.proj": "self_attn.out_proj"}.get(part, part)
+            out[f"{layer}{renamed}.{leaf}"] = v
+    return out

@@ -1,6 +1,7 @@
 """``planted:small``: the built-in ViT-S/14 with planted singular defects (see :mod:`sinder.planted`).
 
-Planted models are timm ``vit_small_patch14_dinov2`` models, so they export like ``timm``.
+Planted models are timm models (DINOv2 and SigLIP layouts), so they export like ``timm``; the
+CLIP-layout member is a transformers ``CLIPVisionModel`` and exports like ``hf``.
 """
 
 from __future__ import annotations
@@ -9,8 +10,10 @@ from pathlib import Path
 
 from ..backbones.base import Backbone
 from ..backbones.convert import timm_to_official_dinov2
+from ..backbones.hf_tower import HFTowerBackbone
 from ..backbones.registry import Family, register_family
 from ..planted import PRESETS, load_planted
+from .hf import reload_hf_format, save_hf_format
 from .timm import reload_timm_format, save_timm_format
 
 
@@ -19,13 +22,29 @@ def load(name: str, spec: str, weights: str | Path | None = None, random_init: b
     return load_planted(name, spec, weights=weights)
 
 
+def _is_hf(backbone: Backbone) -> bool:
+    return isinstance(backbone, HFTowerBackbone)  # the CLIP-layout member
+
+
+def save(backbone: Backbone, folder: Path, overwrite: bool) -> Path:
+    return (save_hf_format if _is_hf(backbone) else save_timm_format)(backbone, folder, overwrite)
+
+
+def reload(backbone: Backbone, path: Path) -> Backbone:
+    if not _is_hf(backbone):
+        return reload_timm_format(backbone, path)  # keeps the backbone's family
+    again = reload_hf_format(backbone, path)
+    again.family = backbone.family
+    return again
+
+
 register_family(
     Family(
         name="planted",
         spec_help="planted:" + "|".join(PRESETS) + "[@S|B|L|g]",
         load=load,
-        save=save_timm_format,
-        reload=reload_timm_format,
+        save=save,
+        reload=reload,
         key_maps={"official": timm_to_official_dinov2},
         order=40,
     )

@@ -108,7 +108,9 @@ class PlantedConfig:
     amp_gain: float = 3.0
     spectrum_top: float = 0.0
     spectrum_decay: float = 0.5
-    layout: Literal["dinov2", "clip"] = "dinov2"  # clip: pre-norm, QuickGELU, no LayerScale (converted after planting)
+    # clip: pre-norm, QuickGELU, no LayerScale; siglip: no CLS token, an attention-pool (MAP) head,
+    # tanh-GELU, no LayerScale (both converted after planting)
+    layout: Literal["dinov2", "clip", "siglip"] = "dinov2"
 
     def __post_init__(self) -> None:
         require(self.size in ARCHITECTURES, f"size must be one of {', '.join(ARCHITECTURES)}, got {self.size!r}")
@@ -144,8 +146,14 @@ class PlantedConfig:
         )
         require(self.spectrum_top >= 0, f"spectrum_top must be >= 0 (0: timm's init), got {self.spectrum_top}")
         require(0 <= self.spectrum_decay <= 2, f"spectrum_decay must be in [0, 2], got {self.spectrum_decay}")
-        require(self.layout in ("dinov2", "clip"), f"layout must be dinov2 or clip, got {self.layout!r}")
-        require(self.layout == "dinov2" or not (self.swiglu or self.registers), "layout='clip' has a plain GELU MLP and no registers")
+        require(self.layout in LAYOUTS, f"layout must be {', '.join(LAYOUTS)}, got {self.layout!r}")
+        require(
+            self.layout == "dinov2" or not (self.swiglu or self.registers), f"layout={self.layout!r} has a plain GELU MLP and no registers"
+        )
+        require(
+            self.layout != "siglip" or self.ignition_path == "mlp",
+            "layout='siglip' has no CLS token, which the attention ignition uses as its sink: use ignition_path='mlp'",
+        )
         require(self.early_feature == 0 or self.anisotropy > 1, "early_feature needs anisotropy > 1 (it amplifies a stretched direction)")
 
     @property
@@ -157,15 +165,15 @@ class PlantedConfig:
 
     @property
     def build_kwargs(self) -> dict:
-        """The timm architecture the circuits are planted in (the DINOv2 layout, with LayerScale)."""
-        return dict(ARCHITECTURES[self.size][2]) if self.swiglu and self.size != "g" else {}
+        """The timm architecture the circuits are planted in (the DINOv2 layout, with LayerScale;
+        without a CLS token and with an attention-pool head for the SigLIP layout)."""
+        width = dict(ARCHITECTURES[self.size][2]) if self.swiglu and self.size != "g" else {}
+        return {**width, **SIGLIP_TOKENS} if self.layout == "siglip" else width
 
     @property
     def timm_kwargs(self) -> dict:
         """Overrides of the timm architecture of the finished model (JSON-able: recorded for export)."""
-        if self.layout == "clip":
-            return {**self.build_kwargs, **CLIP_LAYOUT}
-        return self.build_kwargs
+        return {**self.build_kwargs, **LAYOUTS[self.layout]}
 
     @property
     def depth(self) -> int:
@@ -178,6 +186,10 @@ class PlantedConfig:
 
 # OpenAI CLIP's block layout in timm: a LayerNorm before the blocks, QuickGELU, no LayerScale
 CLIP_LAYOUT = {"pre_norm": True, "act_layer": "quick_gelu", "init_values": 0.0}  # 0: no LayerScale (timm drops None)
+# SigLIP's (timm's vit_*_siglip_*): tanh-GELU, no LayerScale; its tokens: no CLS, a MAP head
+SIGLIP_LAYOUT = {"act_layer": "gelu_tanh", "init_values": 0.0}
+SIGLIP_TOKENS = {"class_token": False, "global_pool": "map"}
+LAYOUTS = {"dinov2": {}, "clip": CLIP_LAYOUT, "siglip": SIGLIP_LAYOUT}
 
 PRESETS: dict[str, PlantedConfig] = {
     # 5 positional cells, equal strength, ignition at block 4 of 12, quiet u
@@ -241,6 +253,9 @@ PRESETS: dict[str, PlantedConfig] = {
     # OpenAI-CLIP layout (pre-norm, QuickGELU, no LayerScale, CLS), content-gated with a feedback
     # amplifier: planted in the DINOv2 layout, then converted (γ folded into proj/fc2, ln_pre added)
     "clip": PlantedConfig(layout="clip", ignition="content", markers=10, onset=5 / 12, amplifier="feedback", u_noise=0.01, seed=14),
+    # SigLIP layout (no CLS token, attention-pool head, tanh-GELU, no LayerScale), fixed positions
+    # of unequal strength from mid-depth, as in SigLIP towers: the pooled output takes CLS's place
+    "siglip": PlantedConfig(layout="siglip", markers=8, onset=6 / 12, strength_spread=0.3, amplifier="feedback", u_noise=0.01, seed=15),
 }
 
 

@@ -3,8 +3,9 @@
 No DINOv2 weights can be downloaded offline, so sinder ships backbones whose defects arise the
 way the paper describes: a few tokens are pushed along one direction u, and later blocks
 amplify u, so G_i's top singular vector is u. Each zoo member plants them differently (see
-:class:`~sinder.planted.config.PlantedConfig`); all are timm DINOv2-layout models, built from a
-seed in seconds with no files.
+:class:`~sinder.planted.config.PlantedConfig`), built from a seed in seconds with no files. All
+are planted in timm's DINOv2 layout; ``clip`` then becomes a transformers CLIP tower and ``siglip``
+a timm model in SigLIP's layout, with the same function.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import torch
 from torch import nn
 
 from ..backbones.base import Backbone
+from ..backbones.hf_tower import HFTowerBackbone
 from ..backbones.timm_loader import load_timm_state_dict
 from ..backbones.timm_vit import TimmViTBackbone
-from ..backbones.weights import read_state_dict
+from ..backbones.weights import load_state_dict_checked, read_state_dict
 from ..runtime import one_thread
 from ..theory import defect_directions
 from .circuits import (
@@ -63,7 +65,7 @@ class PlantedTruth:
         whose marker reading at the ignition block is over half a full-strength marker's)."""
         if self.ignition_unit < 0:
             return self._marker_read(backbone, pixels)
-        fc1 = backbone.model.blocks[self.ignition_layer].mlp.fc1
+        fc1 = backbone.block_view(self.ignition_layer).mlp_in[0].module  # the whole (fused) fc1: the unit is its row
         seen: list[torch.Tensor] = []
         hook = fc1.register_forward_hook(lambda mod, inp, out: seen.append(out[..., self.ignition_unit]))
         try:
@@ -80,7 +82,7 @@ class PlantedTruth:
         x, ctx = backbone.embed(pixels.to(backbone.device, backbone.dtype))
         for i in range(self.ignition_layer):
             x = backbone.run_block(i, x, ctx)
-        read = backbone.model.blocks[self.ignition_layer].norm1(x)[:, backbone.num_prefix_tokens :] @ self.m.to(x)
+        read = backbone.block_view(self.ignition_layer).norm1(x)[:, backbone.num_prefix_tokens :] @ self.m.to(x)
         level = self.config.marker_norm / _token_std(self.config)
         return (read > self.ATTENTION_LEVEL * level).reshape(read.shape[0], *ctx.grid)
 
@@ -111,7 +113,8 @@ def _build(cfg: PlantedConfig) -> tuple[nn.Module, PlantedTruth]:
     if cfg.spectrum_top:  # no random draws: the other members' weights stay bit-identical
         for weight in ordinary_linears(model):
             power_law_spectrum_(weight, cfg.spectrum_top, cfg.spectrum_decay)
-    model.cls_token.normal_(0.0, cfg.cls_std, generator=gen)
+    if model.cls_token is not None:
+        model.cls_token.normal_(0.0, cfg.cls_std, generator=gen)
     model.pos_embed.normal_(0.0, cfg.pos_std, generator=gen)
     if getattr(model, "reg_token", None) is not None:
         model.reg_token.normal_(0.0, cfg.cls_std, generator=gen)
@@ -144,17 +147,20 @@ def _build(cfg: PlantedConfig) -> tuple[nn.Module, PlantedTruth]:
     positions = layout(grid, cfg.markers, gen)
     spread = 1.0 + cfg.strength_spread * (2 * torch.rand(len(positions), generator=gen) - 1)
     place_markers(model, m, positions, (cfg.marker_norm * spread).tolist())
-    if cfg.layout == "clip":
-        model = _to_clip_layout(model, cfg)
+    if cfg.layout != "dinov2":
+        model = _convert_layout(model, cfg)
     return model, PlantedTruth(cfg, u, m, positions, grid, layer, unit)
 
 
-def _to_clip_layout(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
-    """The planted model in OpenAI CLIP's layout: each LayerScale γ folded into the projection it
-    scales and the patch bias into the positional embedding (the same function), a LayerNorm before the blocks whose scale is a patch token's LN
-    divisor (so tokens enter at about their planted size), and QuickGELU in place of GELU (its
-    pairs q(h) − q(−h) = h are exact too). The ground truth is read from the converted model, so it
-    stays exact; the circuits' levels move by the few percent the two changes cost."""
+def _convert_layout(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
+    """The planted model in a layout without LayerScale: each γ folded into the projection it
+    scales (the same function), and the layout's activation in place of GELU (QuickGELU for CLIP,
+    tanh-GELU for SigLIP: each is h·s(h) with s(h) + s(−h) = 1, so the circuits' pairs
+    act(h) − act(−h) = h stay exact). OpenAI CLIP's layout also moves the patch bias into the
+    positional embedding (the same function) and puts a LayerNorm before the blocks whose scale is
+    a patch token's LN divisor (so tokens enter at about their planted size). The ground truth is
+    read from the converted model, so it stays exact; the circuits' levels move by the few percent
+    the changes cost."""
     import timm
 
     state = model.state_dict()
@@ -163,15 +169,47 @@ def _to_clip_layout(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
             gamma = state.pop(f"blocks.{i}.{ls}.gamma")
             state[f"blocks.{i}.{lin}.weight"] = gamma[:, None] * state[f"blocks.{i}.{lin}.weight"]
             state[f"blocks.{i}.{lin}.bias"] = gamma * state[f"blocks.{i}.{lin}.bias"]
-    # pre-norm ViTs have no patch-embedding bias: the same constant goes into every patch position
-    state["pos_embed"][:, model.num_prefix_tokens :] += state.pop("patch_embed.proj.bias")
-    state["norm_pre.weight"] = torch.full((model.embed_dim,), _token_std(cfg))
-    state["norm_pre.bias"] = torch.zeros(model.embed_dim)
-    clip = timm.create_model(
+    if cfg.layout == "clip":  # pre-norm ViTs have no patch-embedding bias: the same constant goes into every patch position
+        state["pos_embed"][:, model.num_prefix_tokens :] += state.pop("patch_embed.proj.bias")
+        state["norm_pre.weight"] = torch.full((model.embed_dim,), _token_std(cfg))
+        state["norm_pre.bias"] = torch.zeros(model.embed_dim)
+    converted = timm.create_model(
         cfg.timm_name, pretrained=False, num_classes=0, img_size=cfg.img_size, dynamic_img_size=True, **cfg.timm_kwargs
     )
-    clip.load_state_dict(state, strict=True)
-    return clip.eval()
+    converted.load_state_dict(state, strict=True)
+    return _to_hf_clip(converted.eval(), cfg) if cfg.layout == "clip" else converted.eval()
+
+
+def _to_hf_clip(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
+    """The timm CLIP-layout model as a transformers ``CLIPVisionModel``: the same function of the
+    raw pixels. The tower normalises with CLIP's mean and std, not ImageNet's, so the patch
+    embedding is rescaled per input channel and the constant this leaves goes into the positional
+    embedding of every patch (CLIP's patch embedding has no bias)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from ..backbones.base import IMAGENET_MEAN, IMAGENET_STD
+    from ..backbones.convert import timm_clip_to_hf_clip
+    from ..backbones.hf_tower import CLIP_MEAN, CLIP_STD, vision_tower
+
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    w = state["patch_embed.proj.weight"]
+    m_in, s_in, m_clip, s_clip = (torch.tensor(t, dtype=w.dtype) for t in (IMAGENET_MEAN, IMAGENET_STD, CLIP_MEAN, CLIP_STD))
+    # W·(p − m)/s = (W·s_clip/s)·(p − m_clip)/s_clip + W·(m_clip − m)/s
+    state["pos_embed"][0, model.num_prefix_tokens :] += torch.einsum("dchw,c->d", w, (m_clip - m_in) / s_in)
+    state["patch_embed.proj.weight"] = w * (s_clip / s_in)[None, :, None, None]
+    config = CLIPVisionConfig(
+        hidden_size=model.embed_dim,
+        intermediate_size=model.blocks[0].mlp.fc1.out_features,
+        num_hidden_layers=len(model.blocks),
+        num_attention_heads=model.blocks[0].attn.num_heads,
+        image_size=cfg.img_size,
+        patch_size=14,
+        hidden_act="quick_gelu",
+        layer_norm_eps=model.blocks[0].norm1.eps,
+    )
+    hf = CLIPVisionModel(config)
+    vision_tower(hf).load_state_dict(timm_clip_to_hf_clip(state), strict=True)
+    return hf.eval()
 
 
 def _plant_ignition(model, cfg: PlantedConfig, u, texture, used: torch.Tensor, gen: torch.Generator) -> tuple[int, torch.Tensor]:
@@ -302,9 +340,14 @@ def load_planted(name: str, spec: str, weights: str | Path | None = None) -> Bac
     """The ``planted:NAME[@SIZE]`` backbone; ``ground_truth`` is its :class:`PlantedTruth`."""
     cfg = preset(name, spec)
     model, truth = build_planted(cfg)
-    if weights is not None:
+    if weights is not None and cfg.layout == "clip":
+        load_state_dict_checked(model, read_state_dict(weights), spec)
+    elif weights is not None:
         load_timm_state_dict(model, read_state_dict(weights), spec)
-    backbone = TimmViTBackbone(model, spec, family="planted")
-    backbone.timm_name, backbone.timm_kwargs = cfg.timm_name, cfg.timm_kwargs or None
+    if cfg.layout == "clip":
+        backbone: Backbone = HFTowerBackbone(model, spec, family="planted")
+    else:
+        backbone = TimmViTBackbone(model, spec, family="planted")
+        backbone.timm_name, backbone.timm_kwargs = cfg.timm_name, cfg.timm_kwargs or None
     backbone.ground_truth = truth
     return backbone
