@@ -39,6 +39,11 @@ def ws(tmp_path_factory):
     for name, width in (("hf_tiny", 32), ("hf_wide", 48)):
         cfg = Dinov2Config(hidden_size=width, num_hidden_layers=1, num_attention_heads=2, image_size=28, patch_size=14)
         Dinov2Model(cfg).save_pretrained(root / name)
+    from transformers import ViTConfig, ViTModel  # a transformers ViT sinder does not serve
+
+    ViTModel(
+        ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=28, patch_size=14)
+    ).save_pretrained(root / "hf_vit")
     (root / "bad_analysis").mkdir()
     (root / "bad_analysis" / "analysis.json").write_text("{not json")
     return root
@@ -120,6 +125,7 @@ CASES = {
         "ResNet is not a ViT that sinder can adapt; sinder adapts timm VisionTransformer",
         "o20",
     ),
+    "hf_unsupported_class": ("analyze hf:{ws}/hf_vit {ws}/photos --out {ws}/o24", "not supported", "o24"),
     "weights_with_random_init": (
         "analyze planted:small {ws}/photos --out {ws}/o22 --weights {ws}/text.pth --random-init",
         "--weights and --random-init contradict",

@@ -179,11 +179,11 @@ def test_hf_tower_export_round_trip_in_the_users_own_class(tmp_path, kind):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("member", ["clip", "siglip"])
+@pytest.mark.parametrize("member", ["clip", "siglip", "dinov3"])
 def test_converted_zoo_members_export_in_their_own_library(tmp_path, member):
     """``planted:clip`` exports with save_pretrained and transformers' CLIPVisionModel loads it;
-    ``planted:siglip`` exports for timm, whose create_model with the recorded architecture loads it
-    strictly: the same tokens, the edit included."""
+    ``planted:siglip`` and ``planted:dinov3`` (Eva) export for timm, whose create_model with the
+    recorded architecture loads them strictly: the same tokens, the edit included."""
     bb = load_backbone(f"planted:{member}")
     path = _check_round_trip(bb, tmp_path)
     if member == "clip":

@@ -83,7 +83,7 @@ ZOO_PHOTOS = ("rocket", "coffee", "camera", "astronaut")  # training photos: fla
 @pytest.mark.parametrize(
     "name",
     ["content", "early", "late", "noisy", "native518", "swiglu", "reg4", "spectral", "spread", "attention", "border", "crowded", "lownorm"]
-    + ["clip", "siglip"],
+    + ["clip", "siglip", "dinov3"],
 )
 @pytest.mark.slow
 def test_zoo_member_has_real_singular_defects(name):
@@ -299,19 +299,24 @@ def test_marker_layouts_and_new_fields_are_checked():
         PlantedConfig(ignition="content", ignition_suppress=1.0)
     with pytest.raises(ConfigError, match="amplifier must be pair, feedback or bounded"):
         PlantedConfig(amplifier="nope")
-    with pytest.raises(ConfigError, match="layout must be dinov2, clip, siglip"):
+    with pytest.raises(ConfigError, match="layout must be dinov2, clip, siglip, dinov3"):
         PlantedConfig(layout="eva")
+    with pytest.raises(ConfigError, match="multiple of 16"):
+        PlantedConfig(layout="dinov3", registers=True, img_size=224 + 14)
+    with pytest.raises(ConfigError, match="plain-MLP DINOv3 of size S, B, L"):
+        PlantedConfig(layout="dinov3", size="g")
     with pytest.raises(ConfigError, match="no CLS token"):
         PlantedConfig(layout="siglip", ignition_path="attention")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["clip", "siglip"])
+@pytest.mark.parametrize("name", ["clip", "siglip", "dinov3"])
 def test_converted_layouts_are_the_towers_they_name(name, tmp_path):
     """``clip`` is a transformers ``CLIPVisionModel`` (a LayerNorm before the blocks, QuickGELU, CLS,
-    no LayerScale) and ``siglip`` a timm model in SigLIP's layout (tanh-GELU, no CLS, an
-    attention-pool head whose output is the summary the metrics compare). Each is rebuilt by its
-    own library from what sinder exports, with the same tokens."""
+    no LayerScale), ``siglip`` a timm model in SigLIP's layout (tanh-GELU, no CLS, an
+    attention-pool head whose output is the summary the metrics compare) and ``dinov3`` timm's Eva
+    in DINOv3's (RoPE, patch 16, CLS + 4 registers, LayerScale). Each is rebuilt by its own library
+    from what sinder records, with the same tokens."""
     import timm
 
     from sinder.backbones import load_backbone
@@ -319,8 +324,14 @@ def test_converted_layouts_are_the_towers_they_name(name, tmp_path):
 
     bb = load_backbone(f"planted:{name}")
     model, cfg = bb.model, bb.ground_truth.config
-    assert not any(k.endswith("gamma") for k in model.state_dict())
-    if name == "clip":
+    assert (bb.block_view(0).ls1 is not None) == (name == "dinov3")  # LayerScale in DINOv3 only
+    if name == "dinov3":
+        assert type(model).__name__ == "Eva" and model.rope is not None and bb.patch_size == 16 and bb.num_prefix_tokens == 5
+        assert summary_token_name(bb) == "cls_cosine"
+        again = timm.create_model(cfg.timm_name, pretrained=False, num_classes=0, img_size=cfg.img_size, **cfg.timm_kwargs)
+        again.load_state_dict(model.state_dict(), strict=True)
+        rebuilt = load_backbone(again)
+    elif name == "clip":
         from transformers import CLIPVisionModel
 
         assert type(model).__name__ == "CLIPVisionModel" and model.config.hidden_act == "quick_gelu"

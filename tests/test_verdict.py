@@ -162,7 +162,7 @@ def expected_onset(backbone, directions) -> int:
 
 # marker and content ignition, the onset one and three blocks after the ignition, defects on the
 # border, and low-norm artifacts (the members other than these take 3–25 s each; all pass, docs/benchmarks.md)
-ZOO = ("small", "reg4", "spectral", "late", "border", "lownorm", "clip", "siglip")
+ZOO = ("small", "reg4", "spectral", "late", "border", "lownorm", "clip", "siglip", "dinov3")
 
 
 @pytest.mark.slow
@@ -235,3 +235,18 @@ def test_analyze_prints_the_verdict_last(argv, last_line, photo_dir, tmp_path, c
     assert not any(line.startswith("warning:") for line in printed)
     verdict = json.loads((out / "analysis.json").read_text())["verdict"]
     assert VERDICT_KEYS <= set(verdict) and printed[-1] == f"verdict: {verdict['reason']}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["clip", "siglip", "siglip2", "open_clip"])
+def test_sinder_analyze_reads_random_init_towers(kind, photo_dir, tmp_path, capsys):
+    """`sinder analyze` on a random-init CLIP, SigLIP or SigLIP2 folder written by save_pretrained,
+    and on an open_clip model: it runs, and its last line is the verdict (no defects there)."""
+    if kind == "open_clip":
+        spec, extra = "open_clip:ViT-B-32", ["--random-init"]
+    else:
+        _hf(kind, tmp_path / "hf")
+        spec, extra = f"hf:{tmp_path / 'hf'}", []
+    assert main(["analyze", spec, str(photo_dir), "--out", str(tmp_path / "an"), "--no-figures", *extra]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("verdict: no singular defects"), last

@@ -109,13 +109,18 @@ class PlantedConfig:
     spectrum_top: float = 0.0
     spectrum_decay: float = 0.5
     # clip: pre-norm, QuickGELU, no LayerScale; siglip: no CLS token, an attention-pool (MAP) head,
-    # tanh-GELU, no LayerScale (both converted after planting)
-    layout: Literal["dinov2", "clip", "siglip"] = "dinov2"
+    # tanh-GELU, no LayerScale; dinov3: timm's Eva with RoPE, patch 16, CLS + 4 registers (all
+    # converted after planting)
+    layout: Literal["dinov2", "clip", "siglip", "dinov3"] = "dinov2"
 
     def __post_init__(self) -> None:
         require(self.size in ARCHITECTURES, f"size must be one of {', '.join(ARCHITECTURES)}, got {self.size!r}")
         require(0 <= self.onset < 1, f"onset must be in [0, 1) (a fraction of the depth), got {self.onset}")
-        require(self.img_size % 14 == 0 and self.img_size >= 70, f"img_size must be a multiple of 14 and >= 70, got {self.img_size}")
+        patch = 16 if self.layout == "dinov3" else 14
+        require(
+            self.img_size % patch == 0 and self.img_size >= 5 * patch,
+            f"img_size must be a multiple of {patch} and >= {5 * patch}, got {self.img_size}",
+        )
         require(self.ignition in ("marker", "content"), f"ignition must be marker or content, got {self.ignition!r}")
         require(self.amplifier in ("pair", "feedback", "bounded"), f"amplifier must be pair, feedback or bounded, got {self.amplifier!r}")
         require(self.markers >= 1, f"markers must be >= 1, got {self.markers}")
@@ -148,31 +153,50 @@ class PlantedConfig:
         require(0 <= self.spectrum_decay <= 2, f"spectrum_decay must be in [0, 2], got {self.spectrum_decay}")
         require(self.layout in LAYOUTS, f"layout must be {', '.join(LAYOUTS)}, got {self.layout!r}")
         require(
-            self.layout == "dinov2" or not (self.swiglu or self.registers), f"layout={self.layout!r} has a plain GELU MLP and no registers"
+            self.layout in ("dinov2", "dinov3") or not (self.swiglu or self.registers),
+            f"layout={self.layout!r} has a plain GELU MLP and no registers",
         )
         require(
             self.layout != "siglip" or self.ignition_path == "mlp",
             "layout='siglip' has no CLS token, which the attention ignition uses as its sink: use ignition_path='mlp'",
         )
+        require(
+            self.layout != "dinov3" or (self.size in DINOV3_NAMES and self.ignition_path == "mlp" and not self.swiglu),
+            f"layout='dinov3' is a plain-MLP DINOv3 of size {', '.join(DINOV3_NAMES)} with an MLP ignition",
+        )
         require(self.early_feature == 0 or self.anisotropy > 1, "early_feature needs anisotropy > 1 (it amplifies a stretched direction)")
 
     @property
-    def timm_name(self) -> str:
+    def build_name(self) -> str:
+        """The timm DINOv2 architecture the circuits are planted in."""
         plain, reg, _ = ARCHITECTURES[self.size]
         if self.swiglu:
             return GIANT_REG if self.registers else GIANT
         return reg if self.registers else plain
 
     @property
+    def timm_name(self) -> str:
+        """The timm architecture of the finished model (the build's, but for the DINOv3 layout)."""
+        return DINOV3_NAMES[self.size] if self.layout == "dinov3" else self.build_name
+
+    @property
+    def patch_size(self) -> int:
+        return 16 if self.layout == "dinov3" else 14
+
+    @property
     def build_kwargs(self) -> dict:
-        """The timm architecture the circuits are planted in (the DINOv2 layout, with LayerScale;
-        without a CLS token and with an attention-pool head for the SigLIP layout)."""
+        """Overrides of the build architecture (the DINOv2 layout, with LayerScale; without a CLS
+        token and with an attention-pool head for the SigLIP layout; patch 16 for DINOv3's)."""
         width = dict(ARCHITECTURES[self.size][2]) if self.swiglu and self.size != "g" else {}
-        return {**width, **SIGLIP_TOKENS} if self.layout == "siglip" else width
+        if self.layout == "siglip":
+            return {**width, **SIGLIP_TOKENS}
+        return {**width, "patch_size": 16} if self.layout == "dinov3" else width
 
     @property
     def timm_kwargs(self) -> dict:
         """Overrides of the timm architecture of the finished model (JSON-able: recorded for export)."""
+        if self.layout == "dinov3":
+            return dict(DINOV3_LAYOUT)
         return {**self.build_kwargs, **LAYOUTS[self.layout]}
 
     @property
@@ -189,7 +213,11 @@ CLIP_LAYOUT = {"pre_norm": True, "act_layer": "quick_gelu", "init_values": 0.0} 
 # SigLIP's (timm's vit_*_siglip_*): tanh-GELU, no LayerScale; its tokens: no CLS, a MAP head
 SIGLIP_LAYOUT = {"act_layer": "gelu_tanh", "init_values": 0.0}
 SIGLIP_TOKENS = {"class_token": False, "global_pool": "map"}
-LAYOUTS = {"dinov2": {}, "clip": CLIP_LAYOUT, "siglip": SIGLIP_LAYOUT}
+# DINOv3's (timm's Eva: RoPE, patch 16, CLS + 4 registers, LayerScale), with a learned absolute
+# positional embedding added: it carries the positional markers (DINOv3 itself has RoPE alone)
+DINOV3_NAMES = {"S": "vit_small_patch16_dinov3_qkvb", "B": "vit_base_patch16_dinov3_qkvb", "L": "vit_large_patch16_dinov3_qkvb"}
+DINOV3_LAYOUT = {"use_abs_pos_emb": True}
+LAYOUTS = {"dinov2": {}, "clip": CLIP_LAYOUT, "siglip": SIGLIP_LAYOUT, "dinov3": DINOV3_LAYOUT}
 
 PRESETS: dict[str, PlantedConfig] = {
     # 5 positional cells, equal strength, ignition at block 4 of 12, quiet u
@@ -256,6 +284,11 @@ PRESETS: dict[str, PlantedConfig] = {
     # SigLIP layout (no CLS token, attention-pool head, tanh-GELU, no LayerScale), fixed positions
     # of unequal strength from mid-depth, as in SigLIP towers: the pooled output takes CLS's place
     "siglip": PlantedConfig(layout="siglip", markers=8, onset=6 / 12, strength_spread=0.3, amplifier="feedback", u_noise=0.01, seed=15),
+    # DINOv3 layout (timm's Eva: RoPE, patch 16, CLS + 4 registers, LayerScale), 7 positional cells
+    # from block 3, a bounded amplifier; its markers ride on an added absolute positional embedding
+    "dinov3": PlantedConfig(
+        layout="dinov3", registers=True, markers=7, onset=3 / 12, strength_spread=0.2, amplifier="bounded", u_noise=0.01, seed=16
+    ),
 }
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..backbones.base import Backbone
 from ..backbones.hf_tower import HFTowerBackbone
-from ..backbones.timm_loader import load_timm_state_dict
+from ..backbones.timm_loader import load_timm_state_dict, wrap_timm
 from ..backbones.timm_vit import TimmViTBackbone
 from ..backbones.weights import load_state_dict_checked, read_state_dict
 from ..runtime import one_thread
@@ -102,7 +102,7 @@ def _build(cfg: PlantedConfig) -> tuple[nn.Module, PlantedTruth]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = timm.create_model(
-            cfg.timm_name, pretrained=False, num_classes=0, img_size=cfg.img_size, dynamic_img_size=True, **cfg.build_kwargs
+            cfg.build_name, pretrained=False, num_classes=0, img_size=cfg.img_size, dynamic_img_size=True, **cfg.build_kwargs
         )
     model.eval()
     gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -142,12 +142,14 @@ def _build(cfg: PlantedConfig) -> tuple[nn.Module, PlantedTruth]:
     unit, m = _plant_ignition(model, cfg, u, texture, torch.stack(used), gen)
     if cfg.ignition_suppress:
         _suppress(model, cfg, unit, shared, m)
-    grid = cfg.img_size // 14
+    grid = cfg.img_size // cfg.patch_size
     layout = {"interior": marker_positions, "border": border_positions, "clusters": clustered_positions}[cfg.marker_layout]
     positions = layout(grid, cfg.markers, gen)
     spread = 1.0 + cfg.strength_spread * (2 * torch.rand(len(positions), generator=gen) - 1)
     place_markers(model, m, positions, (cfg.marker_norm * spread).tolist())
-    if cfg.layout != "dinov2":
+    if cfg.layout == "dinov3":
+        model = _to_dinov3_layout(model, cfg)
+    elif cfg.layout != "dinov2":
         model = _convert_layout(model, cfg)
     return model, PlantedTruth(cfg, u, m, positions, grid, layer, unit)
 
@@ -180,6 +182,34 @@ def _convert_layout(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
     return _to_hf_clip(converted.eval(), cfg) if cfg.layout == "clip" else converted.eval()
 
 
+def _to_dinov3_layout(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
+    """The planted 4-register model (patch 16) in DINOv3's layout: timm's Eva, whose attention
+    rotates the patch tokens' queries and keys (RoPE), with the same weights under Eva's names
+    (LayerScale γ as ``gamma_1``/``gamma_2``, the qkv bias as ``q_bias``/``v_bias``: the k bias is
+    zero) and a learned absolute positional embedding for the markers (zero on CLS and registers).
+    Not the same function: RoPE turns the random attention's mixing, and Eva's LayerNorm eps is
+    1e-5; the circuits live in the MLPs, and the ground truth is read from the converted model."""
+    import timm
+
+    state = model.state_dict()
+    dim, prefix = model.embed_dim, model.num_prefix_tokens
+    out = {k: v for k, v in state.items() if not k.startswith("blocks.") and k != "pos_embed"}
+    out["pos_embed"] = torch.cat([torch.zeros(1, prefix, dim), state["pos_embed"]], dim=1)  # DINOv2 reg4: patches only
+    for k, v in state.items():
+        if not k.startswith("blocks."):
+            continue
+        if k.endswith("attn.qkv.bias"):
+            q, key_bias, v_bias = v.chunk(3)
+            if key_bias.abs().max() > 0:
+                raise ValueError("a k bias has no place in Eva's attention")
+            out[k.replace("qkv.bias", "q_bias")], out[k.replace("qkv.bias", "v_bias")] = q, v_bias
+        else:
+            out[k.replace("ls1.gamma", "gamma_1").replace("ls2.gamma", "gamma_2")] = v
+    eva = timm.create_model(cfg.timm_name, pretrained=False, num_classes=0, img_size=cfg.img_size, **cfg.timm_kwargs)
+    eva.load_state_dict(out, strict=True)
+    return eva.eval()
+
+
 def _to_hf_clip(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
     """The timm CLIP-layout model as a transformers ``CLIPVisionModel``: the same function of the
     raw pixels. The tower normalises with CLIP's mean and std, not ImageNet's, so the patch
@@ -203,7 +233,7 @@ def _to_hf_clip(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
         num_hidden_layers=len(model.blocks),
         num_attention_heads=model.blocks[0].attn.num_heads,
         image_size=cfg.img_size,
-        patch_size=14,
+        patch_size=cfg.patch_size,
         hidden_act="quick_gelu",
         layer_norm_eps=model.blocks[0].norm1.eps,
     )
@@ -347,7 +377,7 @@ def load_planted(name: str, spec: str, weights: str | Path | None = None) -> Bac
     if cfg.layout == "clip":
         backbone: Backbone = HFTowerBackbone(model, spec, family="planted")
     else:
-        backbone = TimmViTBackbone(model, spec, family="planted")
+        backbone = wrap_timm(model, spec, family="planted")
         backbone.timm_name, backbone.timm_kwargs = cfg.timm_name, cfg.timm_kwargs or None
     backbone.ground_truth = truth
     return backbone
