@@ -16,6 +16,17 @@ from ..images import ImageSet
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Extraction:
+    """How a task reads and runs its images: at ``resolution`` px, ``batch_size`` at a time, with
+    bf16 autocast on CUDA (``amp``; features only) and progress bars (drawn on a terminal only)."""
+
+    resolution: int
+    batch_size: int = 32
+    amp: bool = True
+    progress: bool = True
+
+
 @dataclass
 class Batch:
     indices: list[int]  # positions in the input path list
@@ -43,23 +54,16 @@ def autocast(device: torch.device, enabled: bool):
 
 
 def iter_batches(
-    backbone: Backbone,
-    paths: Sequence[Path],
-    resolution: int,
-    batch_size: int,
-    skipped: list[dict],
-    square: bool = True,
-    desc: str = "images",
-    progress: bool = True,
+    backbone: Backbone, paths: Sequence[Path], run: Extraction, skipped: list[dict], square: bool = True, desc: str = "images"
 ) -> Iterator[Batch]:
     """Decode, preprocess and stack images (sinder's one image pipeline); undecodable ones are
     appended to ``skipped``. With ``square=False`` images keep their aspect ratio and come one per batch."""
     images = ImageSet(
-        list(paths), resolution, backbone.patch_size, tuple(backbone.mean), tuple(backbone.std), crop="square" if square else "aspect"
+        list(paths), run.resolution, backbone.patch_size, tuple(backbone.mean), tuple(backbone.std), crop="square" if square else "aspect"
     )
-    size = batch_size if square else 1
+    size = run.batch_size if square else 1
     try:
-        for idxs, pixels in images.batches(size, progress=progress, desc=desc):  # drawn on a terminal only
+        for idxs, pixels in images.batches(size, progress=run.progress, desc=desc):
             # a half-precision model gets half pixels
             yield Batch(idxs, pixels.to(device=backbone.device, dtype=backbone.dtype), [images.sizes[i] for i in idxs])
     finally:
@@ -74,14 +78,7 @@ def last_tokens(backbone: Backbone, pixels: torch.Tensor) -> tuple[torch.Tensor,
 
 @torch.no_grad()
 def extract_features(
-    backbone: Backbone,
-    paths: Sequence[Path],
-    resolution: int,
-    batch_size: int,
-    want: Sequence[str] = ("cls", "patches"),
-    amp: bool = True,
-    desc: str = "features",
-    progress: bool = True,
+    backbone: Backbone, paths: Sequence[Path], run: Extraction, want: Sequence[str] = ("cls", "patches"), desc: str = "features"
 ) -> Features:
     """Final-normed features of ``paths`` (``want`` ⊂ {"cls", "patches", "patch_mean"}), on the CPU in fp32."""
     unknown = set(want) - {"cls", "patches", "patch_mean"}
@@ -90,8 +87,8 @@ def extract_features(
     out = Features(kept=[], sizes=[])
     chunks: dict[str, list[torch.Tensor]] = {k: [] for k in want}
     device = backbone.device
-    for batch in iter_batches(backbone, paths, resolution, batch_size, out.skipped, desc=desc, progress=progress):
-        with autocast(device, amp):
+    for batch in iter_batches(backbone, paths, run, out.skipped, desc=desc):
+        with autocast(device, run.amp):
             x, ctx = last_tokens(backbone, batch.pixels)
             normed = backbone.final_norm(x)
             if "cls" in want and backbone.has_cls_token:

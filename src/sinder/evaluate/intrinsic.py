@@ -21,7 +21,7 @@ from ..backbones.base import Backbone
 from ..detect import DefectRule
 from ..errors import SinderError
 from ..measure import ModelStats, Tokens, forward_tokens
-from .features import iter_batches
+from .features import Extraction, iter_batches
 
 logger = logging.getLogger(__name__)
 
@@ -99,22 +99,15 @@ def theory_direction(backbone: Backbone) -> torch.Tensor | None:
 
 @torch.no_grad()
 def intrinsic(
-    backbone: Backbone,
-    paths: Sequence[Path],
-    resolution: int,
-    batch_size: int,
-    rule: DefectRule | None = None,
-    direction: torch.Tensor | None = None,
-    use_theory: bool = True,
-    progress: bool = True,
+    backbone: Backbone, paths: Sequence[Path], run: Extraction, rule: DefectRule | None = None, direction: torch.Tensor | None = None
 ) -> tuple[dict[str, float | None], dict]:
     """Intrinsic statistics over ``paths``. ``direction`` overrides the theory's ν_L."""
-    if direction is None and use_theory:
+    if direction is None:
         direction = theory_direction(backbone)
     stats = IntrinsicStats(rule, direction)
     skipped: list[dict] = []
     # fp32 throughout: the statistics are about norms, which reduced precision would blur.
-    for batch in iter_batches(backbone, paths, resolution, batch_size, skipped, desc="intrinsic", progress=progress):
+    for batch in iter_batches(backbone, paths, run, skipped, desc="intrinsic"):
         stats.update(forward_tokens(backbone, batch.pixels))
     if stats.images == 0:
         raise SinderError(f"intrinsic: none of the {len(paths)} images could be decoded; check the folder")

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from ..backbones.base import Backbone
 from ..errors import SinderError
 from .checks import check_knn_labels
+from .config import EvaluateConfig
 from .datasets import KnnData
-from .features import extract_features
+from .features import Extraction, extract_features
 
 SIM_BUDGET = 1 << 26  # similarity entries per query chunk (256 MB in fp32)
 
@@ -54,9 +55,9 @@ def knn_top1(
     ks: tuple[int, ...] = (10, 20, 100, 200),
     temperature: float = 0.07,
     num_classes: int | None = None,
-    device: torch.device | str = "cpu",
 ) -> dict[int, float]:
-    """Top-1 accuracy (fraction) for each k."""
+    """Top-1 accuracy (fraction) for each k, computed on ``train``'s device."""
+    device = train.device
     if num_classes is None:
         num_classes = int(max(train_labels.max(), query_labels.max())) + 1
     result = {}
@@ -66,25 +67,16 @@ def knn_top1(
     return result
 
 
-def knn_task(
-    backbone: Backbone,
-    data: KnnData,
-    resolution: int,
-    batch_size: int,
-    ks: tuple[int, ...] = (10, 20, 100, 200),
-    temperature: float = 0.07,
-    amp: bool = True,
-    progress: bool = True,
-) -> tuple[dict[str, float | None], dict]:
-    """k-NN top-1 on CLS tokens (``top1@k``) and on mean-pooled patch tokens (``patch_top1@k``)."""
+def knn_task(backbone: Backbone, data: KnnData, run: Extraction, config: EvaluateConfig) -> tuple[dict[str, float | None], dict]:
+    """k-NN top-1 on CLS tokens (``top1@k``) and on mean-pooled patch tokens (``patch_top1@k``),
+    with the config's ``knn_ks`` and ``knn_temperature``."""
+    ks = config.knn_ks
     feats = {}
     labels = {}
     skipped: list[dict] = []
     for split in ("train", "val"):
         part = getattr(data, split)
-        f = extract_features(
-            backbone, part.paths, resolution, batch_size, want=("cls", "patch_mean"), amp=amp, desc=split, progress=progress
-        )
+        f = extract_features(backbone, part.paths, run, want=("cls", "patch_mean"), desc=split)
         if not f.kept:
             raise SinderError(f"knn: no {split} image could be decoded ({len(f.skipped)} skipped); check {split}/")
         feats[split] = f
@@ -98,9 +90,8 @@ def knn_task(
         if prefix == "" and not cls_ok:
             metrics.update({f"top1@{k}": None for k in ks})  # the model has no CLS token
             continue
-        top1 = knn_top1(
-            get(feats["train"]), labels["train"], get(feats["val"]), labels["val"], ks, temperature, num_classes, backbone.device
-        )
+        train = get(feats["train"]).to(backbone.device)
+        top1 = knn_top1(train, labels["train"], get(feats["val"]), labels["val"], ks, config.knn_temperature, num_classes)
         metrics.update({f"{prefix}top1@{k}": v for k, v in top1.items()})
     info = {
         "num_images": {"train": len(feats["train"].kept), "val": len(feats["val"].kept)},

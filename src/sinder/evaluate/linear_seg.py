@@ -21,8 +21,9 @@ from ..backbones.base import Backbone
 from ..errors import ImageError, SinderError
 from ..images import crop_geometry
 from .checks import first_skip, require_mask_classes, warn_unseen
+from .config import EvaluateConfig
 from .datasets import IGNORE, SegSplit, load_mask
-from .features import extract_features
+from .features import Extraction, extract_features
 from .metrics import confusion_matrix, miou, pixel_accuracy
 
 logger = logging.getLogger(__name__)
@@ -43,11 +44,9 @@ class SegFeatures:
         return max(vals, default=-1)
 
 
-def load_split(
-    backbone: Backbone, split: SegSplit, resolution: int, batch_size: int, amp: bool, desc: str, progress: bool = True
-) -> SegFeatures:
+def load_split(backbone: Backbone, split: SegSplit, run: Extraction, desc: str) -> SegFeatures:
     """Patch tokens and aligned masks of one split; undecodable images or masks are skipped."""
-    feats = extract_features(backbone, split.images, resolution, batch_size, want=("patches",), amp=amp, desc=desc, progress=progress)
+    feats = extract_features(backbone, split.images, run, want=("patches",), desc=desc)
     skipped = list(split.skipped) + feats.skipped
     keep_rows, input_labels, eval_labels = [], [], []
     for row, (i, (w, h)) in enumerate(zip(feats.kept, feats.sizes)):
@@ -59,7 +58,7 @@ def load_split(
             logger.warning("skipping %s: %s", split.images[i], err)
             skipped.append({"path": str(split.images[i]), "reason": str(err)})
             continue
-        geo = crop_geometry(w, h, resolution, backbone.patch_size, square=True)
+        geo = crop_geometry(w, h, run.resolution, backbone.patch_size, square=True)
         resized = np.asarray(Image.fromarray(mask).resize((geo.resized_w, geo.resized_h), Image.NEAREST))
         input_labels.append(resized[geo.top : geo.top + geo.height, geo.left : geo.left + geo.width].copy())
         x0, y0, x1, y1 = geo.original_box()
@@ -72,24 +71,19 @@ def load_split(
 
 
 def train_probe(
-    patches: torch.Tensor,
-    labels: torch.Tensor,
-    num_classes: int,
-    steps: int = 300,
-    lr: float = 1e-2,
-    batch_size: int = 16,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
+    patches: torch.Tensor, labels: torch.Tensor, num_classes: int, config: EvaluateConfig, device: torch.device | str = "cpu"
 ) -> tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]:
-    """Fit a linear classifier on (n, h, w, D) tokens to (n, H, W) labels; returns (linear, mean, std)."""
+    """Fit a linear classifier on (n, h, w, D) tokens to (n, H, W) labels with the config's
+    ``probe_steps``, ``probe_lr``, ``probe_batch_size`` and ``seed``; returns (linear, mean, std)."""
+    steps, batch_size = config.probe_steps, config.probe_batch_size
     d = patches.shape[-1]
     flat = patches.reshape(-1, d)
     mean, std = flat.mean(0), flat.std(0).clamp_min(1e-6)
     linear = torch.nn.Linear(d, num_classes).to(device)
     torch.nn.init.zeros_(linear.weight)  # the problem is convex: zero init makes the probe deterministic
     torch.nn.init.zeros_(linear.bias)
-    opt = torch.optim.Adam(linear.parameters(), lr=lr)
-    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(linear.parameters(), lr=config.probe_lr)
+    gen = torch.Generator().manual_seed(config.seed)
     n = patches.shape[0]
     mean_d, std_d = mean.to(device), std.to(device)
     for step in range(steps):
@@ -140,26 +134,15 @@ def check_classes(splits: dict[str, SegSplit], train: SegFeatures, val: SegFeatu
     warn_unseen("linear-seg", sorted(set(wanted) - set(seen)), "train pixels")
 
 
-def linear_seg(
-    backbone: Backbone,
-    splits: dict[str, SegSplit],
-    resolution: int,
-    batch_size: int,
-    steps: int,
-    lr: float,
-    probe_batch_size: int,
-    seed: int,
-    amp: bool,
-    progress: bool = True,
-) -> tuple[dict[str, float], dict]:
-    train = load_split(backbone, splits["train"], resolution, batch_size, amp, "train", progress)
-    val = load_split(backbone, splits["val"], resolution, batch_size, amp, "val", progress)
+def linear_seg(backbone: Backbone, splits: dict[str, SegSplit], run: Extraction, config: EvaluateConfig) -> tuple[dict[str, float], dict]:
+    train = load_split(backbone, splits["train"], run, "train")
+    val = load_split(backbone, splits["val"], run, "val")
     check_classes(splits, train, val)
     num_classes = max(train.max_label, val.max_label) + 1
     labels = torch.from_numpy(np.stack(train.input_labels)).long()
     labels = training_labels(labels, train.patches.shape[1:3])
     device = backbone.device
-    linear, mean, std = train_probe(train.patches, labels, num_classes, steps, lr, probe_batch_size, seed, device)
+    linear, mean, std = train_probe(train.patches, labels, num_classes, config, device)
     preds = []
     with torch.no_grad():
         for tokens, gt in zip(val.patches, val.eval_labels):

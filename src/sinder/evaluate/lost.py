@@ -33,8 +33,9 @@ from ..backbones.base import Backbone
 from ..errors import ImageError, SinderError
 from ..images import crop_geometry
 from .checks import first_skip
+from .config import EvaluateConfig
 from .datasets import BoxData, read_voc_boxes
-from .features import autocast, iter_batches
+from .features import Extraction, autocast, iter_batches
 from .metrics import corloc
 
 logger = logging.getLogger(__name__)
@@ -91,20 +92,12 @@ def lost_box(
     return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1), seed
 
 
-def lost(
-    backbone: Backbone,
-    data: BoxData,
-    resolution: int,
-    k_patches: int,
-    iou_threshold: float,
-    amp: bool,
-    gram_bias: float = 0.0,
-    progress: bool = True,
-) -> tuple[dict[str, float], dict]:
+def lost(backbone: Backbone, data: BoxData, run: Extraction, config: EvaluateConfig) -> tuple[dict[str, float], dict]:
+    """LOST's box per image (``lost_k_patches``, ``lost_gram_bias``), CorLoc at ``corloc_iou``."""
     skipped = list(data.skipped)
     preds, gts = [], []
     p = backbone.patch_size
-    for batch in iter_batches(backbone, data.images, resolution, 1, skipped, square=False, desc="lost", progress=progress):
+    for batch in iter_batches(backbone, data.images, run, skipped, square=False, desc="lost"):
         (i,), (w, h) = batch.indices, batch.sizes[0]
         try:
             gt = read_voc_boxes(data.annotations[i])
@@ -112,10 +105,10 @@ def lost(
             logger.warning("skipping %s: %s", data.images[i], err)
             skipped.append({"path": str(data.images[i]), "reason": str(err)})
             continue
-        with autocast(backbone.device, amp):
+        with autocast(backbone.device, run.amp):
             keys, grid = last_block_keys(backbone, batch.pixels)
-        (x0, y0, x1, y1), _ = lost_box(keys[0], grid, k_patches, gram_bias)
-        geo = crop_geometry(w, h, resolution, p, square=False)
+        (x0, y0, x1, y1), _ = lost_box(keys[0], grid, config.lost_k_patches, config.lost_gram_bias)
+        geo = crop_geometry(w, h, run.resolution, p, square=False)
         bx0, by0, bx1, by1 = geo.to_original((x0 * p, y0 * p, x1 * p, y1 * p))
         preds.append(np.array([max(bx0, 0.0), max(by0, 0.0), min(bx1, w), min(by1, h)]))
         gts.append(gt)
@@ -124,4 +117,4 @@ def lost(
             f"lost: no usable image/annotation pair ({len(skipped)} skipped{first_skip(skipped)}); "
             "CorLoc needs images whose annotation holds an object box"
         )
-    return {"corloc": corloc(preds, gts, iou_threshold)}, {"num_images": len(preds), "skipped": skipped}
+    return {"corloc": corloc(preds, gts, config.corloc_iou)}, {"num_images": len(preds), "skipped": skipped}

@@ -4,20 +4,20 @@ comparison table and ``metrics.json`` (``evaluate_models``, ``format_table``, ``
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..backbones import Backbone, as_backbone, load_backbone, parse_spec
-from ..detect import DefectRule
 from ..errors import ConfigError, SinderError, WeightsError
 from ..runtime import resolve_device
 from .checks import check_box_files, check_knn_labels, check_seg_files, require_grid
+from .config import EvaluateConfig
 from .datasets import LAYOUTS, intrinsic_layout, knn_layout, lost_layout, seg_layout
 from .features import default_resolution
 from .layouts import standard_layout
@@ -25,65 +25,17 @@ from .layouts import standard_layout
 logger = logging.getLogger(__name__)
 
 TASKS = ("knn", "linear-seg", "unsup-seg", "lost", "intrinsic")
+# (module, function) of each task but intrinsic: function(backbone, layout, Extraction, EvaluateConfig)
+TASK_FUNCTIONS = {
+    "knn": ("knn", "knn_task"),
+    "linear-seg": ("linear_seg", "linear_seg"),
+    "unsup-seg": ("unsup_seg", "unsup_seg"),
+    "lost": ("lost", "lost"),
+}
 # patches per side below which a task's output says nothing: one patch gives a constant map and
 # a whole-image box; the intrinsic defect rule's per-image statistics need a few tokens
 MIN_GRID = {"linear-seg": 2, "unsup-seg": 2, "lost": 2, "intrinsic": 3}
 METRICS_FILE = "metrics.json"
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """Options of ``sinder evaluate``; checked on construction (``ConfigError`` says what to fix).
-
-    ``weights``/``random_init`` apply when a model is given by spec. ``resolution`` defaults to
-    the model's native size. ``device`` is used when loading a spec; an in-memory backbone runs
-    where it already is.
-    """
-
-    resolution: int | None = None
-    batch_size: int = 32
-    device: str = "auto"
-    weights: str | None = None
-    random_init: bool = False
-    amp: bool = True  # bf16 autocast on CUDA for feature extraction (never for the intrinsic norms)
-    seed: int = 0
-    knn_ks: tuple[int, ...] = (10, 20, 100, 200)
-    knn_temperature: float = 0.07
-    probe_steps: int = 300
-    probe_lr: float = 1e-2
-    probe_batch_size: int = 16
-    kmeans_iters: int = 100
-    kmeans_restarts: int = 3
-    lost_k_patches: int = 100
-    lost_gram_bias: float = 0.0  # added to LOST's key Gram matrix (registers paper §3.3); 0 = LOST as published
-    corloc_iou: float = 0.5
-    rule: DefectRule = field(default_factory=DefectRule)  # intrinsic: what a defect / a high-norm token is
-    progress: bool = True  # progress bars (drawn on a terminal only)
-
-    def __post_init__(self) -> None:
-        def positive(name: str, value, kind=int) -> None:
-            if not isinstance(value, kind) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive {kind.__name__}, got {value!r}")
-
-        if self.resolution is not None:
-            positive("resolution", self.resolution)
-        for name in ("batch_size", "probe_steps", "probe_batch_size", "kmeans_iters", "kmeans_restarts", "lost_k_patches"):
-            positive(name, getattr(self, name))
-        if not isinstance(self.rule, DefectRule):
-            raise ConfigError(f"rule must be a DefectRule, got {type(self.rule).__name__}")
-        for name in ("knn_temperature", "probe_lr"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 or not math.isfinite(value):
-                raise ConfigError(f"{name} must be a positive number, got {value!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
-            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if not self.knn_ks or any(not isinstance(k, int) or isinstance(k, bool) or k <= 0 for k in self.knn_ks):
-            raise ConfigError(f"knn_ks must be positive integers, got {self.knn_ks!r}")
-        bias = self.lost_gram_bias
-        if not isinstance(bias, (int, float)) or isinstance(bias, bool) or not math.isfinite(bias):
-            raise ConfigError(f"lost_gram_bias must be a finite number, got {bias!r}")
-        if not 0.0 < self.corloc_iou <= 1.0:
-            raise ConfigError(f"corloc_iou must be in (0, 1], got {self.corloc_iou!r}")
 
 
 def check_task(task: str) -> None:
@@ -132,29 +84,14 @@ def check_layout(task: str, layout, config: EvaluateConfig) -> None:
 
 
 def run_task(backbone: Backbone, task: str, layout, res: int, config: EvaluateConfig, direction: torch.Tensor | None):
-    """Dispatch to the task's module; returns (metrics, info)."""
-    bs, amp, bars = config.batch_size, config.amp, config.progress
-    if task == "knn":
-        from .knn import knn_task
+    """Dispatch to the task's module (each reads its own options from ``config``); returns (metrics, info)."""
+    run = config.extraction(res)
+    if task == "intrinsic":
+        from .intrinsic import intrinsic
 
-        return knn_task(backbone, layout, res, bs, config.knn_ks, config.knn_temperature, amp, progress=bars)
-    if task == "linear-seg":
-        from .linear_seg import linear_seg
-
-        return linear_seg(
-            backbone, layout, res, bs, config.probe_steps, config.probe_lr, config.probe_batch_size, config.seed, amp, progress=bars
-        )
-    if task == "unsup-seg":
-        from .unsup_seg import unsup_seg
-
-        return unsup_seg(backbone, layout, res, bs, config.seed, amp, config.kmeans_iters, config.kmeans_restarts, progress=bars)
-    if task == "lost":
-        from .lost import lost
-
-        return lost(backbone, layout, res, config.lost_k_patches, config.corloc_iou, amp, config.lost_gram_bias, progress=bars)
-    from .intrinsic import intrinsic
-
-    return intrinsic(backbone, layout, res, bs, config.rule, direction=direction, progress=bars)
+        return intrinsic(backbone, layout, run, config.rule, direction=direction)
+    module, function = TASK_FUNCTIONS[task]  # imported when used: the tasks pull in scipy and friends
+    return getattr(importlib.import_module(f".{module}", __package__), function)(backbone, layout, run, config)
 
 
 def evaluate_with_info(

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from ..backbones.base import Backbone
 from ..errors import ConfigError
 from .checks import require_mask_classes
+from .config import EvaluateConfig
 from .datasets import IGNORE, SegSplit
+from .features import Extraction
 from .linear_seg import load_split, predict_scores
 from .metrics import confusion_matrix, hungarian_mapping, miou, pixel_accuracy
 
@@ -94,22 +96,16 @@ def matched_confusion(tokens: torch.Tensor, centres: torch.Tensor, masks: list[n
     return conf[:, np.argsort(mapping)]  # column l: the cluster matched to label l
 
 
-def unsup_seg(
-    backbone: Backbone,
-    splits: dict[str, SegSplit],
-    resolution: int,
-    batch_size: int,
-    seed: int,
-    amp: bool,
-    iters: int = 100,
-    restarts: int = 3,
-    progress: bool = True,
-) -> tuple[dict[str, float], dict]:
-    val = load_split(backbone, splits["val"], resolution, batch_size, amp, "val", progress)
+def unsup_seg(backbone: Backbone, splits: dict[str, SegSplit], run: Extraction, config: EvaluateConfig) -> tuple[dict[str, float], dict]:
+    """k-means of the val patch tokens into as many clusters as labels (``kmeans_iters``,
+    ``kmeans_restarts``, ``seed`` of the config), clusters matched to labels, mIoU."""
+    val = load_split(backbone, splits["val"], run, "val")
     present = require_mask_classes("unsup-seg", val.eval_labels, splits["val"].masks[0].parent, "mIoU")
     tokens = F.normalize(val.patches.float(), dim=-1)
     require_tokens(tokens, len(present))
-    centres, _, _ = kmeans(tokens.reshape(-1, tokens.shape[-1]), len(present), iters=iters, restarts=restarts, seed=seed)
+    centres, _, _ = kmeans(
+        tokens.reshape(-1, tokens.shape[-1]), len(present), iters=config.kmeans_iters, restarts=config.kmeans_restarts, seed=config.seed
+    )
     matched = matched_confusion(tokens, centres, val.eval_labels, present)
     metrics = {"miou": miou(matched), "pixel_acc": pixel_accuracy(matched)}
     info = {"num_images": {"val": len(val.eval_labels)}, "num_classes": len(present), "skipped": val.skipped}
