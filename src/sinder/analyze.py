@@ -252,10 +252,11 @@ def _analyse_batch(backbone: Backbone, pixels: torch.Tensor, idxs: list[int], ru
                 prev = outs[i - 1] if i > 0 else backbone.embed(pixels)[0]
                 attn = backbone.cls_attention(i, prev, ctx).mean(dim=1).reshape(len(idxs), *ctx.grid)
             for b, k in enumerate(idxs):
-                _keep_image(backbone, run, k, pixels[b], grid[b], found, b, None if attn is None else attn[b], list(ctx.grid))
+                _keep_image(backbone, run, k, pixels[b], grid[b], found, b, None if attn is None else attn[b])
 
 
-def _keep_image(backbone, run: _Run, k: int, pixels, grid, found, b: int, attn, grid_shape: list[int]) -> None:
+def _keep_image(backbone, run: _Run, k: int, pixels, grid, found, b: int, attn) -> None:
+    """Keep image ``k`` (``b`` in its batch): its maps for the figures and its line in ``images``."""
     name = run.images.names[k]
     norms = found.norms[b]
     run.maps[k] = ImageMaps(
@@ -269,7 +270,7 @@ def _keep_image(backbone, run: _Run, k: int, pixels, grid, found, b: int, attn, 
     )
     run.meta[k] = {
         "path": name,
-        "grid": grid_shape,
+        "grid": list(grid.shape[:2]),
         "defects_last_layer": int(found.defects[b].sum()),
         "high_norm_last_layer": int(found.high[b].sum()),
         "gate_rejected_last_layer": int(found.gate_rejected[b].sum()),

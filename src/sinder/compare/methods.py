@@ -74,8 +74,9 @@ def clamp_method(backbone: Backbone, gamma: float) -> Method:
     return Method("clamp", clamped, {**NO_DATA, "edits_weights": True}, time.perf_counter() - start, details)
 
 
-def interp_method(backbone: Backbone, layer: int, directions: torch.Tensor, rule) -> Method:
-    fix = NeighbourInterpolation(backbone, layer, directions[layer], rule)
+def interp_method(backbone: Backbone, layer: int, direction: torch.Tensor, rule) -> Method:
+    """Neighbour interpolation at block ``layer``, along that block's ``direction`` ν."""
+    fix = NeighbourInterpolation(backbone, layer, direction, rule)
     details = {"layer": layer}
     method = Method("interp", backbone, dict(NO_DATA), 0.0, details, hooks=lambda: fix)
     method.details["fix"] = fix  # its replaced-token count is read after measuring (not written to JSON)

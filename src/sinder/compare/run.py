@@ -149,13 +149,12 @@ def compare(
     train = ImageSet.from_inputs(train_images, backbone, resolution) if train_images else None
     log.info("predicting the defect directions of %s", backbone.spec)
     directions = defect_directions(backbone)
-    layer = backbone.depth - 1 if cfg.interp_layer is None else cfg.interp_layer
-    require(0 <= layer < backbone.depth, f"--interp-layer must be in 0..{backbone.depth - 1}, got {cfg.interp_layer}")
+    require(0 <= interp_layer(backbone, cfg) < backbone.depth, f"--interp-layer must be in 0..{backbone.depth - 1}, got {cfg.interp_layer}")
 
     methods: list[Method] = [original_method(backbone)]
     for name in cfg.methods:
         log.info("preparing %s", name)
-        methods.append(_prepare(name, backbone, train, train_images, eval_images, directions, layer, cfg, out))
+        methods.append(_prepare(name, backbone, train, train_images, directions, cfg, out))
     if cfg.retrained is not None:
         methods.append(retrained_method(cfg.retrained, cfg.retrained_weights, backbone.device, backbone))
     directions_by = {m.name: (defect_directions(m.backbone) if m.own_directions else directions) for m in methods}
@@ -195,21 +194,21 @@ def compare(
     return report
 
 
+def interp_layer(backbone: Backbone, cfg: CompareConfig) -> int:
+    """The block interpolation hooks: ``cfg.interp_layer``, or the last."""
+    return backbone.depth - 1 if cfg.interp_layer is None else cfg.interp_layer
+
+
 def _prepare(
-    name: str,
-    backbone: Backbone,
-    train: ImageSet | None,
-    train_items,
-    eval_items,
-    directions: torch.Tensor,
-    layer: int,
-    cfg: CompareConfig,
-    out: Path | None,
+    name: str, backbone: Backbone, train: ImageSet | None, train_items, directions: torch.Tensor, cfg: CompareConfig, out: Path | None
 ) -> Method:
+    """The fix ``name`` made ready on ``backbone``: ``train`` (decoded) for the register search,
+    ``train_items`` for SINDER's training run."""
     if name == "clamp":
         return clamp_method(backbone, cfg.gamma)
     if name == "interp":
-        return interp_method(backbone, layer, directions, cfg.rule)
+        layer = interp_layer(backbone, cfg)
+        return interp_method(backbone, layer, directions[layer], cfg.rule)
     if name == "registers":
         search = replace(cfg.registers_search, batch_size=cfg.batch_size)
         return registers_method(backbone, train, search, cfg.registers_file, out)

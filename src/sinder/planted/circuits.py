@@ -128,8 +128,11 @@ AMPLIFIER_UNITS = {"pair": 2, "feedback": 1, "bounded": 6}  # hidden units one a
 BOUNDED_WIDTH = 1.5  # bounded amplifier: rises over [t, t + w], falls over [t + w, t + 2w], 0 beyond
 
 
+AMPLIFIER_SHARPNESS = 4.0  # the slope a of every amplifier unit's act(a(s − t))
+
+
 def plant_amplifiers(
-    model: nn.Module, start: int, u: torch.Tensor, kind: str, threshold: float, gain: float, sharpness: float = 4.0, stop: int | None = None
+    model: nn.Module, start: int, u: torch.Tensor, kind: str, threshold: float, gain: float, stop: int | None = None
 ) -> None:
     """In blocks [start, stop) (default: to the end), grow u on tokens that carry it.
 
@@ -138,6 +141,7 @@ def plant_amplifiers(
     by act(a(±s − t − w))·(−2) + act(a(±s − t − 2w)), a hat that writes nothing for
     |s| > t + 2w (w = BOUNDED_WIDTH): the theory sees its Gaussian slope, a token already
     dominated by u (|s| ≈ √d) is left alone."""
+    sharpness = AMPLIFIER_SHARPNESS
     for blk in model.blocks[start:stop]:
         units = Neurons(blk.mlp)
         if kind == "bounded":
