@@ -21,73 +21,85 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = CompareConfig()
     add_model_arguments(p)
-    p.add_argument(
+    _run_arguments(p.add_argument_group("methods, images and output"), d)
+    _fix_arguments(p.add_argument_group("the fixes' options, and a model retrained with registers"), d)
+    _measure_arguments(p, d)
+
+
+def _run_arguments(g, d: CompareConfig) -> None:
+    g.add_argument(
         "--methods",
         default=",".join(d.methods),
         help=f"comma-separated fixes to run, from {','.join(METHODS)} (default {','.join(d.methods)})",
     )
-    p.add_argument(
+    g.add_argument(
         "--data",
         nargs="+",
         metavar="DIR_OR_FILE",
         help="unlabelled training images: SINDER trains on them, the register search reads them (default: none)",
     )
-    p.add_argument(
+    g.add_argument(
         "--eval",
         nargs="+",
         required=True,
         metavar="DIR_OR_FILE",
         help="evaluation images every method is judged on (keep them apart from --data)",
     )
-    p.add_argument("--out", required=True, help="output folder: compare.json, compare.html, registers.json, sinder_run/")
-    p.add_argument(
+    g.add_argument("--out", required=True, help="output folder: compare.json, compare.html, registers.json, sinder_run/")
+    g.add_argument(
         "--repair-run",
         metavar="DIR",
         help="take SINDER's row from this finished `sinder repair` --out folder instead of training (default: train now)",
     )
-    p.add_argument(
+    g.add_argument(
         "--max-steps",
         type=int,
         default=RepairConfig().max_steps,
         help=f"SINDER training iterations at most, when it trains here (default {RepairConfig().max_steps})",
     )
-    p.add_argument(
+
+
+def _fix_arguments(g, d: CompareConfig) -> None:
+    g.add_argument(
         "--gamma", type=float, default=d.gamma, help=f"σ clamp: cap on every block Linear's singular values (default {d.gamma:g})"
     )
-    p.add_argument("--interp-layer", type=int, help="neighbour interpolation: the block whose output is interpolated (default: the last)")
-    p.add_argument(
+    g.add_argument("--interp-layer", type=int, help="neighbour interpolation: the block whose output is interpolated (default: the last)")
+    g.add_argument(
         "--registers", metavar="FILE", help="apply this registers.json instead of searching register neurons (default: search on --data)"
     )
-    p.add_argument(
+    g.add_argument(
         "--registers-mode",
         choices=("move", "zero"),
         default=d.registers_search.mode,
         help="move: into an extra token (the method); zero: only zero them on patch tokens (an ablation) (default move)",
     )
-    p.add_argument(
+    g.add_argument(
         "--registers-threshold",
         type=float,
         metavar="NORM",
         help="register search: outlier patch-token norm (published for DINOv2-L/14: 150; default: mean + 3 std over --data)",
     )
-    p.add_argument(
+    g.add_argument(
         "--registers-layer-limit",
         type=int,
         metavar="N",
         help="register search: score the MLP units of blocks 0..N (published for DINOv2-L/14: 17; default: where the outliers appear)",
     )
-    p.add_argument(
+    g.add_argument(
         "--registers-top-k",
         type=int,
         metavar="K",
         help="register search: keep K neurons (published for DINOv2-L/14: 50; default: grow 1, 2, 4, ... until the outliers are gone)",
     )
-    p.add_argument(
+    g.add_argument(
         "--retrained",
         metavar="MODEL",
         help="the same architecture retrained with registers (e.g. dinov2:vitl14_reg), added as a row (default: none)",
     )
-    p.add_argument("--retrained-weights", metavar="FILE", help="checkpoint for --retrained (default: its own weights)")
+    g.add_argument("--retrained-weights", metavar="FILE", help="checkpoint for --retrained (default: its own weights)")
+
+
+def _measure_arguments(p: argparse.ArgumentParser, d: CompareConfig) -> None:
     p.add_argument(
         "--task",
         action="append",

@@ -17,106 +17,122 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = RepairConfig()
     add_model_arguments(p)
-    p.add_argument("--data", nargs="+", required=True, metavar="DIR_OR_FILE", help="training images: folders (recursive) and/or files")
-    p.add_argument(
+    _data_arguments(p.add_argument_group("images and output"), d)
+    _training_arguments(p, p.add_argument_group("training"), d)
+    _stop_arguments(p.add_argument_group("where it trains and when it stops"), d)
+    _run_arguments(p.add_argument_group("checkpoints, speed and the run folder"), d)
+
+
+def _data_arguments(g, d: RepairConfig) -> None:
+    g.add_argument("--data", nargs="+", required=True, metavar="DIR_OR_FILE", help="training images: folders (recursive) and/or files")
+    g.add_argument(
         "--eval-data",
         nargs="+",
         metavar="DIR_OR_FILE",
         help="held-out images for the before/after metrics (default: a strided ~10%% of --data, not trained on)",
     )
-    p.add_argument("--out", required=True, help="output folder: config.json, log.jsonl, summary.json, checkpoints, weights/")
-    p.add_argument("--impl", choices=("fast", "reference"), default=d.impl, help=f"fast, or the literal reference loop (default {d.impl})")
-    p.add_argument("--max-steps", type=int, default=d.max_steps, help=f"iterations (one batch per rank each; default {d.max_steps})")
-    p.add_argument(
+    g.add_argument("--out", required=True, help="output folder: config.json, log.jsonl, summary.json, checkpoints, weights/")
+
+
+def _training_arguments(p: argparse.ArgumentParser, g, d: RepairConfig) -> None:
+    g.add_argument("--impl", choices=("fast", "reference"), default=d.impl, help=f"fast, or the literal reference loop (default {d.impl})")
+    g.add_argument("--max-steps", type=int, default=d.max_steps, help=f"iterations (one batch per rank each; default {d.max_steps})")
+    g.add_argument(
         "--batch-size",
         type=int,
         default=d.batch_size,
         help=f"images per iteration and rank (fast only; default {d.batch_size}, as the reference)",
     )
-    p.add_argument("--resolution", type=int, default=None, help="square crop side in px, 16 to 4096 (default: the model's native size)")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"SGD learning rate for the singular-value corrections (default {d.lr})")
-    p.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD momentum (default {d.momentum})")
+    g.add_argument("--resolution", type=int, default=None, help="square crop side in px, 16 to 4096 (default: the model's native size)")
+    g.add_argument("--lr", type=float, default=d.lr, help=f"SGD learning rate for the singular-value corrections (default {d.lr})")
+    g.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD momentum (default {d.momentum})")
     add_rule_arguments(p, d.rule, faithful=RepairConfig.faithful().rule)
-    p.add_argument("--kernel", type=int, choices=(3, 5), default=d.kernel, help=f"neighbourhood window (default {d.kernel})")
-    p.add_argument(
+    g.add_argument("--kernel", type=int, choices=(3, 5), default=d.kernel, help=f"neighbourhood window (default {d.kernel})")
+    g.add_argument(
         "--limit-layers", type=int, default=d.limit_layers, help=f"blocks ending at the defect layer that learn (default {d.limit_layers})"
     )
-    p.add_argument("--window", type=int, default=d.window, help=f"recent images the skip ratio is taken over (default {d.window})")
-    p.add_argument(
+
+
+def _stop_arguments(g, d: RepairConfig) -> None:
+    g.add_argument("--window", type=int, default=d.window, help=f"recent images the skip ratio is taken over (default {d.window})")
+    g.add_argument(
         "--stop-skip-ratio",
         type=float,
         default=d.stop_skip_ratio,
         help=f"stop when this fraction of recent images has no defect (default {d.stop_skip_ratio:g})",
     )
-    p.add_argument(
+    g.add_argument(
         "--order",
         choices=("shuffle", "sequential"),
         help=f"image order: reshuffled every epoch, or walked in order as the reference does (default {d.order}; --faithful: sequential)",
     )
-    p.add_argument(
+    g.add_argument(
         "--plateau-every",
         type=int,
         default=d.plateau_every,
         help=f"steps between checks of the held-out residual (default {d.plateau_every})",
     )
-    p.add_argument(
+    g.add_argument(
         "--plateau-patience",
         type=int,
         help=f"stop after this many checks without a relative improvement of {d.plateau_min_delta:g} in the held-out residual (0: never; default {d.plateau_patience}; --faithful: 0)",
     )
-    p.add_argument(
+    g.add_argument(
         "--weak-defects",
         type=float,
         help=f"a layer also qualifies when this share of its tokens (at least 3) are |cos| outliers that the norm gate rejects: weakened defects, pulled to the end (0: off; default {d.weak_defects}; --faithful: 0)",
     )
-    p.add_argument(
+    g.add_argument(
         "--no-onset",
         action="store_true",
         help="also train before the first layer where the rule finds a defect in the original model (--faithful does)",
     )
-    p.add_argument(
+    g.add_argument(
         "--faithful",
         action="store_true",
         help="exactly the reference SINDER: the mu+4sd rule alone with >= 3 defects, images in order, only the skip-ratio stop",
     )
-    p.add_argument(
+
+
+def _run_arguments(g, d: RepairConfig) -> None:
+    g.add_argument(
         "--save-at-skip",
         type=float,
         nargs="*",
         default=[],
         help="also checkpoint when the skip ratio first reaches each value (0-1, or percent as in the reference; default: none)",
     )
-    p.add_argument(
+    g.add_argument(
         "--checkpoint-every", type=int, default=d.checkpoint_every, help=f"steps between checkpoints (default {d.checkpoint_every})"
     )
-    p.add_argument(
+    g.add_argument(
         "--gram-weight",
         type=float,
         default=d.gram_weight,
         help=f"Gram anchoring to the original model's non-defect tokens (0: off; default {d.gram_weight:g})",
     )
-    p.add_argument(
+    g.add_argument(
         "--num-train-max",
         type=int,
         default=d.num_train_max,
         help=f"subsample the training images to at most N, fixed stride (default {d.num_train_max})",
     )
-    p.add_argument("--num-eval", type=int, default=d.num_eval_max, help=f"at most N held-out images (0: none; default {d.num_eval_max})")
-    p.add_argument(
+    g.add_argument("--num-eval", type=int, default=d.num_eval_max, help=f"at most N held-out images (0: none; default {d.num_eval_max})")
+    g.add_argument(
         "--directions",
         choices=("exact", "montecarlo"),
         default=d.directions,
         help=f"how the defect directions are predicted: exact (closed form) or the reference's Monte-Carlo least squares (default {d.directions})",
     )
-    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the training image order (default {d.seed})")
-    p.add_argument("--compile", action="store_true", help="torch.compile the block calls (fast path)")
-    p.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
-    p.add_argument(
+    g.add_argument("--seed", type=int, default=d.seed, help=f"seed of the training image order (default {d.seed})")
+    g.add_argument("--compile", action="store_true", help="torch.compile the block calls (fast path)")
+    g.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
+    g.add_argument(
         "--no-progress", action="store_true", help="hide the progress bar (it is only drawn on a terminal anyway; -q hides it too)"
     )
-    p.add_argument("--no-analysis", action="store_true", help="skip analysis_before/ and analysis_after/ (maps for sinder report)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
+    g.add_argument("--no-analysis", action="store_true", help="skip analysis_before/ and analysis_after/ (maps for sinder report)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    g.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
 
 
 def repair_config(args: argparse.Namespace) -> RepairConfig:
