@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .backbones import Backbone, as_backbone
 from .detect import DefectRule, LayerDetection, abs_cosine, mean_direction
 from .errors import ConfigError, ImageError
-from .images import ImageItem, ImageSet
+from .images import MAX_RESOLUTION, MIN_GRID, MIN_RESOLUTION, ImageItem, ImageSet, denormalise, pca_rgb
 from .measure import CROP, ModelStats, tokens_of, truth_mask
 from .runfolder import AnalysisFolder, AnalysisResult, ImageMaps
 from .runtime import resolve_device
@@ -31,9 +31,6 @@ from .units import percent, plural
 from .verdict import compute_verdict, gate_warning
 
 log = logging.getLogger(__name__)
-
-MIN_RESOLUTION, MAX_RESOLUTION = 16, 4096
-MIN_GRID = 3  # patches per side: fewer than 9 tokens leave nothing for the per-image mean + k·std rule to stand out from
 
 
 @dataclass(frozen=True)
@@ -73,25 +70,6 @@ def check_resolution(resolution: int, patch_size: int, flag: str = "--resolution
             f"{flag} must be between {MIN_GRID * patch_size} and {MAX_RESOLUTION} px for {patch_size} px patches "
             f"(at least {MIN_GRID} per side) (got {resolution})"
         )
-
-
-def pca_rgb(tokens: torch.Tensor) -> np.ndarray:
-    """(h, w, D) -> (h, w, 3) uint8: the three leading principal components, each min-max scaled."""
-    h, w, d = tokens.shape
-    flat = tokens.reshape(-1, d).double()
-    flat = flat - flat.mean(dim=0)
-    _, _, vh = torch.linalg.svd(flat, full_matrices=False)
-    comps = flat @ vh[:3].T
-    lo, hi = comps.min(dim=0).values, comps.max(dim=0).values
-    scaled = (comps - lo) / (hi - lo).clamp_min(1e-12) * 255.0
-    out = np.zeros((h * w, 3), dtype=np.uint8)
-    out[:, : scaled.shape[1]] = scaled.round().clamp(0, 255).byte().cpu().numpy()
-    return out.reshape(h, w, 3)
-
-
-def denormalise(pixels: torch.Tensor, mean, std) -> np.ndarray:
-    img = pixels.float().cpu() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
-    return (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
 
 
 class Distributions:

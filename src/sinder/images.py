@@ -21,6 +21,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 
+# the resolutions sinder measures at, and the fewest patches per side: fewer than 9 tokens leave
+# nothing for the per-image mean + k·std rule to stand out from
+MIN_RESOLUTION, MAX_RESOLUTION = 16, 4096
+MIN_GRID = 3
+
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -451,3 +456,22 @@ class ImageSet:
                     bar.update(len(group))
         finally:
             bar.close()
+
+
+def pca_rgb(tokens: torch.Tensor) -> np.ndarray:
+    """(h, w, D) -> (h, w, 3) uint8: the three leading principal components, each min-max scaled."""
+    h, w, d = tokens.shape
+    flat = tokens.reshape(-1, d).double()
+    flat = flat - flat.mean(dim=0)
+    _, _, vh = torch.linalg.svd(flat, full_matrices=False)
+    comps = flat @ vh[:3].T
+    lo, hi = comps.min(dim=0).values, comps.max(dim=0).values
+    scaled = (comps - lo) / (hi - lo).clamp_min(1e-12) * 255.0
+    out = np.zeros((h * w, 3), dtype=np.uint8)
+    out[:, : scaled.shape[1]] = scaled.round().clamp(0, 255).byte().cpu().numpy()
+    return out.reshape(h, w, 3)
+
+
+def denormalise(pixels: torch.Tensor, mean, std) -> np.ndarray:
+    img = pixels.float().cpu() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
+    return (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()

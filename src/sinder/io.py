@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -118,3 +119,14 @@ def prepare_output_dir(out: str | os.PathLike, marker: str, overwrite: bool, hin
     out = check_output_dir(out, marker, overwrite, hint)
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def json_safe(obj):
+    """NaN/inf -> None, recursively (summary.json is strict JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj

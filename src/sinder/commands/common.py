@@ -6,9 +6,9 @@ import argparse
 import dataclasses
 import logging
 
-from ..analyze import MAX_RESOLUTION, MIN_GRID, MIN_RESOLUTION
 from ..backbones import Backbone, load_backbone
 from ..errors import ConfigError
+from ..images import MAX_RESOLUTION, MIN_GRID, MIN_RESOLUTION
 from ..runtime import resolve_device
 
 log = logging.getLogger(__name__)

@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..analyze import denormalise, pca_rgb
 from ..backbones.base import Backbone
 from ..detect import DefectRule
-from ..images import ImageSet
+from ..images import ImageSet, denormalise, pca_rgb
 from ..measure import FeatureCosines, ModelStats, forward_tokens, ordinary_tokens, summary_token_name, truth_mask
 from .methods import Method
 

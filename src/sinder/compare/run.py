@@ -26,9 +26,8 @@ from ..evaluate.checks import require_grid
 from ..evaluate.run import MIN_GRID, check_layout
 from ..fixes import RegisterSearchConfig
 from ..images import ImageItem, ImageSet
-from ..io import check_output_dir, write_json, write_text
+from ..io import check_output_dir, json_safe, write_json, write_text
 from ..repair.config import RepairConfig
-from ..repair.finish import json_safe
 from ..theory import defect_directions
 from .measure import measure
 from .methods import (

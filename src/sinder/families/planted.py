@@ -10,19 +10,22 @@ from pathlib import Path
 
 from ..backbones.base import Backbone
 from ..backbones.convert import timm_to_official_dinov2
-from ..backbones.hf_tower import HFTowerBackbone
 from ..backbones.registry import Family, register_family
-from ..planted import PRESETS, load_planted
+from ..planted.config import PRESETS
 from .hf import reload_hf_format, save_hf_format
 from .timm import reload_timm_format, save_timm_format
 
 
 def load(name: str, spec: str, weights: str | Path | None = None, random_init: bool = False) -> Backbone:
+    from ..planted.model import load_planted  # the builder (theory, timm) only when a member is built
+
     # random_init is moot: the model is built from a seed, never downloaded
     return load_planted(name, spec, weights=weights)
 
 
 def _is_hf(backbone: Backbone) -> bool:
+    from ..backbones.hf_tower import HFTowerBackbone
+
     return isinstance(backbone, HFTowerBackbone)  # the CLIP-layout member
 
 

@@ -6,6 +6,17 @@ the builder and :class:`PlantedTruth`.
 """
 
 from .config import ARCHITECTURES, PRESETS, PlantedConfig, preset
-from .model import PlantedTruth, build_planted, load_planted
+
+_MODEL = ("PlantedTruth", "build_planted", "load_planted")
+
+
+def __getattr__(name: str):
+    """The builder on first use: naming the zoo (a spec parse, ``--help``) does not import it."""
+    if name in _MODEL:
+        from . import model
+
+        return getattr(model, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["ARCHITECTURES", "PRESETS", "PlantedConfig", "PlantedTruth", "build_planted", "load_planted", "preset"]

@@ -24,6 +24,7 @@ from ..backbones.base import Backbone
 from ..errors import ConfigError, DiskFullError, ImageError, OutputExistsError, SinderError
 from ..images import ImageItem, ImageSet, check_decodable, expand_inputs, item_name, split_holdout, subsample
 from ..interrupt import interrupts_held
+from ..io import json_safe
 from ..runfolder import LOG, RunFolder, RunLog
 from ..units import percent, plural
 from .checkpoint import TrainState, check_compatible, check_same_settings, load_checkpoint, save_checkpoint
@@ -31,7 +32,7 @@ from .config import RepairConfig
 from .data import resolve_resolution
 from .distributed import DistContext, current
 from .engine import Trainer
-from .finish import EVAL_BATCH, export_checked, fold_checked, json_safe, probe_pixels, training_summary
+from .finish import EVAL_BATCH, export_checked, fold_checked, probe_pixels, training_summary
 from .loop import Checkpoints, LogRows, ProgressBar, ResidualPlateau, TrainingLoop
 from .metrics import compare, last_layer_residual, onset_layer
 from .singular import SingularModel, attach

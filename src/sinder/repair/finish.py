@@ -4,7 +4,6 @@ fold changed nothing), export in the input's format and verify the re-loaded fil
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
 import torch
@@ -17,17 +16,6 @@ from .singular import SingularModel
 log = logging.getLogger(__name__)
 
 EVAL_BATCH = 8  # held-out images per forward pass at least
-
-
-def json_safe(obj):
-    """NaN/inf -> None, recursively (summary.json is strict JSON)."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
 
 
 def probe_pixels(*sets: ImageSet | None) -> torch.Tensor | None:
