@@ -168,9 +168,9 @@ def hf_dinov2_to_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 def timm_clip_to_hf_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm CLIP-layout ViT (``pre_norm=True``, no patch bias, CLS, no LayerScale) state dict ->
     the keys of transformers' CLIP vision tower (the module holding ``embeddings`` and ``encoder``:
-    ``CLIPVisionModel`` itself or its ``vision_model``, by transformers version), fused qkv split. The same function on the same
-    normalised pixels: both scale q·k by head_dim^-1/2, and timm's final ``norm`` is the tower's
-    ``post_layernorm``."""
+    ``CLIPVisionModel`` itself or its ``vision_model``, by transformers version), fused qkv split.
+    The same function on the same normalised pixels: both scale q·k by head_dim^-1/2, and timm's
+    final ``norm`` is the tower's ``post_layernorm``."""
     if "patch_embed.proj.bias" in sd or "norm_pre.weight" not in sd or any(k.endswith("gamma") for k in sd):
         raise WeightsError("not a timm CLIP-layout model (pre_norm=True, no patch bias, no LayerScale)")
     out = {

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _data_arguments(p.add_argument_group("images and output"), d)
     _training_arguments(p, p.add_argument_group("training"), d)
     _stop_arguments(p.add_argument_group("where it trains and when it stops"), d)
-    _run_arguments(p.add_argument_group("checkpoints, speed and the run folder"), d)
+    _run_arguments(p.add_argument_group("how many images, Gram anchoring, directions, checkpoints, speed and the run folder"), d)
 
 
 def _data_arguments(g, d: RepairConfig) -> None:

@@ -116,7 +116,7 @@ class PlantedConfig:
     def __post_init__(self) -> None:
         require(self.size in ARCHITECTURES, f"size must be one of {', '.join(ARCHITECTURES)}, got {self.size!r}")
         require(0 <= self.onset < 1, f"onset must be in [0, 1) (a fraction of the depth), got {self.onset}")
-        patch = 16 if self.layout == "dinov3" else 14
+        patch = self.patch_size
         require(
             self.img_size % patch == 0 and self.img_size >= 5 * patch,
             f"img_size must be a multiple of {patch} and >= {5 * patch}, got {self.img_size}",

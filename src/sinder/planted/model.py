@@ -5,7 +5,7 @@ way the paper describes: a few tokens are pushed along one direction u, and late
 amplify u, so G_i's top singular vector is u. Each zoo member plants them differently (see
 :class:`~sinder.planted.config.PlantedConfig`), built from a seed in seconds with no files. All
 are planted in timm's DINOv2 layout; ``clip`` then becomes a transformers CLIP tower and ``siglip``
-a timm model in SigLIP's layout, with the same function.
+a timm model in SigLIP's layout, with the same function, and ``dinov3`` timm's Eva with RoPE.
 """
 
 from __future__ import annotations
