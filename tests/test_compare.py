@@ -331,3 +331,16 @@ def test_config_is_validated_at_the_boundary():
         CompareConfig(methods=("clamp", "clamp"))
     with pytest.raises(ConfigError, match="--max-maps"):
         CompareConfig(max_maps=-1)
+
+
+def test_a_model_without_high_norm_outliers_skips_registers_and_compares_the_rest(tmp_path):
+    """On low-norm artifacts the register search has no outlier to attribute: that row is skipped
+    with a note on the page and in compare.json, and the other fixes are still measured."""
+    from sinder.backbones import load_backbone
+
+    config = CompareConfig(methods=("registers", "clamp", "interp"), max_maps=1)
+    report = compare(load_backbone("planted:lownorm"), bundled_photos(BUNDLED_TRAIN[:3]), bundled_photos(EVAL), config, tmp_path / "c")
+    assert report["order"] == ["original", "clamp", "interp"]
+    assert any(n.startswith("registers: not run: no patch token at block") for n in report["notes"])
+    saved = json.loads((tmp_path / "c" / COMPARE_FILE).read_text())
+    assert saved["notes"] == report["notes"] and "registers: not run" in (tmp_path / "c" / PAGE_FILE).read_text()

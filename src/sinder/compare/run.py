@@ -25,6 +25,7 @@ from ..evaluate import TASKS, EvaluateConfig, evaluate_with_info, load_layout
 from ..evaluate.checks import require_grid
 from ..evaluate.run import MIN_GRID, check_layout
 from ..fixes import RegisterSearchConfig
+from ..fixes.registers import NoOutliersError
 from ..images import ImageItem, ImageSet
 from ..io import check_output_dir, json_safe, write_json, write_text
 from ..repair.config import RepairConfig
@@ -151,9 +152,14 @@ def compare(
     require(0 <= interp_layer(backbone, cfg) < backbone.depth, f"--interp-layer must be in 0..{backbone.depth - 1}, got {cfg.interp_layer}")
 
     methods: list[Method] = [original_method(backbone)]
+    skipped: list[str] = []
     for name in cfg.methods:
         log.info("preparing %s", name)
-        methods.append(_prepare(name, backbone, train, train_images, directions, cfg, out))
+        try:
+            methods.append(_prepare(name, backbone, train, train_images, directions, cfg, out))
+        except NoOutliersError as err:  # a model without high-norm outliers: the other rows still say something
+            skipped.append(f"{name}: not run: {err}")
+            log.warning("%s", skipped[-1])
     if cfg.retrained is not None:
         methods.append(retrained_method(cfg.retrained, cfg.retrained_weights, backbone.device, backbone))
     directions_by = {m.name: (defect_directions(m.backbone) if m.own_directions else directions) for m in methods}
@@ -171,7 +177,7 @@ def compare(
         "tasks": {t: d for t, d in cfg.tasks},
         "methods": {},
     }
-    report["notes"] = _notes(methods)
+    report["notes"] = skipped + _notes(methods)
     for m in methods:
         if m.name == "interp":
             m.details["replaced_tokens"] = m.details.pop("fix").replaced

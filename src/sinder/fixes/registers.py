@@ -318,6 +318,10 @@ def _score_units(
     return total / max(counted, 1), counted
 
 
+class NoOutliersError(ConfigError):
+    """The search found no high-norm outlier to attribute to neurons: nothing for registers to do."""
+
+
 def find_register_neurons(backbone: Backbone, images: ImageSet, config: RegisterSearchConfig | None = None) -> RegisterNeurons:
     """Search the register neurons of ``backbone`` on ``images`` (unlabelled; a few dozen suffice).
 
@@ -333,18 +337,13 @@ def find_register_neurons(backbone: Backbone, images: ImageSet, config: Register
     outliers = last > threshold
     before = int(outliers.sum())
     if before == 0:
-        raise ConfigError(
+        raise NoOutliersError(
             f"no patch token at block {layer} has a norm above {threshold:.4g} on {norms.shape[1]} image(s); "
             "this model may have no high-norm outliers there: pick another detect_layer or a lower threshold"
         )
     limit = cfg.layer_limit if cfg.layer_limit is not None else first_outlier_layer(norms, outliers, cfg.sigmas)
     scores, counted = _score_units(backbone, images, layer, limit, threshold, cfg.batch_size)
-    widths = [hidden_units(backbone, i) for i in range(limit + 1)]
-    width = scores.shape[1]
-    keep = cfg.top_k if cfg.top_k is not None else cfg.max_top_k
-    order = scores.flatten().argsort(descending=True)
-    ranked = [(int(i) // width, int(i) % width) for i in order]
-    ranked = [(layer, u) for layer, u in ranked if u < widths[layer]][:keep]
+    ranked = _ranked_units(backbone, scores, cfg.top_k if cfg.top_k is not None else cfg.max_top_k)
     found = RegisterNeurons(
         neurons=tuple(ranked),
         model=backbone.spec,
@@ -380,6 +379,15 @@ def find_register_neurons(backbone: Backbone, images: ImageSet, config: Register
             k,
         )
     return RegisterNeurons(chosen.neurons, chosen.model, depth, chosen.hidden, chosen.scores, settings, measured)
+
+
+def _ranked_units(backbone: Backbone, scores: torch.Tensor, keep: int) -> list[tuple[int, int]]:
+    """The ``keep`` best (layer, unit) of ``scores`` (layers, widest hidden), best first; units past
+    a narrower layer's width (padding) are skipped."""
+    widths = [hidden_units(backbone, i) for i in range(scores.shape[0])]
+    width = scores.shape[1]
+    ranked = [(int(i) // width, int(i) % width) for i in scores.flatten().argsort(descending=True)]
+    return [(layer, u) for layer, u in ranked if u < widths[layer]][:keep]
 
 
 def first_outlier_layer(norms: torch.Tensor, outliers: torch.Tensor, sigmas: float) -> int:

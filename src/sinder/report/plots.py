@@ -336,6 +336,44 @@ def stop_text(reason: str | None) -> str:
     return f"Stopped by {STOP_REASONS.get(reason, reason)}" if reason else "No stop recorded (unfinished run)"
 
 
+def _skip_ratio_panel(ax, rows: Sequence[dict], stop_ratio: float | None, stop_reason: str | None) -> None:
+    """The skip ratio (in %) versus step, the stop line and why the run stopped."""
+    x, y = _log_series(rows, "skip_ratio")
+    ax.plot(x, [100 * v for v in y], color="tab:green")
+    if stop_ratio is not None:
+        reached = stop_reason == "skip_ratio"
+        ax.axhline(
+            100 * stop_ratio,
+            color="0.3",
+            ls="--",
+            lw=1,
+            label=f"skip-ratio stop at {100 * stop_ratio:g}%" + ("" if reached or stop_reason is None else " (not needed)"),
+        )
+        ax.legend(loc="lower right")
+    if stop_reason is not None and x:
+        ax.axvline(x[-1], color="tab:red", lw=1, alpha=0.6)
+        wrapped = "\n".join(textwrap.wrap(stop_text(stop_reason), 48))
+        ax.text(
+            0.02,
+            0.95,
+            wrapped,
+            transform=ax.transAxes,
+            va="top",
+            ha="left",
+            fontsize=8,
+            bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.9},
+        )
+    ax.set_ylim(-2, 102)
+    ax.set_ylabel("% of recent images skipped")
+    stopped = {
+        "skip_ratio": "stop line reached",
+        "clean_pass": "stopped by a clean pass",
+        "residual_plateau": "stopped by a plateau",
+        "max_steps": "stopped at --max-steps",
+    }.get(stop_reason, stop_reason)
+    ax.set_title("Skip ratio (images without defects)" + (f": {stopped}" if stopped else ""))
+
+
 def training_curves(
     rows: Sequence[dict],
     stop_ratio: float | None = None,
@@ -349,40 +387,7 @@ def training_curves(
     (the rule's skip_less_than) and ``weak_defects`` name the rule that picks the trained layer."""
     fig = Figure(figsize=(17, 3.8))
     axes = fig.subplots(1, 3)
-    x, y = _log_series(rows, "skip_ratio")
-    axes[0].plot(x, [100 * v for v in y], color="tab:green")
-    if stop_ratio is not None:
-        reached = stop_reason == "skip_ratio"
-        axes[0].axhline(
-            100 * stop_ratio,
-            color="0.3",
-            ls="--",
-            lw=1,
-            label=f"skip-ratio stop at {100 * stop_ratio:g}%" + ("" if reached or stop_reason is None else " (not needed)"),
-        )
-        axes[0].legend(loc="lower right")
-    if stop_reason is not None and x:
-        axes[0].axvline(x[-1], color="tab:red", lw=1, alpha=0.6)
-        wrapped = "\n".join(textwrap.wrap(stop_text(stop_reason), 48))
-        axes[0].text(
-            0.02,
-            0.95,
-            wrapped,
-            transform=axes[0].transAxes,
-            va="top",
-            ha="left",
-            fontsize=8,
-            bbox={"boxstyle": "round", "fc": "white", "ec": "0.7", "alpha": 0.9},
-        )
-    axes[0].set_ylim(-2, 102)
-    axes[0].set_ylabel("% of recent images skipped")
-    stopped = {
-        "skip_ratio": "stop line reached",
-        "clean_pass": "stopped by a clean pass",
-        "residual_plateau": "stopped by a plateau",
-        "max_steps": "stopped at --max-steps",
-    }.get(stop_reason, stop_reason)
-    axes[0].set_title("Skip ratio (images without defects)" + (f": {stopped}" if stopped else ""))
+    _skip_ratio_panel(axes[0], rows, stop_ratio, stop_reason)
     x, y = _log_series(rows, "loss")
     axes[1].plot(x, y, ".", ms=3, color="tab:purple")
     if y and min(y) > 0:
