@@ -151,17 +151,7 @@ def compare(
     directions = defect_directions(backbone)
     require(0 <= interp_layer(backbone, cfg) < backbone.depth, f"--interp-layer must be in 0..{backbone.depth - 1}, got {cfg.interp_layer}")
 
-    methods: list[Method] = [original_method(backbone)]
-    skipped: list[str] = []
-    for name in cfg.methods:
-        log.info("preparing %s", name)
-        try:
-            methods.append(_prepare(name, backbone, train, train_images, directions, cfg, out))
-        except NoOutliersError as err:  # a model without high-norm outliers: the other rows still say something
-            skipped.append(f"{name}: not run: {err}")
-            log.warning("%s", skipped[-1])
-    if cfg.retrained is not None:
-        methods.append(retrained_method(cfg.retrained, cfg.retrained_weights, backbone.device, backbone))
+    methods, skipped = _prepare_all(backbone, train, train_images, directions, cfg, out)
     directions_by = {m.name: (defect_directions(m.backbone) if m.own_directions else directions) for m in methods}
 
     log.info("measuring %d method(s) on %d evaluation image(s)", len(methods), len(evaluation))
@@ -179,16 +169,7 @@ def compare(
     }
     report["notes"] = skipped + _notes(methods)
     for m in methods:
-        if m.name == "interp":
-            m.details["replaced_tokens"] = m.details.pop("fix").replaced
-        report["methods"][m.name] = {
-            "description": DESCRIPTIONS[m.name],
-            "needs": m.needs,
-            "prepare_seconds": m.seconds,
-            "details": m.details,
-            **results[m.name],
-            "tasks": tasks.get(m.name, {}),
-        }
+        report["methods"][m.name] = _method_entry(m, results[m.name], tasks.get(m.name, {}))
     report = json_safe(report)
     if out is not None:
         write_json(out / COMPARE_FILE, report)
@@ -197,6 +178,39 @@ def compare(
         write_text(out / PAGE_FILE, build_page(report, maps))
         log.info("wrote %s and %s", out / COMPARE_FILE, out / PAGE_FILE)
     return report
+
+
+def _prepare_all(
+    backbone: Backbone, train: ImageSet | None, train_items, directions: torch.Tensor, cfg: CompareConfig, out: Path | None
+) -> tuple[list[Method], list[str]]:
+    """The original, every configured fix made ready, and the retrained model if given; a fix that
+    has nothing to act on (no high-norm outlier for registers) is left out with a note."""
+    methods: list[Method] = [original_method(backbone)]
+    skipped: list[str] = []
+    for name in cfg.methods:
+        log.info("preparing %s", name)
+        try:
+            methods.append(_prepare(name, backbone, train, train_items, directions, cfg, out))
+        except NoOutliersError as err:  # a model without high-norm outliers: the other rows still say something
+            skipped.append(f"{name}: not run: {err}")
+            log.warning("%s", skipped[-1])
+    if cfg.retrained is not None:
+        methods.append(retrained_method(cfg.retrained, cfg.retrained_weights, backbone.device, backbone))
+    return methods, skipped
+
+
+def _method_entry(m: Method, results: dict, tasks: dict) -> dict:
+    """One method's entry of ``compare.json``."""
+    if m.name == "interp":
+        m.details["replaced_tokens"] = m.details.pop("fix").replaced  # counted while measuring
+    return {
+        "description": DESCRIPTIONS[m.name],
+        "needs": m.needs,
+        "prepare_seconds": m.seconds,
+        "details": m.details,
+        **results,
+        "tasks": tasks,
+    }
 
 
 def interp_layer(backbone: Backbone, cfg: CompareConfig) -> int:
