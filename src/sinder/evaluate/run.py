@@ -4,7 +4,6 @@ comparison table and ``metrics.json`` (``evaluate_models``, ``format_table``, ``
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import logging
 import math
 import os
@@ -25,13 +24,6 @@ from .layouts import standard_layout
 logger = logging.getLogger(__name__)
 
 TASKS = ("knn", "linear-seg", "unsup-seg", "lost", "intrinsic")
-# (module, function) of each task but intrinsic: function(backbone, layout, Extraction, EvaluateConfig)
-TASK_FUNCTIONS = {
-    "knn": ("knn", "knn_task"),
-    "linear-seg": ("linear_seg", "linear_seg"),
-    "unsup-seg": ("unsup_seg", "unsup_seg"),
-    "lost": ("lost", "lost"),
-}
 # patches per side below which a task's output says nothing: one patch gives a constant map and
 # a whole-image box; the intrinsic defect rule's per-image statistics need a few tokens
 MIN_GRID = {"linear-seg": 2, "unsup-seg": 2, "lost": 2, "intrinsic": 3}
@@ -90,8 +82,27 @@ def run_task(backbone: Backbone, task: str, layout, res: int, config: EvaluateCo
         from .intrinsic import intrinsic
 
         return intrinsic(backbone, layout, run, config.rule, direction=direction)
-    module, function = TASK_FUNCTIONS[task]  # imported when used: the tasks pull in scipy and friends
-    return getattr(importlib.import_module(f".{module}", __package__), function)(backbone, layout, run, config)
+    return _task_function(task)(backbone, layout, run, config)
+
+
+def _task_function(task: str):
+    """The function of ``task`` (all but intrinsic): (backbone, layout, Extraction, EvaluateConfig).
+    Imported when used: the tasks pull in scipy and friends."""
+    if task == "knn":
+        from .knn import knn_task
+
+        return knn_task
+    if task == "linear-seg":
+        from .linear_seg import linear_seg
+
+        return linear_seg
+    if task == "unsup-seg":
+        from .unsup_seg import unsup_seg
+
+        return unsup_seg
+    from .lost import lost
+
+    return lost
 
 
 def evaluate_with_info(

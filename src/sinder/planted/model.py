@@ -370,13 +370,13 @@ def load_planted(name: str, spec: str, weights: str | Path | None = None) -> Bac
     """The ``planted:NAME[@SIZE]`` backbone; ``ground_truth`` is its :class:`PlantedTruth`."""
     cfg = preset(name, spec)
     model, truth = build_planted(cfg)
-    if weights is not None and cfg.layout == "clip":
-        load_state_dict_checked(model, read_state_dict(weights), spec)
-    elif weights is not None:
-        load_timm_state_dict(model, read_state_dict(weights), spec)
-    if cfg.layout == "clip":
+    if cfg.layout == "clip":  # a transformers model
+        if weights is not None:
+            load_state_dict_checked(model, read_state_dict(weights), spec)
         backbone: Backbone = HFTowerBackbone(model, spec, family="planted")
     else:
+        if weights is not None:
+            load_timm_state_dict(model, read_state_dict(weights), spec)
         backbone = wrap_timm(model, spec, family="planted")
         backbone.timm_name, backbone.timm_kwargs = cfg.timm_name, cfg.timm_kwargs or None
     backbone.ground_truth = truth
