@@ -21,6 +21,7 @@ from zoo_common import markdown, save_rows
 
 from sinder.backbones import load_backbone
 from sinder.compare import CompareConfig, compare
+from sinder.fixes import ClampFix, InterpolationFix, RegistersFix, SinderFix
 from sinder.images import BUNDLED_EVAL, BUNDLED_TRAIN, bundled_photos
 from sinder.measure import summary_cosine
 from sinder.planted import PRESETS
@@ -30,9 +31,8 @@ from sinder.repair import RepairConfig
 def run(member: str, out: Path, max_steps: int, gamma: float) -> list[dict]:
     bb = load_backbone(f"planted:{member}")
     truth = bb.ground_truth
-    config = CompareConfig(
-        max_maps=2, gamma=gamma, overwrite=True, repair=RepairConfig(max_steps=max_steps, progress=False, analysis=False, overwrite=True)
-    )
+    sinder = SinderFix(repair=RepairConfig(max_steps=max_steps, progress=False, analysis=False, overwrite=True))
+    config = CompareConfig(fixes=(sinder, RegistersFix(), ClampFix(gamma=gamma), InterpolationFix()), max_maps=2, overwrite=True)
     report = compare(bb, bundled_photos(BUNDLED_TRAIN), bundled_photos(BUNDLED_EVAL), config, out / member)
     base = report["methods"]["original"]["last_layer"]["energy_along_u"]
     rows = []
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--members", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     p.add_argument("--out", default="compare_zoo_out", help="one compare folder per member (default compare_zoo_out/)")
     p.add_argument("--max-steps", type=int, default=1500, help="SINDER's step budget per member (default 1500)")
-    p.add_argument("--gamma", type=float, default=CompareConfig().gamma, help="σ clamp level (default: sinder compare's)")
+    p.add_argument("--gamma", type=float, default=ClampFix.gamma, help="σ clamp level (default: sinder compare's)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args(argv)

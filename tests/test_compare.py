@@ -19,6 +19,7 @@ from sinder.compare import COMPARE_FILE, PAGE_FILE, CompareConfig, compare, form
 from sinder.compare.page import SECTION_IDS, neurons, per_layer_figure
 from sinder.errors import ConfigError
 from sinder.evaluate import EvaluateConfig
+from sinder.fixes import ClampFix, InterpolationFix, RegistersFix, SinderFix
 from sinder.images import BUNDLED_EVAL, BUNDLED_TRAIN, bundled_photos
 from sinder.repair.config import RepairConfig
 
@@ -60,7 +61,12 @@ def compared(planted, tmp_path_factory, knn_dir):
     before = {k: v.clone() for k, v in planted.model.state_dict().items()}
     config = CompareConfig(
         max_maps=1,
-        repair=RepairConfig(max_steps=120, progress=False, analysis=False),
+        fixes=(
+            SinderFix(repair=RepairConfig(max_steps=120, progress=False, analysis=False)),
+            RegistersFix(),
+            ClampFix(),
+            InterpolationFix(),
+        ),
         retrained="planted:reg4",
         tasks=(("knn", str(knn_dir)),),
         task_options=EvaluateConfig(knn_ks=(1, 3)),
@@ -290,7 +296,6 @@ def test_task_data_is_checked_before_the_model_loads(planted, eval_dir, knn_dir,
     """A k above the train images is refused in one line naming --knn-k before the model loads or
     SINDER trains; the grid check, which needs the patch size, before any method is prepared."""
     import sinder.commands.compare as command
-    import sinder.compare.run as run
 
     def never(*args, **kwargs):
         raise AssertionError("the model loaded or a method was prepared before the task checks")
@@ -315,9 +320,9 @@ def test_task_data_is_checked_before_the_model_loads(planted, eval_dir, knn_dir,
     lines = res.stderr.strip().splitlines()
     assert res.returncode == 2 and len(lines) == 1 and "fewer than k=10, 20, 100, 200; pass --knn-k" in lines[0], lines
     assert not (tmp_path / "c").exists()
-    monkeypatch.setattr(run, "_prepare", never)
+    monkeypatch.setattr(SinderFix, "prepare", never)
     small = CompareConfig(
-        methods=("sinder",),
+        fixes=(SinderFix(),),
         resolution=28,
         tasks=(("knn", str(knn_dir)), ("intrinsic", str(eval_dir))),
         task_options=EvaluateConfig(knn_ks=(1, 3)),
@@ -328,7 +333,7 @@ def test_task_data_is_checked_before_the_model_loads(planted, eval_dir, knn_dir,
 
 def test_config_is_validated_at_the_boundary():
     with pytest.raises(ConfigError, match="twice"):
-        CompareConfig(methods=("clamp", "clamp"))
+        CompareConfig(fixes=(ClampFix(), ClampFix(gamma=2.0)))
     with pytest.raises(ConfigError, match="--max-maps"):
         CompareConfig(max_maps=-1)
 
@@ -338,7 +343,7 @@ def test_a_model_without_high_norm_outliers_skips_registers_and_compares_the_res
     with a note on the page and in compare.json, and the other fixes are still measured."""
     from sinder.backbones import load_backbone
 
-    config = CompareConfig(methods=("registers", "clamp", "interp"), max_maps=1)
+    config = CompareConfig(fixes=(RegistersFix(), ClampFix(), InterpolationFix()), max_maps=1)
     report = compare(load_backbone("planted:lownorm"), bundled_photos(BUNDLED_TRAIN[:3]), bundled_photos(EVAL), config, tmp_path / "c")
     assert report["order"] == ["original", "clamp", "interp"]
     assert any(n.startswith("registers: not run: no patch token at block") for n in report["notes"])

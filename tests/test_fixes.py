@@ -1,8 +1,9 @@
-"""Training-free fixes compared with SINDER (issue #9): σ clamp so far."""
+"""The fixes compared with SINDER (σ clamp, neighbour interpolation) and the one interface every fix implements."""
 
 from __future__ import annotations
 
 import copy
+import html
 import math
 
 import pytest
@@ -143,3 +144,88 @@ def test_neighbour_interpolation_replaces_border_and_corner_defects():
     assert torch.allclose(out[0, 0, 0], corner, atol=1e-6)
     for y, x in cells:
         assert float(out[0, y, x].norm()) < 2 and abs(float(out[0, y, x] @ nu)) < 0.2
+
+
+# ----------------------------------------------------------------------------- the Fix protocol
+
+
+def test_every_fix_implements_the_protocol_and_builds_from_its_own_flags():
+    """Each registered fix names itself, describes itself, declares its flags and is rebuilt from
+    them: what `sinder compare` reads to make its command line and its page."""
+    import argparse
+
+    from sinder.detect import DefectRule
+    from sinder.fixes import FIXES, Fix
+
+    assert list(FIXES) == ["sinder", "registers", "clamp", "interp"]
+    parser = argparse.ArgumentParser()
+    group = parser.add_argument_group("fixes")
+    for name, fix in FIXES.items():
+        assert issubclass(fix, Fix) and fix.name == name and len(fix.description) > 20, name
+        fix.add_arguments(group)
+    args = parser.parse_args(["--gamma", "1.3", "--interp-layer", "5", "--registers-top-k", "4", "--max-steps", "7"])
+    shared = {"rule": DefectRule(mask_thr=3.0), "progress": False, "overwrite": False}
+    built = {name: fix.from_args(args, shared) for name, fix in FIXES.items()}
+    assert built["clamp"].gamma == 1.3 and built["interp"].layer == 5 and built["registers"].search.top_k == 4
+    assert built["sinder"].repair.max_steps == 7 and built["sinder"].repair.rule.mask_thr == 3.0
+    assert built["sinder"].needs_training_images and built["registers"].needs_training_images
+    assert not built["clamp"].needs_training_images and not built["interp"].needs_training_images
+    with pytest.raises(ConfigError, match="--registers-top-k must be >= 1"):
+        FIXES["registers"].from_args(parser.parse_args(["--registers-top-k", "0"]), shared)
+
+
+def test_a_test_time_handle_applies_and_removes_exactly(planted, planted_directions, eval_pixels):
+    """prepare → handle: applied, the model's own forward changes; removed, it is bit-for-bit the original."""
+    from sinder.detect import DefectRule
+    from sinder.fixes import FixContext, InterpolationFix
+
+    before = last_patches(planted, eval_pixels)
+    handle = InterpolationFix().prepare(planted, FixContext(planted_directions, DefectRule()))
+    assert handle.cost.needs() == {"images": 0, "training_images_seen": 0, "training_steps": 0, "edits_weights": False}
+    with handle.active() as bb:
+        during = last_patches(bb, eval_pixels)
+    assert handle.all_details()["replaced_tokens"] > 0 and handle.details["layer"] == planted.depth - 1
+    assert not torch.equal(during, before)
+    assert torch.equal(last_patches(planted, eval_pixels), before)
+
+
+def test_a_new_fix_is_one_class_and_compare_runs_it(planted, tmp_path):
+    """A fix written outside sinder (a norm cap at the last block, by a hook) runs through
+    `compare` beside a built-in one, with its own name, description, details and measured row."""
+    from dataclasses import dataclass
+
+    from sinder.compare import CompareConfig, compare
+    from sinder.fixes import ClampFix, Cost, Fix, FixHandle
+
+    @dataclass(frozen=True)
+    class NormCap(Fix):
+        factor: float = 1.5
+        name = "normcap"
+        description = "every last-block patch token capped at 1.5× the image's median norm"
+
+        def prepare(self, backbone, context):
+            p = backbone.num_prefix_tokens
+
+            def cap(module, inputs, out):
+                patches = out[:, p:]
+                norms = patches.norm(dim=-1, keepdim=True)
+                limit = self.factor * norms.median(dim=1, keepdim=True).values
+                return torch.cat([out[:, :p], patches * (limit / norms).clamp(max=1.0)], dim=1)
+
+            class Hook:
+                def __enter__(self):
+                    self.handle = backbone.blocks()[-1].register_forward_hook(cap)
+
+                def __exit__(self, *exc):
+                    self.handle.remove()
+
+            return FixHandle(self.name, backbone, Cost(), {"factor": self.factor}, hooks=Hook)
+
+    config = CompareConfig(fixes=(NormCap(), ClampFix()), max_maps=1)
+    report = compare(planted, None, bundled_photos(BUNDLED_EVAL[:2]), config, tmp_path / "c")
+    assert report["order"] == ["original", "normcap", "clamp"]
+    row = report["methods"]["normcap"]
+    assert row["description"] == NormCap.description and row["details"] == {"factor": 1.5}
+    assert report["methods"]["original"]["last_layer"]["max_over_median"] > 3
+    assert row["last_layer"]["max_over_median"] <= 1.5 + 1e-3
+    assert html.escape(NormCap.description) in (tmp_path / "c" / "compare.html").read_text()

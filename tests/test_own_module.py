@@ -87,10 +87,11 @@ def test_other_modules_are_refused_in_one_line():
 def test_compare_runs_every_fix_on_a_siglip_module_and_reports_its_pooled_cosine(tmp_path):
     """No CLS token: the attention-pooling head's output is compared instead."""
     from sinder.compare import CompareConfig, compare, format_table
-    from sinder.fixes.registers import RegisterSearchConfig
+    from sinder.fixes import ClampFix, InterpolationFix, RegisterSearchConfig, RegistersFix, SinderFix
 
     model = tower_model("siglip", image_size=112)
-    config = CompareConfig(repair=RepairConfig(max_steps=2, progress=False), registers_search=RegisterSearchConfig(threshold=1.0))
+    fixes = (SinderFix(repair=RepairConfig(max_steps=2, progress=False)), RegistersFix(search=RegisterSearchConfig(threshold=1.0)))
+    config = CompareConfig(fixes=(*fixes, ClampFix(), InterpolationFix()))
     report = compare(model, bundled_photos(BUNDLED_TRAIN[:3]), bundled_photos(BUNDLED_EVAL[:2]), config, out_dir=tmp_path / "cmp")
     assert report["order"] == ["original", "sinder", "registers", "clamp", "interp"]
     for name in report["order"][1:]:

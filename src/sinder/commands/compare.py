@@ -6,12 +6,11 @@ import argparse
 import logging
 
 from ..backbones import parse_spec
-from ..compare import METHODS, CompareConfig, check_compare_output, check_tasks, compare, format_table
+from ..compare import CompareConfig, check_compare_output, check_tasks, compare, format_table
 from ..errors import ConfigError, SinderError
 from ..evaluate import EvaluateConfig
-from ..fixes import RegisterSearchConfig
+from ..fixes import FIXES
 from ..images import check_decodable, list_images
-from ..repair.config import RepairConfig
 from .common import add_model_arguments, add_rule_arguments, check_resolution_fits, load_model_from_args, rule_from_args
 from .evaluate import add_task_arguments, task_options
 
@@ -22,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = CompareConfig()
     add_model_arguments(p)
     _run_arguments(p.add_argument_group("methods, images and output"), d)
-    _fix_arguments(p.add_argument_group("the fixes' options, and a model retrained with registers"), d)
+    _fix_arguments(p.add_argument_group("the fixes' options, and a model retrained with registers"))
     _measure_arguments(p, d)
 
 
@@ -30,7 +29,7 @@ def _run_arguments(g, d: CompareConfig) -> None:
     g.add_argument(
         "--methods",
         default=",".join(d.methods),
-        help=f"comma-separated fixes to run, from {','.join(METHODS)} (default {','.join(d.methods)})",
+        help=f"comma-separated fixes to run, from {','.join(FIXES)} (default {','.join(d.methods)})",
     )
     g.add_argument(
         "--data",
@@ -46,51 +45,11 @@ def _run_arguments(g, d: CompareConfig) -> None:
         help="evaluation images every method is judged on (keep them apart from --data)",
     )
     g.add_argument("--out", required=True, help="output folder: compare.json, compare.html, registers.json, sinder_run/")
-    g.add_argument(
-        "--repair-run",
-        metavar="DIR",
-        help="take SINDER's row from this finished `sinder repair` --out folder instead of training (default: train now)",
-    )
-    g.add_argument(
-        "--max-steps",
-        type=int,
-        default=RepairConfig().max_steps,
-        help=f"SINDER training iterations at most, when it trains here (default {RepairConfig().max_steps})",
-    )
 
 
-def _fix_arguments(g, d: CompareConfig) -> None:
-    g.add_argument(
-        "--gamma", type=float, default=d.gamma, help=f"σ clamp: cap on every block Linear's singular values (default {d.gamma:g})"
-    )
-    g.add_argument("--interp-layer", type=int, help="neighbour interpolation: the block whose output is interpolated (default: the last)")
-    g.add_argument(
-        "--registers", metavar="FILE", help="apply this registers.json instead of searching register neurons (default: search on --data)"
-    )
-    g.add_argument(
-        "--registers-mode",
-        choices=("move", "zero"),
-        default=d.registers_search.mode,
-        help="move: into an extra token (the method); zero: only zero them on patch tokens (an ablation) (default move)",
-    )
-    g.add_argument(
-        "--registers-threshold",
-        type=float,
-        metavar="NORM",
-        help="register search: outlier patch-token norm (published for DINOv2-L/14: 150; default: mean + 3 std over --data)",
-    )
-    g.add_argument(
-        "--registers-layer-limit",
-        type=int,
-        metavar="N",
-        help="register search: score the MLP units of blocks 0..N (published for DINOv2-L/14: 17; default: where the outliers appear)",
-    )
-    g.add_argument(
-        "--registers-top-k",
-        type=int,
-        metavar="K",
-        help="register search: keep K neurons (published for DINOv2-L/14: 50; default: grow 1, 2, 4, ... until the outliers are gone)",
-    )
+def _fix_arguments(g) -> None:
+    for fix in FIXES.values():  # each fix declares its own flags
+        fix.add_arguments(g)
     g.add_argument(
         "--retrained",
         metavar="MODEL",
@@ -129,31 +88,18 @@ def parse_tasks(items: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(tasks)
 
 
-def registers_search(args: argparse.Namespace) -> RegisterSearchConfig:
-    try:
-        return RegisterSearchConfig(
-            threshold=args.registers_threshold, layer_limit=args.registers_layer_limit, top_k=args.registers_top_k, mode=args.registers_mode
-        )
-    except ConfigError as err:
-        raise ConfigError(f"--registers-{str(err).replace('_', '-', 1)}") from None  # top_k -> --registers-top-k
-
-
 def compare_config(args: argparse.Namespace) -> CompareConfig:
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    unknown = [m for m in methods if m not in FIXES]
+    if unknown:
+        raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(FIXES)}")
     rule = rule_from_args(args)
-    repair = RepairConfig(max_steps=args.max_steps, rule=rule, progress=not args.no_progress, analysis=False)
-    repair.validate()
+    shared = {"rule": rule, "progress": not args.no_progress, "overwrite": args.overwrite}
     return CompareConfig(
-        methods=methods,
+        fixes=tuple(FIXES[name].from_args(args, shared) for name in methods),
         resolution=args.resolution,
         batch_size=args.batch_size,
         max_maps=args.max_maps,
-        gamma=args.gamma,
-        interp_layer=args.interp_layer,
-        registers_file=args.registers,
-        registers_search=registers_search(args),
-        repair_run=args.repair_run,
-        repair=repair,
         retrained=args.retrained,
         retrained_weights=args.retrained_weights,
         tasks=parse_tasks(args.task),
@@ -180,10 +126,7 @@ def run(args: argparse.Namespace) -> int:
     if args.retrained:
         parse_spec(args.retrained)
     check_compare_output(args.out, args.overwrite)
-    needs_data = ("sinder" in config.methods and config.repair_run is None) or (
-        "registers" in config.methods and config.registers_file is None
-    )
-    if needs_data and not args.data:
+    if config.needs_training_images and not args.data:
         raise ConfigError(
             "--data is needed: SINDER trains on it and the register search reads it (or give --repair-run DIR and --registers FILE)"
         )

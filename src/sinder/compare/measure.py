@@ -28,9 +28,9 @@ import torch
 
 from ..backbones.base import Backbone
 from ..detect import DefectRule
+from ..fixes import FixHandle
 from ..images import ImageSet, denormalise, pca_rgb
 from ..measure import FeatureCosines, ModelStats, forward_tokens, ordinary_tokens, summary_token_name, truth_mask
-from .methods import Method
 
 LAYER_KEYS = ("energy_along_direction", "max_over_median", "high_norm_rate", "defect_rate")
 TRUTH_KEYS = ("energy_along_u", "truth_recall", "truth_precision")  # planted models only
@@ -68,7 +68,7 @@ class _LastBlockInput:
 
 
 @torch.no_grad()
-def _run(method: Method, pixels: torch.Tensor, want_attention: bool):
+def _run(method: FixHandle, pixels: torch.Tensor, want_attention: bool):
     with method.active() as bb, _LastBlockInput(bb) as cap:
         start = time.perf_counter()
         tokens = forward_tokens(bb, pixels, every_layer=True)
@@ -84,7 +84,7 @@ def _run(method: Method, pixels: torch.Tensor, want_attention: bool):
 
 
 def measure(
-    methods: list[Method],
+    methods: list[FixHandle],
     images: ImageSet,
     directions: dict[str, torch.Tensor],
     rule: DefectRule,
@@ -125,7 +125,7 @@ def measure(
     return results, maps
 
 
-def _summary(method: Method, tally: _Tally, original: _Tally) -> dict:
+def _summary(method: FixHandle, tally: _Tally, original: _Tally) -> dict:
     per_layer = [{"layer": e["index"], **{k: e[k] for k in LAYER_KEYS}} for e in tally.stats.per_layer()]
     last = {k: v for k, v in tally.stats.last_layer().items() if k in LAYER_KEYS + TRUTH_KEYS}
     features = None

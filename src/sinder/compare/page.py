@@ -72,7 +72,8 @@ def summary_table(report: dict) -> str:
                 f"{m['inference_ms_per_image']:.1f} ms",
             ]
         )
-    described = "".join(f"<li><b>{esc(n)}</b>: {esc(DESCRIPTIONS.get(n, ''))}</li>" for n in report["order"])
+    said = lambda n: report["methods"][n].get("description") or DESCRIPTIONS.get(n, "")  # noqa: E731  (older compare.json: the table's)
+    described = "".join(f"<li><b>{esc(n)}</b>: {esc(said(n))}</li>" for n in report["order"])
     return (
         "<h2>Summary</h2>"
         + table(head, rows, "num")

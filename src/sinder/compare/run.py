@@ -3,13 +3,13 @@ images (and downstream data), write ``compare.json`` and ``compare.html``.
 
 Output folder: ``compare.json``, ``compare.html``, ``registers.json`` (the register neurons
 found, to apply with :func:`sinder.fixes.apply_registers`) and, when SINDER was trained here
-rather than taken from ``repair_run``, its run folder ``sinder_run/``.
+rather than taken from a finished run, its run folder ``sinder_run/``. Every fix is prepared and
+applied through the one :class:`~sinder.fixes.base.Fix` interface.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -24,56 +24,40 @@ from ..errors import ConfigError, require
 from ..evaluate import TASKS, EvaluateConfig, evaluate_with_info, load_layout
 from ..evaluate.checks import require_grid
 from ..evaluate.run import MIN_GRID, check_layout
-from ..fixes import RegisterSearchConfig
+from ..fixes import FIXES, Fix, FixContext, FixHandle
 from ..fixes.registers import NoOutliersError
 from ..images import ImageItem, ImageSet
 from ..io import check_output_dir, json_safe, write_json, write_text
-from ..repair.config import RepairConfig
 from ..theory import defect_directions
 from .measure import measure
-from .methods import (
-    DESCRIPTIONS,
-    METHODS,
-    Method,
-    clamp_method,
-    interp_method,
-    original_method,
-    registers_method,
-    retrained_method,
-    sinder_by_training,
-    sinder_from_run,
-)
+from .methods import DESCRIPTIONS, original_method, retrained_method
 
 log = logging.getLogger(__name__)
 
 COMPARE_FILE, PAGE_FILE = "compare.json", "compare.html"
 
 
+def default_fixes() -> tuple[Fix, ...]:
+    """One of every fix in :data:`~sinder.fixes.FIXES`, with its default options."""
+    return tuple(fix() for fix in FIXES.values())
+
+
 @dataclass(frozen=True)
 class CompareConfig:
     """Options of ``sinder compare`` (validated on construction).
 
-    gamma: the σ clamp's cap (the paper shows 2.0, 1.5, 1.3). interp_layer: the block whose
-    output is interpolated (None: the last, where it measured best on the zoo). registers_file:
-    apply these register neurons instead of searching. registers_search: how they are searched
-    (threshold, layer limit, top-k; DINOv2-L/14 as published: threshold=150, layer_limit=17,
-    top_k=50) and applied (mode; its batch_size is replaced by ``batch_size``). repair_run: take
-    SINDER's row from this finished run instead of training. retrained: a spec of the same architecture retrained with
-    registers, added as a row. tasks: (task, data folder) pairs for downstream evaluation.
-    task_options: their options (knn_ks, lost_gram_bias, …); its resolution, batch_size, rule and
-    progress are replaced by compare's own.
+    fixes: the fixes to run, each with its own options (:class:`~sinder.fixes.base.Fix`; default:
+    one of each, e.g. ``(SinderFix(repair=RepairConfig(max_steps=300)), ClampFix(gamma=1.3))``).
+    retrained: a spec of the same architecture retrained with registers, added as a row.
+    tasks: (task, data folder) pairs for downstream evaluation. task_options: their options
+    (knn_ks, lost_gram_bias, …); its resolution, batch_size, rule and progress are replaced by
+    compare's own. ``rule`` is what the measurements and interpolation count as a defect.
     """
 
-    methods: tuple[str, ...] = METHODS
+    fixes: tuple[Fix, ...] = field(default_factory=default_fixes)
     resolution: int | None = None
     batch_size: int = 8
     max_maps: int = 4
-    gamma: float = 1.5
-    interp_layer: int | None = None
-    registers_file: str | None = None
-    registers_search: RegisterSearchConfig = field(default_factory=RegisterSearchConfig)
-    repair_run: str | None = None
-    repair: RepairConfig = field(default_factory=RepairConfig)
     retrained: str | None = None
     retrained_weights: str | None = None
     tasks: tuple[tuple[str, str], ...] = ()
@@ -83,19 +67,27 @@ class CompareConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        require(len(self.methods) > 0 or self.retrained is not None, "give at least one method: --methods sinder,registers,clamp,interp")
-        unknown = [m for m in self.methods if m not in METHODS]
-        require(not unknown, f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+        require(len(self.fixes) > 0 or self.retrained is not None, f"give at least one method: --methods {','.join(FIXES)}")
+        odd = [type(f).__name__ for f in self.fixes if not isinstance(f, Fix)]
+        require(not odd, f"fixes must be Fix instances (e.g. ClampFix(gamma=1.3)), got {', '.join(odd)}")
         require(len(set(self.methods)) == len(self.methods), f"--methods names a method twice: {','.join(self.methods)}")
         require(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
         require(self.max_maps >= 0, f"--max-maps must be >= 0, got {self.max_maps}")
-        require(math.isfinite(self.gamma) and self.gamma > 0, f"--gamma must be > 0, got {self.gamma}")
         for task, _ in self.tasks:
             require(task in TASKS, f"--task {task}=DIR: unknown task; choose from {', '.join(TASKS)}")
         require(len({t for t, _ in self.tasks}) == len(self.tasks), "--task names a task twice; give one folder per task")
         require(
             isinstance(self.task_options, EvaluateConfig), f"task_options must be an EvaluateConfig, got {type(self.task_options).__name__}"
         )
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The fixes' names, in the order they run."""
+        return tuple(f.name for f in self.fixes)
+
+    @property
+    def needs_training_images(self) -> bool:
+        return any(f.needs_training_images for f in self.fixes)
 
     def evaluate_config(self, resolution: int | None = None) -> EvaluateConfig:
         """The downstream tasks' settings: ``task_options`` at compare's resolution, batch size, rule and progress."""
@@ -149,7 +141,8 @@ def compare(
     train = ImageSet.from_inputs(train_images, backbone, resolution) if train_images else None
     log.info("predicting the defect directions of %s", backbone.spec)
     directions = defect_directions(backbone)
-    require(0 <= interp_layer(backbone, cfg) < backbone.depth, f"--interp-layer must be in 0..{backbone.depth - 1}, got {cfg.interp_layer}")
+    for fix in cfg.fixes:  # options that depend on the model fail before any fix is prepared
+        fix.check(backbone)
 
     methods, skipped = _prepare_all(backbone, train, train_images, directions, cfg, out)
     directions_by = {m.name: (defect_directions(m.backbone) if m.own_directions else directions) for m in methods}
@@ -167,9 +160,10 @@ def compare(
         "tasks": {t: d for t, d in cfg.tasks},
         "methods": {},
     }
-    report["notes"] = skipped + _notes(methods)
+    report["notes"] = skipped + _notes(methods, cfg.fixes)
+    descriptions = {**DESCRIPTIONS, **{f.name: f.description for f in cfg.fixes}}
     for m in methods:
-        report["methods"][m.name] = _method_entry(m, results[m.name], tasks.get(m.name, {}))
+        report["methods"][m.name] = _method_entry(m, descriptions[m.name], results[m.name], tasks.get(m.name, {}))
     report = json_safe(report)
     if out is not None:
         write_json(out / COMPARE_FILE, report)
@@ -182,81 +176,43 @@ def compare(
 
 def _prepare_all(
     backbone: Backbone, train: ImageSet | None, train_items, directions: torch.Tensor, cfg: CompareConfig, out: Path | None
-) -> tuple[list[Method], list[str]]:
+) -> tuple[list[FixHandle], list[str]]:
     """The original, every configured fix made ready, and the retrained model if given; a fix that
     has nothing to act on (no high-norm outlier for registers) is left out with a note."""
-    methods: list[Method] = [original_method(backbone)]
+    context = FixContext(directions, cfg.rule, cfg.batch_size, train, train_items, out, cfg.overwrite)
+    methods: list[FixHandle] = [original_method(backbone)]
     skipped: list[str] = []
-    for name in cfg.methods:
-        log.info("preparing %s", name)
+    for fix in cfg.fixes:
+        log.info("preparing %s", fix.name)
         try:
-            methods.append(_prepare(name, backbone, train, train_items, directions, cfg, out))
+            methods.append(fix.prepare(backbone, context))
         except NoOutliersError as err:  # a model without high-norm outliers: the other rows still say something
-            skipped.append(f"{name}: not run: {err}")
+            skipped.append(f"{fix.name}: not run: {err}")
             log.warning("%s", skipped[-1])
     if cfg.retrained is not None:
         methods.append(retrained_method(cfg.retrained, cfg.retrained_weights, backbone.device, backbone))
     return methods, skipped
 
 
-def _method_entry(m: Method, results: dict, tasks: dict) -> dict:
+def _method_entry(m: FixHandle, description: str, results: dict, tasks: dict) -> dict:
     """One method's entry of ``compare.json``."""
-    if m.name == "interp":
-        m.details["replaced_tokens"] = m.details.pop("fix").replaced  # counted while measuring
     return {
-        "description": DESCRIPTIONS[m.name],
-        "needs": m.needs,
-        "prepare_seconds": m.seconds,
-        "details": m.details,
+        "description": description,
+        "needs": m.cost.needs(),
+        "prepare_seconds": m.cost.seconds,
+        "details": m.all_details(),
         **results,
         "tasks": tasks,
     }
 
 
-def interp_layer(backbone: Backbone, cfg: CompareConfig) -> int:
-    """The block interpolation hooks: ``cfg.interp_layer``, or the last."""
-    return backbone.depth - 1 if cfg.interp_layer is None else cfg.interp_layer
+def _notes(methods: list[FixHandle], fixes: tuple[Fix, ...]) -> list[str]:
+    """Warnings the page shows above everything else, from each fix about its prepared handle."""
+    by_name = {f.name: f for f in fixes}
+    return [note for m in methods if m.name in by_name for note in by_name[m.name].notes(m)]
 
 
-def _prepare(
-    name: str, backbone: Backbone, train: ImageSet | None, train_items, directions: torch.Tensor, cfg: CompareConfig, out: Path | None
-) -> Method:
-    """The fix ``name`` made ready on ``backbone``: ``train`` (decoded) for the register search,
-    ``train_items`` for SINDER's training run."""
-    if name == "clamp":
-        return clamp_method(backbone, cfg.gamma)
-    if name == "interp":
-        layer = interp_layer(backbone, cfg)
-        return interp_method(backbone, layer, directions[layer], cfg.rule)
-    if name == "registers":
-        search = replace(cfg.registers_search, batch_size=cfg.batch_size)
-        return registers_method(backbone, train, search, cfg.registers_file, out)
-    if cfg.repair_run is not None:
-        return sinder_from_run(backbone, cfg.repair_run)
-    if not train_items:
-        raise ConfigError("sinder: no training images; give --data, or --repair-run DIR to reuse a finished repair")
-    if out is None:
-        raise ConfigError("sinder: training needs an output folder for its run; pass out_dir (or --repair-run DIR)")
-    run_dir = out / "sinder_run"
-    repair_cfg = replace(cfg.repair, overwrite=cfg.overwrite or cfg.repair.overwrite)
-    return sinder_by_training(backbone, train_items, None, repair_cfg, run_dir)
-
-
-def _notes(methods: list[Method]) -> list[str]:
-    """Warnings the page shows above everything else."""
-    notes = []
-    for m in methods:
-        measured = m.details.get("measured_on_search_images") if m.name == "registers" else None
-        if measured and measured["outliers_after"] > m.details["settings"].get("residual", 0.05) * measured["outliers_before"]:
-            notes.append(
-                f"registers: the {len(m.details['neurons'])} register neuron(s) left {measured['outliers_after']} of "
-                f"{measured['outliers_before']} outliers on the search images; this model's outliers may not be written by "
-                "MLP neurons (e.g. by attention), which test-time registers assume"
-            )
-    return notes
-
-
-def _downstream(methods: list[Method], cfg: CompareConfig, resolution: int, layouts: dict) -> dict[str, dict]:
+def _downstream(methods: list[FixHandle], cfg: CompareConfig, resolution: int, layouts: dict) -> dict[str, dict]:
     econf = cfg.evaluate_config(resolution)
     out: dict[str, dict] = {}
     for m in methods:

@@ -9,14 +9,19 @@ Fused layers are clamped as the module they are (timm's qkv as one matrix, as th
 
 from __future__ import annotations
 
+import argparse
+import copy
 import math
+import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..backbones.base import Backbone
 from ..errors import require
+from .base import Cost, Fix, FixContext, FixHandle
 
 
 @dataclass
@@ -56,3 +61,38 @@ def clamp_singular_values(backbone: Backbone, gamma: float) -> ClampResult:
         result.clamped_values += over
         result.per_module[name] = over
     return result
+
+
+@dataclass(frozen=True)
+class ClampFix(Fix):
+    """The σ clamp as a :class:`~sinder.fixes.base.Fix`: a clamped copy of the model."""
+
+    gamma: float = 1.5  # the paper shows 2.0, 1.5, 1.3
+
+    name = "clamp"
+    description = "σ clamp (SINDER appendix B): every block Linear's singular values capped at γ, no data"
+
+    def __post_init__(self) -> None:
+        require(math.isfinite(self.gamma) and self.gamma > 0, f"--gamma must be > 0, got {self.gamma}")
+
+    def prepare(self, backbone: Backbone, context: FixContext) -> FixHandle:
+        start = time.perf_counter()
+        clamped = copy.deepcopy(backbone)
+        result = clamp_singular_values(clamped, self.gamma)
+        details = {
+            "gamma": self.gamma,
+            "clamped_values": result.clamped_values,
+            "layers": result.layers,
+            "largest_sigma": result.largest_sigma,
+        }
+        return FixHandle(self.name, clamped, Cost(edits_weights=True, seconds=time.perf_counter() - start), details)
+
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument(
+            "--gamma", type=float, default=cls.gamma, help=f"σ clamp: cap on every block Linear's singular values (default {cls.gamma:g})"
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, shared: dict[str, Any]) -> ClampFix:
+        return cls(gamma=args.gamma)

@@ -8,7 +8,10 @@ The hook sees tokens, not pixels, so the patch grid is taken as square unless ``
 
 from __future__ import annotations
 
+import argparse
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +19,7 @@ import torch.nn.functional as F
 from ..backbones.base import Backbone
 from ..detect import DefectRule
 from ..errors import ConfigError, require
+from .base import Cost, Fix, FixContext, FixHandle
 
 
 def interpolate_defects(grid: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -80,3 +84,39 @@ class NeighbourInterpolation:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+@dataclass(frozen=True)
+class InterpolationFix(Fix):
+    """Neighbour interpolation as a :class:`~sinder.fixes.base.Fix`: hooks on the original model at
+    block ``layer`` (None: the last, where it measured best on the zoo), along that block's ν."""
+
+    layer: int | None = None
+
+    name = "interp"
+    description = "neighbour interpolation: defect tokens of one block replaced by their clean 3×3 neighbours at inference"
+
+    def check(self, backbone: Backbone) -> None:
+        self.resolve_layer(backbone)
+
+    def resolve_layer(self, backbone: Backbone) -> int:
+        layer = backbone.depth - 1 if self.layer is None else self.layer
+        require(0 <= layer < backbone.depth, f"--interp-layer must be in 0..{backbone.depth - 1}, got {self.layer}")
+        return layer
+
+    def prepare(self, backbone: Backbone, context: FixContext) -> FixHandle:
+        layer = self.resolve_layer(backbone)
+        hook = NeighbourInterpolation(backbone, layer, context.directions[layer], context.rule)
+        return FixHandle(
+            self.name, backbone, Cost(), {"layer": layer}, hooks=lambda: hook, live_details=lambda: {"replaced_tokens": hook.replaced}
+        )
+
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument(
+            "--interp-layer", type=int, help="neighbour interpolation: the block whose output is interpolated (default: the last)"
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, shared: dict[str, Any]) -> InterpolationFix:
+        return cls(layer=args.interp_layer)

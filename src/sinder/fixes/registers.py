@@ -22,12 +22,14 @@ known to hurt (OpenCLIP zero-shot 70.4 → 55.6 in the paper).
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -36,6 +38,7 @@ from ..backbones.base import Backbone
 from ..errors import ConfigError, OutputExistsError, WeightsError, require
 from ..images import ImageSet
 from ..io import write_json
+from .base import Cost, Fix, FixContext, FixHandle
 
 log = logging.getLogger(__name__)
 
@@ -419,3 +422,103 @@ def _choose_top_k(
         if after <= cfg.residual * before:
             return k, after
     return steps[-1], after
+
+
+# -- as a fix -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RegistersFix(Fix):
+    """Test-time registers as a :class:`~sinder.fixes.base.Fix`: register neurons read from
+    ``file`` or searched on the context's training images (with ``search``; its batch size is the
+    context's), applied by hooks on the original model. The search's result is saved as
+    ``registers.json`` in the context's output folder."""
+
+    file: str | None = None
+    search: RegisterSearchConfig = field(default_factory=RegisterSearchConfig)
+
+    name = "registers"
+    description = "test-time registers: register neurons moved into one extra token at inference (no weight edit)"
+
+    @property
+    def needs_training_images(self) -> bool:
+        return self.file is None
+
+    def prepare(self, backbone: Backbone, context: FixContext) -> FixHandle:
+        start = time.perf_counter()
+        if self.file is not None:
+            found, source = RegisterNeurons.load(self.file), str(self.file)
+        else:
+            if context.train is None or not len(context.train):
+                raise ConfigError("registers: no training images to search register neurons on; give --data or --registers FILE")
+            log.info("searching register neurons on %d images", len(context.train))
+            found = find_register_neurons(backbone, context.train, replace(self.search, batch_size=context.batch_size))
+            source = "searched"
+            if context.out is not None:
+                found.save(context.out / "registers.json", overwrite=True)
+                source = str(context.out / "registers.json")
+        mode = self.search.mode
+        details = {
+            "neurons": [list(n) for n in found.neurons],
+            "settings": found.settings,
+            "measured_on_search_images": found.measured,
+            "source": source,
+            "mode": mode,
+        }
+        cost = Cost(images=int(found.settings.get("images", 0)), seconds=time.perf_counter() - start)
+        return FixHandle(self.name, backbone, cost, details, hooks=lambda: NeuronRegisters(backbone, found, mode))
+
+    def notes(self, handle: FixHandle) -> list[str]:
+        measured, d = handle.details.get("measured_on_search_images"), handle.details
+        if not measured or measured["outliers_after"] <= d["settings"].get("residual", 0.05) * measured["outliers_before"]:
+            return []
+        return [
+            f"registers: the {len(d['neurons'])} register neuron(s) left {measured['outliers_after']} of "
+            f"{measured['outliers_before']} outliers on the search images; this model's outliers may not be written by "
+            "MLP neurons (e.g. by attention), which test-time registers assume"
+        ]
+
+    @classmethod
+    def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
+        group.add_argument(
+            "--registers",
+            metavar="FILE",
+            help="apply this registers.json instead of searching register neurons (default: search on --data)",
+        )
+        group.add_argument(
+            "--registers-mode",
+            choices=("move", "zero"),
+            default=RegisterSearchConfig.mode,
+            help="move: into an extra token (the method); zero: only zero them on patch tokens (an ablation) (default move)",
+        )
+        group.add_argument(
+            "--registers-threshold",
+            type=float,
+            metavar="NORM",
+            help="register search: outlier patch-token norm (published for DINOv2-L/14: 150; default: mean + 3 std over --data)",
+        )
+        group.add_argument(
+            "--registers-layer-limit",
+            type=int,
+            metavar="N",
+            help="register search: score the MLP units of blocks 0..N (published for DINOv2-L/14: 17; default: where the outliers appear)",
+        )
+        group.add_argument(
+            "--registers-top-k",
+            type=int,
+            metavar="K",
+            help="register search: keep K neurons (published for DINOv2-L/14: 50; default: grow 1, 2, 4, ... until the outliers are gone)",
+        )
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, shared: dict[str, Any]) -> RegistersFix:
+        try:
+            search = RegisterSearchConfig(
+                threshold=args.registers_threshold,
+                layer_limit=args.registers_layer_limit,
+                top_k=args.registers_top_k,
+                mode=args.registers_mode,
+            )
+        except ConfigError as err:
+            raise ConfigError(f"--registers-{str(err).replace('_', '-', 1)}") from None  # top_k -> --registers-top-k
+        return cls(file=args.registers, search=search)
