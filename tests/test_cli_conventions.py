@@ -107,6 +107,8 @@ def test_every_option_has_help_and_shows_its_default():
         if not help_text.strip():
             bad.append(f"{label}: no help")
         d = action.default
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            continue  # a flag: --x turns on what is off, --no-x turns off what is on
         if d is None or d is False or d is argparse.SUPPRESS or (isinstance(d, (list, tuple)) and not d):
             continue  # nothing to show: the option is off or unset unless given
         if "default" not in help_text or _shown(d) not in help_text:
@@ -261,7 +263,7 @@ def test_no_progress_is_an_option_of_every_command_with_a_bar():
         ["compare", "m", "--eval", "x", "--out", "o"],
     )
     for argv in commands:
-        assert parser.parse_args([*argv, "--no-progress"]).no_progress
+        assert parser.parse_args([*argv, "--no-progress"]).progress is False
         assert parser.parse_args(["-q", *argv]).quiet and parser.parse_args([*argv, "-q"]).quiet
 
 

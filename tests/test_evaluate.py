@@ -323,7 +323,7 @@ def test_intrinsic_on_planted_high_norm_tokens(tmp_path):
 
 
 def test_config_is_validated():
-    with pytest.raises(ConfigError, match="batch_size"):
+    with pytest.raises(ConfigError, match="--batch-size must be >= 1"):
         EvaluateConfig(batch_size=0)
     with pytest.raises(ConfigError, match="device"):
         EvaluateConfig(device="tpu")

@@ -480,7 +480,7 @@ def test_bias_reaches_lost_from_the_config_and_the_cli(tmp_path, planted, monkey
     voc = make_voc(tmp_path / "voc")
     evaluate_with_info(planted, "lost", voc, EvaluateConfig(**FAST, lost_gram_bias=-7.5))
     assert seen == [-7.5] * len(VOC_IDS)
-    with pytest.raises(ConfigError, match="lost_gram_bias must be a finite number"):
+    with pytest.raises(ConfigError, match="--lost-gram-bias must be a number, got nan"):
         EvaluateConfig(lost_gram_bias=float("nan"))
 
     configs = []

@@ -33,7 +33,7 @@ def test_analyze_and_repair_give_the_same_numbers_for_the_same_photos(tmp_path):
     assert all(phases[k] > 0 for k in ("directions", "analysis_before", "start_up", "training", "held_out_metrics", "analysis_after"))
     assert 0.7 * wall <= phases["total"] <= wall
     before, after = result.summary["metrics"]["before"], result.summary["metrics"]["after"]
-    standalone = analyze(load_backbone("planted:small"), eval_photos, AnalyzeConfig(figures=False), progress=False).summary["layers"][-1]
+    standalone = analyze(load_backbone("planted:small"), eval_photos, AnalyzeConfig(figures=False, progress=False)).summary["layers"][-1]
     run_before = json.loads((tmp_path / "run" / "analysis_before" / "analysis.json").read_text())["layers"][-1]
     run_after = json.loads((tmp_path / "run" / "analysis_after" / "analysis.json").read_text())["layers"][-1]
     for key in COMPARED:
@@ -45,13 +45,13 @@ def test_analyze_and_repair_give_the_same_numbers_for_the_same_photos(tmp_path):
 
 
 def test_ground_truth_scores_only_from_the_ignition_block_and_only_for_planted_models(planted):
-    layers = analyze(planted, bundled_photos(BUNDLED_EVAL[:2]), AnalyzeConfig(figures=False), progress=False).summary["layers"]
+    layers = analyze(planted, bundled_photos(BUNDLED_EVAL[:2]), AnalyzeConfig(figures=False, progress=False)).summary["layers"]
     start = planted.ground_truth.ignition_layer
     assert all(layer["truth_recall"] is None for layer in layers[:start])
     assert all(layer["truth_recall"] is not None for layer in layers[start:])
     assert layers[-1]["truth_recall"] >= 0.95 and layers[-1]["truth_precision"] >= 0.95
     plain = load_backbone("timm:vit_small_patch16_224", random_init=True)
-    last = analyze(plain, bundled_photos(BUNDLED_EVAL[:1]), AnalyzeConfig(figures=False), progress=False).summary["layers"][-1]
+    last = analyze(plain, bundled_photos(BUNDLED_EVAL[:1]), AnalyzeConfig(figures=False, progress=False)).summary["layers"][-1]
     assert last["truth_recall"] is None and last["truth_precision"] is None
 
 

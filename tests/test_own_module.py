@@ -30,7 +30,7 @@ def test_a_fixed_size_timm_module_is_analysed_at_another_size_and_repaired_in_pl
     model = planted_in_a_plain_timm_model()
     keys, cls = list(model.state_dict()), type(model)
     # 280 px: a 20×20 grid where the model was built for 16×16 (timm alone refuses that input)
-    summary = analyze(model, bundled_photos(BUNDLED_EVAL[:2]), AnalyzeConfig(resolution=280, figures=False), progress=False).summary
+    summary = analyze(model, bundled_photos(BUNDLED_EVAL[:2]), AnalyzeConfig(resolution=280, figures=False, progress=False)).summary
     assert summary["verdict"]["has_defects"] and summary["images"][0]["grid"] == [20, 20]
     with pytest.raises(AssertionError):  # the module itself is still the fixed-size model the user built
         model.forward_features(torch.zeros(1, 3, 280, 280))
@@ -47,7 +47,7 @@ def test_a_fixed_size_timm_module_is_analysed_at_another_size_and_repaired_in_pl
     assert result.summary["metrics"]["features"]["non_defect_cosine"] > 0.999
     assert (tmp_path / "run" / "weights" / "model.safetensors").is_file()  # exported as timm and re-loaded
     # the edited module is the repaired one: a fresh analysis of it finds no defects
-    again = analyze(model, bundled_photos(BUNDLED_EVAL[:2]), AnalyzeConfig(figures=False), progress=False).summary
+    again = analyze(model, bundled_photos(BUNDLED_EVAL[:2]), AnalyzeConfig(figures=False, progress=False)).summary
     assert again["layers"][-1]["energy_along_direction"] < 0.01
 
 
@@ -56,7 +56,7 @@ def test_a_transformers_module_goes_through_analyze_repair_and_evaluate(kind, tm
     model = tower_model(kind, image_size=112)
     keys, cls = list(model.state_dict()), type(model)
     photos = bundled_photos(BUNDLED_TRAIN[:3])
-    summary = analyze(model, photos, AnalyzeConfig(figures=False), progress=False).summary
+    summary = analyze(model, photos, AnalyzeConfig(figures=False, progress=False)).summary
     assert len(summary["layers"]) == 2 and summary["num_prefix_tokens"] == (1 if kind == "clip" else 0)
     result = repair(
         model, photos, RepairConfig(max_steps=2, progress=False), eval_images=bundled_photos(BUNDLED_EVAL[:2]), out_dir=tmp_path / "run"

@@ -19,8 +19,8 @@ PHOTOS = BUNDLED_TRAIN[:4] + BUNDLED_EVAL[:4]
 def result(planted, planted_directions):
     # high_norm_factor 5: the "norm ≥ 5× the median" tokens; the default square crops keep
     # the native 16×16 grid (other grids resample the positional embedding and smear the markers).
-    cfg = AnalyzeConfig(rule=DefectRule(high_norm_factor=5.0), figures=False)
-    return analyze(planted, bundled_photos(PHOTOS), cfg, directions=planted_directions, progress=False)
+    cfg = AnalyzeConfig(rule=DefectRule(high_norm_factor=5.0), figures=False, progress=False)
+    return analyze(planted, bundled_photos(PHOTOS), cfg, directions=planted_directions)
 
 
 @pytest.mark.slow

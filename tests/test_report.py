@@ -89,15 +89,15 @@ def run_dir(tmp_path_factory, planted):
     with the positional marker that ignites the defects removed (a stand-in for a repaired model)."""
     run = tmp_path_factory.mktemp("report") / "run"
     write_fake_run_files(run)
-    cfg = AnalyzeConfig(figures=False)
+    cfg = AnalyzeConfig(figures=False, progress=False)
     directions = torch.stack([planted.ground_truth.u] * planted.depth)  # the planted defect direction
-    analyze(planted, bundled_photos(PHOTOS), cfg, directions=directions, out_dir=run / "analysis_before", progress=False)
+    analyze(planted, bundled_photos(PHOTOS), cfg, directions=directions, out_dir=run / "analysis_before")
     fixed = copy.deepcopy(planted)
     m = fixed.ground_truth.m
     with torch.no_grad():
         pos = fixed.model.pos_embed
         pos -= (pos @ m)[..., None] * m
-    analyze(fixed, bundled_photos(PHOTOS), cfg, directions=directions, out_dir=run / "analysis_after", progress=False)
+    analyze(fixed, bundled_photos(PHOTOS), cfg, directions=directions, out_dir=run / "analysis_after")
     return run
 
 

@@ -26,8 +26,8 @@ VERDICT_KEYS = {"has_defects", "onset_layer", "defect_rate", "max_over_median", 
 
 def run_analysis(backbone, photos=PHOTOS, resolution=None):
     directions, values = compute_directions(backbone, "exact")
-    cfg = AnalyzeConfig(figures=False, resolution=resolution)
-    result = analyze(backbone, bundled_photos(photos), cfg, directions=directions, singular_values=values, progress=False)
+    cfg = AnalyzeConfig(figures=False, resolution=resolution, progress=False)
+    result = analyze(backbone, bundled_photos(photos), cfg, directions=directions, singular_values=values)
     return result.summary, directions
 
 

@@ -14,19 +14,18 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .backbones import Backbone, as_backbone
-from .detect import DefectRule, LayerDetection, abs_cosine, mean_direction
-from .errors import ConfigError, ImageError
-from .images import MAX_RESOLUTION, MIN_GRID, MIN_RESOLUTION, ImageItem, ImageSet, denormalise, pca_rgb
+from .detect import LayerDetection, abs_cosine, mean_direction
+from .errors import ImageError
+from .images import ImageItem, ImageSet, check_grid, denormalise, pca_rgb
 from .measure import CROP, ModelStats, tokens_of, truth_mask
+from .options import FLAG, Directions, Overwrite, RunOptions, Seeded, integer, one_of, option, place, validate
 from .runfolder import AnalysisFolder, AnalysisResult, ImageMaps
-from .runtime import resolve_device
 from .units import percent, plural
 from .verdict import compute_verdict, gate_warning
 
@@ -34,42 +33,24 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class AnalyzeConfig:
-    """Hyper-parameters of ``sinder analyze`` (validated on construction)."""
+class AnalyzeConfig(RunOptions, Seeded, Directions, Overwrite):
+    """Hyper-parameters of ``sinder analyze`` (validated on construction): the shared run options
+    (:mod:`sinder.options`) and its own."""
 
-    resolution: int | None = None  # crop side in px (short side with crop="aspect"); None = the model's native size
-    crop: Literal["square", "aspect"] = CROP  # square: the numbers repair, compare and evaluate give for the same photos
-    directions: Literal["exact", "montecarlo"] = "exact"
-    rule: DefectRule = field(default_factory=DefectRule)
-    batch_size: int = 8
-    device: str = "auto"
-    figures: bool = True
-    max_distribution_samples: int = 20_000
-    seed: int = 0
+    crop: str = option(
+        CROP,
+        check=one_of("square", "aspect"),
+        help="square: a centre crop, the crop repair, compare and evaluate measure, so the numbers agree; "
+        "aspect: keep the aspect ratio (the whole photo)",
+    )
+    figures: bool = option(True, check=FLAG, help="skip the matplotlib figures")
+    max_distribution_samples: int = option(20_000, check=integer(1), help="token samples per layer kept for the violin plots")
 
     def __post_init__(self) -> None:
-        if self.resolution is not None and not MIN_RESOLUTION <= self.resolution <= MAX_RESOLUTION:
-            raise ConfigError(f"--resolution must be between {MIN_RESOLUTION} and {MAX_RESOLUTION} px, got {self.resolution}")
-        if self.crop not in ("square", "aspect"):
-            raise ConfigError(f"--crop must be square or aspect, got {self.crop!r}")
-        if self.directions not in ("exact", "montecarlo"):
-            raise ConfigError(f"--directions must be exact or montecarlo, got {self.directions!r}")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not isinstance(self.rule, DefectRule):
-            raise ConfigError(f"rule must be a DefectRule, got {type(self.rule).__name__}")
+        validate(self)
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def check_resolution(resolution: int, patch_size: int, flag: str = "--resolution") -> None:
-    """Refuse a resolution whose grid is too small for the per-image defect rule (< MIN_GRID patches per side)."""
-    if resolution // patch_size < MIN_GRID:
-        raise ConfigError(
-            f"{flag} must be between {MIN_GRID * patch_size} and {MAX_RESOLUTION} px for {patch_size} px patches "
-            f"(at least {MIN_GRID} per side) (got {resolution})"
-        )
 
 
 class Distributions:
@@ -175,8 +156,6 @@ def analyze(
     directions: torch.Tensor | None = None,
     singular_values: torch.Tensor | None = None,
     out_dir: str | Path | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
 ) -> AnalysisResult:
     """Analyse ``backbone`` on ``inputs`` (image files, folders, PIL or bundled images); optionally write ``out_dir``.
 
@@ -184,11 +163,12 @@ def analyze(
     backbone = as_backbone(backbone)  # the user's own timm / transformers module is wrapped in place
     folder = AnalysisFolder(out_dir) if out_dir is not None else None
     if folder is not None:
-        folder.check(overwrite)  # refuse before any work; created once there is a result
-    device = resolve_device(config.device)
+        folder.check(config.overwrite)  # refuse before any work; created once there is a result
+    place(backbone, config.device)
+    device = backbone.device
     resolution = config.resolution or backbone.image_size
-    check_resolution(resolution, backbone.patch_size)
-    backbone.model.to(device).eval()
+    check_grid(resolution, backbone.patch_size)
+    backbone.model.eval()
     if directions is None:
         directions, singular_values = compute_directions(backbone, config.directions)
     directions = directions.float().to(device)
@@ -205,13 +185,13 @@ def analyze(
         Distributions(backbone.depth, config.max_distribution_samples, config.seed),
         F.normalize(torch.randn(backbone.embed_dim, generator=gen), dim=0).to(device),
     )
-    for idxs, pixels in images.batches(config.batch_size, progress=progress, desc="analyze"):
+    for idxs, pixels in images.batches(config.batch_size, progress=config.progress, desc="analyze"):
         _analyse_batch(backbone, pixels.to(device), idxs, run)
     result = _result(backbone, run, directions, singular_values, resolution, config)
     if folder is not None:
         from .report.plots import write_analysis_figures
 
-        folder.write(result, overwrite, figures=write_analysis_figures if config.figures else None)
+        folder.write(result, config.overwrite, figures=write_analysis_figures if config.figures else None)
     return result
 
 
@@ -230,28 +210,28 @@ def _analyse_batch(backbone: Backbone, pixels: torch.Tensor, idxs: list[int], ru
                 prev = outs[i - 1] if i > 0 else backbone.embed(pixels)[0]
                 attn = backbone.cls_attention(i, prev, ctx).mean(dim=1).reshape(len(idxs), *ctx.grid)
             for b, k in enumerate(idxs):
-                _keep_image(backbone, run, k, pixels[b], grid[b], found, b, None if attn is None else attn[b])
+                _keep_image(backbone, run, k, pixels[b], grid[b], found.image(b), None if attn is None else attn[b])
 
 
-def _keep_image(backbone, run: _Run, k: int, pixels, grid, found, b: int, attn) -> None:
-    """Keep image ``k`` (``b`` in its batch): its maps for the figures and its line in ``images``."""
+def _keep_image(backbone, run: _Run, k: int, pixels, grid, found: LayerDetection, attn) -> None:
+    """Keep image ``k`` (``found``: its detection alone): its maps for the figures and its line in ``images``."""
     name = run.images.names[k]
-    norms = found.norms[b]
+    norms = found.norms
     run.maps[k] = ImageMaps(
         name=name,
         input_rgb=denormalise(pixels, backbone.mean, backbone.std),
         pca_rgb=pca_rgb(grid),
         norms=norms.cpu().numpy(),
-        abs_cos=found.scores[b].cpu().numpy(),
-        defects=found.defects[b].cpu().numpy(),
+        abs_cos=found.scores.cpu().numpy(),
+        defects=found.defects.cpu().numpy(),
         cls_attention=None if attn is None else attn.float().cpu().numpy(),
     )
     run.meta[k] = {
         "path": name,
         "grid": list(grid.shape[:2]),
-        "defects_last_layer": int(found.defects[b].sum()),
-        "high_norm_last_layer": int(found.high[b].sum()),
-        "gate_rejected_last_layer": int(found.gate_rejected[b].sum()),
+        "defects_last_layer": int(found.defects.sum()),
+        "high_norm_last_layer": int(found.high.sum()),
+        "gate_rejected_last_layer": int(found.gate_rejected.sum()),
         "max_over_median_last_layer": float(norms.max() / norms.median().clamp_min(1e-12)),
     }
 

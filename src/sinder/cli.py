@@ -90,8 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose and args.quiet:
         parser.error("-v/--verbose and -q/--quiet contradict each other; pass one")
     configure_logging(args.verbose, args.quiet)
-    if args.quiet and hasattr(args, "no_progress"):
-        args.no_progress = True  # each command hands this to its own bars: no global switch
+    if args.quiet and hasattr(args, "progress"):
+        args.progress = False  # each command hands this to its own bars: no global switch
     try:
         from .commands.common import check_common_options
 

@@ -215,6 +215,10 @@ class LayerDetection:
     high: torch.Tensor
     gate_rejected: torch.Tensor  # passed the |cos| rule, failed the norm gate
 
+    def image(self, b: int) -> LayerDetection:
+        """Image ``b`` alone ((H, W) each)."""
+        return LayerDetection(self.scores[b], self.norms[b], self.defects[b], self.high[b], self.gate_rejected[b])
+
 
 def detect_layer(rule: DefectRule, grid: torch.Tensor, direction: torch.Tensor | None) -> LayerDetection:
     """The rule applied to patch tokens (B, H, W, D); without a direction only norms are judged."""

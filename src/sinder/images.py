@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ConfigError, ImageError
 
 # the resolutions sinder measures at, and the fewest patches per side: fewer than 9 tokens leave
 # nothing for the per-image mean + k·std rule to stand out from
@@ -475,3 +475,13 @@ def pca_rgb(tokens: torch.Tensor) -> np.ndarray:
 def denormalise(pixels: torch.Tensor, mean, std) -> np.ndarray:
     img = pixels.float().cpu() * torch.tensor(std)[:, None, None] + torch.tensor(mean)[:, None, None]
     return (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+
+
+def check_grid(resolution: int, patch_size: int, flag: str = "--resolution") -> None:
+    """Refuse a resolution whose grid is too small for the per-image defect rule (< MIN_GRID
+    patches per side); the range itself is checked with the options (:mod:`sinder.options`)."""
+    if resolution // patch_size < MIN_GRID:
+        raise ConfigError(
+            f"{flag} must be between {MIN_GRID * patch_size} and {MAX_RESOLUTION} px for {patch_size} px patches "
+            f"(at least {MIN_GRID} per side) (got {resolution})"
+        )

@@ -8,7 +8,7 @@ import logging
 
 from ..backbones import Backbone, load_backbone
 from ..errors import ConfigError
-from ..images import MAX_RESOLUTION, MIN_GRID, MIN_RESOLUTION
+from ..options import RunOptions, add_option
 from ..runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="model spec: " + ", ".join(f.spec_help for f in families()))
     p.add_argument("--weights", help="checkpoint file (.safetensors, or a .pth state dict read with weights_only=True)")
     p.add_argument("--random-init", action="store_true", help="use untrained weights (for testing only)")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: auto)")
+    add_option(p, RunOptions, "device")
 
 
 def load_model_from_args(args: argparse.Namespace) -> Backbone:
@@ -28,32 +28,14 @@ def load_model_from_args(args: argparse.Namespace) -> Backbone:
     return load_backbone(args.model, args.weights, random_init=args.random_init, device=resolve_device(args.device))
 
 
-def resolution_message(value: int, patch_size: int | None = None) -> str:
-    """The one wording of a bad --resolution, whatever the value or the stage that finds it
-    (before the model is loaded its patch size is unknown, so the floor is the absolute one)."""
-    if patch_size is None:
-        return f"--resolution must be between {MIN_RESOLUTION} and {MAX_RESOLUTION} px (got {value})"
-    low = MIN_GRID * patch_size
-    return f"--resolution must be between {low} and {MAX_RESOLUTION} px for {patch_size} px patches (at least {MIN_GRID} per side) (got {value})"
-
-
 def check_common_options(args: argparse.Namespace) -> None:
-    """Options every command checks the same way, before any model is loaded (--resolution is the
-    short side for analyze and the crop side for repair and evaluate: one range for all)."""
-    value = getattr(args, "resolution", None)
-    if value is not None and not MIN_RESOLUTION <= value <= MAX_RESOLUTION:
-        raise ConfigError(resolution_message(value))
+    """Options every command checks the same way, before any model is loaded (the values of the
+    declared options are checked when each command builds its config)."""
     if getattr(args, "weights", None) and getattr(args, "random_init", False):
         raise ConfigError("--weights and --random-init contradict each other (trained weights from a file, or untrained ones); pass one")
     device = getattr(args, "device", None)
     if device is not None:
         resolve_device(device)  # --device cuda without CUDA: refused before the model is loaded
-
-
-def check_resolution_fits(resolution: int, backbone: Backbone) -> None:
-    """Once the patch size is known: enough patches per side for analysis and repair."""
-    if resolution < MIN_GRID * backbone.patch_size:
-        raise ConfigError(resolution_message(resolution, backbone.patch_size))
 
 
 TRAINING_COMMANDS = ("repair", "compare")  # the commands whose --skip-less-than decides what repair trains on

@@ -10,8 +10,9 @@ from ..compare import CompareConfig, check_compare_output, check_tasks, compare,
 from ..errors import ConfigError, SinderError
 from ..evaluate import EvaluateConfig
 from ..fixes import FIXES
-from ..images import check_decodable, list_images
-from .common import add_model_arguments, add_rule_arguments, check_resolution_fits, load_model_from_args, rule_from_args
+from ..images import check_decodable, check_grid, list_images
+from ..options import add_option, options_from_args
+from .common import add_model_arguments, add_rule_arguments, load_model_from_args, rule_from_args
 from .evaluate import add_task_arguments, task_options
 
 log = logging.getLogger(__name__)
@@ -68,14 +69,11 @@ def _measure_arguments(p: argparse.ArgumentParser, d: CompareConfig) -> None:
         "or lost=VOCdevkit/ (repeatable; default: none); the task options below apply",
     )
     add_task_arguments(p)
-    p.add_argument("--resolution", type=int, default=None, help="square crop side in px, 16 to 4096 (default: the model's native size)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per forward pass (default {d.batch_size})")
-    p.add_argument("--max-maps", type=int, default=d.max_maps, help=f"evaluation images shown as side-by-side maps (default {d.max_maps})")
+    for name in ("resolution", "batch_size", "max_maps"):
+        add_option(p, CompareConfig, name)
     add_rule_arguments(p)
-    p.add_argument(
-        "--no-progress", action="store_true", help="hide the progress bars (they are only drawn on a terminal anyway; -q hides them too)"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --out")
+    for name in ("progress", "overwrite"):
+        add_option(p, CompareConfig, name)
 
 
 def parse_tasks(items: list[str]) -> tuple[tuple[str, str], ...]:
@@ -94,19 +92,15 @@ def compare_config(args: argparse.Namespace) -> CompareConfig:
     if unknown:
         raise ConfigError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(FIXES)}")
     rule = rule_from_args(args)
-    shared = {"rule": rule, "progress": not args.no_progress, "overwrite": args.overwrite}
+    shared = {"rule": rule, "progress": args.progress, "overwrite": args.overwrite}
     return CompareConfig(
+        **options_from_args(CompareConfig, args),
         fixes=tuple(FIXES[name].from_args(args, shared) for name in methods),
-        resolution=args.resolution,
-        batch_size=args.batch_size,
-        max_maps=args.max_maps,
         retrained=args.retrained,
         retrained_weights=args.retrained_weights,
         tasks=parse_tasks(args.task),
         task_options=EvaluateConfig(**task_options(args)),
         rule=rule,
-        progress=not args.no_progress,
-        overwrite=args.overwrite,
     )
 
 
@@ -134,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     evaluation = _images(args.eval, "--eval")
     layouts = check_tasks(config)  # every dataset check that needs no model, before the model loads
     backbone = load_model_from_args(args)
-    check_resolution_fits(config.resolution or backbone.image_size, backbone)
+    check_grid(config.resolution or backbone.image_size, backbone.patch_size)
     report = compare(backbone, train, evaluation, config, args.out, layouts=layouts)
     print(format_table(report))
     print(f"outputs in {args.out}")

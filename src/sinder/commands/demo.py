@@ -14,6 +14,7 @@ from ..backbones import load_backbone
 from ..errors import Interrupted
 from ..images import BUNDLED_EVAL, BUNDLED_TRAIN, bundled_photos
 from ..interrupt import Terminated
+from ..options import Overwrite, RunOptions, add_option
 from ..runfolder import RunFolder
 from ..runtime import resolve_device
 from ..units import percent, plural
@@ -25,9 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     p.add_argument("--model", default="planted:small", help="model spec (default: planted:small)")
     p.add_argument("--max-steps", type=int, default=300, help="repair step budget (default 300)")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda (default: auto)")
-    p.add_argument("--no-progress", action="store_true", help="hide the repair progress bar (it is only drawn on a terminal anyway)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing demo folder")
+    for name in ("device", "progress"):
+        add_option(p, RunOptions, name)
+    add_option(p, Overwrite, "overwrite")
 
 
 def residual_lines(residual: list[dict] | None) -> list[str]:
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = RunFolder(args.out)
     start = time.perf_counter()
-    config = RepairConfig(max_steps=args.max_steps, device=args.device, overwrite=args.overwrite, progress=not args.no_progress)
+    config = RepairConfig(max_steps=args.max_steps, device=args.device, overwrite=args.overwrite, progress=args.progress)
     out.check(resume=False, overwrite=args.overwrite, resumable=False)  # refuse an unusable --out before any work
     log.info("loading %s", args.model)
     backbone = load_backbone(args.model, device=resolve_device(args.device))

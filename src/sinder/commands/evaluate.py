@@ -8,13 +8,12 @@ from pathlib import Path
 from ..errors import ConfigError, OutputExistsError
 from ..evaluate import TASKS, EvaluateConfig, evaluate_models, format_table, write_metrics
 from ..evaluate.run import METRICS_FILE
-from .common import add_rule_arguments, rule_from_args
+from ..options import Overwrite, add_option, options_from_args
+from .common import add_model_arguments, add_rule_arguments, rule_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", metavar="MODEL", help="model spec, e.g. timm:vit_small_patch14_dinov2 or planted:small")
-    parser.add_argument("--weights", metavar="FILE", help="checkpoint for MODEL (.safetensors or .pth state dict)")
-    parser.add_argument("--random-init", action="store_true", help="use untrained weights when no checkpoint is given")
+    add_model_arguments(parser)
     parser.add_argument("--task", required=True, choices=TASKS, help="evaluation task")
     parser.add_argument(
         "--data",
@@ -33,14 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="one checkpoint per --compare model, in order ('-' for none)",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help=f"output folder for {METRICS_FILE}")
-    parser.add_argument("--resolution", type=int, help="input side in pixels (default: the model's native size)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default auto)")
+    for name in ("resolution", "batch_size", "amp"):
+        add_option(parser, EvaluateConfig, name)
     add_task_arguments(parser)
-    parser.add_argument(
-        "--no-progress", action="store_true", help="hide the progress bars (they are only drawn on a terminal anyway; -q hides them too)"
-    )
-    parser.add_argument("--overwrite", action="store_true", help=f"replace an existing {METRICS_FILE}")
+    add_option(parser, EvaluateConfig, "progress")
+    add_option(parser, Overwrite, "overwrite")
     add_rule_arguments(parser)  # the intrinsic task's defect rule
 
 
@@ -53,14 +49,7 @@ def add_task_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="K",
         help=f"knn: neighbour counts, each at most the number of train images (default {' '.join(map(str, EvaluateConfig().knn_ks))})",
     )
-    parser.add_argument(
-        "--lost-gram-bias",
-        type=float,
-        default=0.0,
-        metavar="B",
-        help="lost: constant added to the key Gram matrix before LOST's sign tests, as the registers paper did "
-        "for DINOv2 (no published value; default 0 = LOST as published)",
-    )
+    add_option(parser, EvaluateConfig, "lost_gram_bias", metavar="B")
 
 
 def task_options(args: argparse.Namespace) -> dict:
@@ -75,15 +64,7 @@ def run(args: argparse.Namespace) -> int:
             "give one per model ('-' for none)"
         )
     compare_weights = [None if w == "-" else w for w in args.compare_weights] or [None] * len(args.compare)
-    config = EvaluateConfig(
-        **task_options(args),
-        resolution=args.resolution,
-        batch_size=args.batch_size,
-        device=args.device,
-        random_init=args.random_init,
-        rule=rule_from_args(args),
-        progress=not args.no_progress,
-    )
+    config = EvaluateConfig(**(options_from_args(EvaluateConfig, args) | task_options(args)), rule=rule_from_args(args))
     out = Path(args.out)
     write_metrics_check(out, args.overwrite)
     models = [(args.model, args.weights), *zip(args.compare, compare_weights)]

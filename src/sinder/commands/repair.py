@@ -6,6 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..options import add_option
 from ..repair.config import RepairConfig
 from ..runfolder import RunFolder
 from ..units import is_rate, percent
@@ -34,59 +35,21 @@ def _data_arguments(g, d: RepairConfig) -> None:
     g.add_argument("--out", required=True, help="output folder: config.json, log.jsonl, summary.json, checkpoints, weights/")
 
 
+def _options(g, names: str, **kwargs) -> None:
+    for name in names.split():
+        add_option(g, RepairConfig, name, **kwargs)
+
+
 def _training_arguments(p: argparse.ArgumentParser, g, d: RepairConfig) -> None:
-    g.add_argument("--impl", choices=("fast", "reference"), default=d.impl, help=f"fast, or the literal reference loop (default {d.impl})")
-    g.add_argument("--max-steps", type=int, default=d.max_steps, help=f"iterations (one batch per rank each; default {d.max_steps})")
-    g.add_argument(
-        "--batch-size",
-        type=int,
-        default=d.batch_size,
-        help=f"images per iteration and rank (fast only; default {d.batch_size}, as the reference)",
-    )
-    g.add_argument("--resolution", type=int, default=None, help="square crop side in px, 16 to 4096 (default: the model's native size)")
-    g.add_argument("--lr", type=float, default=d.lr, help=f"SGD learning rate for the singular-value corrections (default {d.lr})")
-    g.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD momentum (default {d.momentum})")
+    _options(g, "impl max_steps batch_size resolution lr momentum")
     add_rule_arguments(p, d.rule, faithful=RepairConfig.faithful().rule)
-    g.add_argument("--kernel", type=int, choices=(3, 5), default=d.kernel, help=f"neighbourhood window (default {d.kernel})")
-    g.add_argument(
-        "--limit-layers", type=int, default=d.limit_layers, help=f"blocks ending at the defect layer that learn (default {d.limit_layers})"
-    )
+    _options(g, "kernel limit_layers")
 
 
 def _stop_arguments(g, d: RepairConfig) -> None:
-    g.add_argument("--window", type=int, default=d.window, help=f"recent images the skip ratio is taken over (default {d.window})")
-    g.add_argument(
-        "--stop-skip-ratio",
-        type=float,
-        default=d.stop_skip_ratio,
-        help=f"stop when this fraction of recent images has no defect (default {d.stop_skip_ratio:g})",
-    )
-    g.add_argument(
-        "--order",
-        choices=("shuffle", "sequential"),
-        help=f"image order: reshuffled every epoch, or walked in order as the reference does (default {d.order}; --faithful: sequential)",
-    )
-    g.add_argument(
-        "--plateau-every",
-        type=int,
-        default=d.plateau_every,
-        help=f"steps between checks of the held-out residual (default {d.plateau_every})",
-    )
-    g.add_argument(
-        "--plateau-patience",
-        type=int,
-        help=f"stop after this many checks without a relative improvement of {d.plateau_min_delta:g} in the held-out residual (0: never; default {d.plateau_patience}; --faithful: 0)",
-    )
-    g.add_argument(
-        "--weak-defects",
-        type=float,
-        help=f"a layer also qualifies when this share of its tokens (at least 3) are |cos| outliers that the norm gate rejects: weakened defects, pulled to the end (0: off; default {d.weak_defects}; --faithful: 0)",
-    )
-    g.add_argument(
-        "--no-onset",
-        action="store_true",
-        help="also train before the first layer where the rule finds a defect in the original model (--faithful does)",
-    )
+    _options(g, "window stop_skip_ratio plateau_every")
+    # unset, these take the base config's value: the reference's with --faithful, sinder's otherwise
+    _options(g, "order plateau_patience weak_defects from_onset", default=None)
     g.add_argument(
         "--faithful",
         action="store_true",
@@ -102,53 +65,15 @@ def _run_arguments(g, d: RepairConfig) -> None:
         default=[],
         help="also checkpoint when the skip ratio first reaches each value (0-1, or percent as in the reference; default: none)",
     )
-    g.add_argument(
-        "--checkpoint-every", type=int, default=d.checkpoint_every, help=f"steps between checkpoints (default {d.checkpoint_every})"
-    )
-    g.add_argument(
-        "--gram-weight",
-        type=float,
-        default=d.gram_weight,
-        help=f"Gram anchoring to the original model's non-defect tokens (0: off; default {d.gram_weight:g})",
-    )
-    g.add_argument(
-        "--num-train-max",
-        type=int,
-        default=d.num_train_max,
-        help=f"subsample the training images to at most N, fixed stride (default {d.num_train_max})",
-    )
-    g.add_argument("--num-eval", type=int, default=d.num_eval_max, help=f"at most N held-out images (0: none; default {d.num_eval_max})")
-    g.add_argument(
-        "--directions",
-        choices=("exact", "montecarlo"),
-        default=d.directions,
-        help=f"how the defect directions are predicted: exact (closed form) or the reference's Monte-Carlo least squares (default {d.directions})",
-    )
-    g.add_argument("--seed", type=int, default=d.seed, help=f"seed of the training image order (default {d.seed})")
-    g.add_argument("--compile", action="store_true", help="torch.compile the block calls (fast path)")
-    g.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
-    g.add_argument(
-        "--no-progress", action="store_true", help="hide the progress bar (it is only drawn on a terminal anyway; -q hides it too)"
-    )
-    g.add_argument("--no-analysis", action="store_true", help="skip analysis_before/ and analysis_after/ (maps for sinder report)")
-    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    g.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
+    _options(g, "checkpoint_every gram_weight num_train_max num_eval_max directions seed compile amp")
+    g.add_argument("--no-amp", dest="amp", action="store_const", const="off", help=argparse.SUPPRESS)  # before --amp off
+    _options(g, "progress analysis resume overwrite")
 
 
 def repair_config(args: argparse.Namespace) -> RepairConfig:
     base = RepairConfig.faithful() if args.faithful else RepairConfig()
     save_at = tuple(v / 100 if v > 1 else v for v in args.save_at_skip)  # percent, as the reference takes it
-    return config_from_args(
-        base,
-        args,
-        rule=rule_from_args(args, base.rule),
-        save_at_skip=save_at,
-        num_eval_max=args.num_eval,
-        amp="off" if args.no_amp else "auto",
-        progress=not args.no_progress,
-        analysis=not args.no_analysis,
-        **({"from_onset": False} if args.no_onset else {}),
-    )
+    return config_from_args(base, args, rule=rule_from_args(args, base.rule), save_at_skip=save_at)
 
 
 def _fmt(v) -> str:
@@ -233,7 +158,7 @@ def _run(args: argparse.Namespace, config: RepairConfig, out: Path) -> int:
         backbone = load_backbone(
             args.model, args.weights, random_init=args.random_init, device=resolve_device(rank_device(dist, args.device))
         )
-        result = repair(backbone, args.data, config, args.eval_data, out_dir=out, dist=dist)
+        result = repair(backbone, args.data, config, args.eval_data, out_dir=out)
         if dist.is_main:
             print(format_summary(result.summary))
             print(f"outputs in {out}")

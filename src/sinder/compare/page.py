@@ -3,8 +3,6 @@ self-contained like the report (inline styles, images as data URIs, no network).
 
 from __future__ import annotations
 
-import datetime as _dt
-
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -194,7 +192,4 @@ def build_page(report: dict, maps: dict, dpi: int = 70) -> str:
         "maps": "<h2>Maps</h2>" + (figures or note("no maps (--max-maps 0)")),
         "settings": settings_section(report),
     }
-    stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    return page(
-        f"sinder compare: {report['model']['model']}", stamp, [report["out"]], report.get("notes", []), sections, tool="sinder compare"
-    )
+    return page(f"sinder compare: {report['model']['model']}", [report["out"]], report.get("notes", []), sections, tool="sinder compare")

@@ -19,7 +19,6 @@ import torch
 
 from ..backbones import as_backbone
 from ..backbones.base import Backbone
-from ..detect import DefectRule
 from ..errors import ConfigError, require
 from ..evaluate import TASKS, EvaluateConfig, evaluate_with_info, load_layout
 from ..evaluate.checks import require_grid
@@ -28,6 +27,7 @@ from ..fixes import FIXES, Fix, FixContext, FixHandle
 from ..fixes.registers import NoOutliersError
 from ..images import ImageItem, ImageSet
 from ..io import check_output_dir, json_safe, write_json, write_text
+from ..options import Overwrite, RunOptions, integer, option, place, validate
 from ..theory import defect_directions
 from .measure import measure
 from .methods import DESCRIPTIONS, original_method, retrained_method
@@ -43,36 +43,32 @@ def default_fixes() -> tuple[Fix, ...]:
 
 
 @dataclass(frozen=True)
-class CompareConfig:
-    """Options of ``sinder compare`` (validated on construction).
+class CompareConfig(RunOptions, Overwrite):
+    """Options of ``sinder compare`` (validated on construction): the shared run options
+    (:mod:`sinder.options`; ``rule`` is what the measurements and interpolation count as a defect)
+    and its own.
 
     fixes: the fixes to run, each with its own options (:class:`~sinder.fixes.base.Fix`; default:
     one of each, e.g. ``(SinderFix(repair=RepairConfig(max_steps=300)), ClampFix(gamma=1.3))``).
     retrained: a spec of the same architecture retrained with registers, added as a row.
     tasks: (task, data folder) pairs for downstream evaluation. task_options: their options
     (knn_ks, lost_gram_bias, …); its resolution, batch_size, rule and progress are replaced by
-    compare's own. ``rule`` is what the measurements and interpolation count as a defect.
+    compare's own.
     """
 
     fixes: tuple[Fix, ...] = field(default_factory=default_fixes)
-    resolution: int | None = None
-    batch_size: int = 8
-    max_maps: int = 4
+    max_maps: int = option(4, check=integer(0), help="evaluation images shown as side-by-side maps")
     retrained: str | None = None
     retrained_weights: str | None = None
     tasks: tuple[tuple[str, str], ...] = ()
     task_options: EvaluateConfig = field(default_factory=EvaluateConfig)
-    rule: DefectRule = field(default_factory=DefectRule)
-    progress: bool = False
-    overwrite: bool = False
 
     def __post_init__(self) -> None:
+        validate(self)
         require(len(self.fixes) > 0 or self.retrained is not None, f"give at least one method: --methods {','.join(FIXES)}")
         odd = [type(f).__name__ for f in self.fixes if not isinstance(f, Fix)]
         require(not odd, f"fixes must be Fix instances (e.g. ClampFix(gamma=1.3)), got {', '.join(odd)}")
         require(len(set(self.methods)) == len(self.methods), f"--methods names a method twice: {','.join(self.methods)}")
-        require(self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}")
-        require(self.max_maps >= 0, f"--max-maps must be >= 0, got {self.max_maps}")
         for task, _ in self.tasks:
             require(task in TASKS, f"--task {task}=DIR: unknown task; choose from {', '.join(TASKS)}")
         require(len({t for t, _ in self.tasks}) == len(self.tasks), "--task names a task twice; give one folder per task")
@@ -125,6 +121,7 @@ def compare(
     what :func:`check_tasks` returned for ``config`` (else it runs here, before any work)."""
     backbone = as_backbone(backbone)
     cfg = config or CompareConfig()
+    place(backbone, cfg.device)
     if layouts is None:
         layouts = check_tasks(cfg)
     resolution = cfg.resolution or backbone.image_size
@@ -166,12 +163,17 @@ def compare(
         report["methods"][m.name] = _method_entry(m, descriptions[m.name], results[m.name], tasks.get(m.name, {}))
     report = json_safe(report)
     if out is not None:
-        write_json(out / COMPARE_FILE, report)
-        from .page import build_page  # matplotlib loads only when a page is drawn, not with every command
-
-        write_text(out / PAGE_FILE, build_page(report, maps))
-        log.info("wrote %s and %s", out / COMPARE_FILE, out / PAGE_FILE)
+        _write(out, report, maps)
     return report
+
+
+def _write(out: Path, report: dict, maps: dict) -> None:
+    """``compare.json`` and its page."""
+    write_json(out / COMPARE_FILE, report)
+    from .page import build_page  # matplotlib loads only when a page is drawn, not with every command
+
+    write_text(out / PAGE_FILE, build_page(report, maps))
+    log.info("wrote %s and %s", out / COMPARE_FILE, out / PAGE_FILE)
 
 
 def _prepare_all(

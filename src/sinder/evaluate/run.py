@@ -14,6 +14,7 @@ from torch import nn
 
 from ..backbones import Backbone, as_backbone, load_backbone, parse_spec
 from ..errors import ConfigError, SinderError, WeightsError
+from ..options import place
 from ..runtime import resolve_device
 from .checks import check_box_files, check_knn_labels, check_seg_files, require_grid
 from .config import EvaluateConfig
@@ -127,6 +128,7 @@ def evaluate_with_info(
         check_layout(task, layout, config)
     if isinstance(backbone_or_spec, (Backbone, nn.Module)):
         backbone = as_backbone(backbone_or_spec)
+        place(backbone, config.device)
     else:
         backbone = load_backbone(backbone_or_spec, config.weights, random_init=config.random_init, device=resolve_device(config.device))
     res = default_resolution(backbone, config.resolution)

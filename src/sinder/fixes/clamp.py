@@ -21,6 +21,7 @@ from torch import nn
 
 from ..backbones.base import Backbone
 from ..errors import require
+from ..options import add_option, number, option, validate
 from .base import Cost, Fix, FixContext, FixHandle
 
 
@@ -67,13 +68,15 @@ def clamp_singular_values(backbone: Backbone, gamma: float) -> ClampResult:
 class ClampFix(Fix):
     """The σ clamp as a :class:`~sinder.fixes.base.Fix`: a clamped copy of the model."""
 
-    gamma: float = 1.5  # the paper shows 2.0, 1.5, 1.3
+    gamma: float = option(
+        1.5, check=number(above=0), help="σ clamp: cap on every block Linear's singular values (the paper: 2.0, 1.5, 1.3)"
+    )
 
     name = "clamp"
     description = "σ clamp (SINDER appendix B): every block Linear's singular values capped at γ, no data"
 
     def __post_init__(self) -> None:
-        require(math.isfinite(self.gamma) and self.gamma > 0, f"--gamma must be > 0, got {self.gamma}")
+        validate(self)
 
     def prepare(self, backbone: Backbone, context: FixContext) -> FixHandle:
         start = time.perf_counter()
@@ -89,9 +92,7 @@ class ClampFix(Fix):
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument(
-            "--gamma", type=float, default=cls.gamma, help=f"σ clamp: cap on every block Linear's singular values (default {cls.gamma:g})"
-        )
+        add_option(group, cls, "gamma")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, shared: dict[str, Any]) -> ClampFix:

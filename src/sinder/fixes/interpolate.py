@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..backbones.base import Backbone
 from ..detect import DefectRule
 from ..errors import ConfigError, require
+from ..options import add_option, integer, option, validate
 from .base import Cost, Fix, FixContext, FixHandle
 
 
@@ -91,10 +92,19 @@ class InterpolationFix(Fix):
     """Neighbour interpolation as a :class:`~sinder.fixes.base.Fix`: hooks on the original model at
     block ``layer`` (None: the last, where it measured best on the zoo), along that block's ν."""
 
-    layer: int | None = None
+    layer: int | None = option(
+        None,
+        check=integer(0, optional=True),
+        help="neighbour interpolation: the block whose output is interpolated",
+        flag="--interp-layer",
+        none="the last",
+    )
 
     name = "interp"
     description = "neighbour interpolation: defect tokens of one block replaced by their clean 3×3 neighbours at inference"
+
+    def __post_init__(self) -> None:
+        validate(self)
 
     def check(self, backbone: Backbone) -> None:
         self.resolve_layer(backbone)
@@ -113,9 +123,7 @@ class InterpolationFix(Fix):
 
     @classmethod
     def add_arguments(cls, group: argparse._ArgumentGroup) -> None:
-        group.add_argument(
-            "--interp-layer", type=int, help="neighbour interpolation: the block whose output is interpolated (default: the last)"
-        )
+        add_option(group, cls, "layer", dest="interp_layer")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, shared: dict[str, Any]) -> InterpolationFix:

@@ -26,7 +26,7 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -253,7 +253,6 @@ class RegisterSearchConfig:
     max_top_k: int = 64
     residual: float = 0.05
     mode: Mode = "move"
-    batch_size: int = 8
 
     def __post_init__(self) -> None:
         require(self.threshold is None or self.threshold > 0, f"threshold must be > 0, got {self.threshold}")
@@ -263,7 +262,6 @@ class RegisterSearchConfig:
         require(self.max_top_k >= 1, f"max_top_k must be >= 1, got {self.max_top_k}")
         require(0 <= self.residual < 1, f"residual must be in [0, 1), got {self.residual}")
         require(self.mode in ("move", "zero"), f"mode must be 'move' or 'zero', got {self.mode!r}")
-        require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
 
     def resolve_layer(self, depth: int) -> int:
         layer = depth - 2 if self.detect_layer is None else self.detect_layer
@@ -325,14 +323,17 @@ class NoOutliersError(ConfigError):
     """The search found no high-norm outlier to attribute to neurons: nothing for registers to do."""
 
 
-def find_register_neurons(backbone: Backbone, images: ImageSet, config: RegisterSearchConfig | None = None) -> RegisterNeurons:
-    """Search the register neurons of ``backbone`` on ``images`` (unlabelled; a few dozen suffice).
+def find_register_neurons(
+    backbone: Backbone, images: ImageSet, config: RegisterSearchConfig | None = None, *, batch_size: int = 8
+) -> RegisterNeurons:
+    """Search the register neurons of ``backbone`` on ``images`` (unlabelled; a few dozen suffice),
+    ``batch_size`` images per forward pass.
 
     Raises a one-line ``ConfigError`` when no image has an outlier at the detection layer."""
     cfg = config or RegisterSearchConfig()
     depth = backbone.depth
     layer = cfg.resolve_layer(depth)
-    norms = torch.cat([patch_norms(backbone, px, layer) for _, px in images.batches(cfg.batch_size)], dim=1)  # L, B, HW
+    norms = torch.cat([patch_norms(backbone, px, layer) for _, px in images.batches(batch_size)], dim=1)  # L, B, HW
     if norms.shape[1] == 0:
         raise ConfigError("no usable image to search register neurons on; give a folder of photos")
     last = norms[-1]
@@ -345,7 +346,7 @@ def find_register_neurons(backbone: Backbone, images: ImageSet, config: Register
             "this model may have no high-norm outliers there: pick another detect_layer or a lower threshold"
         )
     limit = cfg.layer_limit if cfg.layer_limit is not None else first_outlier_layer(norms, outliers, cfg.sigmas)
-    scores, counted = _score_units(backbone, images, layer, limit, threshold, cfg.batch_size)
+    scores, counted = _score_units(backbone, images, layer, limit, threshold, batch_size)
     ranked = _ranked_units(backbone, scores, cfg.top_k if cfg.top_k is not None else cfg.max_top_k)
     found = RegisterNeurons(
         neurons=tuple(ranked),
@@ -362,7 +363,7 @@ def find_register_neurons(backbone: Backbone, images: ImageSet, config: Register
             "images_with_outliers": counted,
         },
     )
-    k, after = _choose_top_k(backbone, images, found, layer, threshold, before, cfg)
+    k, after = _choose_top_k(backbone, images, found, before, cfg, batch_size)
     chosen = found.top(k)
     measured = {
         "outliers_before": before,
@@ -404,10 +405,10 @@ def first_outlier_layer(norms: torch.Tensor, outliers: torch.Tensor, sigmas: flo
     return norms.shape[0] - 1
 
 
-def _choose_top_k(
-    backbone, images, found: RegisterNeurons, layer: int, threshold: float, before: int, cfg: RegisterSearchConfig
-) -> tuple[int, int]:
-    """(k, outliers left) for the configured top_k, or the smallest step that leaves ≤ residual."""
+def _choose_top_k(backbone, images, found: RegisterNeurons, before: int, cfg: RegisterSearchConfig, batch_size: int) -> tuple[int, int]:
+    """(k, outliers left at the search's layer and threshold) for the configured top_k, or the
+    smallest step that leaves ≤ residual."""
+    layer, threshold = found.settings["detect_layer"], found.settings["threshold"]
     available = len(found.neurons)
     steps = (
         [min(cfg.top_k, available)]
@@ -417,7 +418,7 @@ def _choose_top_k(
     after = before
     for k in steps:
         with NeuronRegisters(backbone, found.top(k), cfg.mode):
-            after = count_outliers(backbone, images, layer, threshold, cfg.batch_size)
+            after = count_outliers(backbone, images, layer, threshold, batch_size)
         log.debug("top-%d register neurons leave %d of %d outliers", k, after, before)
         if after <= cfg.residual * before:
             return k, after
@@ -430,8 +431,8 @@ def _choose_top_k(
 @dataclass(frozen=True)
 class RegistersFix(Fix):
     """Test-time registers as a :class:`~sinder.fixes.base.Fix`: register neurons read from
-    ``file`` or searched on the context's training images (with ``search``; its batch size is the
-    context's), applied by hooks on the original model. The search's result is saved as
+    ``file`` or searched on the context's training images (with ``search``, at the context's batch
+    size), applied by hooks on the original model. The search's result is saved as
     ``registers.json`` in the context's output folder."""
 
     file: str | None = None
@@ -452,7 +453,7 @@ class RegistersFix(Fix):
             if context.train is None or not len(context.train):
                 raise ConfigError("registers: no training images to search register neurons on; give --data or --registers FILE")
             log.info("searching register neurons on %d images", len(context.train))
-            found = find_register_neurons(backbone, context.train, replace(self.search, batch_size=context.batch_size))
+            found = find_register_neurons(backbone, context.train, self.search, batch_size=context.batch_size)
             source = "searched"
             if context.out is not None:
                 found.save(context.out / "registers.json", overwrite=True)

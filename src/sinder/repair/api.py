@@ -22,9 +22,10 @@ import torch
 from ..backbones import as_backbone
 from ..backbones.base import Backbone
 from ..errors import ConfigError, DiskFullError, ImageError, OutputExistsError, SinderError
-from ..images import ImageItem, ImageSet, check_decodable, expand_inputs, item_name, split_holdout, subsample
+from ..images import ImageItem, ImageSet, check_decodable, check_grid, expand_inputs, item_name, split_holdout, subsample
 from ..interrupt import interrupts_held
 from ..io import json_safe
+from ..options import place
 from ..runfolder import LOG, RunFolder, RunLog
 from ..units import percent, plural
 from .checkpoint import TrainState, check_compatible, check_same_settings, load_checkpoint, save_checkpoint
@@ -212,7 +213,6 @@ def repair(
     out_dir: str | os.PathLike | None = None,
     *,
     directions: torch.Tensor | None = None,
-    dist: DistContext | None = None,
     on_step: Callable[[dict], None] | None = None,
 ) -> RepairResult:
     """Repair ``backbone`` in place with SINDER; returns what was learned and measured.
@@ -226,11 +226,10 @@ def repair(
     backbone = as_backbone(backbone)  # the user's own module: repaired in place, same class and keys
     config = config or RepairConfig()
     config.validate()
-    dist = dist or current()
+    place(backbone, config.device)
+    dist = current()  # under torchrun, the process group the command line initialised
     config = replace(config, resolution=resolve_resolution(config.resolution, backbone))
-    from ..analyze import check_resolution
-
-    check_resolution(config.resolution, backbone.patch_size)
+    check_grid(config.resolution, backbone.patch_size)
     folder = RunFolder(out_dir) if out_dir is not None else None
     if folder is not None:
         check_run_folder(folder, config, dist)
@@ -325,16 +324,9 @@ class _Run:
         if which == "before" and self.kept_analysis and self._keep(out):
             return
         log.info("analysing %d held-out image(s) %s repair", len(self.data.held_out), which)
-        acfg = AnalyzeConfig(resolution=c.resolution, rule=c.rule, device=str(self.backbone.device))
+        acfg = AnalyzeConfig(resolution=c.resolution, rule=c.rule, overwrite=True, progress=False)
         self.analyses[which] = analyze(
-            self.backbone,
-            self.data.held_out.items,
-            acfg,
-            directions=self.dirs,
-            singular_values=singular_values,
-            out_dir=out.path,
-            overwrite=True,
-            progress=False,
+            self.backbone, self.data.held_out.items, acfg, directions=self.dirs, singular_values=singular_values, out_dir=out.path
         )
         self.written.append(out.path)
 

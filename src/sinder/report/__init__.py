@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
-from ..errors import ConfigError, OutputExistsError
+from ..errors import OutputExistsError
 from ..io import write_text
 from ..runfolder import REPORT
+from .config import ReportConfig
 from .html import page
 from .inputs import AnalysisInput, ReportInputs, RunInput, SigmaEntry, read_inputs, read_sigma, split_part
-from .sections import SECTION_IDS, SECTIONS
 
 __all__ = [
     "SECTION_IDS",
@@ -42,19 +40,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class ReportConfig:
-    """Options of ``sinder report`` (validated on construction)."""
+def __getattr__(name: str):
+    """The sections load matplotlib: only when a page is drawn (the command line reads ReportConfig
+    without them)."""
+    if name in ("SECTION_IDS", "SECTIONS"):
+        from . import sections
 
-    title: str | None = None
-    max_images: int = 12
-    dpi: int = 80
-
-    def __post_init__(self) -> None:
-        if self.max_images < 1:
-            raise ConfigError(f"--max-images must be at least 1, got {self.max_images}")
-        if not 30 <= self.dpi <= 300:
-            raise ConfigError(f"--dpi must be between 30 and 300, got {self.dpi}")
+        return getattr(sections, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def default_title(inputs: ReportInputs) -> str:
@@ -86,24 +79,26 @@ def verdicts(inputs: ReportInputs) -> list[tuple[str, str]]:
     return out
 
 
-def render_report(inputs: ReportInputs, config: ReportConfig = ReportConfig()) -> str:
+def render_report(inputs: ReportInputs, config: ReportConfig | None = None) -> str:
     """The complete HTML page for ``inputs``."""
+    from .sections import SECTIONS
+
+    config = config or ReportConfig()
     sections = {}
     for sid, build in SECTIONS.items():
         log.info("report: rendering %s", sid)
         sections[sid] = build(inputs, config)
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return page(
-        config.title or default_title(inputs), stamp, sources(inputs), inputs.notes, sections, inputs.unfinished, verdicts=verdicts(inputs)
+        config.title or default_title(inputs), sources(inputs), inputs.notes, sections, inputs.unfinished, verdicts=verdicts(inputs)
     )
 
 
-def build_report(paths: Sequence[str | Path], config: ReportConfig = ReportConfig()) -> str:
+def build_report(paths: Sequence[str | Path], config: ReportConfig | None = None) -> str:
     """Read ``paths`` (run and/or analysis folders) and return the HTML page."""
     return render_report(read_inputs(paths), config)
 
 
-def write_report(paths: Sequence[str | Path], out: str | Path, config: ReportConfig = ReportConfig(), overwrite: bool = False) -> Path:
+def write_report(paths: Sequence[str | Path], out: str | Path, config: ReportConfig | None = None, overwrite: bool = False) -> Path:
     """Write the report to ``out`` atomically; refuse to replace an existing file unless ``overwrite``.
     An unfinished run is reported all the same, with a warning (the page shows it as a banner)."""
     out = Path(out)

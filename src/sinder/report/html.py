@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
 from html import escape
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -122,7 +123,6 @@ def verdict_box(verdicts: Sequence[tuple[str, str]]) -> str:
 
 def page(
     title: str,
-    stamp: str,
     sources: Sequence[str],
     notes: Sequence[str],
     sections: dict[str, str],
@@ -130,8 +130,9 @@ def page(
     tool: str = "sinder report",
     verdicts: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """The whole document: header (``warning`` as a banner, title, the verdicts, provenance,
-    navigation, notes) and one <section> per entry."""
+    """The whole document: header (``warning`` as a banner, title, the verdicts, provenance with
+    the time it was made, navigation, notes) and one <section> per entry."""
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f'<a href="#{sid}">{sid.replace("-", " ")}</a>' for sid in sections)
     body = "".join(f'<section id="{sid}">{content}</section>' for sid, content in sections.items())
     return (
