@@ -116,3 +116,7 @@ __all__ = [
     "parse_spec",
     "register_family",
 ]
+
+# Every family registers itself when its module loads; importing them here, last (every name above
+# is defined by then), makes them known wherever sinder.backbones is used, as timm's models/__init__.py does.
+from .. import families as _families  # noqa: E402, F401

@@ -2,14 +2,12 @@
 
 A family knows how to load a spec ``<name>:<rest>``, write a backbone's weights in its own format
 and load them back. Each lives in one module of :mod:`sinder.families` that calls
-:func:`register_family` at import; the registry imports every such module the first time it is
-asked, so adding a family means adding one module there.
+:func:`register_family` at import; :mod:`sinder.backbones` imports them all when it loads, so
+adding a family means adding one module there (and its name to that package's import list).
 """
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +52,6 @@ class Family:
 
 
 _FAMILIES: dict[str, Family] = {}
-_discovered = False
 
 
 def register_family(family: Family, *, replace: bool = False) -> Family:
@@ -66,32 +63,13 @@ def register_family(family: Family, *, replace: bool = False) -> Family:
     return family
 
 
-def _discover() -> None:
-    """Import every module of :mod:`sinder.families` once; each registers its family."""
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True  # first: a family module that asks the registry must not recurse
-    done = False
-    try:
-        package = importlib.import_module("sinder.families")
-        for module in pkgutil.iter_modules(package.__path__):
-            if not module.name.startswith("_"):
-                importlib.import_module(f"{package.__name__}.{module.name}")
-        done = True
-    finally:
-        _discovered = done  # a failed import is retried (and reported) on the next call
-
-
 def families() -> list[Family]:
     """Every registered family, in listing order."""
-    _discover()
     return sorted(_FAMILIES.values(), key=lambda f: (f.order, f.name))
 
 
 def get_family(name: str) -> Family:
     """The family registered as ``name``; a one-line :class:`ModelSpecError` naming the known ones otherwise."""
-    _discover()
     found = _FAMILIES.get(name)
     if found is None:
         known = ", ".join(f.name for f in families())
