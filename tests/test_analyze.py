@@ -1,24 +1,14 @@
 """`sinder analyze`: outputs, keys, and bad inputs (handled or skipped with a reason, never a traceback)."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers.cli import run_sinder
 from PIL import Image
 from safetensors.torch import load_file
 
 from sinder.cli import main
-from sinder.images import bundled_photos
-
-
-@pytest.fixture(scope="module")
-def photo_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("photos")
-    for src in bundled_photos(("chelsea", "coffee")):
-        src.image.save(d / f"{src.name.split(':')[1]}.jpg", quality=92)
-    return d
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +106,7 @@ def test_bad_inputs_are_handled_or_skipped(tmp_path, bad_dir):
 def test_user_errors_are_one_line(tmp_path, photo_dir, argv, needle):
     argv = [str(photo_dir) if a == "IMG" else a for a in argv]
     argv = [str(tmp_path / "o") if a == "o" else a for a in argv]
-    proc = subprocess.run([sys.executable, "-m", "sinder", *argv], capture_output=True, text=True, timeout=120)
+    proc = run_sinder(*argv)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip() and "Warning" not in line]
     # info lines ("loading MODEL") may come first; the error is one line, and the last

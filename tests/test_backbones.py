@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from helpers.families import ALL_CASES, EXPECTED_ACT, _hf, _hf_cfg, _liven, _timm, make, pixels, view_block
+from helpers.families import ALL_CASES, EXPECTED_ACT, _hf, _hf_cfg, _timm, make, pixels, view_block
+from helpers.models import liven
 from timm.models.vision_transformer import checkpoint_filter_fn
 
 from sinder.backbones import load_backbone, parse_spec
@@ -123,7 +124,7 @@ def test_timm_to_official_inverts_timms_own_filter_exactly(name):
 
 
 def _official_file(tmp_path, timm_name, img_size):
-    model = _liven(timm.create_model(timm_name, pretrained=False, num_classes=0, dynamic_img_size=True, img_size=img_size))
+    model = liven(timm.create_model(timm_name, pretrained=False, num_classes=0, dynamic_img_size=True, img_size=img_size))
     path = tmp_path / "official.pth"
     torch.save(timm_to_official_dinov2(model.state_dict()), path)
     return model, path
@@ -220,7 +221,7 @@ def _one_line(exc_info) -> str:
 
 def test_errors_are_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr("sinder.backbones.official_dinov2._hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr("sinder.backbones.official_dinov2.hub_reachable", lambda timeout=3.0, host=None: False)
     cases = [
         (lambda: parse_spec("resnet50"), ModelSpecError, "unknown model spec"),
         (lambda: load_backbone("dinov2:vitx14", random_init=True), ModelSpecError, "vits14"),
@@ -322,7 +323,7 @@ def test_registering_a_family_makes_its_specs_load_and_export(tmp_path):
     kwargs = dict(depth=1, embed_dim=32, num_heads=2)
 
     def load(name, spec, weights=None, random_init=False):
-        model = _liven(
+        model = liven(
             timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=28, dynamic_img_size=True, **kwargs)
         )
         bb = wrap_timm(model, spec, family="toy")

@@ -16,13 +16,9 @@ from importlib.metadata import version
 import numpy as np
 import pytest
 import torch
+from helpers.cli import run_sinder as sinder
+from helpers.cli import sinder_argv
 from PIL import Image
-
-
-def sinder(*argv) -> subprocess.CompletedProcess:
-    """Run the CLI; output decoded by hand: text mode would turn a bar's \r into \n."""
-    proc = subprocess.run([sys.executable, "-m", "sinder", *map(str, argv)], capture_output=True, timeout=120)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode(), proc.stderr.decode())
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +214,7 @@ def on_terminal(*argv) -> bytes:
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
-    proc = subprocess.Popen([sys.executable, "-m", "sinder", *map(str, argv)], stdout=subprocess.DEVNULL, stderr=slave)
+    proc = subprocess.Popen(sinder_argv(*argv), stdout=subprocess.DEVNULL, stderr=slave)
     os.close(slave)
     chunks = []
     while True:

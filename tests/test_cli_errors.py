@@ -3,13 +3,12 @@ traceback, and nothing written (regressions of cases that used to trace back, ex
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 import torch
+from helpers.cli import run_sinder
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -150,7 +149,7 @@ def outcomes(ws):
     def one(case: str):
         argv = CASES[case][0].format(ws=ws).split()
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "sinder", *argv], check=False, capture_output=True, text=True, timeout=180)
+        proc = run_sinder(*argv, timeout=180)
         return argv, proc, time.perf_counter() - start
 
     with ThreadPoolExecutor(max_workers=2) as pool:

@@ -8,12 +8,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-import subprocess
 
 import pytest
 import torch
 from helpers.browser import browser_check, chromium
+from helpers.cli import sinder_in_process as sinder_cli
 from helpers.datasets import make_knn
+from helpers.photos import write_photos
 
 from sinder.compare import COMPARE_FILE, PAGE_FILE, CompareConfig, compare, format_table
 from sinder.compare.page import SECTION_IDS, neurons, per_layer_figure
@@ -38,10 +39,7 @@ def knn_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def eval_dir(tmp_path_factory):
     """The held-out photos as files, for the command line."""
-    root = tmp_path_factory.mktemp("compare_eval")
-    for photo in bundled_photos(EVAL):
-        photo.image.save(root / f"{photo.name.split(':')[1]}.png")
-    return root
+    return write_photos(tmp_path_factory.mktemp("compare_eval"), EVAL, ".png")
 
 
 class _Lines(logging.Handler):
@@ -185,15 +183,6 @@ def test_headless_browser_renders_the_comparison(compared, tmp_path):
     assert result["sections"] == list(SECTION_IDS)
     assert result["images"] == 2 and result["decoded"] == 2  # the per-layer figure and one map grid
     assert min(result["widths"]) > 300
-
-
-def sinder_cli(capsys, *argv: str) -> subprocess.CompletedProcess:
-    """The command line in this process (the model builds in a second instead of a new interpreter)."""
-    from sinder.cli import main
-
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess(argv, code, out, err)
 
 
 def test_command_reuses_a_finished_run_and_registers_file_with_the_same_numbers(compared, eval_dir, knn_dir, tmp_path, capsys):

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers.cli import run_sinder
 from helpers.datasets import COLOURS, make_knn, save
+from helpers.models import tiny_vit
 from PIL import Image
 
 from sinder.backbones.timm_vit import TimmViTBackbone
@@ -28,28 +28,10 @@ from sinder.evaluate.unsup_seg import kmeans
 from sinder.images import crop_geometry, preprocess
 from sinder.measure import Tokens
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see the fixture
+
 KNN_KS = (5, 10, 20)  # each at most the train images of the generated sets (k > train images is refused)
 KNN_KEYS = {f"{p}top1@{k}" for p in ("", "patch_") for k in KNN_KS}
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These tensors are tiny: with the CPU shared, OpenMP threads only spin (measured 47 s vs 0.7 s
-    for the probe training)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def tiny_vit(img_size: int = 56, seed: int = 0, **kwargs) -> TimmViTBackbone:
-    from timm.models.vision_transformer import VisionTransformer
-
-    torch.manual_seed(seed)
-    model = VisionTransformer(
-        img_size=img_size, patch_size=14, embed_dim=48, depth=2, num_heads=3, num_classes=0, dynamic_img_size=True, **kwargs
-    )
-    return TimmViTBackbone(model.eval(), "test:tiny")
 
 
 def block_image(labels: np.ndarray, colours, block: int = 14) -> np.ndarray:
@@ -517,7 +499,7 @@ def test_unsup_seg_single_class_is_refused_not_scored(tmp_path):
     """Issue #8: masks of one class gave mIoU 1.0000 and exit 0. Now: exit 2, one line, nothing written."""
     data, out = seg_single_class(tmp_path / "data"), tmp_path / "out"
     argv = ["evaluate", *CLI_MODEL, "--task", "unsup-seg", "--data", str(data), "--out", str(out), "--resolution", "112"]
-    proc = subprocess.run([sys.executable, "-m", "sinder", *argv], capture_output=True, text=True, timeout=120, check=False)
+    proc = run_sinder(*argv)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.splitlines() == [
         f"sinder evaluate: error: unsup-seg: the masks in {data / 'val' / 'masks'} hold a single class (0); "

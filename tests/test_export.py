@@ -7,6 +7,7 @@ import json
 import pytest
 import timm
 import torch
+from helpers.models import liven
 
 from sinder.backbones import load_backbone
 from sinder.backbones.hf_vit import HFViTBackbone
@@ -17,20 +18,9 @@ from sinder.export import max_token_diff, reload_exported, save_weights
 ROUND_TRIP = 1e-6
 
 
-def _liven(model):
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("gamma", "lambda1", "gamma_1", "gamma_2")):
-                p.fill_(0.3)
-            elif name.endswith(("bias", "cls_token", "reg_token", "register_tokens")):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    return model.eval()
-
-
 def _timm_backbone(name="vit_small_patch14_reg4_dinov2", family="timm", **kw):
     kwargs = dict(depth=2, **kw)
-    model = _liven(timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True, img_size=56, **kwargs))
+    model = liven(timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True, img_size=56, **kwargs))
     bb = wrap_timm(model, f"{family}:{name}" if family == "timm" else "planted:small", family=family)
     bb.timm_kwargs = kwargs  # architecture overrides the export must record to rebuild this tiny model
     if family == "planted":
@@ -91,7 +81,7 @@ def test_timm_export_of_giant_swiglu(tmp_path):
 
 
 def test_timm_eva_export(tmp_path):
-    model = _liven(
+    model = liven(
         timm.create_model("vit_small_patch16_dinov3_qkvb", pretrained=False, num_classes=0, img_size=64, depth=2, embed_dim=64, num_heads=2)
     )
     bb = wrap_timm(model, "timm:vit_small_patch16_dinov3_qkvb")
@@ -113,7 +103,7 @@ def test_hf_export_round_trip(tmp_path, kind):
             hidden_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=56, patch_size=14, use_swiglu_ffn=True
         )
         model = Dinov2WithRegistersModel(cfg)
-    bb = HFViTBackbone(_liven(model), "hf:tiny")
+    bb = HFViTBackbone(liven(model), "hf:tiny")
     path = _check_round_trip(bb, tmp_path)
     assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
     via_spec = load_backbone(f"hf:{path}")  # the folder is an ordinary hf:DIR
@@ -125,7 +115,7 @@ def test_official_export_round_trip(tmp_path):
 
     from sinder.backbones.convert import timm_to_official_dinov2
 
-    model = _liven(timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0, img_size=56))
+    model = liven(timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, num_classes=0, img_size=56))
     torch.save(timm_to_official_dinov2(model.state_dict()), tmp_path / "in.pth")
     bb = load_backbone("dinov2:vits14_reg", weights=tmp_path / "in.pth")
     path = _check_round_trip(bb, tmp_path)
@@ -169,7 +159,7 @@ def test_hf_tower_export_round_trip_in_the_users_own_class(tmp_path, kind):
     from sinder.backbones.hf_loader import hf_backbone
 
     model = tower_model(kind)
-    bb = hf_backbone(_liven(model), "hf:tiny")
+    bb = hf_backbone(liven(model), "hf:tiny")
     path = _check_round_trip(bb, tmp_path)
     plain = type(model).from_pretrained(str(path)).eval()  # nothing from sinder
     assert plain.state_dict().keys() == model.state_dict().keys()

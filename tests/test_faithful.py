@@ -13,18 +13,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers.repair import photos, pixels, single_thread, tiny_backbone
+from helpers.repair import photos, pixels, tiny_backbone
 from torch import nn
 
 from sinder.repair import RepairConfig, repair
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see the fixture
+
 STEPS, LR, LIMIT = 24, 0.05, 2
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 # -- the reference, transcribed -----------------------------------------------------------------

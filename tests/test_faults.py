@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.cli import sinder_argv as sinder
 from PIL import Image
 
 from sinder.runfolder import TEMPORARY
@@ -36,10 +37,6 @@ REPAIR = [
     "--no-progress",
 ]
 WEIGHTS = Path("weights") / "model.safetensors"
-
-
-def sinder(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sinder", *args]
 
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen:

@@ -19,6 +19,8 @@ from sinder.evaluate import EvaluateConfig, evaluate_with_info, load_layout
 from sinder.evaluate.datasets import IGNORE, LAYOUTS, ZeroIgnoredMask, load_mask, read_voc_boxes, voc_colormap
 from sinder.evaluate.lost import degrees, key_gram, lost_box
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see the fixture
+
 SEG_EXPECTS = "Pascal VOC expects VOCdevkit/VOC20XX/{ImageSets/Segmentation/{train,val}.txt, JPEGImages/, SegmentationClass/}"
 VAL_EXPECTS = "Pascal VOC expects VOCdevkit/VOC20XX/{ImageSets/Segmentation/val.txt, JPEGImages/, SegmentationClass/}"
 LOST_EXPECTS = "Pascal VOC expects VOCdevkit/VOC20XX/{ImageSets/Main/trainval.txt, JPEGImages/, Annotations/}"
@@ -32,15 +34,6 @@ MISSING = "2008_000099"  # listed in train.txt, absent from JPEGImages/
 UNLISTED = "2010_000001"  # in JPEGImages/ and SegmentationClass/, listed nowhere
 W, H = 112, 84
 BOX = (35, 21, 77, 63)  # the object, 0-based half-open (x0, y0, x1, y1): inside the centre crop
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors on a shared 2-core machine: OpenMP threads would only spin."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def object_image(seed: int) -> np.ndarray:

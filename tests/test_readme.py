@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import torch
-from PIL import Image
+from helpers.photos import write_photos
 
 from sinder.cli import build_parser, main
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see the fixture
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -171,25 +172,11 @@ def sinder_lines() -> list[tuple[str, str]]:
     return [(b.where, line) for b in command_blocks() for line in logical_lines(b) if sinder_words(line)]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """On the shared 2-core machine OpenMP threads spin against other processes (measured 94 s
-    against 25 s for the python example with another job running)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def photo_dir(tmp_path, monkeypatch):
     """A working folder holding the photo folders the examples name."""
-    from skimage import data
-
     for folder, names in PHOTOS.items():
-        (tmp_path / folder).mkdir(parents=True)
-        for name in names:
-            Image.fromarray(getattr(data, name)()).save(tmp_path / folder / f"{name}.png")
+        write_photos(tmp_path / folder, tuple(names), ".png")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -8,19 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-from helpers.repair import photos, single_thread, tiny_backbone
+from helpers.repair import photos, tiny_backbone
 
 from sinder.repair import RepairConfig, repair
 
-pytestmark = pytest.mark.slow  # CLI runs and repairs end to end: `make test` runs them, `make test-fast` does not
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.usefixtures("one_thread"),
+]  # CLI runs and repairs end to end: `make test` runs them, `make test-fast` does not
 
 STEPS = 3
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
 
 
 def _config(batch_size: int) -> RepairConfig:

@@ -8,17 +8,13 @@ import re
 
 import pytest
 import torch
-from helpers.repair import IGNITE, photos, pixels, single_thread, tiny_backbone
+from helpers.repair import IGNITE, photos, pixels, tiny_backbone
 
 from sinder.detect import DefectRule
 from sinder.errors import OutputExistsError
 from sinder.repair import RepairConfig, Trainer, attach, gram_loss, repair
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see the fixture
 
 
 def _one_step(impl: str, px: torch.Tensor, **kw) -> tuple[dict, list]:

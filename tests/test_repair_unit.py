@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers.repair import DEPTH, DIM, photos, pixels, single_thread, tiny_backbone
+from helpers.repair import DEPTH, DIM, photos, pixels, tiny_backbone
 from torch import nn
 
 from sinder.detect import DefectRule, interior_mask
@@ -15,11 +15,7 @@ from sinder.repair.data import SeededOrder
 from sinder.repair.loss import gaussian_kernel, neighbour_loss, neighbourhood_target, token_scores
 from sinder.repair.singular import SingularLinear
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see the fixture
 
 
 def full_target(grid: torch.Tensor, direction: torch.Tensor, kernel: int = 3, tau: float = 0.1) -> torch.Tensor:

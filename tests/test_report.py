@@ -11,13 +11,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from helpers.browser import browser_check, chromium, run_browser
+from helpers.cli import run_sinder
 from PIL import Image
 
 from sinder import cli
@@ -493,13 +492,7 @@ def test_cli_warns_once_about_an_unfinished_run_and_prints_the_page_once(tmp_pat
     save_fake_checkpoint(run, step=10)
     out = tmp_path / "r.html"
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    res = subprocess.run(
-        [sys.executable, "-m", "sinder", "report", str(run), "--out", str(out), "--dpi", "30"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    res = run_sinder("report", run, "--out", out, "--dpi", 30, env=env)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "Traceback" not in res.stderr
     assert res.stdout == f"report written to {out}\n" and "report written to" not in res.stderr  # said once

@@ -8,6 +8,7 @@ from functools import partial
 import numpy as np
 import pytest
 import torch
+from helpers.models import tiny_vit
 from scipy import integrate
 from scipy.special import ndtr
 from torch import nn
@@ -25,26 +26,14 @@ ACTS = {
 }
 
 
-def tiny_vit(activation: str = "gelu", dim: int = 48, depth: int = 3, mlp_ratio: float = 4.0, seed: int = 0) -> TimmViTBackbone:
+def act_vit(activation: str = "gelu", dim: int = 48, depth: int = 3, mlp_ratio: float = 4.0, seed: int = 0) -> TimmViTBackbone:
+    """The shared tiny ViT with one of the activations the theory linearises (LayerScale 0.1)."""
     import timm
-    from timm.models.vision_transformer import VisionTransformer
 
     kw = dict(ACTS[activation])
     if kw.get("mlp_layer") == "swiglu":
         kw["mlp_layer"] = timm.layers.SwiGLUPacked
-    torch.manual_seed(seed)
-    model = VisionTransformer(
-        img_size=56,
-        patch_size=14,
-        embed_dim=dim,
-        depth=depth,
-        num_heads=4,
-        mlp_ratio=mlp_ratio,
-        init_values=0.1,
-        num_classes=0,
-        **kw,
-    )
-    return TimmViTBackbone(model.eval(), f"test-{activation}")
+    return tiny_vit(dim=dim, depth=depth, heads=4, mlp_ratio=mlp_ratio, init_values=0.1, seed=seed, spec=f"test-{activation}", **kw)
 
 
 def gaussian_quad(fn, b: float, s: float) -> float:
@@ -133,7 +122,7 @@ def set_mlp_in(backbone: TimmViTBackbone, generator: torch.Generator) -> None:
 def test_closed_form_hidden_map_matches_brute_force_expectation(activation):
     # Â = E[f(Wx + b)·xᵀ] (since E[xxᵀ] = I): a sampled mean must agree entrywise within its
     # standard error, so the normalised errors z must look like N(0, 1).
-    bb = tiny_vit(activation, dim=32, depth=1, mlp_ratio=2.0)
+    bb = act_vit(activation, dim=32, depth=1, mlp_ratio=2.0)
     set_mlp_in(bb, torch.Generator().manual_seed(1))
     view = bb.block_view(0)
     exact = theory.hidden_linear_map(view)
@@ -156,7 +145,7 @@ def test_closed_form_hidden_map_matches_brute_force_expectation(activation):
 
 def test_negative_bias_gives_negative_gelu_slope():
     # The NOTES' failure case: a gate with a strongly negative bias has a negative expected slope.
-    bb = tiny_vit("gelu", dim=32, depth=1)
+    bb = act_vit("gelu", dim=32, depth=1)
     view = bb.block_view(0)
     with torch.no_grad():
         view.mlp_in[0].module.weight[0] = 0.0
@@ -173,7 +162,7 @@ def test_negative_bias_gives_negative_gelu_slope():
 def test_montecarlo_error_shrinks_as_inverse_sqrt_samples():
     # Averaged over 6 seeds: one draw of a 64×32 map scatters ~±20% (the no-intercept fit puts
     # the hidden mean into a rank-1 error term with only d degrees of freedom).
-    bb = tiny_vit("gelu", dim=32, depth=1, mlp_ratio=2.0)
+    bb = act_vit("gelu", dim=32, depth=1, mlp_ratio=2.0)
     set_mlp_in(bb, torch.Generator().manual_seed(3))
     view = bb.block_view(0)
     exact = theory.hidden_linear_map(view)
@@ -192,7 +181,7 @@ def test_montecarlo_error_shrinks_as_inverse_sqrt_samples():
 
 
 def test_montecarlo_equals_lstsq_and_is_seeded():
-    bb = tiny_vit("quick_gelu", dim=32, depth=1, mlp_ratio=2.0)
+    bb = act_vit("quick_gelu", dim=32, depth=1, mlp_ratio=2.0)
     view = bb.block_view(0)
     a = theory.hidden_linear_map(view, "montecarlo", samples=3000, seed=5)
     b = theory.hidden_linear_map(view, "montecarlo", samples=3000, seed=5)
@@ -205,7 +194,7 @@ def test_montecarlo_equals_lstsq_and_is_seeded():
 
 
 def test_invalid_method_is_a_config_error():
-    bb = tiny_vit("gelu", dim=32, depth=1)
+    bb = act_vit("gelu", dim=32, depth=1)
     with pytest.raises(ConfigError):
         theory.linearise(bb, method="lstsq")
     with pytest.raises(ConfigError):
@@ -224,7 +213,7 @@ def randomise_norms_and_scales(bb: TimmViTBackbone, seed: int = 0) -> None:
 
 
 def test_matrices_match_hand_formula_and_compose():
-    bb = tiny_vit("gelu", dim=48, depth=3)
+    bb = act_vit("gelu", dim=48, depth=3)
     randomise_norms_and_scales(bb)
     lin = theory.linearise(bb)
     d = 48
@@ -251,7 +240,7 @@ def test_matrices_match_hand_formula_and_compose():
 
 def test_rms_norm_branch_has_no_centring():
     # RMSNorm does not subtract the token mean, so its branch gets no P.
-    bb = tiny_vit("gelu", dim=48, depth=1)
+    bb = act_vit("gelu", dim=48, depth=1)
     blk = bb.model.blocks[0]
     blk.norm1 = nn.RMSNorm(48)
     with torch.no_grad():
@@ -264,7 +253,7 @@ def test_rms_norm_branch_has_no_centring():
 
 
 def test_keep_matrices_false_keeps_only_directions():
-    bb = tiny_vit("swiglu", dim=48, depth=2)
+    bb = act_vit("swiglu", dim=48, depth=2)
     full = theory.linearise(bb)
     slim = theory.linearise(bb, keep_matrices=False)
     assert slim.attention is slim.mlp is slim.blocks is slim.composed is None
@@ -275,7 +264,7 @@ def test_keep_matrices_false_keeps_only_directions():
 
 @pytest.mark.parametrize("activation", ["gelu", "swiglu"])
 def test_directions_unit_deterministic_sign_fixed(activation):
-    bb = tiny_vit(activation, dim=48, depth=3)
+    bb = act_vit(activation, dim=48, depth=3)
     first = theory.defect_directions(bb)
     second = theory.defect_directions(bb)
     assert torch.equal(first, second)
@@ -285,7 +274,7 @@ def test_directions_unit_deterministic_sign_fixed(activation):
 
 
 def test_exact_and_montecarlo_linearisations_agree():
-    bb = tiny_vit("gelu", dim=48, depth=2)
+    bb = act_vit("gelu", dim=48, depth=2)
     randomise_norms_and_scales(bb)
     exact = theory.linearise(bb)
     mc = theory.linearise(bb, "montecarlo", samples=40_000)
@@ -302,7 +291,7 @@ def test_exact_and_montecarlo_linearisations_agree():
 def test_planted_rank_one_amplification_is_found(activation):
     # Block k's MLP gets neurons that read u and write g·u, so C_k ≈ I + c·uuᵀ: ν_i = u for i ≥ k.
     d, k, units = 48, 2, 8
-    bb = tiny_vit(activation, dim=d, depth=5)
+    bb = act_vit(activation, dim=d, depth=5)
     gen = torch.Generator().manual_seed(7)
     u = torch.randn(d, generator=gen)
     u = u - u.mean()  # P·u = u

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from helpers.cli import run_sinder
 
 from sinder.threads import auto_threads, cli_threads, parse_threads, usable_cores
 
@@ -53,7 +54,7 @@ def test_auto_is_every_usable_core_unless_the_user_set_omp_num_threads(monkeypat
 
 @pytest.mark.parametrize("bad", ["0", "-2", "two", "1.5"])
 def test_bad_thread_counts_are_one_line_errors(bad):
-    out = subprocess.run([sys.executable, "-m", "sinder", "--threads", bad, "demo"], capture_output=True, text=True, timeout=120)
+    out = run_sinder("--threads", bad, "demo")
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == f"sinder: error: argument --threads: must be auto or a whole number >= 1 (got '{bad}')"
     assert parse_threads("auto") == "auto" and parse_threads("3") == 3

@@ -212,14 +212,6 @@ def test_warning_fires_on_artifacts_of_lower_norm_than_their_neighbours():
 # ----------------------------------------------------------------------------- the command line
 
 
-@pytest.fixture(scope="module")
-def photo_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("photos")
-    for src in bundled_photos(PHOTOS[:2]):
-        src.image.save(d / f"{src.name.split(':')[1]}.jpg", quality=92)
-    return d
-
-
 @pytest.mark.parametrize(
     "argv, last_line",
     [

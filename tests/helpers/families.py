@@ -8,26 +8,15 @@ import timm
 import torch
 import torch.nn.functional as F
 
+from helpers.models import liven
 from helpers.towers import tower_config
 from sinder.backbones.hf_loader import hf_backbone
 from sinder.backbones.timm_loader import wrap_timm
 
 
 # -- tiny models ------------------------------------------------------------------------------
-def _liven(model: torch.nn.Module) -> torch.nn.Module:
-    """Random init leaves blocks near identity (LayerScale 1e-5, zero biases): make every weight matter."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("gamma", "gamma_1", "gamma_2", "lambda1")):
-                p.copy_(0.3 + 0.1 * torch.rand(p.shape, generator=g))
-            elif name.endswith(("bias", "q_bias", "v_bias", "cls_token", "reg_token", "register_tokens")):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-    return model.eval()
-
-
 def _timm(name: str, **kw) -> torch.nn.Module:
-    return _liven(timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True, depth=2, **kw))
+    return liven(timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True, depth=2, **kw))
 
 
 def _hf(cfg) -> torch.nn.Module:
@@ -35,7 +24,7 @@ def _hf(cfg) -> torch.nn.Module:
 
     model = getattr(transformers, type(cfg).__name__.replace("Config", "Model"))(cfg)
     model.set_attn_implementation("eager")  # so the model returns its attention probabilities
-    return _liven(model)
+    return liven(model)
 
 
 def _hf_cfg(kind: str, **kw):

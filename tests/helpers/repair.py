@@ -86,10 +86,3 @@ def pixels(images, backbone) -> torch.Tensor:
     from sinder.images import preprocess
 
     return torch.stack([preprocess(im, IMG, PATCH, backbone.mean, backbone.std, square=True) for im in images])
-
-
-def single_thread():
-    """Context for tests: tiny models gain nothing from intra-op threads."""
-    from sinder.runtime import one_thread
-
-    return one_thread()

@@ -13,7 +13,6 @@ At the native resolution, and for register models at any resolution, they match 
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from torch import nn
 
 from ..errors import ModelSpecError, WeightsError
 from .base import Backbone
-from .weights import grid_from_pos_embed, read_state_dict
+from .weights import grid_from_pos_embed, hub_reachable, read_state_dict
 
 ARCHS = {"vits14": "small", "vitb14": "base", "vitl14": "large", "vitg14": "giant"}
 HUB_HOST = "dl.fbaipublicfiles.com"
@@ -38,14 +37,6 @@ def timm_name(name: str) -> str:
 def hub_url(name: str) -> str:
     arch, reg = (name[: -len("_reg")], "_reg4") if name.endswith("_reg") else (name, "")
     return f"https://{HUB_HOST}/dinov2/dinov2_{arch}/dinov2_{arch}{reg}_pretrain.pth"
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def official_img_size(state_dict: dict, patch_size: int = 14, spec: str = "dinov2") -> int:
@@ -95,7 +86,7 @@ def load_official_dinov2(name: str, spec: str, weights: str | Path | None = None
     elif random_init:
         model = timm.create_model(arch, pretrained=False, num_classes=0, dynamic_img_size=True)
     else:
-        if not _hub_reachable():
+        if not hub_reachable(host=HUB_HOST):
             raise ModelSpecError(f"{spec}: {HUB_HOST} is unreachable; download {hub_url(name)} elsewhere and pass --weights FILE.pth")
         state_dict = torch.hub.load_state_dict_from_url(hub_url(name), map_location="cpu", weights_only=True)
         model = official_to_timm(state_dict, arch, spec)

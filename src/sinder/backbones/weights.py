@@ -99,11 +99,13 @@ def _load_failure(err: Exception) -> str:
     return "not a PyTorch checkpoint, or the file is truncated or corrupt; re-download or re-export it"
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub answers; checked up front so offline runs fail in seconds, not minutes."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+def hub_reachable(timeout: float = 3.0, host: str | None = None) -> bool:
+    """Whether a download host answers (default: the Hugging Face hub, which HF_HUB_OFFLINE turns
+    off); checked up front so offline runs fail in seconds, not minutes."""
+    if host is None:
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+            return False
+        host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
     try:
         with socket.create_connection((host, 443), timeout=timeout):
             return True

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import ConfigError, OutputExistsError
+from ..errors import ConfigError
 from ..evaluate import TASKS, EvaluateConfig, evaluate_models, format_table, write_metrics
 from ..evaluate.run import METRICS_FILE
+from ..io import check_output_dir
 from ..options import Overwrite, add_option, options_from_args
 from .common import add_model_arguments, add_rule_arguments, rule_from_args
 
@@ -66,18 +67,10 @@ def run(args: argparse.Namespace) -> int:
     compare_weights = [None if w == "-" else w for w in args.compare_weights] or [None] * len(args.compare)
     config = EvaluateConfig(**(options_from_args(EvaluateConfig, args) | task_options(args)), rule=rule_from_args(args))
     out = Path(args.out)
-    write_metrics_check(out, args.overwrite)
+    check_output_dir(out, METRICS_FILE, args.overwrite)  # before any model runs, not after (nothing is created yet)
     models = [(args.model, args.weights), *zip(args.compare, compare_weights)]
     report = evaluate_models(models, args.task, args.data, config)
     print(format_table(report))
     path = write_metrics(out, report, overwrite=args.overwrite)
     print(f"wrote {path}")
     return 0
-
-
-def write_metrics_check(out: Path, overwrite: bool) -> None:
-    """Refuse an existing metrics.json before any model runs, not after (nothing is created yet)."""
-    if out.exists() and not out.is_dir():
-        raise OutputExistsError(f"{out} exists and is not a directory; choose another --out")
-    if (out / METRICS_FILE).exists() and not overwrite:
-        raise OutputExistsError(f"{out} already holds {METRICS_FILE}; pass --overwrite to replace it or choose another --out")

@@ -28,6 +28,7 @@ import torch
 
 from ..backbones.base import Backbone
 from ..detect import DefectRule
+from ..errors import require
 from ..fixes import FixHandle
 from ..images import ImageSet, denormalise, pca_rgb
 from ..measure import FeatureCosines, ModelStats, forward_tokens, ordinary_tokens, summary_token_name, truth_mask
@@ -94,7 +95,7 @@ def measure(
 ) -> tuple[dict[str, dict], dict]:
     """(per-method results, maps) over ``images``; ``methods[0]`` must be the original."""
     original = methods[0]
-    assert original.name == "original"
+    require(original.name == "original", f"measure() compares against the original model first, got {original.name!r} first")
     ob = original.backbone
     layers, truth, key = range(ob.depth), ob.ground_truth, summary_token_name(ob)
     tallies = {m.name: _Tally(ModelStats(rule, directions[m.name], layers, truth), FeatureCosines(key)) for m in methods}
