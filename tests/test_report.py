@@ -22,8 +22,8 @@ from PIL import Image
 from sinder import cli
 from sinder.analyze import AnalyzeConfig, analyze
 from sinder.images import bundled_photos
+from sinder.plots import ANGLE_LIMITS, angle_violins, comparison_panel, layer_curves
 from sinder.report import SECTION_IDS, ReportConfig, build_report, read_sigma, split_part
-from sinder.report.plots import ANGLE_LIMITS, angle_violins, comparison_panel, layer_curves
 from sinder.runfolder import AnalysisFolder
 
 PHOTOS = ("chelsea", "coffee")
@@ -232,7 +232,7 @@ def test_page_words_name_every_model_and_say_what_the_analyses_are(run_dir, run_
     assert default_title(inputs) == "SINDER report: planted:small, repaired by SINDER vs timm:vit_small_patch14_dinov2"
     assert "<h3>Last layer: analysis_after and other side by side</h3>" in section_metrics(inputs, ReportConfig())
     # the figures/ of a run's analysis_after label their rows as the repaired model too
-    from sinder.report import plots
+    from sinder import plots
 
     rows = []
     for name in ("save_png", "norm_violins", "angle_violins"):
@@ -270,7 +270,7 @@ def test_verdict_of_each_analysis_is_at_the_top_of_the_page(run_dir, run_page, t
 def test_training_plot_names_the_rule_and_the_stop_reason():
     """The layer panel uses the run's own rule; a run stopped by a clean pass says so on the skip-ratio
     chart, whose flat line under the stop line would otherwise read as 'never converged'."""
-    from sinder.report.plots import training_curves
+    from sinder.plots import training_curves
 
     rows = [{"step": s, "skip_ratio": 0.004, "loss": 1.0 / s, "layer": 4} for s in range(1, 30)]
     skip, _, layer = training_curves(rows, 0.75, stop_reason="clean_pass", min_defects=1).axes

@@ -189,7 +189,7 @@ def analyze(
         _analyse_batch(backbone, pixels.to(device), idxs, run)
     result = _result(backbone, run, directions, singular_values, resolution, config)
     if folder is not None:
-        from .report.plots import write_analysis_figures
+        from .plots import write_analysis_figures
 
         folder.write(result, config.overwrite, figures=write_analysis_figures if config.figures else None)
     return result

@@ -51,6 +51,7 @@ ANALYSIS_BEFORE = "analysis_before"
 ANALYSIS_AFTER = "analysis_after"
 REPORT = "report.html"
 RUN_FILES = (CONFIG, SUMMARY, LOG, SIGMA)  # any of these makes a folder a run folder
+REPAIRED = ", repaired by SINDER"  # after the spec of a run's analysis_after (its analysis.json names the original)
 RUN_ENTRIES = (CONFIG, LOG, SUMMARY, SIGMA, CHECKPOINT, CHECKPOINTS, WEIGHTS, ANALYSIS_BEFORE, ANALYSIS_AFTER, REPORT)
 RUN_ANALYSES = ((ANALYSIS_BEFORE, "before repair"), (ANALYSIS_AFTER, "after repair"))
 
@@ -375,3 +376,23 @@ def read_log(path: Path, notes: list[str]) -> list[dict]:
     if bad:
         notes.append(f"{path}: {bad} line(s) are not JSON objects with an integer 'step' (e.g. a run cut short); ignored")
     return rows
+
+
+def is_after_repair(path: Path) -> bool:
+    """Whether the analysis folder ``path`` is a repair run's analysis_after (the repaired model)."""
+    path = Path(path)
+    return path.name == ANALYSIS_AFTER and any((path.parent / f).is_file() for f in RUN_FILES)
+
+
+def max_over_median(layer: dict) -> float | None:
+    """A layer's max / median token norm: ``max_over_median`` (mean over images of the per-image
+    ratio); folders written before it existed give the pooled ``norm_max / norm_median``."""
+    value = _num(layer.get("max_over_median"))
+    if value is not None:
+        return value
+    mx, med = _num(layer.get("norm_max")), _num(layer.get("norm_median"))
+    return mx / med if mx is not None and med is not None and med > 0 else None
+
+
+def _num(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

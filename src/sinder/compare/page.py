@@ -7,8 +7,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..measure import summary_cosine
+from ..plots import png_data_uri
 from ..report.html import esc, fmt, note, page, table
-from ..report.plots import png_data_uri
 from .methods import DESCRIPTIONS
 from .table import IMAGE_COLUMNS, IMAGES_NOTE, downstream_cell, downstream_keys, pct
 

@@ -6,7 +6,7 @@ Every image is an embedded PNG data URI, styles are inline and a Content-Securit
 forbids any network access, so the page opens from disk anywhere.
 
 Modules: :mod:`.inputs` reads the folders, :mod:`.sections` builds the five sections,
-:mod:`.html` the markup around them, :mod:`.plots` every matplotlib figure.
+:mod:`.html` the markup around them; every matplotlib figure is :mod:`sinder.plots`'s.
 """
 
 from __future__ import annotations

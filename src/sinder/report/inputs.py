@@ -20,6 +20,7 @@ from ..runfolder import (
     ANALYSIS_JSON,
     CONFIG,
     LOG,
+    REPAIRED,
     RUN_ANALYSES,
     RUN_FILES,
     SIGMA,
@@ -28,12 +29,12 @@ from ..runfolder import (
     AnalysisFolder,
     AnalysisResult,
     RunFolder,
+    is_after_repair,
     read_json_dict,
 )
 
 _LAYER_RE = re.compile(r"(?:^|\.)(\d+)\.")
 _WRITTEN_BY = "pass a folder written by sinder repair, demo or analyze"
-REPAIRED = ", repaired by SINDER"  # after the spec of a run's analysis_after (its analysis.json names the original)
 NO_ANALYSIS = "run made with --no-analysis"
 NO_ANALYSIS_NOTE = f"{NO_ANALYSIS}: no before/after analyses (image maps, per-layer statistics)"
 
@@ -165,12 +166,6 @@ def read_sigma(folder: str | os.PathLike, notes: list[str]) -> list[SigmaEntry]:
 
 
 # ----------------------------------------------------------------------------- folders
-
-
-def is_after_repair(path: Path) -> bool:
-    """Whether the analysis folder ``path`` is a repair run's analysis_after (the repaired model)."""
-    path = Path(path)
-    return path.name == ANALYSIS_AFTER and any((path.parent / f).is_file() for f in RUN_FILES)
 
 
 def read_analysis(path: Path, label: str, notes: list[str], repaired: bool = False) -> AnalysisInput | None:
@@ -315,16 +310,6 @@ def find_stop_ratio(config: dict | None) -> float | None:
     """The run's ``stop_skip_ratio`` (config.json), when it holds a usable one."""
     value = _number((config or {}).get("stop_skip_ratio"))
     return value if value is not None and 0 < value <= 1 else None
-
-
-def max_over_median(layer: dict) -> float | None:
-    """A layer's max / median token norm: ``max_over_median`` (mean over images of the per-image
-    ratio); folders written before it existed give the pooled ``norm_max / norm_median``."""
-    value = _number(layer.get("max_over_median"))
-    if value is not None:
-        return value
-    mx, med = _number(layer.get("norm_max")), _number(layer.get("norm_median"))
-    return mx / med if mx is not None and med is not None and med > 0 else None
 
 
 def mask_threshold(summary: dict) -> object:

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..runfolder import ANALYSIS_JSON, CONFIG, DISTRIBUTIONS, LOG, MAPS, SIGMA, SUMMARY, AnalysisResult, ImageMaps
+from .. import plots
+from ..runfolder import ANALYSIS_JSON, CONFIG, DISTRIBUTIONS, LOG, MAPS, SIGMA, SUMMARY, AnalysisResult, ImageMaps, max_over_median
 from ..units import is_rate, percent, plural, points
-from . import plots
 from .html import esc, figure, flatten, fmt, is_number, kv_table, note, table
-from .inputs import NO_ANALYSIS, AnalysisInput, ReportInputs, RunInput, find_stop_ratio, mask_threshold, max_over_median
+from .inputs import NO_ANALYSIS, AnalysisInput, ReportInputs, RunInput, find_stop_ratio, mask_threshold
 
 if TYPE_CHECKING:
     from . import ReportConfig

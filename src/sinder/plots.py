@@ -23,9 +23,8 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullForm
 from matplotlib.transforms import offset_copy
 from mpl_toolkits.axes_grid1 import make_axes_locatable
 
-from ..io import atomic_path
-from ..runfolder import AnalysisResult, ImageMaps
-from .inputs import REPAIRED, is_after_repair, max_over_median
+from .io import atomic_path
+from .runfolder import REPAIRED, AnalysisResult, ImageMaps, is_after_repair, max_over_median
 
 # One colour per compared analysis (A, B), used by every figure so the page reads consistently.
 SERIES_COLORS = ("tab:blue", "tab:orange")
