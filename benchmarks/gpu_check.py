@@ -7,7 +7,7 @@ held out), run in its own process on one GPU:
   autocast, default step budget): time from start to a re-loaded export, the steps it needed,
   why it stopped, and whether the zoo targets hold on the held-out photos (energy drop along
   ν ≥ 95%, max/median ≤ 3, non-defect and CLS cosine ≥ 0.999);
-- ``L fp32``, ``L compile``, ``L torchrun``: the same model with ``--no-amp``, with ``--compile``,
+- ``L fp32``, ``L compile``, ``L torchrun``: the same model with ``--amp off``, with ``--compile``,
   and under a 1-GPU ``torchrun`` (NCCL), each for a few steps without analyses: per-step time.
 
 Peak GPU memory is ``torch.cuda.max_memory_allocated`` of the process (not shown for torchrun).
@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROWS = {  # name: (member, extra repair options, torchrun, full run)
     "L bf16": ("native518@L", [], False, True),
-    "L fp32": ("native518@L", ["--no-amp", "--max-steps", "24", "--no-analysis", "--num-eval", "0"], False, False),
+    "L fp32": ("native518@L", ["--amp", "off", "--max-steps", "24", "--no-analysis", "--num-eval", "0"], False, False),
     "L compile": ("native518@L", ["--compile", "--max-steps", "24", "--no-analysis", "--num-eval", "0"], False, False),
     "L torchrun": ("native518@L", ["--max-steps", "24", "--no-analysis", "--num-eval", "0"], True, False),
     "g bf16": ("native518@g", [], False, True),
