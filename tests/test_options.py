@@ -118,3 +118,19 @@ def test_the_command_line_refuses_each_out_of_range_value_in_one_line_before_any
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"sinder {command}: error: {flag} must be "), lines
     assert not (tmp_path / "out").exists()
+
+
+def test_device_has_one_meaning_a_module_stays_with_auto_and_moves_when_named():
+    import torch
+    from helpers.models import tiny_vit
+
+    from sinder.options import place
+
+    bb = tiny_vit()
+    place(bb, "auto")  # a module you pass stays where it is
+    assert bb.device.type == "cpu"
+    place(bb, "cpu")
+    assert next(bb.model.parameters()).device.type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device is available; use --device cpu"):
+            place(bb, "cuda")

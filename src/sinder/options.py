@@ -8,8 +8,8 @@ value for every checked field of every config (``tests/test_options.py``).
 
 Shared options live in small mixins that a command's config inherits, so each is defined once with
 one meaning: :class:`RunOptions` (device, batch size, resolution, progress, rule), :class:`Seeded`,
-:class:`Directions`, :class:`Autocast` and :class:`Overwrite`. A config that needs another default redeclares the field
-with :func:`override`, which keeps its check, flag and help.
+:class:`Directions`, :class:`Autocast` and :class:`Overwrite`. A config that needs another
+default redeclares the field with :func:`override`, which keeps its check, flag and help.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ import torch
 from .detect import DefectRule
 from .errors import ConfigError
 from .images import MAX_RESOLUTION, MIN_RESOLUTION
-
-DEVICE_NAMES = ("auto", "cpu", "cuda")
+from .runtime import DEVICES, resolve_device
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ class Check:
             "number": number and math.isfinite(value),
             "choice": value in self.choices,
             "bool": isinstance(value, bool),
-            "device": isinstance(value, str) and (value in DEVICE_NAMES or re.fullmatch(r"cuda:\d+", value) is not None),
+            "device": isinstance(value, str) and (value in DEVICES or re.fullmatch(r"cuda:\d+", value) is not None),
             "type": self.of is not None and isinstance(value, self.of),
         }[self.kind]
         if not ok:
@@ -257,6 +256,4 @@ def place(backbone: Any, device: str) -> None:
     here = backbone.device
     if here.type == target.type and (target.index is None or here.index == target.index):
         return
-    from .runtime import resolve_device
-
     backbone.model.to(resolve_device(device))
