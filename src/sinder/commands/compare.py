@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     _run_arguments(p.add_argument_group("methods, images and output"), d)
     _fix_arguments(p.add_argument_group("the fixes' options, and a model retrained with registers"))
-    _measure_arguments(p, d)
+    _measure_arguments(p)
 
 
 def _run_arguments(g, d: CompareConfig) -> None:
@@ -59,7 +59,7 @@ def _fix_arguments(g) -> None:
     g.add_argument("--retrained-weights", metavar="FILE", help="checkpoint for --retrained (default: its own weights)")
 
 
-def _measure_arguments(p: argparse.ArgumentParser, d: CompareConfig) -> None:
+def _measure_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task",
         action="append",

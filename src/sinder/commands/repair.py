@@ -18,13 +18,13 @@ log = logging.getLogger(__name__)
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = RepairConfig()
     add_model_arguments(p)
-    _data_arguments(p.add_argument_group("images and output"), d)
+    _data_arguments(p.add_argument_group("images and output"))
     _training_arguments(p, p.add_argument_group("training"), d)
-    _stop_arguments(p.add_argument_group("where it trains and when it stops"), d)
-    _run_arguments(p.add_argument_group("how many images, Gram anchoring, directions, checkpoints, speed and the run folder"), d)
+    _stop_arguments(p.add_argument_group("where it trains and when it stops"))
+    _run_arguments(p.add_argument_group("how many images, Gram anchoring, directions, checkpoints, speed and the run folder"))
 
 
-def _data_arguments(g, d: RepairConfig) -> None:
+def _data_arguments(g) -> None:
     g.add_argument("--data", nargs="+", required=True, metavar="DIR_OR_FILE", help="training images: folders (recursive) and/or files")
     g.add_argument(
         "--eval-data",
@@ -46,7 +46,7 @@ def _training_arguments(p: argparse.ArgumentParser, g, d: RepairConfig) -> None:
     _options(g, "kernel limit_layers")
 
 
-def _stop_arguments(g, d: RepairConfig) -> None:
+def _stop_arguments(g) -> None:
     _options(g, "window stop_skip_ratio plateau_every")
     # unset, these take the base config's value: the reference's with --faithful, sinder's otherwise
     _options(g, "order plateau_patience weak_defects from_onset", default=None)
@@ -57,7 +57,7 @@ def _stop_arguments(g, d: RepairConfig) -> None:
     )
 
 
-def _run_arguments(g, d: RepairConfig) -> None:
+def _run_arguments(g) -> None:
     g.add_argument(
         "--save-at-skip",
         type=float,
