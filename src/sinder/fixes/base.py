@@ -70,7 +70,7 @@ class FixHandle:
     hooks: Callable[[], contextlib.AbstractContextManager] | None = None
     live_details: Callable[[], dict] | None = None  # details counted while the fix ran (read after measuring)
     own_directions: bool = False  # judged along its own ν (a retrained model), not the original's
-    _attached: contextlib.ExitStack | None = None
+    _attached: contextlib.ExitStack | None = field(default=None, repr=False, compare=False)  # hooks while applied
 
     @contextlib.contextmanager
     def active(self) -> Iterator[Backbone]:
