@@ -190,9 +190,9 @@ def add_option(group: argparse._ActionsContainer, config: type, name: str, **kwa
 
 def options_from_args(config: type, args: argparse.Namespace) -> dict[str, Any]:
     """The values ``args`` holds for ``config``'s declared options (flags made by :func:`add_option`;
-    the rule has flags of its own)."""
+    the rule has flags of its own); None means not given."""
     names = {f.name for f in checked_fields(config) if f.metadata["check"].kind != "type"}
-    return {k: v for k, v in vars(args).items() if k in names}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
 # -- the shared options ------------------------------------------------------------------------

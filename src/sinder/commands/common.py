@@ -8,7 +8,7 @@ import logging
 
 from ..backbones import Backbone, load_backbone
 from ..errors import ConfigError
-from ..options import RunOptions, add_option
+from ..options import RunOptions, add_option, options_from_args
 from ..runtime import resolve_device
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,6 @@ def rule_from_args(args: argparse.Namespace, base=None, **fixed):
 
 
 def config_from_args(base, args: argparse.Namespace, **explicit):
-    """``base`` (a config instance) with the options named like its fields that the user gave
-    (None means not given), plus ``explicit`` for the renamed ones; validated on construction."""
-    names = {f.name for f in dataclasses.fields(base)}
-    given = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    return dataclasses.replace(base, **(given | explicit))
+    """``base`` (a config instance) with the declared options the user gave, plus ``explicit`` for
+    the others (the rule, renamed ones); validated on construction."""
+    return dataclasses.replace(base, **(options_from_args(type(base), args) | explicit))
