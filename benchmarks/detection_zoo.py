@@ -26,6 +26,7 @@ from PIL import Image
 from sinder.backbones import load_backbone
 from sinder.detect import DefectRule, detect_layer
 from sinder.images import BUNDLED_EVAL, ImageSet, SourceImage, bundled_photos, to_rgb
+from sinder.measure import resolve_low_norm
 from sinder.planted import PRESETS
 from sinder.repair.config import FAITHFUL_RULE
 from sinder.theory import defect_directions
@@ -49,15 +50,18 @@ def unseen_photos() -> list[SourceImage]:
 @torch.no_grad()
 def score(member: str, photos: list[SourceImage]) -> dict:
     bb = load_backbone(f"planted:{member}")
-    truth, nu = bb.ground_truth, defect_directions(bb)[-1]
+    directions = defect_directions(bb)
+    truth, nu = bb.ground_truth, directions[-1]
     images = ImageSet.from_inputs(photos, bb, bb.image_size, crop="square")
+    # as every command does: the default rule's low-norm handling decided on these photos
+    rules = {name: resolve_low_norm(bb, images, directions, rule) for name, rule in RULES.items()}
     counts = {name: [0, 0, 0] for name in RULES}  # hits, detected, planted
     for _, px in images.batches(4):
         planted = truth.ignition(bb, px)
         outs, ctx = bb.forward_layers(px)
         grid = bb.patch_grid(outs[-1], ctx)
-        for name, rule in RULES.items():
-            found = detect_layer(rule, grid, nu).defects.cpu()
+        for name, rule in rules.items():
+            found = detect_layer(rule, grid, nu, bb.depth - 1).defects.cpu()
             c = counts[name]
             c[0] += int((found & planted).sum())
             c[1] += int(found.sum())
@@ -69,6 +73,7 @@ def score(member: str, photos: list[SourceImage]) -> dict:
             "precision": hits / detected if detected else None,
             "planted": planted,
             "detected": detected,
+            "low_norm": rules[name].low_norm,
         }
     return row
 

@@ -15,8 +15,10 @@ import torch
 from zoo_common import markdown, measure, save_rows
 
 from sinder.backbones import load_backbone
+from sinder.detect import DefectRule
 from sinder.fixes import NeighbourInterpolation
 from sinder.images import BUNDLED_EVAL, ImageSet, bundled_photos
+from sinder.measure import resolve_low_norm
 from sinder.planted import PRESETS
 from sinder.theory import defect_directions
 
@@ -25,9 +27,10 @@ def run(member: str, layers: list[int] | None) -> list[dict]:
     original, hooked = load_backbone(f"planted:{member}"), load_backbone(f"planted:{member}")
     directions = defect_directions(hooked)
     held_out = ImageSet.from_inputs(bundled_photos(BUNDLED_EVAL), original, original.image_size)
+    rule = resolve_low_norm(original, held_out, directions, DefectRule())  # as sinder compare decides it
     rows = []
     for layer in layers if layers is not None else range(hooked.depth):
-        with NeighbourInterpolation(hooked, layer, directions[layer]) as fix, torch.no_grad():
+        with NeighbourInterpolation(hooked, layer, directions[layer], rule) as fix, torch.no_grad():
             for _, px in held_out.batches(8):  # one pass, to count the replaced tokens once
                 hooked.model_forward(px)
             replaced = fix.replaced

@@ -68,7 +68,7 @@ class PlainLoop:
         for j, blk in enumerate(model.blocks):
             x = blk(x)
             grid = bb.patch_grid(x, ctx)
-            mask = self.rule.detect(grid, self.dirs[j])
+            mask = self.rule.detect(grid, self.dirs[j], j)
             if int(mask.sum()) >= self.rule.skip_less_than:
                 neighbour_loss(grid, self.dirs[j], mask).sum().backward()
                 for t in range(j - self.limit + 1):

@@ -139,11 +139,15 @@ def test_square_preprocessing_is_the_references_torchvision_pipeline(size):
 
 def test_low_norm_artifacts_are_reported_not_silently_dropped_by_the_norm_gate():
     """CLIP-style artifacts: aligned with ν but of *lower* norm than their neighbours. The warning
-    reads what the gate-rejected tokens look like (GateRejectedStats), not only how many they are."""
+    reads what the gate-rejected tokens look like (GateRejectedStats), not only how many they are, and
+    the "auto" decision counts them from the block that has them."""
+    from dataclasses import replace
+
     import torch
 
-    from sinder.analyze import GateRejectedStats, gate_warning
     from sinder.detect import DefectRule, DefectStats, detect_layer
+    from sinder.measure import GateRejectedStats
+    from sinder.verdict import choose_low_norm, gate_warning
 
     g = torch.Generator().manual_seed(0)
     nu = torch.zeros(32)
@@ -167,10 +171,16 @@ def test_low_norm_artifacts_are_reported_not_silently_dropped_by_the_norm_gate()
     assert last["gate_rejected_rate"] == pytest.approx(3 / 288) and last["gate_rejected_images"] == 2
     assert last["gate_rejected_cos_median"] == pytest.approx(1.0) and last["gate_rejected_alignment"] == pytest.approx(1.0)
     assert last["gate_rejected_norm_over_neighbours"] < 0.6
-    assert "--norm-gate 0" in gate_warning(summary)
+    assert "--low-norm count" in gate_warning(summary)  # an undecided rule dropped them
+    counting = choose_low_norm(gated, [{"index": 0, **last}])
+    assert (counting.low_norm, counting.low_norm_from) == ("count", 0)
+    assert counting.detect(grid, nu, layer=0).sum() == 3 and replace(counting, low_norm_from=1).detect(grid, nu, layer=0).sum() == 0
+    counted = summary_of(counting, grid)
+    assert counted["layers"][0]["defect_rate"] == pytest.approx(3 / 288) and "counted as defects from block 0" in gate_warning(counted)
     assert gate_warning(summary_of(plain, grid)) is None  # no gate, nothing rejected
     # the same count of gate-rejected tokens, but only the rule's noise tail (no artifact): silent
     nu = torch.zeros(384)
     nu[0] = 1.0
     noisy = summary_of(gated, torch.randn(4, 37, 37, 384, generator=g))  # a ViT-S width: |cos| tail ~0.17
     assert noisy["layers"][0]["gate_rejected_rate"] > 0 and gate_warning(noisy) is None
+    assert choose_low_norm(gated, noisy["layers"]).low_norm == "drop"

@@ -16,6 +16,7 @@ from sinder.analyze import AnalyzeConfig, analyze, compute_directions
 from sinder.backbones import load_backbone
 from sinder.backbones.timm_loader import wrap_timm
 from sinder.cli import main
+from sinder.detect import DefectRule
 from sinder.images import bundled_photos
 from sinder.planted import PRESETS
 from sinder.verdict import compute_verdict, gate_warning, layer_defects
@@ -175,13 +176,17 @@ def test_zoo_members_have_defects_from_the_right_block(name):
     v = summary["verdict"]
     assert v["has_defects"] and v["onset_layer"] == expected_onset(backbone, directions), v
     assert v["onset_layer"] >= backbone.ground_truth.ignition_layer
-    if name == "lownorm":  # CLIP-like: along ν at a lower norm than the neighbours; the gate drops them
-        assert v["last_layer_defects"] == "low-norm" and v["low_norm_artifacts"]
-        assert v["reason"].startswith(f"low-norm singular defects from block {v['onset_layer']}: ")
-        assert "--norm-gate 0" in gate_warning(summary)
+    last = summary["layers"][-1]
+    if name == "lownorm":  # CLIP-like: along ν at a lower norm than the neighbours; the gate would drop them
+        assert v["last_layer_defects"] == "low-norm" and v["low_norm_artifacts"] and v["low_norm_counted"]
+        assert summary["rule"]["low_norm"] == "count" and summary["rule"]["low_norm_from"] == v["onset_layer"]
+        assert v["reason"].startswith(f"low-norm singular defects from block {v['onset_layer']}: ") and "counted" in v["reason"]
+        assert f"counted as defects from block {v['onset_layer']}" in gate_warning(summary)
     else:
+        assert summary["rule"]["low_norm"] == "drop"
         assert v["last_layer_defects"] == "high-norm" and gate_warning(summary) is None
         assert v["reason"].startswith(f"singular defects from block {v['onset_layer']}: ")
+    assert last["truth_recall"] >= 0.95 and last["truth_precision"] >= 0.95, last
 
 
 def test_warning_fires_on_artifacts_of_lower_norm_than_their_neighbours():
@@ -199,14 +204,25 @@ def test_warning_fires_on_artifacts_of_lower_norm_than_their_neighbours():
     backbone.model.blocks[-1].register_forward_hook(low_norm)
     summary, _ = run_analysis(backbone, PHOTOS[:2])
     last = summary["layers"][-1]
-    assert last["defect_rate"] == 0 and last["gate_rejected_cos_median"] > 0.9 and last["gate_rejected_norm_over_neighbours"] < 0.7
+    # low_norm "auto": counted from the last block, the only one where they are low-norm
+    assert summary["rule"]["low_norm"] == "count" and summary["rule"]["low_norm_from"] == backbone.depth - 1
+    assert last["defect_rate"] == pytest.approx(last["gate_rejected_rate"]) and last["defect_rate"] > 0
+    assert last["gate_rejected_cos_median"] > 0.9 and last["gate_rejected_norm_over_neighbours"] < 0.7
+    assert summary["layers"][-2]["gate_rejected_rate"] == 0  # high-norm one block earlier
     warning = gate_warning(summary)
-    assert warning and "--norm-gate 0" in warning
+    assert warning and f"counted as defects from block {backbone.depth - 1}" in warning
     ratio = float(re.search(r"(\d\.\d+)× their neighbours' norm", warning).group(1))
     assert 0.4 <= ratio <= 0.6  # scaled to half the median: about half their neighbours' norm
     v = summary["verdict"]
-    assert v["has_defects"] and v["onset_layer"] == 4 and v["last_layer_defects"] == "low-norm" and v["low_norm_artifacts"]
+    assert v["has_defects"] and v["onset_layer"] == 4 and v["last_layer_defects"] == "low-norm" and v["low_norm_counted"]
     assert v["reason"].startswith("singular defects from block 4, low-norm in the last block: ")
+    # told to drop them, the rule leaves them out, and the line says how to count them
+    directions, values = compute_directions(backbone, "exact")
+    cfg = AnalyzeConfig(figures=False, progress=False, rule=DefectRule(low_norm="drop"))
+    dropped = analyze(backbone, bundled_photos(PHOTOS[:2]), cfg, directions=directions, singular_values=values).summary
+    assert dropped["layers"][-1]["defect_rate"] == 0 and dropped["layers"][-1]["gate_rejected_rate"] == last["gate_rejected_rate"]
+    assert "--low-norm count" in gate_warning(dropped) and not dropped["verdict"]["low_norm_counted"]
+    assert dropped["verdict"]["last_layer_defects"] == "low-norm"
 
 
 # ----------------------------------------------------------------------------- the command line

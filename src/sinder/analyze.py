@@ -2,8 +2,8 @@
 
 For every layer i: defects by the :class:`~sinder.detect.DefectRule`, high-norm tokens, norm
 statistics and how well ν_i predicts the direction of the high-norm tokens (``theory_alignment``),
-all accumulated by :class:`~sinder.detect.DefectStats`, plus what the tokens the norm gate rejects
-look like (:class:`GateRejectedStats`), and the model's verdict (:mod:`sinder.verdict`). Writes an analysis folder
+all accumulated by :class:`~sinder.measure.ModelStats` (with what the tokens the norm gate rejects
+look like), and the model's verdict (:mod:`sinder.verdict`). Writes an analysis folder
 (:class:`~sinder.runfolder.AnalysisFolder`): ``analysis.json``, ``directions.safetensors``,
 ``maps.npz`` / ``distributions.npz`` (for the report) and figures.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,14 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from .backbones import Backbone, as_backbone
-from .detect import LayerDetection, abs_cosine, mean_direction
+from .detect import LayerDetection, abs_cosine
 from .errors import ImageError
 from .images import ImageItem, ImageSet, check_grid, denormalise, pca_rgb
 from .measure import CROP, ModelStats, tokens_of, truth_mask
 from .options import FLAG, Directions, Overwrite, RunOptions, Seeded, integer, one_of, option, place, validate
 from .runfolder import AnalysisFolder, AnalysisResult, ImageMaps
 from .units import percent, plural
-from .verdict import compute_verdict, gate_warning
+from .verdict import choose_low_norm, compute_verdict, gate_warning
 
 log = logging.getLogger(__name__)
 
@@ -77,56 +77,6 @@ class Distributions:
         return out
 
 
-def neighbour_norm_ratio(norms: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) token norms -> each token's norm over the mean norm of its (up to 8) neighbours."""
-    kernel = torch.ones(1, 1, 3, 3, dtype=norms.dtype, device=norms.device)
-    kernel[0, 0, 1, 1] = 0.0
-    x = norms[:, None]
-    total = F.conv2d(x, kernel, padding=1)[:, 0]
-    count = F.conv2d(torch.ones_like(x), kernel, padding=1)[:, 0]
-    return norms / (total / count.clamp_min(1)).clamp_min(1e-12)
-
-
-class GateRejectedStats:
-    """What the tokens of one layer that pass the |cos| rule but fail the norm gate look like: how
-    strongly each lies along ν (median |cos|), whether together they point along ν in every image
-    (``gate_rejected_alignment``: |cos| between ν and the mean of the per-image mean directions),
-    and their norm against their neighbours'. The low-norm warning
-    (:func:`sinder.verdict.gate_warning`) reads these."""
-
-    CAP = 100_000  # values kept per layer for the medians
-
-    def __init__(self) -> None:
-        self.cos: list[torch.Tensor] = []
-        self.ratio: list[torch.Tensor] = []
-        self.kept = 0
-        self.directions: list[torch.Tensor] = []
-
-    def add(self, grid: torch.Tensor, found: LayerDetection) -> None:
-        rejected = found.gate_rejected
-        if not rejected.any():
-            return
-        if self.kept < self.CAP:
-            self.cos.append(found.scores[rejected].float().cpu())
-            self.ratio.append(neighbour_norm_ratio(found.norms)[rejected].float().cpu())
-            self.kept += int(rejected.sum())
-        for g, m in zip(grid, rejected):
-            if m.any():
-                self.directions.append(mean_direction(g[m]).float().cpu())
-
-    def summary(self, direction: torch.Tensor) -> dict:
-        median = lambda parts: float(torch.cat(parts).median()) if parts else None  # noqa: E731
-        pooled = mean_direction(torch.stack(self.directions)) if self.directions else None
-        return {
-            "gate_rejected_cos_median": median(self.cos),
-            "gate_rejected_alignment": None
-            if pooled is None
-            else abs(float(F.cosine_similarity(pooled.float(), direction.float().cpu(), dim=0))),
-            "gate_rejected_norm_over_neighbours": median(self.ratio),
-            "gate_rejected_images": len(self.directions),
-        }
-
-
 def compute_directions(backbone: Backbone, method: str) -> tuple[torch.Tensor, torch.Tensor | None]:
     from .theory import linearise
 
@@ -140,7 +90,6 @@ class _Run:
 
     images: ImageSet
     stats: ModelStats
-    rejected: list[GateRejectedStats]
     distributions: Distributions
     random_dir: torch.Tensor
     maps: dict[int, ImageMaps] = field(default_factory=dict)
@@ -177,22 +126,32 @@ def analyze(
         first = next(iter(images.skipped.items()), None)
         reason = f" ({first[0]}: {first[1]})" if first else ""
         raise ImageError(f"none of the {len(images)} input image(s) can be used{reason}; pass images PIL can decode")
-    gen = torch.Generator().manual_seed(config.seed)
-    run = _Run(
-        images,
-        ModelStats(config.rule, directions, range(backbone.depth), backbone.ground_truth),
-        [GateRejectedStats() for _ in range(backbone.depth)],
-        Distributions(backbone.depth, config.max_distribution_samples, config.seed),
-        F.normalize(torch.randn(backbone.embed_dim, generator=gen), dim=0).to(device),
-    )
-    for idxs, pixels in images.batches(config.batch_size, progress=config.progress, desc="analyze"):
-        _analyse_batch(backbone, pixels.to(device), idxs, run)
+    run = _analysis_pass(backbone, images, directions, config)
+    chosen = choose_low_norm(config.rule, run.stats.per_layer())  # "auto" decided on these images
+    if chosen != config.rule:
+        config = replace(config, rule=chosen)
+        if chosen.low_norm == "count":  # the counted defects change every statistic: measure again
+            log.info("low-norm singular defects in the last block: counted as defects from block %d; measuring again", chosen.low_norm_from)
+            run = _analysis_pass(backbone, images, directions, config)
     result = _result(backbone, run, directions, singular_values, resolution, config)
     if folder is not None:
         from .plots import write_analysis_figures
 
         folder.write(result, config.overwrite, figures=write_analysis_figures if config.figures else None)
     return result
+
+
+def _analysis_pass(backbone: Backbone, images: ImageSet, directions: torch.Tensor, config: AnalyzeConfig) -> _Run:
+    gen = torch.Generator().manual_seed(config.seed)
+    run = _Run(
+        images,
+        ModelStats(config.rule, directions, range(backbone.depth), backbone.ground_truth),
+        Distributions(backbone.depth, config.max_distribution_samples, config.seed),
+        F.normalize(torch.randn(backbone.embed_dim, generator=gen), dim=0).to(backbone.device),
+    )
+    for idxs, pixels in images.batches(config.batch_size, progress=config.progress, desc="analyze"):
+        _analyse_batch(backbone, pixels.to(backbone.device), idxs, run)
+    return run
 
 
 def _analyse_batch(backbone: Backbone, pixels: torch.Tensor, idxs: list[int], run: _Run) -> None:
@@ -202,7 +161,6 @@ def _analyse_batch(backbone: Backbone, pixels: torch.Tensor, idxs: list[int], ru
     detections = run.stats.add(tokens, truth_mask(backbone, pixels))
     for i, grid in enumerate(tokens.grids):
         found = detections[i]
-        run.rejected[i].add(grid, found)
         run.distributions.add(i, found.norms, found.scores, abs_cosine(grid, run.random_dir))
         if i == last:
             attn = None
@@ -239,7 +197,7 @@ def _keep_image(backbone, run: _Run, k: int, pixels, grid, found: LayerDetection
 def _result(backbone, run: _Run, directions, singular_values, resolution: int, config: AnalyzeConfig) -> AnalysisResult:
     layers = []
     for i, stats in enumerate(run.stats.per_layer()):
-        entry = {**stats, **run.rejected[i].summary(directions[i].cpu())}
+        entry = dict(stats)
         entry["top_singular_values"] = None if singular_values is None else [float(v) for v in singular_values[i]]
         layers.append(entry)
     last = layers[-1]
@@ -276,8 +234,9 @@ def format_table(summary: dict) -> str:
         f"direction consistency (last layer): {'n/a' if cons is None else f'{cons:.1f} deg'} ({plural(n or 0, 'image')} with high-norm defects)"
     )
     warning = gate_warning(summary)
-    if warning:
-        rows.append(f"warning: {warning}")
+    if warning:  # counted artifacts are reported; dropped ones are a warning
+        counted = (summary.get("rule") or {}).get("low_norm") == "count"
+        rows.append(f"{'low-norm' if counted else 'warning'}: {warning}")
     return "\n".join(rows)
 
 

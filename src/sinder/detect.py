@@ -37,6 +37,8 @@ ROBUST_ITERATIONS = 8
 MAD_TO_STD = 1.4826  # σ = 1.4826·MAD for a normal distribution
 Threshold = Literal["robust", "meanstd"]
 THRESHOLDS = ("robust", "meanstd")
+LowNorm = Literal["auto", "count", "drop"]
+LOW_NORM = ("auto", "count", "drop")
 
 
 def abs_cosine(grid: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
@@ -124,6 +126,12 @@ class DefectRule:
     half off; norm_gate 0: no gate at all). On the zoo the aligned half adds only planted tokens
     (weakly ignited ones at 1.3–2× the median norm, |cos| ≥ 0.8), none before any onset, and
     nothing on random-init models, whose |cos| tail stays ≤ 0.27 (docs/detection-and-repair.md).
+    ``low_norm``: what becomes of |cos| outliers that fail the gate: ``drop`` them (the noise tail
+    of ordinary tokens), ``count`` them as defects from block ``low_norm_from`` on (artifacts
+    below the norm gate, as some CLIP towers have), or ``auto``: a command decides per model
+    (:func:`sinder.verdict.choose_low_norm`: ``count`` from the first block with low-norm singular
+    defects when its last block has them, ``drop`` otherwise) and records the decision; an
+    undecided ``auto`` rule drops.
     ``skip_less_than``: how many defects a layer needs before repair trains on it (the
     reference's name). The defaults (whole grid, gate 2 or 1.25 along ν, one defect) were chosen on the zoo of
     planted models (docs/zoo.md). ``threshold`` stays ``meanstd`` by default: ``robust`` finds the
@@ -139,6 +147,8 @@ class DefectRule:
     high_norm_factor: float = 3.0
     skip_less_than: int = 1
     threshold: Threshold = "meanstd"
+    low_norm: LowNorm = "auto"
+    low_norm_from: int = 0
 
     def __post_init__(self) -> None:
         require(math.isfinite(self.mask_thr) and self.mask_thr > 0, f"--mask-thr must be > 0, got {self.mask_thr}")
@@ -154,27 +164,36 @@ class DefectRule:
         )
         require(self.skip_less_than >= 1, f"--skip-less-than must be >= 1, got {self.skip_less_than}")
         require(self.threshold in THRESHOLDS, f"--threshold must be {' or '.join(THRESHOLDS)}, got {self.threshold!r}")
+        require(self.low_norm in LOW_NORM, f"--low-norm must be {', '.join(LOW_NORM)}, got {self.low_norm!r}")
+        require(
+            isinstance(self.low_norm_from, int) and self.low_norm_from >= 0,
+            f"low_norm_from must be a block index >= 0, got {self.low_norm_from!r}",
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def cosine_threshold(self, scores: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
+    def counts_low_norm(self, layer: int | None = None) -> bool:
+        """Whether tokens that fail the gate are defects at ``layer`` (None: any layer)."""
+        return self.low_norm == "count" and (layer is None or layer >= self.low_norm_from)
+
+    def cosine_threshold(self, scores: torch.Tensor, norms: torch.Tensor | None = None, layer: int | None = None) -> torch.Tensor:
         """The per-image |cos| threshold (B,) of scores (B, H, W). The robust one takes its
         statistics without the defects, so it needs the token ``norms`` for the norm gate
         (without them every |cos| outlier counts as a defect)."""
         if self.threshold == "meanstd":
             return meanstd_threshold(scores, self.mask_thr)
-        eligible = None if norms is None or self.norm_gate <= 0 else self.gate_mask(norms, scores)
-        return robust_threshold(scores, self.mask_thr, eligible)
+        gated = norms is not None and self.norm_gate > 0 and not self.counts_low_norm(layer)
+        return robust_threshold(scores, self.mask_thr, self.gate_mask(norms, scores) if gated else None)
 
-    def cosine_mask(self, scores: torch.Tensor, norms: torch.Tensor | None = None) -> torch.Tensor:
+    def cosine_mask(self, scores: torch.Tensor, norms: torch.Tensor | None = None, layer: int | None = None) -> torch.Tensor:
         """The |cos| part alone, on scores (B, H, W): above the image's threshold, outside ``border``.
 
         As in the reference, the statistics are taken over the whole grid and the border rows
         and columns (if any) are cleared afterwards.
         """
         _, h, w = scores.shape
-        above = scores > self.cosine_threshold(scores, norms)[:, None, None]
+        above = scores > self.cosine_threshold(scores, norms, layer)[:, None, None]
         if self.border == 0:
             return above
         return above & interior_mask(h, w, self.border, scores.device)
@@ -191,14 +210,15 @@ class DefectRule:
             gate |= norms * scores > self.aligned_gate * med
         return gate
 
-    def mask(self, scores: torch.Tensor, norms: torch.Tensor) -> torch.Tensor:
-        """Defects (B, H, W) from |cos| scores and token norms."""
-        return self.cosine_mask(scores, norms) & self.gate_mask(norms, scores)
+    def mask(self, scores: torch.Tensor, norms: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """Defects (B, H, W) at block ``layer`` from |cos| scores and token norms."""
+        by_cos = self.cosine_mask(scores, norms, layer)
+        return by_cos if self.counts_low_norm(layer) else by_cos & self.gate_mask(norms, scores)
 
-    def detect(self, grid: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-        """Defects (B, H, W) of patch tokens (B, H, W, D) for direction ν."""
+    def detect(self, grid: torch.Tensor, direction: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """Defects (B, H, W) of patch tokens (B, H, W, D) at block ``layer`` for direction ν."""
         grid = grid.detach().float()
-        return self.mask(abs_cosine(grid, direction.float()), grid.norm(dim=-1))
+        return self.mask(abs_cosine(grid, direction.float()), grid.norm(dim=-1), layer)
 
     def high_norm(self, norms: torch.Tensor) -> torch.Tensor:
         """High-norm tokens (B, H, W) from token norms: norm > high_norm_factor × the image's median."""
@@ -213,24 +233,25 @@ class LayerDetection:
     norms: torch.Tensor
     defects: torch.Tensor
     high: torch.Tensor
-    gate_rejected: torch.Tensor  # passed the |cos| rule, failed the norm gate
+    gate_rejected: torch.Tensor  # passed the |cos| rule, failed the norm gate (defects too where the rule counts them)
 
     def image(self, b: int) -> LayerDetection:
         """Image ``b`` alone ((H, W) each)."""
         return LayerDetection(self.scores[b], self.norms[b], self.defects[b], self.high[b], self.gate_rejected[b])
 
 
-def detect_layer(rule: DefectRule, grid: torch.Tensor, direction: torch.Tensor | None) -> LayerDetection:
-    """The rule applied to patch tokens (B, H, W, D); without a direction only norms are judged."""
+def detect_layer(rule: DefectRule, grid: torch.Tensor, direction: torch.Tensor | None, layer: int | None = None) -> LayerDetection:
+    """The rule applied to patch tokens (B, H, W, D) of block ``layer``; without a direction only norms are judged."""
     grid = grid.detach().float()
     norms = grid.norm(dim=-1)
     if direction is None:
         none = torch.zeros_like(norms, dtype=torch.bool)
         return LayerDetection(torch.zeros_like(norms), norms, none, rule.high_norm(norms), none)
     scores = abs_cosine(grid, direction.float())
-    by_cos = rule.cosine_mask(scores, norms)
+    by_cos = rule.cosine_mask(scores, norms, layer)
     gate = rule.gate_mask(norms, scores)
-    return LayerDetection(scores, norms, by_cos & gate, rule.high_norm(norms), by_cos & ~gate)
+    defects = by_cos if rule.counts_low_norm(layer) else by_cos & gate
+    return LayerDetection(scores, norms, defects, rule.high_norm(norms), by_cos & ~gate)
 
 
 @dataclass

@@ -23,16 +23,18 @@ grid per photo, which is why ``analyze`` and ``repair`` once disagreed on the sa
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
 from .backbones.base import Backbone, TokenContext
-from .detect import DefectRule, DefectStats, LayerDetection, detect_layer
+from .detect import DefectRule, DefectStats, LayerDetection, detect_layer, mean_direction
 
 CROP = "square"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -81,6 +83,56 @@ def summary_cosine(features: dict) -> float | None:
     return features.get("pooled_cosine") if value is None else value
 
 
+def neighbour_norm_ratio(norms: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) token norms -> each token's norm over the mean norm of its (up to 8) neighbours."""
+    kernel = torch.ones(1, 1, 3, 3, dtype=norms.dtype, device=norms.device)
+    kernel[0, 0, 1, 1] = 0.0
+    x = norms[:, None]
+    total = F.conv2d(x, kernel, padding=1)[:, 0]
+    count = F.conv2d(torch.ones_like(x), kernel, padding=1)[:, 0]
+    return norms / (total / count.clamp_min(1)).clamp_min(1e-12)
+
+
+class GateRejectedStats:
+    """What the tokens of one layer that pass the |cos| rule but fail the norm gate look like: how
+    strongly each lies along ν (median |cos|), whether together they point along ν in every image
+    (``gate_rejected_alignment``: |cos| between ν and the mean of the per-image mean directions),
+    and their norm against their neighbours'. The verdict's low-norm case
+    (:func:`sinder.verdict.low_norm_defects`) reads these."""
+
+    CAP = 100_000  # values kept per layer for the medians
+
+    def __init__(self) -> None:
+        self.cos: list[torch.Tensor] = []
+        self.ratio: list[torch.Tensor] = []
+        self.kept = 0
+        self.directions: list[torch.Tensor] = []
+
+    def add(self, grid: torch.Tensor, found: LayerDetection) -> None:
+        rejected = found.gate_rejected
+        if not rejected.any():
+            return
+        if self.kept < self.CAP:
+            self.cos.append(found.scores[rejected].float().cpu())
+            self.ratio.append(neighbour_norm_ratio(found.norms)[rejected].float().cpu())
+            self.kept += int(rejected.sum())
+        for g, m in zip(grid, rejected):
+            if m.any():
+                self.directions.append(mean_direction(g[m]).float().cpu())
+
+    def summary(self, direction: torch.Tensor) -> dict:
+        median = lambda parts: float(torch.cat(parts).median()) if parts else None  # noqa: E731
+        pooled = mean_direction(torch.stack(self.directions)) if self.directions else None
+        return {
+            "gate_rejected_cos_median": median(self.cos),
+            "gate_rejected_alignment": None
+            if pooled is None
+            else abs(float(F.cosine_similarity(pooled.float(), direction.float().cpu(), dim=0))),
+            "gate_rejected_norm_over_neighbours": median(self.ratio),
+            "gate_rejected_images": len(self.directions),
+        }
+
+
 class ModelStats:
     """Per-layer statistics of one model over batches of :class:`Tokens`.
 
@@ -92,6 +144,7 @@ class ModelStats:
         self.rule, self.directions, self.truth = rule, directions, truth
         self.layers = list(layers)
         self.stats = {i: DefectStats() for i in self.layers}
+        self.rejected = {i: GateRejectedStats() for i in self.layers}
         self.u_along = self.u_total = 0.0
 
     def direction(self, layer: int) -> torch.Tensor | None:
@@ -105,9 +158,10 @@ class ModelStats:
                 continue
             d = self.direction(layer)
             d = None if d is None else d.to(grid.device)
-            found[layer] = f = detect_layer(self.rule, grid, d)
+            found[layer] = f = detect_layer(self.rule, grid, d, layer)
             scored = truth_mask if truth_mask is not None and self.truth is not None and layer >= self.truth.ignition_layer else None
             self.stats[layer].add(grid, d, f, scored)
+            self.rejected[layer].add(grid, f)
         if self.truth is not None:
             last = tokens.last
             u = self.truth.u.to(last.device, last.dtype)
@@ -117,7 +171,8 @@ class ModelStats:
 
     def layer_summary(self, layer: int) -> dict:
         d = self.direction(layer)
-        return self.stats[layer].summary(None if d is None else d.cpu())
+        out = self.stats[layer].summary(None if d is None else d.cpu())
+        return out if d is None else out | self.rejected[layer].summary(d.cpu())
 
     def last_layer(self) -> dict:
         out = self.layer_summary(self.layers[-1])
@@ -173,3 +228,32 @@ class FeatureCosines:
             c = torch.cat(self.summary_tokens)
             out.update({self.summary_key: float(c.mean()), f"{self.summary_key}_min": float(c.min())})
         return out
+
+
+LOW_NORM_PROBE_IMAGES = 8  # images the auto low-norm decision looks at (the verdict's thresholds were set on 8)
+
+
+@torch.no_grad()
+def resolve_low_norm(
+    backbone: Backbone, images, directions: torch.Tensor, rule: DefectRule, *, batch_size: int = 8, autocast: Callable | None = None
+) -> DefectRule:
+    """``rule`` with ``low_norm="auto"`` decided for ``backbone`` (:func:`sinder.verdict.choose_low_norm`)
+    from its statistics at every block on the first :data:`LOW_NORM_PROBE_IMAGES` of ``images`` (an
+    :class:`~sinder.images.ImageSet`); any other rule comes back as it is."""
+    from .verdict import choose_low_norm
+
+    if rule.low_norm != "auto":
+        return rule
+    if rule.norm_gate <= 0:  # no gate: nothing fails it, nothing to decide
+        return replace(rule, low_norm="drop")
+    stats = ModelStats(rule, directions, range(backbone.depth))
+    for _, pixels in images.batches(min(batch_size, LOW_NORM_PROBE_IMAGES)):
+        stats.add(forward_tokens(backbone, pixels, every_layer=True, autocast=autocast))
+        if stats.images >= LOW_NORM_PROBE_IMAGES:
+            break
+    chosen = choose_low_norm(rule, stats.per_layer() if stats.images else [])
+    if chosen.low_norm == "count":
+        log.info(
+            "low-norm singular defects in the last block: counted as defects from block %d (--low-norm drop: not)", chosen.low_norm_from
+        )
+    return chosen

@@ -46,7 +46,7 @@ def add_rule_arguments(p: argparse.ArgumentParser, defaults=None, faithful=None)
     ``faithful`` the help also names the values ``--faithful`` uses). Unset options stay None and
     take the base rule's value (:func:`rule_from_args`). ``--skip-less-than`` acts in repair only;
     the other commands' help says so (the command is read from ``p.prog``)."""
-    from ..detect import THRESHOLDS, DefectRule
+    from ..detect import LOW_NORM, THRESHOLDS, DefectRule
 
     d = defaults or DefectRule()
 
@@ -71,6 +71,12 @@ def add_rule_arguments(p: argparse.ArgumentParser, defaults=None, faithful=None)
         help="or its component along ν must exceed A × the image's median patch norm: a defect long along ν before it is long "
         f"(0: the norm gate alone; {default('aligned_gate')})",
     )
+    p.add_argument(
+        "--low-norm",
+        choices=LOW_NORM,
+        help="|cos| outliers that fail the gate: drop them (the noise tail), count them as defects, or auto: count them from the "
+        f"first block that has them when the model's last block has low-norm singular defects (README, 'Verdict'), else drop ({default('low_norm')})",
+    )
     p.add_argument("--high-norm-factor", type=float, help=f"high-norm if norm > F × the image's median ({default('high_norm_factor')})")
     if p.prog.split()[-1] in TRAINING_COMMANDS:
         skip_help = f"defects a layer needs before repair trains on it ({default('skip_less_than')})"
@@ -79,7 +85,7 @@ def add_rule_arguments(p: argparse.ArgumentParser, defaults=None, faithful=None)
     p.add_argument("--skip-less-than", type=int, help=skip_help)
 
 
-RULE_OPTIONS = ("mask_thr", "threshold", "norm_gate", "aligned_gate", "high_norm_factor", "skip_less_than")
+RULE_OPTIONS = ("mask_thr", "threshold", "norm_gate", "aligned_gate", "low_norm", "high_norm_factor", "skip_less_than")
 
 
 def rule_from_args(args: argparse.Namespace, base=None, **fixed):

@@ -27,6 +27,7 @@ from ..fixes import FIXES, Fix, FixContext, FixHandle
 from ..fixes.registers import NoOutliersError
 from ..images import ImageItem, ImageSet
 from ..io import check_output_dir, json_safe, write_json, write_text
+from ..measure import resolve_low_norm
 from ..options import Overwrite, RunOptions, integer, option, place, validate
 from ..theory import defect_directions
 from .measure import measure
@@ -138,6 +139,7 @@ def compare(
     train = ImageSet.from_inputs(train_images, backbone, resolution) if train_images else None
     log.info("predicting the defect directions of %s", backbone.spec)
     directions = defect_directions(backbone)
+    cfg = replace(cfg, rule=resolve_low_norm(backbone, evaluation, directions, cfg.rule, batch_size=cfg.batch_size))
     for fix in cfg.fixes:  # options that depend on the model fail before any fix is prepared
         fix.check(backbone)
 

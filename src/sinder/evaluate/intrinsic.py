@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,6 +22,7 @@ from ..backbones.base import Backbone
 from ..detect import DefectRule
 from ..errors import SinderError
 from ..measure import ModelStats, Tokens, forward_tokens
+from ..verdict import choose_low_norm
 from .features import Extraction, iter_batches
 
 logger = logging.getLogger(__name__)
@@ -63,19 +65,31 @@ class IntrinsicStats:
 
     def __init__(self, rule: DefectRule | None = None, direction: torch.Tensor | None = None) -> None:
         self.has_direction = direction is not None
-        self.stats = ModelStats(rule or DefectRule(), None if direction is None else direction[None], [0])
+        self.rule = rule or DefectRule()
+        nu = None if direction is None else direction[None]
+        # the last block is measured as layer 0 here, where a decided rule counts its low-norm
+        # defects; an undecided one is measured both ways and decided at the end
+        ways = ("drop", "count") if self.rule.low_norm == "auto" else (self.rule.low_norm,)
+        self.stats = {way: ModelStats(replace(self.rule, low_norm=way, low_norm_from=0), nu, [0]) for way in ways}
         self.neighbour: list[float] = []
 
     @property
     def images(self) -> int:
-        return self.stats.images
+        return self.stats[next(iter(self.stats))].images
 
     def update(self, tokens: Tokens) -> None:
-        self.stats.add(Tokens(tokens.grids[-1:], [0], tokens.final, tokens.ctx))
+        for stats in self.stats.values():
+            stats.add(Tokens(tokens.grids[-1:], [0], tokens.final, tokens.ctx))
         self.neighbour += neighbour_consistency(tokens.last).tolist()
 
+    def chosen_rule(self) -> DefectRule:
+        """The rule the metrics are measured with (``auto`` decided from the last block)."""
+        if self.rule.low_norm != "auto":
+            return self.rule
+        return choose_low_norm(self.rule, [self.stats["drop"].last_layer()])
+
     def metrics(self) -> dict[str, float | None]:
-        s = self.stats.last_layer()
+        s = self.stats[self.chosen_rule().low_norm].last_layer()
         out = {k: s[k] for k in INTRINSIC_KEYS}
         if not self.has_direction:
             out.update(defect_rate=None, energy_along_direction=None, direction_consistency_deg=None)
@@ -111,4 +125,4 @@ def intrinsic(
         stats.update(forward_tokens(backbone, batch.pixels))
     if stats.images == 0:
         raise SinderError(f"intrinsic: none of the {len(paths)} images could be decoded; check the folder")
-    return stats.metrics(), {"num_images": stats.images, "skipped": skipped}
+    return stats.metrics(), {"num_images": stats.images, "skipped": skipped, "low_norm": stats.chosen_rule().low_norm}

@@ -65,7 +65,7 @@ class NeighbourInterpolation:
         p = self.backbone.num_prefix_tokens
         h, w = self._grid(x.shape[1] - p)
         grid = x[:, p:].reshape(x.shape[0], h, w, x.shape[-1])
-        mask = self.rule.detect(grid, self.direction.to(grid.device))
+        mask = self.rule.detect(grid, self.direction.to(grid.device), self.layer)
         self.replaced += int(mask.sum())
         fixed = torch.cat([x[:, :p], interpolate_defects(grid.float(), mask).to(x.dtype).flatten(1, 2)], dim=1)
         return (fixed, *output[1:]) if isinstance(output, tuple) else fixed

@@ -25,6 +25,7 @@ from ..errors import ConfigError, DiskFullError, ImageError, OutputExistsError, 
 from ..images import ImageItem, ImageSet, check_decodable, check_grid, expand_inputs, item_name, split_holdout, subsample
 from ..interrupt import interrupts_held
 from ..io import json_safe
+from ..measure import resolve_low_norm
 from ..options import place
 from ..runfolder import LOG, RunFolder, RunLog
 from ..units import percent, plural
@@ -242,6 +243,7 @@ def repair(
             log.info("predicting the defect directions of %d layers (%s)", backbone.depth, config.directions)
         run.clock.switch("directions")
         run.dirs, singular_values = _directions(backbone, config, directions, dist)
+        run.config = replace(run.config, rule=resolve_low_norm(backbone, data.train, run.dirs, config.rule, batch_size=EVAL_BATCH))
         run.analyse("before", singular_values)
         return run.execute()
     except KeyboardInterrupt as err:

@@ -124,7 +124,7 @@ class Trainer:
         rejects: defects the repair has weakened. They are pulled too, so a repair finishes what
         it started. Never before ``start_layer``."""
         rule, weak_share = self.config.rule, self.config.weak_defects
-        found = detect_layer(rule, grid, self.directions[layer])
+        found = detect_layer(rule, grid, self.directions[layer], layer)
         qual = found.defects.flatten(1).sum(dim=1) >= rule.skip_less_than
         pull = found.defects
         if weak_share:

@@ -107,7 +107,7 @@ def onset_layer(backbone: Backbone, images: ImageSet, directions: torch.Tensor, 
         for j in range(backbone.depth):
             x = backbone.run_block(j, x, ctx)
             grid = backbone.patch_grid(x, ctx)
-            hit = rule.detect(grid, directions[j].to(grid.device)).flatten(1).any(dim=1).cpu() & pending
+            hit = rule.detect(grid, directions[j].to(grid.device), j).flatten(1).any(dim=1).cpu() & pending
             first += [j] * int(hit.sum())
             pending &= ~hit
             if not pending.any():
