@@ -5,7 +5,8 @@ and its held-out metrics), evaluate, the fixes and the report all call it. A pat
 layer i is a *defect* when |cos(t, ν_i)| is above a per-image threshold and, when ``norm_gate``
 g > 0, it also stands out: norm(t) > g × the image's median patch norm, or its component along ν,
 |⟨t, ν_i⟩|, > ``aligned_gate`` × that median (a defect that is long *along ν*, though not yet 2×
-the median in norm). The threshold is mean + ``mask_thr``·std
+the median in norm); a rule that counts low-norm defects (``low_norm``) skips the gate from block
+``low_norm_from`` on. The threshold is mean + ``mask_thr``·std
 of the image's |cos| values: with ``threshold="robust"`` they are taken over
 the image's tokens that are not defects, a fixed point reached from median + k·MAD (at most
 :data:`ROBUST_ITERATIONS` passes), so many strong defects cannot lift it over weaker ones;
