@@ -329,7 +329,8 @@ def test_config_is_validated_at_the_boundary():
 
 def test_a_model_without_high_norm_outliers_skips_registers_and_compares_the_rest(tmp_path):
     """On low-norm artifacts the register search has no outlier to attribute: that row is skipped
-    with a note on the page and in compare.json, and the other fixes are still measured."""
+    with a note on the page and in compare.json, and the other fixes are still measured; the rule
+    counts the artifacts, so interpolation at the last block removes them."""
     from sinder.backbones import load_backbone
 
     config = CompareConfig(fixes=(RegistersFix(), ClampFix(), InterpolationFix()), max_maps=1)
@@ -338,3 +339,8 @@ def test_a_model_without_high_norm_outliers_skips_registers_and_compares_the_res
     assert any(n.startswith("registers: not run: no patch token at block") for n in report["notes"])
     saved = json.loads((tmp_path / "c" / COMPARE_FILE).read_text())
     assert saved["notes"] == report["notes"] and "registers: not run" in (tmp_path / "c" / PAGE_FILE).read_text()
+    # --low-norm auto counts them on this model, so interpolation sees them and removes what lies along u
+    assert (report["rule"]["low_norm"], report["rule"]["low_norm_from"]) == ("count", 4)
+    interp, original = report["methods"]["interp"], report["methods"]["original"]
+    assert interp["details"]["replaced_tokens"] > 0
+    assert interp["last_layer"]["energy_along_u"] <= 0.01 * original["last_layer"]["energy_along_u"]

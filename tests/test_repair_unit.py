@@ -224,6 +224,36 @@ def test_spike_in_constant_field_target_and_loss_are_known():
     assert torch.allclose(full_target(grid5, nu, kernel=5, tau=tau)[0, 1, 1], t5, atol=1e-6)
 
 
+def test_along_term_adds_the_defects_own_part_of_the_distance():
+    """along_weight w adds w·|⟨x − T, ν⟩| per defect; w = 0 is the reference loss exactly, and the
+    gradient's share along ν grows with w where the content difference dominates ‖x − T‖."""
+    g = torch.Generator().manual_seed(3)
+    grid = torch.randn(2, 8, 8, 64, generator=g)
+    nu = torch.nn.functional.normalize(torch.randn(64, generator=g), dim=0)
+    grid[0, 3, 4] += 0.3 * nu * grid[0].norm(dim=-1).median()  # a short defect: mostly content
+    mask = torch.zeros(2, 8, 8, dtype=torch.bool)
+    mask[0, 3, 4] = True
+    base = neighbour_loss(grid, nu, mask)
+    assert torch.equal(neighbour_loss(grid, nu, mask, along_weight=0.0), base)
+    pos = mask.nonzero()
+    diff = grid[0, 3, 4] - neighbourhood_target(grid, token_scores(grid, nu), pos)[0]
+    norm = grid[0].norm(dim=-1).mean()
+    with_along = neighbour_loss(grid, nu, mask, along_weight=2.0)
+    assert with_along[0] == pytest.approx(float((diff.norm() + 2.0 * (diff @ nu).abs()) / norm), rel=1e-5)
+    assert with_along[1] == 0
+
+    def share_along(w: float) -> float:
+        x = grid.clone().requires_grad_(True)
+        neighbour_loss(x, nu, mask, along_weight=w).sum().backward()
+        step = x.grad[0, 3, 4]
+        return float((step @ nu).abs() / step.norm())
+
+    assert share_along(0.0) < 0.5 and share_along(1.0) > 1.5 * share_along(0.0)
+    assert RepairConfig.faithful().loss_along_weight() == 0.0 and RepairConfig().loss_along_weight() == 0.0
+    assert RepairConfig(rule=DefectRule(low_norm="count")).loss_along_weight() == 1.0  # short defects need it
+    assert RepairConfig(rule=DefectRule(low_norm="count"), along_weight=0.5).loss_along_weight() == 0.5
+
+
 def test_loss_gradient_moves_only_defects_toward_target():
     grid = torch.randn(2, 6, 6, 64)
     nu = torch.randn(64)

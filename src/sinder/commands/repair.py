@@ -44,6 +44,7 @@ def _training_arguments(p: argparse.ArgumentParser, g, d: RepairConfig) -> None:
     _options(g, "impl max_steps batch_size resolution lr momentum")
     add_rule_arguments(p, d.rule, faithful=RepairConfig.faithful().rule)
     _options(g, "kernel limit_layers")
+    _options(g, "along_weight", default=None)  # unset: the base config's (decided from the rule; 0 with --faithful)
 
 
 def _stop_arguments(g) -> None:

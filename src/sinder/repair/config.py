@@ -18,6 +18,7 @@ TRAINING_FIELDS = (
     "rule",
     "kernel",
     "tau",
+    "along_weight",
     "limit_layers",
     "window",
     "gram_weight",
@@ -57,6 +58,21 @@ class RepairConfig(RunOptions, Seeded, Directions, Autocast, Overwrite):
     momentum: float = option(0.9, check=number(0, below=1), help="SGD momentum, below 1")
     kernel: int = option(3, check=one_of(3, 5), help="side of the neighbourhood window", flag="--kernel")
     tau: float = option(0.1, check=number(above=0), help="temperature of the window weights softmax(−|cos|/τ)")
+    along_weight: float | None = option(
+        None,
+        check=number(0, optional=True),
+        none="1 when the rule counts low-norm defects (--low-norm), else 0",
+        help="weight of |⟨x − T, ν⟩| added to each defect's distance ‖x − T‖ to its target: the defect's own part, "
+        "which the distance alone leaves behind on short defects (0: the reference loss; --faithful: 0)",
+    )
+
+    def loss_along_weight(self) -> float:
+        """``along_weight``, decided: low-norm defects need the term (the distance alone stalls on
+        them); high-norm ones do not, and on ``planted:late`` it costs the 0.999 cosines (docs/benchmarks.md)."""
+        if self.along_weight is not None:
+            return self.along_weight
+        return 1.0 if self.rule.low_norm == "count" else 0.0
+
     limit_layers: int = option(10, check=integer(1), help="blocks ending at the defect layer that learn")
     window: int = option(1000, check=integer(1), help="recent images the skip ratio is computed over")
     stop_skip_ratio: float = option(0.75, check=number(above=0, high=1), help="stop when this fraction of recent images has no defect")
@@ -129,6 +145,7 @@ class RepairConfig(RunOptions, Seeded, Directions, Autocast, Overwrite):
             stop_skip_ratio=0.75,
             from_onset=False,
             weak_defects=0.0,
+            along_weight=0.0,
             stop_when_clean=False,
         )
         return cls(**(settings | overrides))

@@ -145,7 +145,8 @@ class Trainer:
             return self.backbone.patch_grid(x, ctx).float()
 
     def _image_losses(self, grid: torch.Tensor, mask: torch.Tensor, layer: int, pixels: torch.Tensor | None) -> torch.Tensor:
-        losses = neighbour_loss(grid, self.directions[layer], mask, self.config.kernel, self.config.tau, self.config.rule.border)
+        c = self.config
+        losses = neighbour_loss(grid, self.directions[layer], mask, c.kernel, c.tau, c.rule.border, c.loss_along_weight())
         if self.config.gram_weight > 0 and pixels is not None:
             anchor = self.original_grid(pixels, layer)
             grams = [gram_loss(grid[b][~mask[b]], anchor[b][~mask[b]]) for b in range(grid.shape[0])]

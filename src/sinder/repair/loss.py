@@ -9,7 +9,12 @@ At layer i, with ν_i the predicted defect direction and patch tokens on an H×W
     border from its rule because its window does not fit there;
   * loss = mean over defects of ‖x − T‖₂ / mean token norm of the image (no gradient): of the
     whole grid by default, of the interior (``kernel // 2`` from the edge) with the reference's
-    cleared border.
+    cleared border;
+  * beyond the reference, ``along_weight`` w adds w·|⟨x − T, ν_i⟩| per defect: the part of the
+    distance that *is* the defect. For a short (low-norm) defect it is a small share of ‖x − T‖,
+    whose rest (its content against the neighbourhood's) σ cannot remove, and ‖x − T‖ alone
+    stalls with some of it left (``planted:lownorm``: 93% of the energy along u removed, 100%
+    with w = 1; docs/benchmarks.md). w = 0 is the reference loss, operation for operation.
 """
 
 from __future__ import annotations
@@ -82,8 +87,10 @@ def neighbour_loss(
     kernel: int = 3,
     tau: float = 0.1,
     border: int = 0,
+    along_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Per-image loss (B,): mean ‖x − T‖ over the image's defects / the image's mean token norm.
+    """Per-image loss (B,): mean ‖x − T‖ (+ ``along_weight``·|⟨x − T, ν⟩|) over the image's defects /
+    the image's mean token norm.
 
     ``grid`` (B, H, W, D) carries the gradient; ``mask`` (B, H, W) marks the defects (images
     without any get 0). ``border``: the rule's cleared border; the normaliser is then the mean
@@ -95,7 +102,10 @@ def neighbour_loss(
     if pos.shape[0] == 0:
         return grid.sum() * 0.0 + torch.zeros(bsz, device=grid.device)
     target = neighbourhood_target(grid, token_scores(grid, direction), pos, kernel, tau)
-    dist = (grid[pos[:, 0], pos[:, 1], pos[:, 2]].float() - target).norm(dim=-1)
+    diff = grid[pos[:, 0], pos[:, 1], pos[:, 2]].float() - target
+    dist = diff.norm(dim=-1)
+    if along_weight:
+        dist = dist + along_weight * (diff @ F.normalize(direction.float().to(diff.device), dim=0)).abs()
     counts = mask.flatten(1).sum(dim=1).clamp(min=1).to(dist.dtype)
     per_image = torch.zeros(bsz, device=grid.device, dtype=dist.dtype).index_add(0, pos[:, 0], dist) / counts
     return per_image / interior_mean_norm(grid, border)
