@@ -59,7 +59,8 @@ def targets_hold(metrics: dict) -> bool | None:
     before, after, feats = metrics.get("before", {}), metrics.get("after", {}), metrics.get("features", {})
     if not before or not after:
         return None
-    drop = 1 - after["energy_along_direction"] / max(before["energy_along_direction"], 1e-12)
+    key = "energy_along_u" if "energy_along_u" in after else "energy_along_direction"  # a planted model's truth
+    drop = 1 - after[key] / max(before[key], 1e-12)
     return bool(
         drop >= 0.95
         and after["max_over_median"] <= 3
