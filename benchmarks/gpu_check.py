@@ -69,6 +69,56 @@ def targets_hold(metrics: dict) -> bool | None:
     )
 
 
+def run_child(cmd: list[str], limit: float, row: dict) -> subprocess.CompletedProcess | None:
+    """Run ``cmd`` for at most ``limit`` s; ``row`` gets ``wall_s``, or ``error`` (then None comes back)."""
+    t0 = time.perf_counter()
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        row["error"] = f"over {limit:.0f} s"
+        return None
+    row["wall_s"] = time.perf_counter() - t0
+    if done.returncode != 0:
+        row["error"] = (done.stderr.strip().splitlines() or [f"rc {done.returncode}"])[-1][:300]
+        return None
+    return done
+
+
+def phase_table(rows: list[dict], name_key: str) -> list[str]:
+    """Markdown lines: the phase split (``summary.json``'s ``phase_seconds``) of the rows that have one."""
+    timed = [r for r in rows if r.get("phase_seconds")]
+    if not timed:
+        return []
+    phases = [k for k in timed[0]["phase_seconds"] if k != "total"]
+    lines = [f"| {name_key} | " + " | ".join(k.replace("_", " ") for k in phases) + " | total s |", "|---" * (len(phases) + 2) + "|"]
+    for r in timed:
+        ps = r["phase_seconds"]
+        lines.append(f"| {r[name_key]} | " + " | ".join(f"{ps[k]:.1f}" for k in phases) + f" | {ps['total']:.1f} |")
+    return lines
+
+
+def print_tables(rows: list[dict], name_key: str, head: str, format_row, json_path: str | None) -> None:
+    """The rows as a markdown table (``format_row(row)`` gives the cells after the name; a row with an
+    ``error`` shows it), then their phase split; the rows also go to ``json_path`` when given."""
+    print(head)
+    print("|---" * (head.count("|") - 1) + "|")
+    for r in rows:
+        print(f"| {r[name_key]} | {r['error']} |" if "error" in r else f"| {r[name_key]} | {format_row(r)} |")
+    lines = phase_table(rows, name_key)
+    if lines:
+        print("\n" + "\n".join(lines))
+    if json_path:
+        Path(json_path).write_text(json.dumps(rows, indent=1))
+
+
+def format_row(r: dict) -> str:
+    return (
+        f"{cell(r, 'wall_s', '{:.1f}')} | {cell(r, 'train_s', '{:.1f}')} | {cell(r, 'steps')} | {cell(r, 'stop')} "
+        f"| {cell(r, 'median_step_s', '{:.3f}')} | {cell(r, 'peak_gpu_gb', '{:.1f}')} | {cell(r, 'energy')} "
+        f"| {cell(r, 'max_over_median', '{:.2f}')} | {cell(r, 'cosines')} | {cell(r, 'targets')}"
+    )
+
+
 def run_row(name: str, photos: tuple[Path, Path], work: Path, limit: float, device: str, member: str | None) -> dict:
     default_member, extra, torchrun, full = ROWS[name]
     member = member or default_member
@@ -81,14 +131,9 @@ def run_row(name: str, photos: tuple[Path, Path], work: Path, limit: float, devi
     else:
         cmd = [sys.executable, "-c", CHILD, *args]
     row = {"row": name, "member": member}
-    t0 = time.perf_counter()
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
-    except subprocess.TimeoutExpired:
-        return row | {"error": f"over {limit:.0f} s"}
-    row["wall_s"] = time.perf_counter() - t0
-    if done.returncode != 0:
-        return row | {"error": (done.stderr.strip().splitlines() or [f"rc {done.returncode}"])[-1][:300]}
+    done = run_child(cmd, limit, row)
+    if done is None:
+        return row
     peak = [line for line in done.stdout.splitlines() if line.startswith("PEAK ")]
     row["peak_gpu_gb"] = json.loads(peak[-1][5:]) if peak else None
     summary = json.loads((out / "summary.json").read_text())
@@ -141,29 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             rows.append(run_row(name, photos, Path(tmp), left, args.device, args.member))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print(
-        "| row | wall s | train s | steps | stop | median step s | peak GPU GiB | energy along ν | max/median | non-defect / CLS cos | targets |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        if "error" in r:
-            print(f"| {r['row']} | {r['error']} ||||||||||")
-            continue
-        print(
-            f"| {r['row']} | {cell(r, 'wall_s', '{:.1f}')} | {cell(r, 'train_s', '{:.1f}')} | {cell(r, 'steps')} | {cell(r, 'stop')} "
-            f"| {cell(r, 'median_step_s', '{:.3f}')} | {cell(r, 'peak_gpu_gb', '{:.1f}')} | {cell(r, 'energy')} "
-            f"| {cell(r, 'max_over_median', '{:.2f}')} | {cell(r, 'cosines')} | {cell(r, 'targets')} |"
-        )
-    timed = [r for r in rows if r.get("phase_seconds")]
-    if timed:
-        phases = [k for k in timed[0]["phase_seconds"] if k != "total"]
-        print("\n| row | " + " | ".join(k.replace("_", " ") for k in phases) + " | total s |")
-        print("|---" * (len(phases) + 2) + "|")
-        for r in timed:
-            ps = r["phase_seconds"]
-            print(f"| {r['row']} | " + " | ".join(f"{ps[k]:.1f}" for k in phases) + f" | {ps['total']:.1f} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    head = "| row | wall s | train s | steps | stop | median step s | peak GPU GiB | energy along ν | max/median | non-defect / CLS cos | targets |"
+    print_tables(rows, "row", head, format_row, args.json)
     return 0
 
 

@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from gpu_check import targets_hold, write_photos
+from gpu_check import print_tables, run_child, targets_hold, write_photos
 
 
 def run(member: str, photos: tuple[Path, Path], work: Path, limit: float, extra: list[str]) -> dict:
@@ -33,24 +31,26 @@ def run(member: str, photos: tuple[Path, Path], work: Path, limit: float, extra:
     cmd = [sys.executable, "-m", "sinder", "-q", "repair", f"planted:{member}", "--data", str(photos[0])]
     cmd += ["--eval-data", str(photos[1]), "--out", str(out), "--device", "cpu", "--overwrite", *extra]
     row: dict = {"member": member}
-    t0 = time.perf_counter()
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit)
-    except subprocess.TimeoutExpired:
-        return row | {"error": f"over {limit:.0f} s"}
-    row["wall_s"] = time.perf_counter() - t0
+    done = run_child(cmd, limit, row)
     row["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20  # the largest child so far
-    if done.returncode != 0:
-        return row | {"error": (done.stderr.strip().splitlines() or [f"rc {done.returncode}"])[-1][:300]}
+    if done is None:
+        return row
     s = json.loads((out / "summary.json").read_text())
     metrics = s.get("metrics") or {}
     before, after, feats = metrics.get("before", {}), metrics.get("after", {}), metrics.get("features", {})
-    row.update(steps=s["steps"], optimizer_steps=s["optimizer_steps"], stop=s["stop_reason"], phases=s.get("phase_seconds"))
+    row.update(steps=s["steps"], optimizer_steps=s["optimizer_steps"], stop=s["stop_reason"], phase_seconds=s.get("phase_seconds"))
     row.update(targets=targets_hold(metrics), max_over_median=after.get("max_over_median"))
     key = "energy_along_u" if "energy_along_u" in after else "energy_along_direction"
     row["energy"] = f"{before.get(key, float('nan')):.1%} → {after.get(key, float('nan')):.2%}"
     row["cosines"] = f"{feats.get('non_defect_cosine', float('nan')):.5f} / {feats.get('cls_cosine', float('nan')):.5f}"
     return row
+
+
+def format_row(r: dict) -> str:
+    return (
+        f"{r['wall_s']:.0f} | {r['steps']} ({r['optimizer_steps']}) | {r['stop']} | {r['peak_rss_gb']:.1f} "
+        f"| {r['energy']} | {r['max_over_median']:.2f} | {r['cosines']} | {'pass' if r['targets'] else 'FAIL'}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,26 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         for member in args.members:
             rows.append(run(member, photos, Path(tmp), args.limit, args.set))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    print("| member | wall s | steps (optimizer) | stop | peak RSS GB | energy along u | max/median | non-defect / CLS cos | targets |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        if "error" in r:
-            print(f"| {r['member']} | {r['error']} ||||||||")
-            continue
-        print(
-            f"| {r['member']} | {r['wall_s']:.0f} | {r['steps']} ({r['optimizer_steps']}) | {r['stop']} | {r['peak_rss_gb']:.1f} "
-            f"| {r['energy']} | {r['max_over_median']:.2f} | {r['cosines']} | {'pass' if r['targets'] else 'FAIL'} |"
-        )
-    timed = [r for r in rows if r.get("phases")]
-    if timed:
-        phases = [k for k in timed[0]["phases"] if k != "total"]
-        print("\n| member | " + " | ".join(k.replace("_", " ") for k in phases) + " | total s |")
-        print("|---" * (len(phases) + 2) + "|")
-        for r in timed:
-            ps = r["phases"]
-            print(f"| {r['member']} | " + " | ".join(f"{ps[k]:.1f}" for k in phases) + f" | {ps['total']:.1f} |")
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    head = "| member | wall s | steps (optimizer) | stop | peak RSS GB | energy along u | max/median | non-defect / CLS cos | targets |"
+    print_tables(rows, "member", head, format_row, args.json)
     return 0
 
 
