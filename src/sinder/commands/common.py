@@ -75,7 +75,7 @@ def add_rule_arguments(p: argparse.ArgumentParser, defaults=None, faithful=None)
         "--low-norm",
         choices=LOW_NORM,
         help="|cos| outliers that fail the gate: drop them (the noise tail), count them as defects, or auto: count them from the "
-        f"first block that has them when the model's last block has low-norm singular defects (README, 'Verdict'), else drop ({default('low_norm')})",
+        f"first block that has them when the model's last block has low-norm singular defects (docs/command-line.md, 'Verdict'), else drop ({default('low_norm')})",
     )
     p.add_argument("--high-norm-factor", type=float, help=f"high-norm if norm > F × the image's median ({default('high_norm_factor')})")
     if p.prog.split()[-1] in TRAINING_COMMANDS:
