@@ -243,8 +243,8 @@ def repair(
             log.info("predicting the defect directions of %d layers (%s)", backbone.depth, config.directions)
         run.clock.switch("directions")
         run.dirs, singular_values = _directions(backbone, config, directions, dist)
-        run.config = replace(run.config, rule=resolve_low_norm(backbone, data.train, run.dirs, config.rule, batch_size=EVAL_BATCH))
-        run.analyse("before", singular_values)
+        run.analyse("before", singular_values)  # decides --low-norm auto on the held-out images when it runs
+        run.config = replace(run.config, rule=run.decided_rule())
         return run.execute()
     except KeyboardInterrupt as err:
         if folder is not None and run.stage is not None:  # the folder holds config.json: --resume continues
@@ -331,6 +331,18 @@ class _Run:
             self.backbone, self.data.held_out.items, acfg, directions=self.dirs, singular_values=singular_values, out_dir=out.path
         )
         self.written.append(out.path)
+
+    def decided_rule(self):
+        """The rule with ``low_norm="auto"`` decided: as the analysis before decided it (its pass
+        over the held-out images is the probe), else by a probe of the training images."""
+        rule, before = self.config.rule, self.analyses.get("before")
+        if rule.low_norm == "auto" and before is not None:
+            saved = before.summary.get("rule") or {}
+            rule = replace(rule, low_norm=saved.get("low_norm", "auto"), low_norm_from=saved.get("low_norm_from", 0))
+        if rule.low_norm == "auto":
+            self.clock.switch("start_up")
+            rule = resolve_low_norm(self.backbone, self.data.train, self.dirs, rule, batch_size=EVAL_BATCH)
+        return rule
 
     def _keep(self, out) -> bool:
         """--resume: the complete analysis an earlier attempt left of the same held-out images."""
