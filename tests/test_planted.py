@@ -385,6 +385,28 @@ def test_clip_member_is_the_timm_build_in_transformers():
         assert torch.allclose(ours, vision_tower(hf).post_layernorm(theirs), atol=1e-5)
 
 
+@torch.no_grad()
+def test_the_u_noise_reads_the_same_through_layernorm_at_every_width():
+    """The circuits' levels live in LayerNorm units, where a fixed component reads larger the wider
+    the model (the divisor is the per-channel std). Unscaled, the noise read 1.15× larger at ViT-B
+    (measured here; 0.88× scaled) and more at ViT-L, where 16 amplifier blocks grew it into 3× more
+    high-norm tokens than were planted (docs/benchmarks.md)."""
+    from dataclasses import replace
+
+    from sinder.backbones.timm_vit import TimmViTBackbone
+    from sinder.images import preprocess
+
+    spread = {}
+    for size in ("S", "B"):
+        model, truth = build_planted(replace(PRESETS["content"], size=size))
+        bb = TimmViTBackbone(model, "planted:test")
+        photos = [preprocess(p.image, 224, 14, bb.mean, bb.std, square=True) for p in bundled_photos(BUNDLED_TRAIN[:2])]
+        x, _ = bb.embed(torch.stack(photos))
+        read = model.blocks[0].norm1(x)[:, bb.num_prefix_tokens :] @ truth.u
+        spread[size] = float(read.std())
+    assert 0.8 <= spread["B"] / spread["S"] <= 1.1, spread
+
+
 def test_zoo_sizes_plant_the_same_circuits():
     from sinder.errors import ModelSpecError
     from sinder.planted import ARCHITECTURES, preset

@@ -10,7 +10,7 @@ a timm model in SigLIP's layout, with the same function, and ``dinov3`` timm's E
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -130,9 +130,10 @@ def _build(cfg: PlantedConfig) -> tuple[nn.Module, PlantedTruth]:
         plant_amplifiers(model, 0, stretched[0], "pair", cfg.early_threshold, cfg.early_feature, stop=layer)
     model.patch_embed.proj.bias += cfg.shared_norm * shared
     if cfg.u_noise:  # a small, position- and content-dependent u component on every token
-        model.pos_embed += cfg.u_noise * cfg.shared_norm * torch.randn(model.pos_embed.shape[:2], generator=gen)[..., None] * u
+        noise = cfg.u_noise * _width_scale(cfg)  # the same size in LayerNorm units at every width
+        model.pos_embed += noise * cfg.shared_norm * torch.randn(model.pos_embed.shape[:2], generator=gen)[..., None] * u
         model.patch_embed.proj.weight += torch.einsum(
-            "d,chw->dchw", u, 0.3 * cfg.u_noise * torch.randn(model.patch_embed.proj.weight.shape[1:], generator=gen)
+            "d,chw->dchw", u, 0.3 * noise * torch.randn(model.patch_embed.proj.weight.shape[1:], generator=gen)
         )
     used = [u, shared, texture]
     if cfg.ignition == "content":
@@ -357,6 +358,12 @@ def _token_std(cfg: PlantedConfig) -> float:
     """LayerNorm's divisor for a patch token: the shared component dominates it."""
     dim = {"S": 384, "B": 768, "L": 1024, "g": 1536}[cfg.size]
     return (cfg.shared_norm**2 / dim + cfg.pos_std**2 + 0.35) ** 0.5
+
+
+def _width_scale(cfg: PlantedConfig) -> float:
+    """How much smaller a LayerNorm unit is at this width than at ViT-S's (1 at S): the planted
+    levels are read through LayerNorm, so a component of fixed size reads larger in a wider model."""
+    return _token_std(cfg) / _token_std(replace(cfg, size="S"))
 
 
 def _texture_level(cfg: PlantedConfig) -> float:
