@@ -398,7 +398,7 @@ def _phase_target(phase: str):
     return {
         # while analysis_before/ is written: it used to be left empty, a folder neither a rerun nor --resume took
         "before-analysis": ((AnalysisFolder, "_write_entries", 1), "during the analysis before repair"),
-        "start-up": ((sinder.repair.api, "attach", 1), "during the start-up"),  # factorising the weights
+        "start-up": ((sinder.repair.api, "attach", 1), "during the start-up"),  # σ-parametrising the linears
         "training": ((sinder.repair.loop.TrainingLoop, "step", 1), "at step 1: the step was finished"),
         "export": ((sinder.export, "reload_exported", 1), "during the export"),  # the weights are written, not yet checked
         "after-analysis": ((AnalysisFolder, "_write_entries", 2), "during the analysis after repair"),

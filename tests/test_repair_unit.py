@@ -179,6 +179,41 @@ def test_factored_cached_and_reference_forms_agree_in_value_and_gradient():
         assert (g - g0).abs().max() <= 1e-4 * g0.abs().max()
 
 
+def test_factorising_waits_for_a_gradient_and_an_untouched_linear_stays_its_own_weight():
+    bb, _ = tiny_backbone()
+    px = pixels(photos(2), bb)
+    weights = {id(m): m.weight.detach().clone() for m in bb.model.modules() if isinstance(m, nn.Linear)}
+    with torch.no_grad():
+        ref = bb.model_forward(px)
+    handle = attach(bb)
+    assert not any(m.is_factorised(p) for m in handle.modules for p in m.parts)  # attach costs no SVD
+    with torch.no_grad():
+        assert torch.equal(bb.model_forward(px), ref)  # W₀ itself, not a rebuilt copy
+
+    def block1_grads(backbone, h):
+        x, ctx = backbone.embed(px)
+        for j in range(2):
+            x = backbone.run_block(j, x, ctx)
+        (x[:, 1:] * torch.linspace(-1, 1, DIM)).square().sum().backward(inputs=h.block_parameters(1, 1))
+        return [p.grad.clone() for p in h.block_parameters(1, 1)]
+
+    lazy = block1_grads(bb, handle)
+    assert {tp.block for tp in handle.parts if tp.module.is_factorised(tp.part)} == {1}  # only what the gradient reached
+    assert all(g.abs().max() > 0 for g in lazy)
+    other, _ = tiny_backbone()
+    eager = attach(other)
+    for tp in eager.parts:
+        tp.module.factors(tp.part)  # factorised up front: the three-matmul / folded-weight paths
+    expected = block1_grads(other, eager)
+    for g, e in zip(lazy, expected):
+        assert (g - e).abs().max() <= 1e-4 * e.abs().max()
+    assert set(handle.sigma_state()) == {f"{tp.label}/{k}" for tp in handle.parts if tp.block == 1 for k in ("sigma", "delta")}
+    handle.fold()
+    for m in bb.model.modules():
+        if isinstance(m, nn.Linear) and m not in {tp.module.original for tp in handle.parts if tp.block == 1}:
+            assert torch.equal(m.weight, weights[id(m)])  # never factorised: bit-identical, no round trip through an SVD
+
+
 def test_cached_weight_is_rebuilt_when_eps_changes():
     bb, _ = tiny_backbone()
     attach(bb)

@@ -360,12 +360,12 @@ class _Run:
 
     def execute(self) -> RepairResult:
         self.start_layer = 0
-        self.stage = "the start-up (onset layer, factorising the weights)"
+        self.stage = "the start-up (onset layer)"
         self.clock.switch("start_up")
         if self.config.from_onset:
             log.info("finding the first layer with defects on the training images")
             self.start_layer = onset_layer(self.backbone, self.data.train, self.dirs, self.config.rule)
-        log.info("factorising the weights (one SVD per matrix)")
+        # σ-parametrised lazily: a matrix gets its SVD when a gradient first reaches it (in training)
         handle = attach(self.backbone, factor_frozen=self.config.impl == "reference")
         try:
             return self._train_and_finish(handle)

@@ -5,6 +5,11 @@ float64, stored in the model dtype), with U, V frozen and an additive correction
 to σ as the only trainable tensor. q and k never train (in a fused qkv only the v rows do);
 a gated MLP input fused in one Linear ([gate; value]) is one SVD, as the reference does for w12.
 
+Factorising is lazy: a part gets its SVD when a gradient first reaches its ε (or when ε is set
+from outside, e.g. on resume). Until then ε is 0 and the part computes with W₀ itself, so blocks
+no window reaches cost neither the SVD time nor the memory of U and V (at ViT-L that is most of
+the start-up, and about a gigabyte).
+
 The Linear is replaced in its parent by a :class:`SingularLinear` stand-in, so the model's own
 block code runs unchanged; the stand-in exposes ``weight``/``bias``/``in_features`` for code
 that reads them (timm Eva calls ``F.linear(x, qkv.weight, ...)``). :meth:`SingularModel.fold`
@@ -89,6 +94,7 @@ class SingularLinear(nn.Module):
         self.parts: list[Part] = []
         self._cache: torch.Tensor | None = None
         self._cache_key: tuple | None = None
+        self._untouched_version: dict[int, int] = {}  # ε's version while it is still its initial 0
         w = linear.weight.detach()
         covered = 0
         for start, stop, key in sorted(parts):
@@ -115,13 +121,30 @@ class SingularLinear(nn.Module):
 
     def _add_part(self, w: torch.Tensor, start: int, stop: int, key: str | None) -> None:
         i = len(self.parts)
-        u, s, vt = torch.linalg.svd(w[start:stop].double(), full_matrices=False)
-        self.register_buffer(f"U_{i}", u.to(w.dtype), persistent=False)
-        self.register_buffer(f"S_{i}", s.to(w.dtype), persistent=False)
-        self.register_buffer(f"Vt_{i}", vt.to(w.dtype), persistent=False)
         if key is not None:
-            self.register_parameter(f"eps_{i}", nn.Parameter(torch.zeros_like(s, dtype=w.dtype)))
+            rank = min(stop - start, w.shape[1])
+            eps = nn.Parameter(torch.zeros(rank, dtype=w.dtype, device=w.device))
+            self.register_parameter(f"eps_{i}", eps)
+            self._untouched_version[i] = eps._version
         self.parts.append(Part(start, stop, key, i))
+
+    def _factorise(self, part: Part) -> None:
+        w = self.weight_orig.detach()
+        u, s, vt = torch.linalg.svd(w[part.rows].double(), full_matrices=False)
+        for name, t in (("U", u), ("S", s), ("Vt", vt)):
+            self.register_buffer(f"{name}_{part.index}", t.to(w.dtype), persistent=False)
+
+    def is_factorised(self, part: Part) -> bool:
+        return f"U_{part.index}" in self._buffers
+
+    def untouched(self, part: Part) -> bool:
+        """ε is still its initial 0 and nothing has factorised the part: it computes with W₀'s rows."""
+        if self.is_factorised(part):
+            return False
+        return part.key is None or self.eps(part)._version == self._untouched_version[part.index]
+
+    def all_untouched(self) -> bool:
+        return all(self.untouched(p) for p in self.trainable_parts)
 
     # -- pieces ---------------------------------------------------------------------------
     @property
@@ -129,9 +152,13 @@ class SingularLinear(nn.Module):
         return self._original[0]
 
     def factors(self, part: Part) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_factorised(part):
+            self._factorise(part)
         return getattr(self, f"U_{part.index}"), getattr(self, f"Vt_{part.index}")
 
     def sigma(self, part: Part) -> torch.Tensor:
+        if not self.is_factorised(part):
+            self._factorise(part)
         return getattr(self, f"S_{part.index}")
 
     def eps(self, part: Part) -> nn.Parameter:
@@ -162,11 +189,18 @@ class SingularLinear(nn.Module):
         return tuple(e._version for e in self.eps_list()) + (self.weight_orig._version,)
 
     def folded_weight(self) -> torch.Tensor:
-        """W₀ rows where frozen, U·diag(σ+ε)·Vᵀ where trainable; cached until ε changes (no graph)."""
+        """W₀ rows where frozen or untouched, U·diag(σ+ε)·Vᵀ where trained; cached until ε changes
+        (no graph). While every part is untouched this is W₀ itself: no copy is held."""
+        if self.all_untouched():
+            self._cache = self._cache_key = None
+            return self.weight_orig.detach()
         if not self._cache_valid():
+            self._cache = None  # the stale copy goes before the new one is built
             with torch.no_grad():
                 w = self.weight_orig.detach().clone()
                 for part in self.trainable_parts:
+                    if self.untouched(part):
+                        continue
                     u, vt = self.factors(part)
                     w[part.rows] = (u * (self.sigma(part) + self.eps(part))) @ vt
             self._cache, self._cache_key = w, self._key()
@@ -188,11 +222,13 @@ class SingularLinear(nn.Module):
 
     # -- forward --------------------------------------------------------------------------
     def _factored_is_cheaper(self, x: torch.Tensor) -> bool:
+        if self.all_untouched():
+            return False  # W₀ is the weight: nothing to rebuild, and the backward factorises what it reaches
         tokens = x.numel() // self.in_features
         d_in = self.in_features
         factored = plain = rebuild = 0
         for p in self.trainable_parts:
-            rows, r = p.stop - p.start, self.sigma(p).numel()
+            rows, r = p.stop - p.start, self.eps(p).numel()
             factored += tokens * r * (d_in + rows)
             plain += tokens * d_in * rows
             rebuild += d_in * rows * r
@@ -220,12 +256,16 @@ class SingularLinear(nn.Module):
 
     @torch.no_grad()
     def fold_into_original(self) -> nn.Linear:
-        """Write W₀ + U·diag(ε)·Vᵀ (float64) into the original Linear and return it."""
+        """Write W₀ + U·diag(ε)·Vᵀ (float64) into the original Linear and return it (untouched: W₀ as it is)."""
+        lin = self.original
+        if self.all_untouched():
+            return lin
         w = self.weight_orig.detach().double().clone()
         for part in self.trainable_parts:
+            if self.untouched(part):
+                continue
             u, vt = self.factors(part)
             w[part.rows] += (u.double() * self.eps(part).double()) @ vt.double()
-        lin = self.original
         lin.weight.data.copy_(w.to(lin.weight.dtype))
         return lin
 
@@ -342,9 +382,12 @@ class SingularModel:
         return {tp.key: tp.eps.detach().clone() for tp in self.parts}
 
     def sigma_state(self) -> dict[str, torch.Tensor]:
-        """``<label>/sigma`` (σ) and ``<label>/delta`` (ε) per trainable part, for reports."""
+        """``<label>/sigma`` (σ) and ``<label>/delta`` (ε) per factorised trainable part, for reports
+        (a part no gradient reached has ε = 0 and no SVD: it is left out rather than factorised here)."""
         out = {}
         for tp in self.parts:
+            if tp.module.untouched(tp.part):
+                continue
             out[f"{tp.label}/sigma"] = tp.module.sigma(tp.part).detach().float().cpu().contiguous()
             out[f"{tp.label}/delta"] = tp.eps.detach().float().cpu().contiguous()
         return out
