@@ -89,6 +89,16 @@ def checkpoint_step(out: Path) -> int:
     return load_checkpoint(out / "checkpoint.safetensors")[2].step
 
 
+@pytest.fixture(autouse=True)
+def default_ctrl_c():
+    """The in-process interrupts here are a user's Ctrl-C in a fresh interpreter: Python's default
+    SIGINT handler, put back if the test worker runs with another (one CI-like run saw every
+    in-process SIGINT ignored, the run finishing with status 0, and could not repeat it)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory) -> Path:
     from skimage import data
