@@ -12,6 +12,7 @@ non-defect and CLS cosine ≥ 0.999). ``benchmarks/gpu_check.py`` gives the same
 
     python benchmarks/time_to_defect_free.py                         # planted:native518@L
     python benchmarks/time_to_defect_free.py --members native518 native518@L --json ttd.json
+    python benchmarks/time_to_defect_free.py --keep runs/   # keep each run's folder (log, summary.json)
 """
 
 from __future__ import annotations
@@ -59,12 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=float, default=5400.0, help="seconds per run")
     p.add_argument("--set", nargs=argparse.REMAINDER, default=[], help="further sinder repair options, e.g. --set --max-steps 200")
     p.add_argument("--json")
+    p.add_argument("--keep", metavar="DIR", help="keep the photos and each run's --out folder (log, summary.json) here")
     args = p.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        photos = write_photos(Path(tmp))
+        work = Path(args.keep or tmp)
+        photos = write_photos(work)
         for member in args.members:
-            rows.append(run(member, photos, Path(tmp), args.limit, args.set))
+            rows.append(run(member, photos, work, args.limit, args.set))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     head = "| member | wall s | steps (optimizer) | stop | peak RSS GB | energy along u | max/median | non-defect / CLS cos | targets |"
     print_tables(rows, "member", head, format_row, args.json)

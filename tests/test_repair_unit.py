@@ -208,6 +208,8 @@ def test_factorising_waits_for_a_gradient_and_an_untouched_linear_stays_its_own_
     for g, e in zip(lazy, expected):
         assert (g - e).abs().max() <= 1e-4 * e.abs().max()
     assert set(handle.sigma_state()) == {f"{tp.label}/{k}" for tp in handle.parts if tp.block == 1 for k in ("sigma", "delta")}
+    handle.load_eps_state(handle.eps_state())  # as on resume: the zeros leave their parts untouched
+    assert {tp.block for tp in handle.parts if tp.module.is_factorised(tp.part)} == {1}
     handle.fold()
     for m in bb.model.modules():
         if isinstance(m, nn.Linear) and m not in {tp.module.original for tp in handle.parts if tp.block == 1}:

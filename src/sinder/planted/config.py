@@ -45,7 +45,8 @@ class PlantedConfig:
         ``clusters`` (groups of 3, 1, 2, 1, 2, … mutually adjacent cells, so a 3×3 window around a
         defect holds other defects; groups never adjacent to one another, cells ≥ 1 from the edge).
     u_noise: ordinary tokens carry a small random u component of this size (relative to the shared
-        token norm), as a real network's would; 0 keeps u quiet (only the planted units write it).
+        token norm at ViT-S; at other widths it is scaled so that it reads the same through
+        LayerNorm), as a real network's would; 0 keeps u quiet (only the planted units write it).
     anisotropy: the patch embedding's output is stretched along a few random directions by this
         factor, so ordinary tokens are strongly anisotropic (as real ViT tokens are) and the |cos|
         rule finds a noise tail in layers without defects.

@@ -402,6 +402,8 @@ class SingularModel:
             src = state[tp.key]
             if src.shape != tp.eps.shape:
                 raise ModelSpecError(f"ε {tp.key} has shape {tuple(src.shape)}, expected {tuple(tp.eps.shape)}")
+            if tp.module.untouched(tp.part) and not bool(src.any()):
+                continue  # still 0: the part stays untouched (no SVD on resume)
             tp.eps.copy_(src.to(tp.eps.device, tp.eps.dtype))
 
     # -- modes ----------------------------------------------------------------------------
