@@ -189,6 +189,30 @@ def test_progress_bar_draws_only_on_a_terminal_and_when_enabled(monkeypatch):
     assert list(progress_bar(iterable=range(3))) == [0, 1, 2]  # a disabled bar still iterates
 
 
+def test_the_repair_bar_promises_no_end_from_the_default_budget_and_shows_the_stop_rule(monkeypatch):
+    """The default 30000-step budget is a cap, not a forecast (a ViT-L repair stops by its rule after
+    a few hundred): no total, so no ETA days away; a budget the user set is the total. The postfix
+    shows the skip ratio against the ratio that stops the run."""
+    from sinder.repair import RepairConfig
+    from sinder.repair.loop import ProgressBar
+
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    bar = ProgressBar(RepairConfig(), initial=0)
+    assert bar.bar.total is None
+    bar.on_step(None, {"skip_ratio": 0.4, "layer": 9, "loss": 0.25})
+    bar.bar.refresh()
+    line = term.getvalue().split("\r")[-1]
+    assert "skip=0.40/0.75" in line and "layer=9" in line and "/30000" not in line, line
+    bar.on_end(None)
+    capped = ProgressBar(RepairConfig(max_steps=60, stop_skip_ratio=0.9), initial=5)
+    assert (capped.bar.total, capped.bar.n) == (60, 5)  # a resumed run starts where it stopped
+    capped.on_step(None, {"skip_ratio": 0.5, "layer": 3, "loss": None})
+    capped.bar.refresh()
+    assert "6/60" in term.getvalue().split("\r")[-1] and "skip=0.50/0.90" in term.getvalue().split("\r")[-1]
+    capped.on_end(None)
+
+
 @pytest.mark.slow
 def test_analyze_log_has_no_carriage_returns_nor_pil_chunks(photos, tmp_path):
     """`sinder -v analyze ... 2> log`: stderr is a pipe, so no bar and no \r; -v adds sinder's

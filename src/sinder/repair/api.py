@@ -380,7 +380,7 @@ class _Run:
         state, resumed, run_log = self._start(handle, trainer)
         callbacks = self._plateau(trainer) + [LogRows(run_log, self.on_step)]
         if self.main and self.config.progress:
-            callbacks.append(ProgressBar(self.config.max_steps, state.step))
+            callbacks.append(ProgressBar(self.config, state.step))
         if self.writes:
             f = self.folder
             callbacks.append(

@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
 from pathlib import Path
 from typing import Protocol
 
@@ -187,15 +188,23 @@ class LogRows:
 
 
 class ProgressBar:
-    def __init__(self, total: int, initial: int) -> None:
+    """Steps, time per step and the stop rule's progress (``skip=0.62/0.75``: the skip ratio and the
+    ratio that stops the run). The default step budget is a safety cap, not a forecast (a ViT-L/518
+    repair stops by its rule after a few hundred of its 30000 steps), so then the bar has no total
+    and shows no end days away; a budget the user set is its total."""
+
+    def __init__(self, config: RepairConfig, initial: int) -> None:
         from ..progress import progress_bar
 
+        default = next(f.default for f in fields(RepairConfig) if f.name == "max_steps")
+        total = None if config.max_steps == default else config.max_steps
+        self.stop_at = config.stop_skip_ratio
         self.bar = progress_bar(total=total, initial=initial, desc="repair", unit="step", dynamic_ncols=True)
 
     def on_step(self, loop: TrainingLoop, row: dict) -> None:
         self.bar.update(1)
         loss = f"{row['loss']:.3f}" if row["loss"] is not None else "-"
-        self.bar.set_postfix(skip=f"{row['skip_ratio']:.2f}", layer=row["layer"], loss=loss)
+        self.bar.set_postfix(skip=f"{row['skip_ratio']:.2f}/{self.stop_at:.2f}", layer=row["layer"], loss=loss)
 
     def on_end(self, loop: TrainingLoop) -> None:
         self.bar.close()
