@@ -13,7 +13,7 @@ from sinder.images import ImageSet, split_holdout
 from sinder.repair import RepairConfig, attach
 from sinder.repair.data import SeededOrder
 from sinder.repair.loss import gaussian_kernel, neighbour_loss, neighbourhood_target, token_scores
-from sinder.repair.singular import SingularLinear
+from sinder.repair.singular import SingularLinear, svd_tall
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: see the fixture
 
@@ -214,6 +214,36 @@ def test_factorising_waits_for_a_gradient_and_an_untouched_linear_stays_its_own_
     for m in bb.model.modules():
         if isinstance(m, nn.Linear) and m not in {tp.module.original for tp in handle.parts if tp.block == 1}:
             assert torch.equal(m.weight, weights[id(m)])  # never factorised: bit-identical, no round trip through an SVD
+
+
+@pytest.mark.parametrize("shape", [(24, 96), (96, 24), (40, 40)])
+def test_svd_of_the_tall_side_gives_the_same_factors_up_to_sign(shape):
+    """A wide W (an MLP output) is factorised through Wᵀ, LAPACK's fast side: the same σ, and each
+    (u_j, v_j) pair the direct SVD's up to a common sign, so U·diag(σ+ε)·Vᵀ is the same for any ε."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(shape, generator=gen, dtype=torch.float64)
+    u, s, vt = svd_tall(w)
+    u0, s0, vt0 = torch.linalg.svd(w, full_matrices=False)
+    r = min(shape)
+    assert u.shape == (shape[0], r) and vt.shape == (r, shape[1])
+    assert torch.allclose(s, s0, rtol=0, atol=1e-12)
+    eye = torch.eye(r, dtype=w.dtype)
+    assert torch.allclose(u.T @ u, eye, atol=1e-12) and torch.allclose(vt @ vt.T, eye, atol=1e-12)
+    signs = (u * u0).sum(dim=0)
+    assert torch.allclose(signs.abs(), torch.ones(r, dtype=w.dtype), atol=1e-9)
+    assert torch.allclose((vt * vt0).sum(dim=1), signs, atol=1e-9)  # u_j and v_j flip together
+    eps = torch.randn(r, generator=gen, dtype=w.dtype) * 0.1
+    assert torch.allclose((u * (s + eps)) @ vt, (u0 * (s0 + eps)) @ vt0, atol=1e-12)
+
+
+def test_a_wide_linear_is_factorised_into_contiguous_factors_of_its_own_weight():
+    lin = nn.Linear(96, 24)
+    mod = SingularLinear(lin, [(0, 24, "blocks.0.mlp_out")])
+    part = mod.trainable_parts[0]
+    u, vt = mod.factors(part)
+    assert u.is_contiguous() and vt.is_contiguous() and u.shape == (24, 24) and vt.shape == (24, 96)
+    rebuilt = (u.double() * mod.sigma(part).double()) @ vt.double()
+    assert torch.allclose(rebuilt, lin.weight.double(), atol=1e-6)
 
 
 def test_cached_weight_is_rebuilt_when_eps_changes():

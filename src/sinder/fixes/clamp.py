@@ -51,14 +51,17 @@ def clamp_singular_values(backbone: Backbone, gamma: float) -> ClampResult:
     result = ClampResult(gamma=gamma, layers=0, clamped_values=0, largest_sigma=0.0)
     for name, module in block_linears(backbone).items():
         w = module.weight
-        s = torch.linalg.svdvals(w.double())  # half the time of a full SVD, and most matrices stop here
+        wd = w.double()
+        tall = wd if wd.shape[0] >= wd.shape[1] else wd.T  # LAPACK is 2-4x faster on this side; clamping Wᵀ clamps W
+        s = torch.linalg.svdvals(tall)  # half the time of a full SVD, and most matrices stop here
         over = int((s > gamma).sum())
         result.largest_sigma = max(result.largest_sigma, float(s[0]))
         result.layers += 1
         if over == 0 or math.isinf(gamma):
             continue
-        u, s, vh = torch.linalg.svd(w.double(), full_matrices=False)
-        w.copy_(((u * s.clamp(max=gamma)) @ vh).to(w.dtype))
+        u, s, vh = torch.linalg.svd(tall, full_matrices=False)
+        clamped = (u * s.clamp(max=gamma)) @ vh
+        w.copy_((clamped if tall is wd else clamped.T).to(w.dtype))
         result.clamped_values += over
         result.per_module[name] = over
     return result
