@@ -22,6 +22,7 @@ from torch import nn
 from ..backbones.base import Backbone
 from ..errors import require
 from ..options import add_option, number, option, validate
+from ..repair.singular import svd_tall
 from .base import Cost, Fix, FixContext, FixHandle
 
 
@@ -52,16 +53,15 @@ def clamp_singular_values(backbone: Backbone, gamma: float) -> ClampResult:
     for name, module in block_linears(backbone).items():
         w = module.weight
         wd = w.double()
-        tall = wd if wd.shape[0] >= wd.shape[1] else wd.T  # LAPACK is 2-4x faster on this side; clamping Wᵀ clamps W
-        s = torch.linalg.svdvals(tall)  # half the time of a full SVD, and most matrices stop here
+        # half the time of a full SVD, and most matrices stop here; Wᵀ has the same σ, on LAPACK's fast side
+        s = torch.linalg.svdvals(wd if wd.shape[0] >= wd.shape[1] else wd.T)
         over = int((s > gamma).sum())
         result.largest_sigma = max(result.largest_sigma, float(s[0]))
         result.layers += 1
         if over == 0 or math.isinf(gamma):
             continue
-        u, s, vh = torch.linalg.svd(tall, full_matrices=False)
-        clamped = (u * s.clamp(max=gamma)) @ vh
-        w.copy_((clamped if tall is wd else clamped.T).to(w.dtype))
+        u, s, vh = svd_tall(wd)
+        w.copy_(((u * s.clamp(max=gamma)) @ vh).to(w.dtype))
         result.clamped_values += over
         result.per_module[name] = over
     return result
