@@ -3,10 +3,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sinder-installed
+# What .venv takes (torch 2.14.1 with its CUDA libraries is most of it): checked before pip fills a disk.
+INSTALL_GB ?= 7
 
 .PHONY: demo test test-fast bench clean
 
 $(STAMP): pyproject.toml
+	@(test -x $(PY) && $(PY) -c "import torch" 2>/dev/null) || $(PYTHON) tools/check_free_space.py $(VENV) --gb $(INSTALL_GB)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"

@@ -1,5 +1,5 @@
 """The code style is checked, not hoped for: ruff's lint rules and formatter (configured in
-pyproject.toml) pass on src/, tests/ and benchmarks/."""
+pyproject.toml) pass on src/, tests/, benchmarks/ and tools/."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-TREES = ["src", "tests", "benchmarks"]
+TREES = ["src", "tests", "benchmarks", "tools"]
 
 
 def _ruff() -> list[str]:
