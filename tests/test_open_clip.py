@@ -95,3 +95,126 @@ def test_open_clip_refusals_are_one_line():
         load_backbone("open_clip:ViT-Nope", random_init=True)
     with pytest.raises(WeightsError, match="pass --weights FILE"):
         load_backbone("open_clip:ViT-B-32")
+
+
+# -- proven on planted defects: planted:open_clip ---------------------------------------------------
+def test_a_timm_clip_layout_vit_maps_onto_open_clips_image_tower():
+    """The key map behind the open_clip member: a timm CLIP-layout ViT and the open_clip tower it
+    maps to (fused qkv = nn.MultiheadAttention's in_proj) give the same tokens on the same pixels;
+    a DINOv2-layout state dict (LayerScale, patch bias) is refused in one line."""
+    import timm
+
+    from sinder.backbones.convert import timm_clip_to_open_clip
+    from sinder.errors import WeightsError
+
+    torch.manual_seed(0)
+    kwargs = dict(pretrained=False, num_classes=0, img_size=56, depth=2)
+    t = timm.create_model("vit_small_patch14_dinov2", pre_norm=True, act_layer="quick_gelu", init_values=0.0, **kwargs).eval()
+    with torch.no_grad():
+        for p in t.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    vision = dict(image_size=56, patch_size=14, layers=2, width=384, head_width=64, norm_kwargs={"eps": 1e-6})
+    clip = open_clip.CLIP(
+        embed_dim=384, vision_cfg=vision, text_cfg=dict(context_length=4, vocab_size=8, width=8, heads=1, layers=1), quick_gelu=True
+    )
+    state = timm_clip_to_open_clip(t.state_dict())
+    clip.visual.load_state_dict({**state, "proj": torch.eye(384)}, strict=True)
+    px = torch.randn(2, 3, 56, 56)
+    with torch.no_grad():
+        v = clip.eval().visual
+        assert (t.forward_features(px) - v.ln_post(v.transformer(v._embeds(px)))).abs().max() < 1e-5
+    dinov2 = timm.create_model("vit_small_patch14_dinov2", **kwargs).state_dict()
+    with pytest.raises(WeightsError, match="not a timm CLIP-layout model"):
+        timm_clip_to_open_clip(dinov2)
+
+
+@pytest.mark.slow
+def test_the_planted_open_clip_member_is_the_clip_member_in_open_clip():
+    """planted:open_clip is planted:clip's function (the same circuits and seed) as an open_clip.CLIP:
+    the same tokens on photos, the same ignited cells, and open_clip's own encode_image gives its
+    image embedding (proj is the identity: the final-normed CLS)."""
+    from sinder.images import ImageSet
+    from sinder.measure import forward_tokens
+
+    ours, hf = load_backbone("planted:open_clip"), load_backbone("planted:clip")
+    assert type(ours.model) is open_clip.CLIP and ours.family == "planted" and ours.num_prefix_tokens == 1
+    assert type(ours.model.visual.transformer.resblocks[0].attn) is torch.nn.MultiheadAttention
+    assert ours.mean == hf.mean and ours.std == hf.std  # OpenAI CLIP's normalisation in both
+    images = ImageSet.from_inputs(bundled_photos(BUNDLED_EVAL[:4]), ours, ours.image_size)
+    ignited = 0
+    with torch.no_grad():
+        for _, px in images.batches(4):
+            a, b = forward_tokens(ours, px), forward_tokens(hf, px)
+            assert (a.final - b.final).abs().max() < 1e-4 and (a.last - b.last).abs().max() < 1e-4 * b.last.abs().max()
+            cells = ours.ground_truth.ignition(ours, px)
+            assert torch.equal(cells, hf.ground_truth.ignition(hf, px))
+            ignited += int(cells.sum())
+            assert (ours.model.encode_image(px) - a.final[:, 0]).abs().max() < 1e-4
+    assert ignited > 0  # the comparison covers defect tokens
+
+
+@pytest.mark.slow
+def test_the_default_repair_clears_the_planted_open_clip_member_and_open_clip_rebuilds_the_export(tmp_path):
+    """The zoo targets on photos the repair never saw (energy along u drops >= 95%, max/median <= 3,
+    cosines >= 0.999), only the v rows of the fused in-projection train, and the exported state
+    dict loads strictly into open_clip.CLIP(**config) with the config the export records."""
+    import json
+
+    from safetensors.torch import load_file
+
+    bb = load_backbone("planted:open_clip")
+    in_proj = {k: v.clone() for k, v in bb.model.state_dict().items() if k.endswith("attn.in_proj_weight")}
+    result = repair(
+        bb, bundled_photos(BUNDLED_TRAIN), RepairConfig(progress=False), eval_images=bundled_photos(BUNDLED_EVAL), out_dir=tmp_path / "run"
+    )
+    s = result.summary
+    before, after, features = s["metrics"]["before"], s["metrics"]["after"], s["metrics"]["features"]
+    assert s["stop_reason"] == "clean_pass" and before["energy_along_u"] > 0.3 and before["max_over_median"] > 4
+    assert after["energy_along_u"] <= 0.05 * before["energy_along_u"] and after["max_over_median"] <= 3
+    assert features["non_defect_cosine"] >= 0.999 and features["cls_cosine"] >= 0.999, features
+    d, now = bb.embed_dim, bb.model.state_dict()
+    assert all(torch.equal(w[: 2 * d], now[k][: 2 * d]) for k, w in in_proj.items())  # q and k never train
+    assert any(not torch.equal(w[2 * d :], now[k][2 * d :]) for k, w in in_proj.items())
+    folder = tmp_path / "run" / "weights"
+    meta = json.loads((folder / "model_spec.json").read_text())
+    assert meta["format"] == "open_clip" and meta["arch"] is None and meta["spec"] == "planted:open_clip"
+    plain = open_clip.CLIP(**meta["config"]).eval()  # nothing from sinder
+    plain.load_state_dict(load_file(str(folder / "open_clip_model.safetensors")), strict=True)
+    x = torch.rand(2, 3, bb.image_size, bb.image_size)
+    assert max_token_diff(bb, load_backbone(plain), x) <= 1e-5
+    assert max_token_diff(bb, load_backbone("planted:open_clip", weights=folder / "open_clip_model.safetensors"), x) <= 1e-5
+
+
+def test_hooks_on_an_open_clip_block_fire_through_sinders_block_calls():
+    """The fixes that need no training (test-time registers, interpolation) are hooks on the user's
+    blocks; sinder's own block calls must run through them, as open_clip's forward does."""
+    bb = load_backbone(tiny_clip())
+    x = torch.randn(1, 3, 64, 64)
+    handle = bb.blocks()[0].register_forward_hook(lambda module, inputs, out: torch.zeros_like(out))
+    try:
+        with torch.no_grad():
+            outs, _ = bb.forward_layers(x)
+    finally:
+        handle.remove()
+    assert outs[0].abs().max() == 0
+    with torch.no_grad():
+        assert bb.forward_layers(x)[0][0].abs().max() > 0
+
+
+@pytest.mark.slow
+def test_every_fix_without_training_clears_the_planted_open_clip_member(tmp_path):
+    """Test-time registers, the σ clamp and neighbour interpolation on planted:open_clip, measured
+    by sinder compare on photos the fixes never saw (registers and interpolation are hooks)."""
+    from sinder.compare import CompareConfig, compare
+    from sinder.fixes import ClampFix, InterpolationFix, RegistersFix
+
+    bb = load_backbone("planted:open_clip")
+    config = CompareConfig(max_maps=0, fixes=(RegistersFix(), ClampFix(), InterpolationFix()))
+    report = compare(bb, bundled_photos(BUNDLED_TRAIN[:4]), bundled_photos(BUNDLED_EVAL[:4]), config, tmp_path / "cmp")
+    methods = report["methods"]
+    base = methods["original"]["last_layer"]
+    assert base["energy_along_u"] > 0.2 and base["max_over_median"] > 4
+    for name in ("registers", "clamp", "interp"):
+        last, feats = methods[name]["last_layer"], methods[name]["features"]
+        assert last["energy_along_u"] < 0.01 * base["energy_along_u"] and last["max_over_median"] < 2.5, (name, last)
+        assert feats["non_defect_cosine"] > 0.99 and feats["cls_cosine"] > 0.99, (name, feats)

@@ -83,7 +83,7 @@ ZOO_PHOTOS = ("rocket", "coffee", "camera", "astronaut")  # training photos: fla
 @pytest.mark.parametrize(
     "name",
     ["content", "early", "late", "noisy", "native518", "swiglu", "reg4", "spectral", "spread", "attention", "border", "crowded", "lownorm"]
-    + ["clip", "siglip", "dinov3"],
+    + ["clip", "open_clip", "siglip", "dinov3"],
 )
 @pytest.mark.slow
 def test_zoo_member_has_real_singular_defects(name):
@@ -299,12 +299,14 @@ def test_marker_layouts_and_new_fields_are_checked():
         PlantedConfig(ignition="content", ignition_suppress=1.0)
     with pytest.raises(ConfigError, match="amplifier must be pair, feedback or bounded"):
         PlantedConfig(amplifier="nope")
-    with pytest.raises(ConfigError, match="layout must be dinov2, clip, siglip, dinov3"):
+    with pytest.raises(ConfigError, match="layout must be dinov2, clip, open_clip, siglip, dinov3"):
         PlantedConfig(layout="eva")
     with pytest.raises(ConfigError, match="multiple of 16"):
         PlantedConfig(layout="dinov3", registers=True, img_size=224 + 14)
     with pytest.raises(ConfigError, match="plain-MLP DINOv3 of size S, B, L"):
         PlantedConfig(layout="dinov3", size="g")
+    with pytest.raises(ConfigError, match="ViT-g's MLP is SwiGLU"):
+        PlantedConfig(layout="open_clip", size="g")
     with pytest.raises(ConfigError, match="no CLS token"):
         PlantedConfig(layout="siglip", ignition_path="attention")
 

@@ -195,3 +195,37 @@ def timm_clip_to_hf_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
             renamed = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn.proj": "self_attn.out_proj"}.get(part, part)
             out[f"{layer}{renamed}.{leaf}"] = v
     return out
+
+
+def timm_clip_to_open_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm CLIP-layout ViT state dict -> the keys of open_clip's ``VisionTransformer`` (the image
+    tower, ``CLIP.visual``): the fused qkv is ``nn.MultiheadAttention``'s ``in_proj`` as it is (both
+    order the rows q, k, v), timm's ``norm_pre``/``norm`` are ``ln_pre``/``ln_post``. ``proj`` (the
+    embedding head) has no timm counterpart and is left to the caller."""
+    if "patch_embed.proj.bias" in sd or "norm_pre.weight" not in sd or any(k.endswith("gamma") for k in sd):
+        raise WeightsError("not a timm CLIP-layout model (pre_norm=True, no patch bias, no LayerScale)")
+    out = {
+        "class_embedding": sd["cls_token"].reshape(-1),
+        "conv1.weight": sd["patch_embed.proj.weight"],
+        "positional_embedding": sd["pos_embed"][0],
+    }
+    parts = {
+        "norm1": "ln_1",
+        "norm2": "ln_2",
+        "attn.qkv": "attn.in_proj",
+        "attn.proj": "attn.out_proj",
+        "mlp.fc1": "mlp.c_fc",
+        "mlp.fc2": "mlp.c_proj",
+    }
+    for k, v in sd.items():
+        head, _, leaf = k.rpartition(".")
+        if head in ("norm_pre", "norm"):
+            out[f"{'ln_pre' if head == 'norm_pre' else 'ln_post'}.{leaf}"] = v
+            continue
+        m = re.fullmatch(r"blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)", k)
+        if m is None:
+            continue
+        name = parts[m[2]]
+        # nn.MultiheadAttention names its fused projection in_proj_weight / in_proj_bias
+        out[f"transformer.resblocks.{m[1]}.{name}{'_' if name == 'attn.in_proj' else '.'}{m[3]}"] = v
+    return out

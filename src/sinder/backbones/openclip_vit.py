@@ -10,9 +10,10 @@ Read from open_clip 3.x: ``conv1`` (patch embedding, no bias), ``class_embedding
 
 ``nn.MultiheadAttention`` reads its fused in-projection as a parameter, not through a Linear, so
 the adapter keeps one stand-in ``nn.Linear`` per block that *shares* ``in_proj_weight`` and
-``in_proj_bias`` (:meth:`proxies`): the view's q/k/v are its rows, :meth:`run_block` computes
-the attention through it (so a σ-parametrised stand-in trains), and whatever is written into it
-(repair folds ε back there) is the model's own parameter. The model's modules and state-dict keys
+``in_proj_bias`` (:meth:`proxies`): the view's q/k/v are its rows, and whatever is written into it
+(repair folds ε back there) is the model's own parameter. :meth:`run_block` calls the block
+itself (so hooks on it, such as the fixes', fire) unless repair has swapped the stand-in for a
+σ-parametrised one; then it computes the attention through the stand-in, so that one trains. The model's modules and state-dict keys
 never change. Other grids than the native one resample the positional embedding (open_clip itself
 only takes its native size).
 """
@@ -53,6 +54,7 @@ class OpenCLIPBackbone(Backbone):
     """open_clip ``VisionTransformer`` towers (module doc)."""
 
     family = "open_clip"
+    open_clip_config: dict | None = None  # open_clip.CLIP(**config), where sinder built the model from one (export records it)
 
     def __init__(self, model: nn.Module, spec: str, family: str = "open_clip") -> None:
         from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
@@ -133,9 +135,13 @@ class OpenCLIPBackbone(Backbone):
 
     def run_block(self, index: int, x: torch.Tensor, ctx: TokenContext) -> torch.Tensor:
         blk = self.layers[index]
+        stand_in = self._stand_ins[str(index)]
+        if type(stand_in) is nn.Linear:  # the model's own in-projection: its own block runs, and the hooks on it fire (fixes)
+            return blk(x)
+        # repair swapped the stand-in for a σ-parametrised one, which nn.MultiheadAttention cannot read
         b, n, d = x.shape
         heads = blk.attn.num_heads
-        qkv = self._stand_ins[str(index)](blk.ln_1(x)).reshape(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        qkv = stand_in(blk.ln_1(x)).reshape(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2]).transpose(1, 2).reshape(b, n, d)
         x = x + blk.ls_1(blk.attn.out_proj(out))
         return x + blk.ls_2(blk.mlp(blk.ln_2(x)))

@@ -4,7 +4,9 @@
 Weights: ``--weights FILE`` (the state dict of the whole model, ``.safetensors`` or an open_clip
 ``.pt`` checkpoint, ``module.`` prefixes of DDP checkpoints removed); ``--random-init`` builds it
 untrained. Export format: ``open_clip_model.safetensors`` (the whole model's state dict, text
-tower included) + ``model_spec.json`` (``arch``: null for a model built in Python); ``open_clip.create_model(ARCH)`` then
+tower included) + ``model_spec.json`` (``arch``: null for a model built in Python; ``config``: the
+``open_clip.CLIP(**config)`` arguments where sinder built the model from one, as for
+``planted:open_clip``); ``open_clip.create_model(ARCH)`` (or ``open_clip.CLIP(**config)``) then
 ``load_state_dict(strict=True)`` loads it, and so does ``open_clip:ARCH --weights FILE``.
 """
 
@@ -65,9 +67,13 @@ def load(name: str, spec: str, weights: str | Path | None = None, random_init: b
 def save_open_clip_format(backbone: Backbone, folder: Path, overwrite: bool) -> Path:
     """The whole model's state dict + the architecture name, atomically."""
     arch = backbone.timm_name  # None for a module the user built in Python: they rebuild it themselves
-    meta = {"format": "open_clip", "arch": arch, "spec": backbone.spec}
+    # the open_clip.CLIP(**config) arguments, where sinder built the model from a config (the planted member)
+    meta = {"format": "open_clip", "arch": arch, "config": getattr(backbone, "open_clip_config", None), "spec": backbone.spec}
     weights = write_weights_and_spec(backbone.model, folder / WEIGHTS_FILE, folder / SPEC_FILE, meta, overwrite)
-    log.info("wrote %s (open_clip %s)", weights, arch)
+    how = arch or (
+        "open_clip.CLIP(**config) with the recorded config" if meta["config"] else "a model built in Python: rebuild it, then load"
+    )
+    log.info("wrote %s (open_clip: %s)", weights, how)
     return weights
 
 
@@ -75,12 +81,18 @@ def reload_open_clip_format(backbone: Backbone, path: Path) -> Backbone:
     from ..backbones.openclip_vit import OpenCLIPBackbone
 
     folder = path.parent if path.is_file() else path
-    arch = json.loads((folder / SPEC_FILE).read_text())["arch"]
-    # a named architecture is rebuilt by open_clip; a module built in Python, from a copy of itself
-    model = create(arch, backbone.spec) if arch else copy.deepcopy(backbone.model).cpu().float()
+    meta = json.loads((folder / SPEC_FILE).read_text())
+    arch, config = meta["arch"], meta.get("config")
+    # a named architecture or a recorded config is rebuilt by open_clip; a module built in Python, from a copy of itself
+    if arch:
+        model = create(arch, backbone.spec)
+    elif config:
+        model = _open_clip(backbone.spec).CLIP(**config).eval()
+    else:
+        model = copy.deepcopy(backbone.model).cpu().float()
     load_weights(model, folder / WEIGHTS_FILE, backbone.spec)
-    new = OpenCLIPBackbone(model, backbone.spec)
-    new.timm_name = arch
+    new = OpenCLIPBackbone(model, backbone.spec, family=backbone.family)
+    new.timm_name, new.open_clip_config = arch, config
     return new
 
 

@@ -1,7 +1,8 @@
 """``planted:small``: the built-in ViT-S/14 with planted singular defects (see :mod:`sinder.planted`).
 
-Planted models are timm models (DINOv2 and SigLIP layouts), so they export like ``timm``; the
-CLIP-layout member is a transformers ``CLIPVisionModel`` and exports like ``hf``.
+Planted models are timm models (DINOv2, SigLIP and DINOv3 layouts), so they export like ``timm``;
+the CLIP-layout member is a transformers ``CLIPVisionModel`` and exports like ``hf``, and the
+open_clip member an ``open_clip.CLIP``, exported like ``open_clip`` with the config that rebuilds it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from ..backbones.convert import timm_to_official_dinov2
 from ..backbones.registry import Family, register_family
 from ..planted.config import PRESETS
 from .hf import reload_hf_format, save_hf_format
+from .open_clip import reload_open_clip_format, save_open_clip_format
 from .timm import reload_timm_format, save_timm_format
 
 
@@ -23,20 +25,24 @@ def load(name: str, spec: str, weights: str | Path | None = None, random_init: b
     return load_planted(name, spec, weights=weights)
 
 
-def _is_hf(backbone: Backbone) -> bool:
+def _library(backbone: Backbone) -> str:
+    """Which library's format the member exports in: ``hf`` (clip), ``open_clip`` or ``timm``."""
     from ..backbones.hf_tower import HFTowerBackbone
+    from ..backbones.openclip_vit import OpenCLIPBackbone
 
-    return isinstance(backbone, HFTowerBackbone)  # the CLIP-layout member
+    return "hf" if isinstance(backbone, HFTowerBackbone) else "open_clip" if isinstance(backbone, OpenCLIPBackbone) else "timm"
 
 
 def save(backbone: Backbone, folder: Path, overwrite: bool) -> Path:
-    return (save_hf_format if _is_hf(backbone) else save_timm_format)(backbone, folder, overwrite)
+    writer = {"hf": save_hf_format, "open_clip": save_open_clip_format, "timm": save_timm_format}[_library(backbone)]
+    return writer(backbone, folder, overwrite)
 
 
 def reload(backbone: Backbone, path: Path) -> Backbone:
-    if not _is_hf(backbone):
+    library = _library(backbone)
+    if library == "timm":
         return reload_timm_format(backbone, path)  # keeps the backbone's family
-    again = reload_hf_format(backbone, path)
+    again = (reload_hf_format if library == "hf" else reload_open_clip_format)(backbone, path)
     again.family = backbone.family
     return again
 

@@ -112,7 +112,7 @@ class PlantedConfig:
     # clip: pre-norm, QuickGELU, no LayerScale; siglip: no CLS token, an attention-pool (MAP) head,
     # tanh-GELU, no LayerScale; dinov3: timm's Eva with RoPE, patch 16, CLS + 4 registers (all
     # converted after planting)
-    layout: Literal["dinov2", "clip", "siglip", "dinov3"] = "dinov2"
+    layout: Literal["dinov2", "clip", "open_clip", "siglip", "dinov3"] = "dinov2"
 
     def __post_init__(self) -> None:
         require(self.size in ARCHITECTURES, f"size must be one of {', '.join(ARCHITECTURES)}, got {self.size!r}")
@@ -154,8 +154,8 @@ class PlantedConfig:
         require(0 <= self.spectrum_decay <= 2, f"spectrum_decay must be in [0, 2], got {self.spectrum_decay}")
         require(self.layout in LAYOUTS, f"layout must be {', '.join(LAYOUTS)}, got {self.layout!r}")
         require(
-            self.layout in ("dinov2", "dinov3") or not (self.swiglu or self.registers),
-            f"layout={self.layout!r} has a plain GELU MLP and no registers",
+            self.layout in ("dinov2", "dinov3") or not (self.swiglu or self.registers or self.size == "g"),
+            f"layout={self.layout!r} has a plain GELU MLP and no registers: sizes S, B, L (ViT-g's MLP is SwiGLU)",
         )
         require(
             self.layout != "siglip" or self.ignition_path == "mlp",
@@ -218,7 +218,7 @@ SIGLIP_TOKENS = {"class_token": False, "global_pool": "map"}
 # positional embedding added: it carries the positional markers (DINOv3 itself has RoPE alone)
 DINOV3_NAMES = {"S": "vit_small_patch16_dinov3_qkvb", "B": "vit_base_patch16_dinov3_qkvb", "L": "vit_large_patch16_dinov3_qkvb"}
 DINOV3_LAYOUT = {"use_abs_pos_emb": True}
-LAYOUTS = {"dinov2": {}, "clip": CLIP_LAYOUT, "siglip": SIGLIP_LAYOUT, "dinov3": DINOV3_LAYOUT}
+LAYOUTS = {"dinov2": {}, "clip": CLIP_LAYOUT, "open_clip": CLIP_LAYOUT, "siglip": SIGLIP_LAYOUT, "dinov3": DINOV3_LAYOUT}
 
 PRESETS: dict[str, PlantedConfig] = {
     # 5 positional cells, equal strength, ignition at block 4 of 12, quiet u
@@ -282,6 +282,11 @@ PRESETS: dict[str, PlantedConfig] = {
     # OpenAI-CLIP layout (pre-norm, QuickGELU, no LayerScale, CLS), content-gated with a feedback
     # amplifier: planted in the DINOv2 layout, then converted (γ folded into proj/fc2, ln_pre added)
     "clip": PlantedConfig(layout="clip", ignition="content", markers=10, onset=5 / 12, amplifier="feedback", u_noise=0.01, seed=14),
+    # the same circuits and seed in an open_clip CLIP (nn.MultiheadAttention blocks): clip's function
+    # in another library, so the two members' tokens agree and their repairs can be set side by side
+    "open_clip": PlantedConfig(
+        layout="open_clip", ignition="content", markers=10, onset=5 / 12, amplifier="feedback", u_noise=0.01, seed=14
+    ),
     # SigLIP layout (no CLS token, attention-pool head, tanh-GELU, no LayerScale), fixed positions
     # of unequal strength from mid-depth, as in SigLIP towers: the pooled output takes CLS's place
     "siglip": PlantedConfig(layout="siglip", markers=8, onset=6 / 12, strength_spread=0.3, amplifier="feedback", u_noise=0.01, seed=15),

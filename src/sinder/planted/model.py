@@ -4,8 +4,9 @@ No DINOv2 weights can be downloaded offline, so sinder ships backbones whose def
 way the paper describes: a few tokens are pushed along one direction u, and later blocks
 amplify u, so G_i's top singular vector is u. Each zoo member plants them differently (see
 :class:`~sinder.planted.config.PlantedConfig`), built from a seed in seconds with no files. All
-are planted in timm's DINOv2 layout; ``clip`` then becomes a transformers CLIP tower and ``siglip``
-a timm model in SigLIP's layout, with the same function, and ``dinov3`` timm's Eva with RoPE.
+are planted in timm's DINOv2 layout; ``clip`` then becomes a transformers CLIP tower, ``open_clip``
+the same tower in an ``open_clip.CLIP`` and ``siglip`` a timm model in SigLIP's layout, with the
+same function, and ``dinov3`` timm's Eva with RoPE.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .circuits import (
     plant_texture_detector,
     power_law_spectrum_,
 )
-from .config import PlantedConfig, preset
+from .config import ARCHITECTURES, PlantedConfig, preset
 
 IGNITION_SHARPNESS = 4.0
 TEXTURE_SCALE = 1.6  # patch-embedding gain of the texture filters: ⟨q_k, LN(x)⟩ ≈ the filter response
@@ -172,7 +173,7 @@ def _convert_layout(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
             gamma = state.pop(f"blocks.{i}.{ls}.gamma")
             state[f"blocks.{i}.{lin}.weight"] = gamma[:, None] * state[f"blocks.{i}.{lin}.weight"]
             state[f"blocks.{i}.{lin}.bias"] = gamma * state[f"blocks.{i}.{lin}.bias"]
-    if cfg.layout == "clip":  # pre-norm ViTs have no patch-embedding bias: the same constant goes into every patch position
+    if cfg.layout in ("clip", "open_clip"):  # pre-norm ViTs have no patch-embedding bias: the same constant goes into every patch position
         state["pos_embed"][:, model.num_prefix_tokens :] += state.pop("patch_embed.proj.bias")
         state["norm_pre.weight"] = torch.full((model.embed_dim,), _token_std(cfg))
         state["norm_pre.bias"] = torch.zeros(model.embed_dim)
@@ -180,7 +181,8 @@ def _convert_layout(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
         cfg.timm_name, pretrained=False, num_classes=0, img_size=cfg.img_size, dynamic_img_size=True, **cfg.timm_kwargs
     )
     converted.load_state_dict(state, strict=True)
-    return _to_hf_clip(converted.eval(), cfg) if cfg.layout == "clip" else converted.eval()
+    finish = {"clip": _to_hf_clip, "open_clip": _to_open_clip}.get(cfg.layout)
+    return finish(converted.eval(), cfg) if finish else converted.eval()
 
 
 def _to_dinov3_layout(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
@@ -211,23 +213,30 @@ def _to_dinov3_layout(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
     return eva.eval()
 
 
-def _to_hf_clip(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
-    """The timm CLIP-layout model as a transformers ``CLIPVisionModel``: the same function of the
-    raw pixels. The tower normalises with CLIP's mean and std, not ImageNet's, so the patch
-    embedding is rescaled per input channel and the constant this leaves goes into the positional
-    embedding of every patch (CLIP's patch embedding has no bias)."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
+def _clip_normalised_state(model: nn.Module, mean: tuple, std: tuple) -> dict[str, torch.Tensor]:
+    """The timm CLIP-layout model's state for a tower that normalises with ``mean``/``std`` (CLIP's),
+    not ImageNet's: the patch embedding is rescaled per input channel and the constant this leaves
+    goes into the positional embedding of every patch (CLIP's patch embedding has no bias)."""
     from ..backbones.base import IMAGENET_MEAN, IMAGENET_STD
-    from ..backbones.convert import timm_clip_to_hf_clip
-    from ..backbones.hf_tower import CLIP_MEAN, CLIP_STD, vision_tower
 
     state = {k: v.clone() for k, v in model.state_dict().items()}
     w = state["patch_embed.proj.weight"]
-    m_in, s_in, m_clip, s_clip = (torch.tensor(t, dtype=w.dtype) for t in (IMAGENET_MEAN, IMAGENET_STD, CLIP_MEAN, CLIP_STD))
+    m_in, s_in, m_clip, s_clip = (torch.tensor(t, dtype=w.dtype) for t in (IMAGENET_MEAN, IMAGENET_STD, mean, std))
     # W·(p − m)/s = (W·s_clip/s)·(p − m_clip)/s_clip + W·(m_clip − m)/s
     state["pos_embed"][0, model.num_prefix_tokens :] += torch.einsum("dchw,c->d", w, (m_clip - m_in) / s_in)
     state["patch_embed.proj.weight"] = w * (s_clip / s_in)[None, :, None, None]
+    return state
+
+
+def _to_hf_clip(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
+    """The timm CLIP-layout model as a transformers ``CLIPVisionModel``: the same function of the
+    raw pixels (:func:`_clip_normalised_state`)."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from ..backbones.convert import timm_clip_to_hf_clip
+    from ..backbones.hf_tower import CLIP_MEAN, CLIP_STD, vision_tower
+
+    state = _clip_normalised_state(model, CLIP_MEAN, CLIP_STD)
     config = CLIPVisionConfig(
         hidden_size=model.embed_dim,
         intermediate_size=model.blocks[0].mlp.fc1.out_features,
@@ -241,6 +250,44 @@ def _to_hf_clip(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
     hf = CLIPVisionModel(config)
     vision_tower(hf).load_state_dict(timm_clip_to_hf_clip(state), strict=True)
     return hf.eval()
+
+
+def open_clip_config(cfg: PlantedConfig) -> dict:
+    """The ``open_clip.CLIP(**config)`` arguments of an open_clip-layout member (JSON-able: its
+    export records them). The image tower is the planted ViT's (timm's DINOv2 LayerNorm eps, 1e-6);
+    the text tower is the smallest open_clip builds (a CLIP must have one), all zeros and never used."""
+    arch = ARCHITECTURES[cfg.size][2]
+    dim = arch["embed_dim"]
+    vision = {
+        "image_size": cfg.img_size,
+        "patch_size": cfg.patch_size,
+        "layers": arch["depth"],
+        "width": dim,
+        "head_width": dim // arch["num_heads"],
+        "mlp_ratio": 4.0,
+        "norm_kwargs": {"eps": 1e-6},
+    }
+    text = {"context_length": 4, "vocab_size": 8, "width": 8, "heads": 1, "layers": 1}
+    return {"embed_dim": dim, "vision_cfg": vision, "text_cfg": text, "quick_gelu": True}
+
+
+def _to_open_clip(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
+    """The timm CLIP-layout model as an ``open_clip.CLIP`` whose image tower (``nn.MultiheadAttention``
+    blocks, ``ln_pre``, QuickGELU) is the same function of the raw pixels; ``proj`` is the identity,
+    so the image embedding is the final-normed CLS token."""
+    from ..backbones.convert import timm_clip_to_open_clip
+    from ..backbones.openclip_vit import OPENAI_MEAN, OPENAI_STD
+    from ..families.open_clip import _open_clip
+
+    open_clip = _open_clip(f"planted:{cfg.layout}")
+    with torch.random.fork_rng(devices=[]):
+        clip = open_clip.CLIP(**open_clip_config(cfg)).eval()
+    for p in clip.parameters():
+        p.zero_()  # the text tower is never used (zero: no dependence on open_clip's init); the image tower is overwritten below
+    state = timm_clip_to_open_clip(_clip_normalised_state(model, OPENAI_MEAN, OPENAI_STD))
+    state["proj"] = torch.eye(model.embed_dim)
+    clip.visual.load_state_dict(state, strict=True)
+    return clip
 
 
 def _plant_ignition(model, cfg: PlantedConfig, u, texture, used: torch.Tensor, gen: torch.Generator) -> tuple[int, torch.Tensor]:
@@ -381,6 +428,13 @@ def load_planted(name: str, spec: str, weights: str | Path | None = None) -> Bac
         if weights is not None:
             load_state_dict_checked(model, read_state_dict(weights), spec)
         backbone: Backbone = HFTowerBackbone(model, spec, family="planted")
+    elif cfg.layout == "open_clip":  # an open_clip CLIP: exported with the config that rebuilds it
+        from ..backbones.openclip_vit import OpenCLIPBackbone
+
+        if weights is not None:
+            load_state_dict_checked(model, read_state_dict(weights), spec)
+        backbone = OpenCLIPBackbone(model, spec, family="planted")
+        backbone.timm_name, backbone.open_clip_config = None, open_clip_config(cfg)
     else:
         if weights is not None:
             load_timm_state_dict(model, read_state_dict(weights), spec)
