@@ -83,7 +83,7 @@ ZOO_PHOTOS = ("rocket", "coffee", "camera", "astronaut")  # training photos: fla
 @pytest.mark.parametrize(
     "name",
     ["content", "early", "late", "noisy", "native518", "swiglu", "reg4", "spectral", "spread", "attention", "border", "crowded", "lownorm"]
-    + ["clip", "open_clip", "siglip", "dinov3"],
+    + ["hf_dinov2", "clip", "open_clip", "siglip", "dinov3"],
 )
 @pytest.mark.slow
 def test_zoo_member_has_real_singular_defects(name):
@@ -299,7 +299,7 @@ def test_marker_layouts_and_new_fields_are_checked():
         PlantedConfig(ignition="content", ignition_suppress=1.0)
     with pytest.raises(ConfigError, match="amplifier must be pair, feedback or bounded"):
         PlantedConfig(amplifier="nope")
-    with pytest.raises(ConfigError, match="layout must be dinov2, clip, open_clip, siglip, dinov3"):
+    with pytest.raises(ConfigError, match="layout must be dinov2, hf_dinov2, clip, open_clip, siglip, dinov3"):
         PlantedConfig(layout="eva")
     with pytest.raises(ConfigError, match="multiple of 16"):
         PlantedConfig(layout="dinov3", registers=True, img_size=224 + 14)
@@ -420,3 +420,76 @@ def test_zoo_sizes_plant_the_same_circuits():
         preset("small@XL")
     with pytest.raises(ModelSpecError, match="unknown planted model"):
         preset("nosuch")
+
+
+@pytest.mark.slow
+def test_the_hf_dinov2_member_is_the_small_member_in_transformers():
+    """planted:hf_dinov2 is planted:small's function (the same circuits and seed) as a transformers
+    Dinov2Model, through the official key layout: the same tokens on photos and the same ignited cells."""
+    from sinder.backbones import load_backbone
+    from sinder.images import ImageSet
+    from sinder.measure import forward_tokens
+
+    hf, timm_member = load_backbone("planted:hf_dinov2"), load_backbone("planted:small")
+    assert type(hf.model).__name__ == "Dinov2Model" and hf.family == "planted" and hf.num_prefix_tokens == 1
+    images = ImageSet.from_inputs(bundled_photos(BUNDLED_EVAL[:4]), hf, hf.image_size)
+    ignited = 0
+    with torch.no_grad():
+        for _, px in images.batches(4):
+            a, b = forward_tokens(hf, px), forward_tokens(timm_member, px)
+            assert (a.final - b.final).abs().max() < 1e-4 and (a.last - b.last).abs().max() < 1e-4 * b.last.abs().max()
+            cells = hf.ground_truth.ignition(hf, px)
+            assert torch.equal(cells, timm_member.ground_truth.ignition(timm_member, px))
+            ignited += int(cells.sum())
+            assert (hf.model(pixel_values=px).last_hidden_state - a.final).abs().max() < 1e-4  # transformers' own forward
+    assert ignited > 0
+
+
+@pytest.mark.slow
+def test_the_default_repair_clears_the_hf_dinov2_member_and_transformers_loads_the_export(tmp_path):
+    """The zoo targets on photos the repair never saw, the v projection trains (q and k do not), and
+    the export is a save_pretrained folder that Dinov2Model.from_pretrained loads, with the same tokens."""
+    from transformers import Dinov2Model
+
+    from sinder.backbones import load_backbone
+    from sinder.export import max_token_diff
+    from sinder.repair import RepairConfig, repair
+
+    bb = load_backbone("planted:hf_dinov2")
+    before_qk = {k: v.clone() for k, v in bb.model.state_dict().items() if ".attention.q_proj." in k or ".attention.k_proj." in k}
+    result = repair(
+        bb, bundled_photos(BUNDLED_TRAIN), RepairConfig(progress=False), eval_images=bundled_photos(BUNDLED_EVAL), out_dir=tmp_path / "run"
+    )
+    s = result.summary
+    before, after, features = s["metrics"]["before"], s["metrics"]["after"], s["metrics"]["features"]
+    assert s["stop_reason"] == "clean_pass" and before["energy_along_u"] > 0.3 and before["max_over_median"] > 4
+    assert after["energy_along_u"] <= 0.05 * before["energy_along_u"] and after["max_over_median"] <= 3
+    assert features["non_defect_cosine"] >= 0.999 and features["cls_cosine"] >= 0.999, features
+    now = bb.model.state_dict()
+    assert all(torch.equal(v, now[k]) for k, v in before_qk.items())
+    folder = tmp_path / "run" / "weights"
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    plain = Dinov2Model.from_pretrained(str(folder)).eval()  # nothing from sinder
+    x = torch.rand(2, 3, bb.image_size, bb.image_size)
+    assert max_token_diff(bb, load_backbone(plain), x) <= 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["swiglu", "reg4"])
+def test_the_hf_dinov2_layout_carries_swiglu_and_registers(name):
+    """The transformers layout of the ViT-g MLP (SwiGLU, as swiglu and every @g) and of a
+    4-register model (Dinov2WithRegistersModel): the timm member's tokens exactly, up to float noise."""
+    from dataclasses import replace
+
+    from sinder.backbones import load_backbone
+    from sinder.backbones.hf_vit import HFViTBackbone
+    from sinder.measure import forward_tokens
+
+    model, _ = build_planted(replace(PRESETS[name], layout="hf_dinov2"))
+    hf, timm_member = HFViTBackbone(model, f"planted:{name} as hf_dinov2"), load_backbone(f"planted:{name}")
+    assert type(model).__name__ == ("Dinov2Model" if name == "swiglu" else "Dinov2WithRegistersModel")
+    assert hf.num_prefix_tokens == timm_member.num_prefix_tokens and hf.block_view(0).activation == timm_member.block_view(0).activation
+    px = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = forward_tokens(hf, px), forward_tokens(timm_member, px)
+    assert (a.final - b.final).abs().max() < 1e-4 and (a.last - b.last).abs().max() < 1e-4 * b.last.abs().max()

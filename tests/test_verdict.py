@@ -163,7 +163,7 @@ def expected_onset(backbone, directions) -> int:
 
 # marker and content ignition, the onset one and three blocks after the ignition, defects on the
 # border, and low-norm artifacts (the members other than these take 3–25 s each; all pass, docs/benchmarks.md)
-ZOO = ("small", "reg4", "spectral", "late", "border", "lownorm", "clip", "open_clip", "siglip", "dinov3")
+ZOO = ("small", "hf_dinov2", "reg4", "spectral", "late", "border", "lownorm", "clip", "open_clip", "siglip", "dinov3")
 
 
 @pytest.mark.slow

@@ -1,8 +1,9 @@
 """``planted:small``: the built-in ViT-S/14 with planted singular defects (see :mod:`sinder.planted`).
 
 Planted models are timm models (DINOv2, SigLIP and DINOv3 layouts), so they export like ``timm``;
-the CLIP-layout member is a transformers ``CLIPVisionModel`` and exports like ``hf``, and the
-open_clip member an ``open_clip.CLIP``, exported like ``open_clip`` with the config that rebuilds it.
+the CLIP-layout member is a transformers ``CLIPVisionModel`` and ``hf_dinov2`` a ``Dinov2Model``,
+both exported like ``hf``, and the open_clip member an ``open_clip.CLIP``, exported like
+``open_clip`` with the config that rebuilds it.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ def load(name: str, spec: str, weights: str | Path | None = None, random_init: b
 
 
 def _library(backbone: Backbone) -> str:
-    """Which library's format the member exports in: ``hf`` (clip), ``open_clip`` or ``timm``."""
+    """Which library's format the member exports in: ``hf`` (clip, hf_dinov2), ``open_clip`` or ``timm``."""
     from ..backbones.hf_tower import HFTowerBackbone
+    from ..backbones.hf_vit import HFViTBackbone
     from ..backbones.openclip_vit import OpenCLIPBackbone
 
-    return "hf" if isinstance(backbone, HFTowerBackbone) else "open_clip" if isinstance(backbone, OpenCLIPBackbone) else "timm"
+    if isinstance(backbone, (HFTowerBackbone, HFViTBackbone)):
+        return "hf"
+    return "open_clip" if isinstance(backbone, OpenCLIPBackbone) else "timm"
 
 
 def save(backbone: Backbone, folder: Path, overwrite: bool) -> Path:

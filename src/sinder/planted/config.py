@@ -109,10 +109,11 @@ class PlantedConfig:
     amp_gain: float = 3.0
     spectrum_top: float = 0.0
     spectrum_decay: float = 0.5
+    # hf_dinov2: the DINOv2 layout as a transformers Dinov2Model (the same function);
     # clip: pre-norm, QuickGELU, no LayerScale; siglip: no CLS token, an attention-pool (MAP) head,
     # tanh-GELU, no LayerScale; dinov3: timm's Eva with RoPE, patch 16, CLS + 4 registers (all
     # converted after planting)
-    layout: Literal["dinov2", "clip", "open_clip", "siglip", "dinov3"] = "dinov2"
+    layout: Literal["dinov2", "hf_dinov2", "clip", "open_clip", "siglip", "dinov3"] = "dinov2"
 
     def __post_init__(self) -> None:
         require(self.size in ARCHITECTURES, f"size must be one of {', '.join(ARCHITECTURES)}, got {self.size!r}")
@@ -154,7 +155,7 @@ class PlantedConfig:
         require(0 <= self.spectrum_decay <= 2, f"spectrum_decay must be in [0, 2], got {self.spectrum_decay}")
         require(self.layout in LAYOUTS, f"layout must be {', '.join(LAYOUTS)}, got {self.layout!r}")
         require(
-            self.layout in ("dinov2", "dinov3") or not (self.swiglu or self.registers or self.size == "g"),
+            self.layout in ("dinov2", "hf_dinov2", "dinov3") or not (self.swiglu or self.registers or self.size == "g"),
             f"layout={self.layout!r} has a plain GELU MLP and no registers: sizes S, B, L (ViT-g's MLP is SwiGLU)",
         )
         require(
@@ -218,11 +219,13 @@ SIGLIP_TOKENS = {"class_token": False, "global_pool": "map"}
 # positional embedding added: it carries the positional markers (DINOv3 itself has RoPE alone)
 DINOV3_NAMES = {"S": "vit_small_patch16_dinov3_qkvb", "B": "vit_base_patch16_dinov3_qkvb", "L": "vit_large_patch16_dinov3_qkvb"}
 DINOV3_LAYOUT = {"use_abs_pos_emb": True}
-LAYOUTS = {"dinov2": {}, "clip": CLIP_LAYOUT, "open_clip": CLIP_LAYOUT, "siglip": SIGLIP_LAYOUT, "dinov3": DINOV3_LAYOUT}
+LAYOUTS = {"dinov2": {}, "hf_dinov2": {}, "clip": CLIP_LAYOUT, "open_clip": CLIP_LAYOUT, "siglip": SIGLIP_LAYOUT, "dinov3": DINOV3_LAYOUT}
 
 PRESETS: dict[str, PlantedConfig] = {
     # 5 positional cells, equal strength, ignition at block 4 of 12, quiet u
     "small": PlantedConfig(),
+    # small's circuits and seed as a transformers Dinov2Model: its function in another library
+    "hf_dinov2": PlantedConfig(layout="hf_dinov2"),
     # content-gated: low-texture patches among 10 candidate cells, mid-depth, re-igniting amplifier
     "content": PlantedConfig(ignition="content", markers=10, onset=5 / 12, amplifier="feedback", u_noise=0.01, seed=1),
     # early and late onset, 1–8 defects per image of unequal strength

@@ -4,9 +4,9 @@ No DINOv2 weights can be downloaded offline, so sinder ships backbones whose def
 way the paper describes: a few tokens are pushed along one direction u, and later blocks
 amplify u, so G_i's top singular vector is u. Each zoo member plants them differently (see
 :class:`~sinder.planted.config.PlantedConfig`), built from a seed in seconds with no files. All
-are planted in timm's DINOv2 layout; ``clip`` then becomes a transformers CLIP tower, ``open_clip``
-the same tower in an ``open_clip.CLIP`` and ``siglip`` a timm model in SigLIP's layout, with the
-same function, and ``dinov3`` timm's Eva with RoPE.
+are planted in timm's DINOv2 layout; ``hf_dinov2`` then becomes a transformers DINOv2, ``clip`` a
+transformers CLIP tower, ``open_clip`` the same tower in an ``open_clip.CLIP`` and ``siglip`` a timm
+model in SigLIP's layout, with the same function, and ``dinov3`` timm's Eva with RoPE.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from torch import nn
 
 from ..backbones.base import Backbone
 from ..backbones.hf_tower import HFTowerBackbone
+from ..backbones.hf_vit import HFViTBackbone
 from ..backbones.timm_loader import load_timm_state_dict, wrap_timm
 from ..backbones.timm_vit import TimmViTBackbone
 from ..backbones.weights import load_state_dict_checked, read_state_dict
@@ -151,6 +152,8 @@ def _build(cfg: PlantedConfig) -> tuple[nn.Module, PlantedTruth]:
     place_markers(model, m, positions, (cfg.marker_norm * spread).tolist())
     if cfg.layout == "dinov3":
         model = _to_dinov3_layout(model, cfg)
+    elif cfg.layout == "hf_dinov2":
+        model = _to_hf_dinov2(model, cfg)
     elif cfg.layout != "dinov2":
         model = _convert_layout(model, cfg)
     return model, PlantedTruth(cfg, u, m, positions, grid, layer, unit)
@@ -211,6 +214,34 @@ def _to_dinov3_layout(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
     eva = timm.create_model(cfg.timm_name, pretrained=False, num_classes=0, img_size=cfg.img_size, **cfg.timm_kwargs)
     eva.load_state_dict(out, strict=True)
     return eva.eval()
+
+
+def _to_hf_dinov2(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
+    """The planted timm DINOv2 as a transformers ``Dinov2Model`` (``Dinov2WithRegistersModel`` with
+    registers; SwiGLU for the giant layout): the same function, every tensor from the timm model
+    through the official key layout (the maps ``dinov2:`` and ``hf:`` load checkpoints with)."""
+    from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    from ..backbones.convert import official_dinov2_to_hf, timm_to_official_dinov2
+
+    blk = model.blocks[0]
+    kwargs = dict(
+        hidden_size=model.embed_dim,
+        num_hidden_layers=len(model.blocks),
+        num_attention_heads=blk.attn.num_heads,
+        mlp_ratio=4,  # with SwiGLU, HF takes 2/3 of it rounded up to 8: timm's giant hidden width
+        image_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        layer_norm_eps=blk.norm1.eps,
+        layerscale_value=cfg.layer_scale,
+        use_swiglu_ffn=cfg.swiglu or cfg.size == "g",
+    )
+    config_cls, model_cls = (Dinov2WithRegistersConfig, Dinov2WithRegistersModel) if cfg.registers else (Dinov2Config, Dinov2Model)
+    config = config_cls(**kwargs, **({"num_register_tokens": model.num_reg_tokens} if cfg.registers else {}))
+    with torch.device("meta"):  # every tensor comes from the planted model
+        hf = model_cls(config)
+    hf.load_state_dict(official_dinov2_to_hf(timm_to_official_dinov2(model.state_dict())), strict=True, assign=True)
+    return hf.eval()
 
 
 def _clip_normalised_state(model: nn.Module, mean: tuple, std: tuple) -> dict[str, torch.Tensor]:
@@ -424,10 +455,10 @@ def load_planted(name: str, spec: str, weights: str | Path | None = None) -> Bac
     """The ``planted:NAME[@SIZE]`` backbone; ``ground_truth`` is its :class:`PlantedTruth`."""
     cfg = preset(name, spec)
     model, truth = build_planted(cfg)
-    if cfg.layout == "clip":  # a transformers model
+    if cfg.layout in ("clip", "hf_dinov2"):  # a transformers model
         if weights is not None:
             load_state_dict_checked(model, read_state_dict(weights), spec)
-        backbone: Backbone = HFTowerBackbone(model, spec, family="planted")
+        backbone: Backbone = (HFTowerBackbone if cfg.layout == "clip" else HFViTBackbone)(model, spec, family="planted")
     elif cfg.layout == "open_clip":  # an open_clip CLIP: exported with the config that rebuilds it
         from ..backbones.openclip_vit import OpenCLIPBackbone
 
