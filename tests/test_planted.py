@@ -83,7 +83,7 @@ ZOO_PHOTOS = ("rocket", "coffee", "camera", "astronaut")  # training photos: fla
 @pytest.mark.parametrize(
     "name",
     ["content", "early", "late", "noisy", "native518", "swiglu", "reg4", "spectral", "spread", "attention", "border", "crowded", "lownorm"]
-    + ["hf_dinov2", "clip", "open_clip", "siglip", "dinov3"],
+    + ["hf_dinov2", "clip", "open_clip", "siglip", "hf_siglip", "dinov3"],
 )
 @pytest.mark.slow
 def test_zoo_member_has_real_singular_defects(name):
@@ -299,7 +299,7 @@ def test_marker_layouts_and_new_fields_are_checked():
         PlantedConfig(ignition="content", ignition_suppress=1.0)
     with pytest.raises(ConfigError, match="amplifier must be pair, feedback or bounded"):
         PlantedConfig(amplifier="nope")
-    with pytest.raises(ConfigError, match="layout must be dinov2, hf_dinov2, clip, open_clip, siglip, dinov3"):
+    with pytest.raises(ConfigError, match="layout must be dinov2, hf_dinov2, clip, open_clip, siglip, hf_siglip, dinov3"):
         PlantedConfig(layout="eva")
     with pytest.raises(ConfigError, match="multiple of 16"):
         PlantedConfig(layout="dinov3", registers=True, img_size=224 + 14)
@@ -422,41 +422,55 @@ def test_zoo_sizes_plant_the_same_circuits():
         preset("nosuch")
 
 
+# members that are another member's function in transformers: (member, its timm twin, the transformers class)
+TRANSFORMERS_TWINS = [("hf_dinov2", "small", "Dinov2Model"), ("hf_siglip", "siglip", "SiglipVisionModel")]
+
+
 @pytest.mark.slow
-def test_the_hf_dinov2_member_is_the_small_member_in_transformers():
+@pytest.mark.parametrize("member, twin, cls", TRANSFORMERS_TWINS)
+def test_a_transformers_member_is_its_timm_twin(member, twin, cls):
     """planted:hf_dinov2 is planted:small's function (the same circuits and seed) as a transformers
-    Dinov2Model, through the official key layout: the same tokens on photos and the same ignited cells."""
+    Dinov2Model, through the official key layout; planted:hf_siglip is planted:siglip's as a
+    SiglipVisionModel, its attention-pool head included: the same tokens on photos (each normalised
+    as its own model expects), the same ignited cells, and transformers' own forward agrees."""
     from sinder.backbones import load_backbone
     from sinder.images import ImageSet
     from sinder.measure import forward_tokens
 
-    hf, timm_member = load_backbone("planted:hf_dinov2"), load_backbone("planted:small")
-    assert type(hf.model).__name__ == "Dinov2Model" and hf.family == "planted" and hf.num_prefix_tokens == 1
-    images = ImageSet.from_inputs(bundled_photos(BUNDLED_EVAL[:4]), hf, hf.image_size)
+    hf, timm_member = load_backbone(f"planted:{member}"), load_backbone(f"planted:{twin}")
+    assert type(hf.model).__name__ == cls and hf.family == "planted" and hf.num_prefix_tokens == timm_member.num_prefix_tokens
+    photos = bundled_photos(BUNDLED_EVAL[:4])
+    ours, theirs = (ImageSet.from_inputs(photos, bb, bb.image_size) for bb in (hf, timm_member))
     ignited = 0
     with torch.no_grad():
-        for _, px in images.batches(4):
-            a, b = forward_tokens(hf, px), forward_tokens(timm_member, px)
+        for (_, px), (_, px_twin) in zip(ours.batches(4), theirs.batches(4)):
+            a, b = forward_tokens(hf, px), forward_tokens(timm_member, px_twin)
             assert (a.final - b.final).abs().max() < 1e-4 and (a.last - b.last).abs().max() < 1e-4 * b.last.abs().max()
+            pooled = hf.pooled(a.final, a.ctx)
+            assert (pooled - timm_member.pooled(b.final, b.ctx)).abs().max() < 1e-4  # CLS, or SigLIP's head
             cells = hf.ground_truth.ignition(hf, px)
-            assert torch.equal(cells, timm_member.ground_truth.ignition(timm_member, px))
+            assert torch.equal(cells, timm_member.ground_truth.ignition(timm_member, px_twin))
             ignited += int(cells.sum())
-            assert (hf.model(pixel_values=px).last_hidden_state - a.final).abs().max() < 1e-4  # transformers' own forward
+            out = hf.model(pixel_values=px)  # transformers' own forward
+            assert (out.last_hidden_state - a.final).abs().max() < 1e-4
+            assert (out.pooler_output - pooled).abs().max() < 1e-4
     assert ignited > 0
 
 
 @pytest.mark.slow
-def test_the_default_repair_clears_the_hf_dinov2_member_and_transformers_loads_the_export(tmp_path):
-    """The zoo targets on photos the repair never saw, the v projection trains (q and k do not), and
-    the export is a save_pretrained folder that Dinov2Model.from_pretrained loads, with the same tokens."""
-    from transformers import Dinov2Model
+@pytest.mark.parametrize("member, twin, cls", TRANSFORMERS_TWINS)
+def test_the_default_repair_clears_a_transformers_member_and_transformers_loads_the_export(member, twin, cls, tmp_path):
+    """The zoo targets on photos the repair never saw, the v projections train (q and k do not), and
+    the export is a save_pretrained folder that transformers' from_pretrained loads, with the same tokens."""
+    import transformers
 
     from sinder.backbones import load_backbone
     from sinder.export import max_token_diff
     from sinder.repair import RepairConfig, repair
 
-    bb = load_backbone("planted:hf_dinov2")
-    before_qk = {k: v.clone() for k, v in bb.model.state_dict().items() if ".attention.q_proj." in k or ".attention.k_proj." in k}
+    bb = load_backbone(f"planted:{member}")
+    frozen = {k: v.clone() for k, v in bb.model.state_dict().items() if ".q_proj." in k or ".k_proj." in k}
+    assert frozen
     result = repair(
         bb, bundled_photos(BUNDLED_TRAIN), RepairConfig(progress=False), eval_images=bundled_photos(BUNDLED_EVAL), out_dir=tmp_path / "run"
     )
@@ -464,12 +478,13 @@ def test_the_default_repair_clears_the_hf_dinov2_member_and_transformers_loads_t
     before, after, features = s["metrics"]["before"], s["metrics"]["after"], s["metrics"]["features"]
     assert s["stop_reason"] == "clean_pass" and before["energy_along_u"] > 0.3 and before["max_over_median"] > 4
     assert after["energy_along_u"] <= 0.05 * before["energy_along_u"] and after["max_over_median"] <= 3
-    assert features["non_defect_cosine"] >= 0.999 and features["cls_cosine"] >= 0.999, features
+    summary_cosine = features["cls_cosine"] if bb.has_cls_token else features["pooled_cosine"]
+    assert features["non_defect_cosine"] >= 0.999 and summary_cosine >= 0.999, features
     now = bb.model.state_dict()
-    assert all(torch.equal(v, now[k]) for k, v in before_qk.items())
+    assert all(torch.equal(v, now[k]) for k, v in frozen.items())
     folder = tmp_path / "run" / "weights"
     assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
-    plain = Dinov2Model.from_pretrained(str(folder)).eval()  # nothing from sinder
+    plain = getattr(transformers, cls).from_pretrained(str(folder)).eval()  # nothing from sinder
     x = torch.rand(2, 3, bb.image_size, bb.image_size)
     assert max_token_diff(bb, load_backbone(plain), x) <= 1e-5
 

@@ -229,3 +229,39 @@ def timm_clip_to_open_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
         # nn.MultiheadAttention names its fused projection in_proj_weight / in_proj_bias
         out[f"transformer.resblocks.{m[1]}.{name}{'_' if name == 'attn.in_proj' else '.'}{m[3]}"] = v
     return out
+
+
+def timm_siglip_to_hf_siglip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """timm SigLIP-layout ViT (no CLS, no LayerScale, an attention-pool ``attn_pool`` head) state
+    dict -> the keys of transformers' ``SiglipVisionModel`` tower (``vision_model``'s): fused qkv
+    split, the head's ``q`` and ``kv`` fused into ``nn.MultiheadAttention``'s ``in_proj`` (rows q,
+    k, v in both), ``latent`` -> ``probe``. The same function on the same normalised pixels: timm's
+    ``norm`` is ``post_layernorm``, and both heads read the normed tokens."""
+    if "cls_token" in sd or "attn_pool.latent" not in sd or any(k.endswith("gamma") for k in sd):
+        raise WeightsError("not a timm SigLIP-layout model (no class token, an attention-pool head, no LayerScale)")
+    out = {
+        "embeddings.patch_embedding.weight": sd["patch_embed.proj.weight"],
+        "embeddings.patch_embedding.bias": sd["patch_embed.proj.bias"],
+        "embeddings.position_embedding.weight": sd["pos_embed"][0],
+        "head.probe": sd["attn_pool.latent"],
+        "head.attention.in_proj_weight": torch.cat([sd["attn_pool.q.weight"], sd["attn_pool.kv.weight"]]),
+        "head.attention.in_proj_bias": torch.cat([sd["attn_pool.q.bias"], sd["attn_pool.kv.bias"]]),
+    }
+    head = {"attn_pool.proj": "head.attention.out_proj", "attn_pool.norm": "head.layernorm", "norm": "post_layernorm"}
+    head |= {"attn_pool.mlp.fc1": "head.mlp.fc1", "attn_pool.mlp.fc2": "head.mlp.fc2"}
+    for k, v in sd.items():
+        module, _, leaf = k.rpartition(".")
+        if module in head:
+            out[f"{head[module]}.{leaf}"] = v
+            continue
+        m = re.fullmatch(r"blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)", k)
+        if m is None:
+            continue
+        layer, part = f"encoder.layers.{m[1]}.", m[2]
+        if part == "attn.qkv":
+            for name, t in zip(("q_proj", "k_proj", "v_proj"), _split3(v)):
+                out[f"{layer}self_attn.{name}.{m[3]}"] = t
+        else:
+            renamed = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn.proj": "self_attn.out_proj"}.get(part, part)
+            out[f"{layer}{renamed}.{m[3]}"] = v
+    return out

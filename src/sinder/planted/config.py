@@ -109,11 +109,11 @@ class PlantedConfig:
     amp_gain: float = 3.0
     spectrum_top: float = 0.0
     spectrum_decay: float = 0.5
-    # hf_dinov2: the DINOv2 layout as a transformers Dinov2Model (the same function);
+    # hf_dinov2, hf_siglip: the DINOv2 and SigLIP layouts as transformers models (the same functions);
     # clip: pre-norm, QuickGELU, no LayerScale; siglip: no CLS token, an attention-pool (MAP) head,
     # tanh-GELU, no LayerScale; dinov3: timm's Eva with RoPE, patch 16, CLS + 4 registers (all
     # converted after planting)
-    layout: Literal["dinov2", "hf_dinov2", "clip", "open_clip", "siglip", "dinov3"] = "dinov2"
+    layout: Literal["dinov2", "hf_dinov2", "clip", "open_clip", "siglip", "hf_siglip", "dinov3"] = "dinov2"
 
     def __post_init__(self) -> None:
         require(self.size in ARCHITECTURES, f"size must be one of {', '.join(ARCHITECTURES)}, got {self.size!r}")
@@ -159,7 +159,7 @@ class PlantedConfig:
             f"layout={self.layout!r} has a plain GELU MLP and no registers: sizes S, B, L (ViT-g's MLP is SwiGLU)",
         )
         require(
-            self.layout != "siglip" or self.ignition_path == "mlp",
+            self.layout not in ("siglip", "hf_siglip") or self.ignition_path == "mlp",
             "layout='siglip' has no CLS token, which the attention ignition uses as its sink: use ignition_path='mlp'",
         )
         require(
@@ -190,7 +190,7 @@ class PlantedConfig:
         """Overrides of the build architecture (the DINOv2 layout, with LayerScale; without a CLS
         token and with an attention-pool head for the SigLIP layout; patch 16 for DINOv3's)."""
         width = dict(ARCHITECTURES[self.size][2]) if self.swiglu and self.size != "g" else {}
-        if self.layout == "siglip":
+        if self.layout in ("siglip", "hf_siglip"):
             return {**width, **SIGLIP_TOKENS}
         return {**width, "patch_size": 16} if self.layout == "dinov3" else width
 
@@ -219,7 +219,15 @@ SIGLIP_TOKENS = {"class_token": False, "global_pool": "map"}
 # positional embedding added: it carries the positional markers (DINOv3 itself has RoPE alone)
 DINOV3_NAMES = {"S": "vit_small_patch16_dinov3_qkvb", "B": "vit_base_patch16_dinov3_qkvb", "L": "vit_large_patch16_dinov3_qkvb"}
 DINOV3_LAYOUT = {"use_abs_pos_emb": True}
-LAYOUTS = {"dinov2": {}, "hf_dinov2": {}, "clip": CLIP_LAYOUT, "open_clip": CLIP_LAYOUT, "siglip": SIGLIP_LAYOUT, "dinov3": DINOV3_LAYOUT}
+LAYOUTS = {
+    "dinov2": {},
+    "hf_dinov2": {},
+    "clip": CLIP_LAYOUT,
+    "open_clip": CLIP_LAYOUT,
+    "siglip": SIGLIP_LAYOUT,
+    "hf_siglip": SIGLIP_LAYOUT,
+    "dinov3": DINOV3_LAYOUT,
+}
 
 PRESETS: dict[str, PlantedConfig] = {
     # 5 positional cells, equal strength, ignition at block 4 of 12, quiet u
@@ -293,6 +301,10 @@ PRESETS: dict[str, PlantedConfig] = {
     # SigLIP layout (no CLS token, attention-pool head, tanh-GELU, no LayerScale), fixed positions
     # of unequal strength from mid-depth, as in SigLIP towers: the pooled output takes CLS's place
     "siglip": PlantedConfig(layout="siglip", markers=8, onset=6 / 12, strength_spread=0.3, amplifier="feedback", u_noise=0.01, seed=15),
+    # the same circuits and seed as a transformers SiglipVisionModel (its MAP head included)
+    "hf_siglip": PlantedConfig(
+        layout="hf_siglip", markers=8, onset=6 / 12, strength_spread=0.3, amplifier="feedback", u_noise=0.01, seed=15
+    ),
     # DINOv3 layout (timm's Eva: RoPE, patch 16, CLS + 4 registers, LayerScale), 7 positional cells
     # from block 3, a bounded amplifier; its markers ride on an added absolute positional embedding
     "dinov3": PlantedConfig(

@@ -5,8 +5,9 @@ way the paper describes: a few tokens are pushed along one direction u, and late
 amplify u, so G_i's top singular vector is u. Each zoo member plants them differently (see
 :class:`~sinder.planted.config.PlantedConfig`), built from a seed in seconds with no files. All
 are planted in timm's DINOv2 layout; ``hf_dinov2`` then becomes a transformers DINOv2, ``clip`` a
-transformers CLIP tower, ``open_clip`` the same tower in an ``open_clip.CLIP`` and ``siglip`` a timm
-model in SigLIP's layout, with the same function, and ``dinov3`` timm's Eva with RoPE.
+transformers CLIP tower, ``open_clip`` the same tower in an ``open_clip.CLIP``, ``siglip`` a timm
+model in SigLIP's layout and ``hf_siglip`` the same as a transformers SigLIP tower, with the same
+function, and ``dinov3`` timm's Eva with RoPE.
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ def _convert_layout(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
         cfg.timm_name, pretrained=False, num_classes=0, img_size=cfg.img_size, dynamic_img_size=True, **cfg.timm_kwargs
     )
     converted.load_state_dict(state, strict=True)
-    finish = {"clip": _to_hf_clip, "open_clip": _to_open_clip}.get(cfg.layout)
+    finish = {"clip": _to_hf_clip, "open_clip": _to_open_clip, "hf_siglip": _to_hf_siglip}.get(cfg.layout)
     return finish(converted.eval(), cfg) if finish else converted.eval()
 
 
@@ -244,8 +245,8 @@ def _to_hf_dinov2(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
     return hf.eval()
 
 
-def _clip_normalised_state(model: nn.Module, mean: tuple, std: tuple) -> dict[str, torch.Tensor]:
-    """The timm CLIP-layout model's state for a tower that normalises with ``mean``/``std`` (CLIP's),
+def _renormalised_state(model: nn.Module, mean: tuple, std: tuple) -> dict[str, torch.Tensor]:
+    """The timm model's state for a tower that normalises with ``mean``/``std`` (CLIP's, SigLIP's),
     not ImageNet's: the patch embedding is rescaled per input channel and the constant this leaves
     goes into the positional embedding of every patch (CLIP's patch embedding has no bias)."""
     from ..backbones.base import IMAGENET_MEAN, IMAGENET_STD
@@ -261,13 +262,13 @@ def _clip_normalised_state(model: nn.Module, mean: tuple, std: tuple) -> dict[st
 
 def _to_hf_clip(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
     """The timm CLIP-layout model as a transformers ``CLIPVisionModel``: the same function of the
-    raw pixels (:func:`_clip_normalised_state`)."""
+    raw pixels (:func:`_renormalised_state`)."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     from ..backbones.convert import timm_clip_to_hf_clip
     from ..backbones.hf_tower import CLIP_MEAN, CLIP_STD, vision_tower
 
-    state = _clip_normalised_state(model, CLIP_MEAN, CLIP_STD)
+    state = _renormalised_state(model, CLIP_MEAN, CLIP_STD)
     config = CLIPVisionConfig(
         hidden_size=model.embed_dim,
         intermediate_size=model.blocks[0].mlp.fc1.out_features,
@@ -280,6 +281,31 @@ def _to_hf_clip(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
     )
     hf = CLIPVisionModel(config)
     vision_tower(hf).load_state_dict(timm_clip_to_hf_clip(state), strict=True)
+    return hf.eval()
+
+
+def _to_hf_siglip(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
+    """The timm SigLIP-layout model as a transformers ``SiglipVisionModel``, its attention-pool head
+    included: the same function of the raw pixels (:func:`_renormalised_state`)."""
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    from ..backbones.convert import timm_siglip_to_hf_siglip
+    from ..backbones.hf_tower import SIGLIP_MEAN, SIGLIP_STD, vision_tower
+
+    state = _renormalised_state(model, SIGLIP_MEAN, SIGLIP_STD)
+    config = SiglipVisionConfig(
+        hidden_size=model.embed_dim,
+        intermediate_size=model.blocks[0].mlp.fc1.out_features,
+        num_hidden_layers=len(model.blocks),
+        num_attention_heads=model.blocks[0].attn.num_heads,
+        image_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        hidden_act="gelu_pytorch_tanh",
+        layer_norm_eps=model.blocks[0].norm1.eps,
+    )
+    with torch.random.fork_rng(devices=[]):  # its init is overwritten; the caller's RNG is left alone
+        hf = SiglipVisionModel(config)
+    vision_tower(hf).load_state_dict(timm_siglip_to_hf_siglip(state), strict=True)
     return hf.eval()
 
 
@@ -315,7 +341,7 @@ def _to_open_clip(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
         clip = open_clip.CLIP(**open_clip_config(cfg)).eval()
     for p in clip.parameters():
         p.zero_()  # the text tower is never used (zero: no dependence on open_clip's init); the image tower is overwritten below
-    state = timm_clip_to_open_clip(_clip_normalised_state(model, OPENAI_MEAN, OPENAI_STD))
+    state = timm_clip_to_open_clip(_renormalised_state(model, OPENAI_MEAN, OPENAI_STD))
     state["proj"] = torch.eye(model.embed_dim)
     clip.visual.load_state_dict(state, strict=True)
     return clip
@@ -455,10 +481,10 @@ def load_planted(name: str, spec: str, weights: str | Path | None = None) -> Bac
     """The ``planted:NAME[@SIZE]`` backbone; ``ground_truth`` is its :class:`PlantedTruth`."""
     cfg = preset(name, spec)
     model, truth = build_planted(cfg)
-    if cfg.layout in ("clip", "hf_dinov2"):  # a transformers model
+    if cfg.layout in ("clip", "hf_siglip", "hf_dinov2"):  # a transformers model
         if weights is not None:
             load_state_dict_checked(model, read_state_dict(weights), spec)
-        backbone: Backbone = (HFTowerBackbone if cfg.layout == "clip" else HFViTBackbone)(model, spec, family="planted")
+        backbone: Backbone = (HFViTBackbone if cfg.layout == "hf_dinov2" else HFTowerBackbone)(model, spec, family="planted")
     elif cfg.layout == "open_clip":  # an open_clip CLIP: exported with the config that rebuilds it
         from ..backbones.openclip_vit import OpenCLIPBackbone
 
