@@ -165,7 +165,11 @@ def test_the_default_repair_clears_the_planted_open_clip_member_and_open_clip_re
     bb = load_backbone("planted:open_clip")
     in_proj = {k: v.clone() for k, v in bb.model.state_dict().items() if k.endswith("attn.in_proj_weight")}
     result = repair(
-        bb, bundled_photos(BUNDLED_TRAIN), RepairConfig(progress=False), eval_images=bundled_photos(BUNDLED_EVAL), out_dir=tmp_path / "run"
+        bb,
+        bundled_photos(BUNDLED_TRAIN),
+        RepairConfig(progress=False, analysis=False),
+        eval_images=bundled_photos(BUNDLED_EVAL),
+        out_dir=tmp_path / "run",
     )
     s = result.summary
     before, after, features = s["metrics"]["before"], s["metrics"]["after"], s["metrics"]["features"]

@@ -472,7 +472,11 @@ def test_the_default_repair_clears_a_transformers_member_and_transformers_loads_
     frozen = {k: v.clone() for k, v in bb.model.state_dict().items() if ".q_proj." in k or ".k_proj." in k}
     assert frozen
     result = repair(
-        bb, bundled_photos(BUNDLED_TRAIN), RepairConfig(progress=False), eval_images=bundled_photos(BUNDLED_EVAL), out_dir=tmp_path / "run"
+        bb,
+        bundled_photos(BUNDLED_TRAIN),
+        RepairConfig(progress=False, analysis=False),
+        eval_images=bundled_photos(BUNDLED_EVAL),
+        out_dir=tmp_path / "run",
     )
     s = result.summary
     before, after, features = s["metrics"]["before"], s["metrics"]["after"], s["metrics"]["features"]
