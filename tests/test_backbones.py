@@ -412,3 +412,37 @@ def test_an_official_checkpoint_with_planted_defects_is_repaired_and_exported_in
     with torch.no_grad():
         assert (again.model_forward(x) - official.model_forward(x)).abs().max() <= 1e-5
         assert (again.model_forward(x) - planted.model_forward(x)).abs().max() > 1e-3  # the repair, not the original
+
+
+def _official_dinov3(sd: dict) -> dict:
+    """A timm DINOv3 (Eva) state dict in Meta's layout (dinov3/models/vision_transformer.py):
+    ``storage_tokens``, ``ls1.gamma``, one qkv bias with a k part masked to zero by ``bias_mask``,
+    ``mask_token`` and the RoPE ``periods`` buffer."""
+    out = {}
+    for k, v in sd.items():
+        if k.endswith("attn.v_bias"):
+            continue
+        if k.endswith("attn.q_bias"):
+            zero = torch.zeros_like(v)
+            out[k.replace("q_bias", "qkv.bias")] = torch.cat([v, zero, sd[k.replace("q_bias", "v_bias")]])
+            out[k.replace("q_bias", "qkv.bias_mask")] = torch.cat([torch.ones_like(v), zero, torch.ones_like(v)])
+            continue
+        out[k.replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma").replace("reg_token", "storage_tokens")] = v
+    dim = sd["cls_token"].shape[-1]
+    out["mask_token"], out["rope_embed.periods"] = torch.zeros(1, dim), torch.linspace(1, 100, 16)
+    return out
+
+
+def test_an_official_dinov3_checkpoint_loads_as_timm_through_timms_own_filter(tmp_path):
+    """`timm:vit_*_dinov3* --weights` takes Meta's own DINOv3 .pth: timm's checkpoint_filter_fn for
+    Eva (the function timm loads it with) adapts it, and the tokens are the original model's."""
+    from sinder.backbones.timm_loader import wrap_timm
+    from sinder.export import max_token_diff
+
+    model = liven(timm.create_model("vit_small_patch16_dinov3_qkvb", pretrained=False, num_classes=0)).eval()
+    torch.save(_official_dinov3(model.state_dict()), tmp_path / "dinov3_vits16_pretrain.pth")
+    bb = load_backbone("timm:vit_small_patch16_dinov3_qkvb", weights=tmp_path / "dinov3_vits16_pretrain.pth")
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert max_token_diff(wrap_timm(model, "timm:ref"), bb, x) <= 1e-6
+    with pytest.raises(WeightsError, match="weights do not fit"):  # a checkpoint of another architecture: one line
+        load_backbone("timm:vit_small_patch14_dinov2", weights=tmp_path / "dinov3_vits16_pretrain.pth")

@@ -222,3 +222,19 @@ def test_every_fix_without_training_clears_the_planted_open_clip_member(tmp_path
         last, feats = methods[name]["last_layer"], methods[name]["features"]
         assert last["energy_along_u"] < 0.01 * base["energy_along_u"] and last["max_over_median"] < 2.5, (name, last)
         assert feats["non_defect_cosine"] > 0.99 and feats["cls_cosine"] > 0.99, (name, feats)
+
+
+def test_an_open_clip_checkpoint_loads_into_timms_clip_vit_through_timms_own_filter(tmp_path):
+    """`timm:vit_*_clip_* --weights` takes an open_clip (OpenAI-layout) state dict: timm's
+    checkpoint_filter_fn for ViTs adapts it, and timm's tower gives open_clip's tokens."""
+    from safetensors.torch import save_file
+
+    model = open_clip.create_model("ViT-B-32", pretrained=None).eval()  # LAION's layout: GELU, as timm's vit_base_patch32_clip_224
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / "open_clip_model.safetensors"))
+    bb = load_backbone("timm:vit_base_patch32_clip_224", weights=tmp_path / "open_clip_model.safetensors")
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    assert bb.family == "timm" and max_token_diff(load_backbone(model), bb, x) <= 1e-5

@@ -1,7 +1,12 @@
-"""``timm:NAME[.TAG]``: create the timm model, load weights, infer the native image size."""
+"""``timm:NAME[.TAG]``: create the timm model, load weights (foreign layouts through timm's own
+``checkpoint_filter_fn``), infer the native image size."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -10,6 +15,8 @@ from torch import nn
 from ..errors import ModelSpecError
 from .base import Backbone
 from .weights import grid_from_pos_embed, load_state_dict_checked, read_state_dict, require_hub
+
+log = logging.getLogger(__name__)
 
 # What the adapters serve, named in every refusal (decided by class and block structure, not by name).
 SUPPORTED_TIMM = (
@@ -93,9 +100,30 @@ def native_img_size(model: nn.Module, state_dict: dict) -> int | None:
     return side * model.patch_embed.patch_size[0]
 
 
+def timm_layout(model: nn.Module, state_dict: dict) -> dict:
+    """``state_dict`` in timm's layout for ``model``: as it is when it already is (the classifier
+    head aside), else through the ``checkpoint_filter_fn`` of the model's own timm module, the pure
+    function timm itself loads foreign checkpoints with (official DINOv2 and DINOv3 ``.pth``,
+    OpenAI CLIP and open_clip state dicts, ...). A checkpoint the filter cannot read is returned as
+    it is, so the checked load names what does not fit."""
+    own = model.state_dict().keys()
+    if all(k in own for k in state_dict if not k.startswith("head")):
+        return state_dict
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is None:
+        return state_dict
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # timm's converters print notes of their own
+            return filter_fn(dict(state_dict), model)
+    except Exception as err:  # noqa: BLE001 - any failure means "not a layout timm knows": report the misfit instead
+        log.debug("timm's checkpoint_filter_fn could not read the checkpoint: %s", err)
+        return state_dict
+
+
 def load_timm_state_dict(model: nn.Module, state_dict: dict, spec: str) -> None:
-    """Checked loading; a timm checkpoint's classifier head (``head.*``) may be missing or extra."""
-    load_state_dict_checked(model, state_dict, spec, ignore=("head",))
+    """Checked loading, foreign layouts adapted by timm (:func:`timm_layout`); a timm checkpoint's
+    classifier head (``head.*``) may be missing or extra."""
+    load_state_dict_checked(model, timm_layout(model, state_dict), spec, ignore=("head",))
 
 
 def load_timm(name: str, spec: str, weights: str | Path | None = None, random_init: bool = False) -> Backbone:
