@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 from helpers.families import view_block
+from helpers.repair import repaired_to_zoo_targets
 
 from sinder.backbones import load_backbone
 from sinder.detect import DefectRule
@@ -164,18 +165,7 @@ def test_the_default_repair_clears_the_planted_open_clip_member_and_open_clip_re
 
     bb = load_backbone("planted:open_clip")
     in_proj = {k: v.clone() for k, v in bb.model.state_dict().items() if k.endswith("attn.in_proj_weight")}
-    result = repair(
-        bb,
-        bundled_photos(BUNDLED_TRAIN),
-        RepairConfig(progress=False, analysis=False),
-        eval_images=bundled_photos(BUNDLED_EVAL),
-        out_dir=tmp_path / "run",
-    )
-    s = result.summary
-    before, after, features = s["metrics"]["before"], s["metrics"]["after"], s["metrics"]["features"]
-    assert s["stop_reason"] == "clean_pass" and before["energy_along_u"] > 0.3 and before["max_over_median"] > 4
-    assert after["energy_along_u"] <= 0.05 * before["energy_along_u"] and after["max_over_median"] <= 3
-    assert features["non_defect_cosine"] >= 0.999 and features["cls_cosine"] >= 0.999, features
+    repaired_to_zoo_targets(bb, tmp_path / "run")
     d, now = bb.embed_dim, bb.model.state_dict()
     assert all(torch.equal(w[: 2 * d], now[k][: 2 * d]) for k, w in in_proj.items())  # q and k never train
     assert any(not torch.equal(w[2 * d :], now[k][2 * d :]) for k, w in in_proj.items())

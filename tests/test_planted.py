@@ -6,6 +6,7 @@ import os
 import pytest
 import torch
 from helpers.fingerprint import fingerprint, mismatches, read_pins
+from helpers.repair import repaired_to_zoo_targets
 
 from sinder.analyze import AnalyzeConfig, analyze
 from sinder.detect import DefectRule
@@ -466,24 +467,11 @@ def test_the_default_repair_clears_a_transformers_member_and_transformers_loads_
 
     from sinder.backbones import load_backbone
     from sinder.export import max_token_diff
-    from sinder.repair import RepairConfig, repair
 
     bb = load_backbone(f"planted:{member}")
     frozen = {k: v.clone() for k, v in bb.model.state_dict().items() if ".q_proj." in k or ".k_proj." in k}
     assert frozen
-    result = repair(
-        bb,
-        bundled_photos(BUNDLED_TRAIN),
-        RepairConfig(progress=False, analysis=False),
-        eval_images=bundled_photos(BUNDLED_EVAL),
-        out_dir=tmp_path / "run",
-    )
-    s = result.summary
-    before, after, features = s["metrics"]["before"], s["metrics"]["after"], s["metrics"]["features"]
-    assert s["stop_reason"] == "clean_pass" and before["energy_along_u"] > 0.3 and before["max_over_median"] > 4
-    assert after["energy_along_u"] <= 0.05 * before["energy_along_u"] and after["max_over_median"] <= 3
-    summary_cosine = features["cls_cosine"] if bb.has_cls_token else features["pooled_cosine"]
-    assert features["non_defect_cosine"] >= 0.999 and summary_cosine >= 0.999, features
+    repaired_to_zoo_targets(bb, tmp_path / "run")
     now = bb.model.state_dict()
     assert all(torch.equal(v, now[k]) for k, v in frozen.items())
     folder = tmp_path / "run" / "weights"

@@ -86,3 +86,20 @@ def pixels(images, backbone) -> torch.Tensor:
     from sinder.images import preprocess
 
     return torch.stack([preprocess(im, IMG, PATCH, backbone.mean, backbone.std, square=True) for im in images])
+
+
+def repaired_to_zoo_targets(backbone, out_dir) -> dict:
+    """A default repair of a planted ``backbone`` on the bundled training photos, judged on the
+    bundled evaluation photos it never saw, asserted to meet the zoo targets (a clean pass; energy
+    along u down >= 95%, max/median <= 3, non-defect and CLS/pooled cosines >= 0.999); its summary."""
+    from sinder.images import BUNDLED_EVAL, BUNDLED_TRAIN, bundled_photos
+    from sinder.repair import RepairConfig, repair
+
+    config = RepairConfig(progress=False, analysis=False)  # the held-out metrics alone: the analysis folders are tested elsewhere
+    s = repair(backbone, bundled_photos(BUNDLED_TRAIN), config, eval_images=bundled_photos(BUNDLED_EVAL), out_dir=out_dir).summary
+    before, after, features = s["metrics"]["before"], s["metrics"]["after"], s["metrics"]["features"]
+    assert s["stop_reason"] == "clean_pass" and before["energy_along_u"] > 0.3 and before["max_over_median"] > 4, (s["stop_reason"], before)
+    assert after["energy_along_u"] <= 0.05 * before["energy_along_u"] and after["max_over_median"] <= 3, after
+    summary_cosine = features["cls_cosine"] if backbone.has_cls_token else features["pooled_cosine"]
+    assert features["non_defect_cosine"] >= 0.999 and summary_cosine >= 0.999, features
+    return s

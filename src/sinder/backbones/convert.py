@@ -183,18 +183,26 @@ def timm_clip_to_hf_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         head, _, leaf = k.rpartition(".")
         if head in names:
             out[f"{names[head]}.{leaf}"] = v
-            continue
-        m = re.fullmatch(r"blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)", k)
-        if m is None:
-            continue
-        layer, part, leaf = f"encoder.layers.{m[1]}.", m[2], m[3]
-        if part == "attn.qkv":
-            for name, t in zip(("q_proj", "k_proj", "v_proj"), _split3(v)):
-                out[f"{layer}self_attn.{name}.{leaf}"] = t
         else:
-            renamed = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn.proj": "self_attn.out_proj"}.get(part, part)
-            out[f"{layer}{renamed}.{leaf}"] = v
+            _timm_block_to_hf_encoder(k, v, out)
     return out
+
+
+_TIMM_BLOCK_KEY = re.compile(r"blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)")
+
+
+def _timm_block_to_hf_encoder(key: str, value: torch.Tensor, out: dict[str, torch.Tensor]) -> None:
+    """One timm block tensor under the names of transformers' CLIP/SigLIP encoder (fused qkv split); other keys are left."""
+    m = _TIMM_BLOCK_KEY.fullmatch(key)
+    if m is None:
+        return
+    layer, part, leaf = f"encoder.layers.{m[1]}.", m[2], m[3]
+    if part == "attn.qkv":
+        for name, t in zip(("q_proj", "k_proj", "v_proj"), _split3(value)):
+            out[f"{layer}self_attn.{name}.{leaf}"] = t
+    else:
+        renamed = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn.proj": "self_attn.out_proj"}.get(part, part)
+        out[f"{layer}{renamed}.{leaf}"] = value
 
 
 def timm_clip_to_open_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -222,7 +230,7 @@ def timm_clip_to_open_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
         if head in ("norm_pre", "norm"):
             out[f"{'ln_pre' if head == 'norm_pre' else 'ln_post'}.{leaf}"] = v
             continue
-        m = re.fullmatch(r"blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)", k)
+        m = _TIMM_BLOCK_KEY.fullmatch(k)
         if m is None:
             continue
         name = parts[m[2]]
@@ -253,15 +261,6 @@ def timm_siglip_to_hf_siglip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Ten
         module, _, leaf = k.rpartition(".")
         if module in head:
             out[f"{head[module]}.{leaf}"] = v
-            continue
-        m = re.fullmatch(r"blocks\.(\d+)\.(norm1|norm2|attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)\.(weight|bias)", k)
-        if m is None:
-            continue
-        layer, part = f"encoder.layers.{m[1]}.", m[2]
-        if part == "attn.qkv":
-            for name, t in zip(("q_proj", "k_proj", "v_proj"), _split3(v)):
-                out[f"{layer}self_attn.{name}.{m[3]}"] = t
         else:
-            renamed = {"norm1": "layer_norm1", "norm2": "layer_norm2", "attn.proj": "self_attn.out_proj"}.get(part, part)
-            out[f"{layer}{renamed}.{m[3]}"] = v
+            _timm_block_to_hf_encoder(k, v, out)
     return out

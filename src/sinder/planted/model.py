@@ -185,8 +185,9 @@ def _convert_layout(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
         cfg.timm_name, pretrained=False, num_classes=0, img_size=cfg.img_size, dynamic_img_size=True, **cfg.timm_kwargs
     )
     converted.load_state_dict(state, strict=True)
-    finish = {"clip": _to_hf_clip, "open_clip": _to_open_clip, "hf_siglip": _to_hf_siglip}.get(cfg.layout)
-    return finish(converted.eval(), cfg) if finish else converted.eval()
+    if cfg.layout in ("clip", "hf_siglip"):
+        return _hf_tower(converted.eval(), cfg, "clip" if cfg.layout == "clip" else "siglip")
+    return _to_open_clip(converted.eval(), cfg) if cfg.layout == "open_clip" else converted.eval()
 
 
 def _to_dinov3_layout(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
@@ -260,52 +261,30 @@ def _renormalised_state(model: nn.Module, mean: tuple, std: tuple) -> dict[str, 
     return state
 
 
-def _to_hf_clip(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
-    """The timm CLIP-layout model as a transformers ``CLIPVisionModel``: the same function of the
-    raw pixels (:func:`_renormalised_state`)."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+def _hf_tower(model: nn.Module, cfg: PlantedConfig, kind: str) -> nn.Module:
+    """The timm CLIP- or SigLIP-layout model as a transformers ``CLIPVisionModel`` or
+    ``SiglipVisionModel`` (its attention-pool head included): the same function of the raw pixels
+    (:func:`_renormalised_state`)."""
+    import transformers
 
-    from ..backbones.convert import timm_clip_to_hf_clip
-    from ..backbones.hf_tower import CLIP_MEAN, CLIP_STD, vision_tower
+    from ..backbones.convert import timm_clip_to_hf_clip, timm_siglip_to_hf_siglip
+    from ..backbones.hf_tower import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, vision_tower
 
-    state = _renormalised_state(model, CLIP_MEAN, CLIP_STD)
-    config = CLIPVisionConfig(
+    clip = kind == "clip"
+    state = _renormalised_state(model, *((CLIP_MEAN, CLIP_STD) if clip else (SIGLIP_MEAN, SIGLIP_STD)))
+    config = getattr(transformers, "CLIPVisionConfig" if clip else "SiglipVisionConfig")(
         hidden_size=model.embed_dim,
         intermediate_size=model.blocks[0].mlp.fc1.out_features,
         num_hidden_layers=len(model.blocks),
         num_attention_heads=model.blocks[0].attn.num_heads,
         image_size=cfg.img_size,
         patch_size=cfg.patch_size,
-        hidden_act="quick_gelu",
-        layer_norm_eps=model.blocks[0].norm1.eps,
-    )
-    hf = CLIPVisionModel(config)
-    vision_tower(hf).load_state_dict(timm_clip_to_hf_clip(state), strict=True)
-    return hf.eval()
-
-
-def _to_hf_siglip(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
-    """The timm SigLIP-layout model as a transformers ``SiglipVisionModel``, its attention-pool head
-    included: the same function of the raw pixels (:func:`_renormalised_state`)."""
-    from transformers import SiglipVisionConfig, SiglipVisionModel
-
-    from ..backbones.convert import timm_siglip_to_hf_siglip
-    from ..backbones.hf_tower import SIGLIP_MEAN, SIGLIP_STD, vision_tower
-
-    state = _renormalised_state(model, SIGLIP_MEAN, SIGLIP_STD)
-    config = SiglipVisionConfig(
-        hidden_size=model.embed_dim,
-        intermediate_size=model.blocks[0].mlp.fc1.out_features,
-        num_hidden_layers=len(model.blocks),
-        num_attention_heads=model.blocks[0].attn.num_heads,
-        image_size=cfg.img_size,
-        patch_size=cfg.patch_size,
-        hidden_act="gelu_pytorch_tanh",
+        hidden_act="quick_gelu" if clip else "gelu_pytorch_tanh",
         layer_norm_eps=model.blocks[0].norm1.eps,
     )
     with torch.random.fork_rng(devices=[]):  # its init is overwritten; the caller's RNG is left alone
-        hf = SiglipVisionModel(config)
-    vision_tower(hf).load_state_dict(timm_siglip_to_hf_siglip(state), strict=True)
+        hf = getattr(transformers, "CLIPVisionModel" if clip else "SiglipVisionModel")(config)
+    vision_tower(hf).load_state_dict((timm_clip_to_hf_clip if clip else timm_siglip_to_hf_siglip)(state), strict=True)
     return hf.eval()
 
 
