@@ -165,14 +165,18 @@ def hf_dinov2_to_official(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
+def _require_timm_clip_layout(sd: dict[str, torch.Tensor]) -> None:
+    if "patch_embed.proj.bias" in sd or "norm_pre.weight" not in sd or any(k.endswith("gamma") for k in sd):
+        raise WeightsError("not a timm CLIP-layout model (pre_norm=True, no patch bias, no LayerScale)")
+
+
 def timm_clip_to_hf_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """timm CLIP-layout ViT (``pre_norm=True``, no patch bias, CLS, no LayerScale) state dict ->
     the keys of transformers' CLIP vision tower (the module holding ``embeddings`` and ``encoder``:
     ``CLIPVisionModel`` itself or its ``vision_model``, by transformers version), fused qkv split.
     The same function on the same normalised pixels: both scale q·k by head_dim^-1/2, and timm's
     final ``norm`` is the tower's ``post_layernorm``."""
-    if "patch_embed.proj.bias" in sd or "norm_pre.weight" not in sd or any(k.endswith("gamma") for k in sd):
-        raise WeightsError("not a timm CLIP-layout model (pre_norm=True, no patch bias, no LayerScale)")
+    _require_timm_clip_layout(sd)
     out = {
         "embeddings.class_embedding": sd["cls_token"].reshape(-1),
         "embeddings.patch_embedding.weight": sd["patch_embed.proj.weight"],
@@ -210,8 +214,7 @@ def timm_clip_to_open_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     tower, ``CLIP.visual``): the fused qkv is ``nn.MultiheadAttention``'s ``in_proj`` as it is (both
     order the rows q, k, v), timm's ``norm_pre``/``norm`` are ``ln_pre``/``ln_post``. ``proj`` (the
     embedding head) has no timm counterpart and is left to the caller."""
-    if "patch_embed.proj.bias" in sd or "norm_pre.weight" not in sd or any(k.endswith("gamma") for k in sd):
-        raise WeightsError("not a timm CLIP-layout model (pre_norm=True, no patch bias, no LayerScale)")
+    _require_timm_clip_layout(sd)
     out = {
         "class_embedding": sd["cls_token"].reshape(-1),
         "conv1.weight": sd["patch_embed.proj.weight"],
