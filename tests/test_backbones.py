@@ -308,11 +308,11 @@ def test_rope_positions_do_not_jitter_in_train_mode(case):
 def test_builtin_families_are_registered():
     from sinder.backbones.registry import families, get_family
 
-    assert [f.name for f in families()] == ["timm", "hf", "open_clip", "dinov2", "planted"]
+    assert [f.name for f in families()] == ["timm", "hf", "open_clip", "dinov2", "dinov3", "planted"]
     assert get_family("dinov2").key_maps["official"] is timm_to_official_dinov2
     with pytest.raises(ModelSpecError) as err:
         get_family("resnet")
-    assert "timm, hf, open_clip, dinov2, planted" in _one_line(err)
+    assert "timm, hf, open_clip, dinov2, dinov3, planted" in _one_line(err)
 
 
 def test_registering_a_family_makes_its_specs_load_and_export(tmp_path):
@@ -435,3 +435,68 @@ def test_an_official_dinov3_checkpoint_loads_as_timm_through_timms_own_filter(tm
     assert max_token_diff(wrap_timm(model, "timm:ref"), bb, x) <= 1e-6
     with pytest.raises(WeightsError, match="weights do not fit"):  # a checkpoint of another architecture: one line
         load_backbone("timm:vit_small_patch14_dinov2", weights=tmp_path / "dinov3_vits16_pretrain.pth")
+
+
+@pytest.mark.parametrize("biases", ["trained", "zero"])
+def test_a_dinov3_checkpoint_in_metas_layout_is_written_back_key_for_key(tmp_path, biases):
+    """dinov3:vits16 --weights takes Meta's .pth (through timm's own filter), picks timm's variant by
+    the file (non-zero qkv biases: _qkvb; the distilled models' zero ones: the plain one), and
+    exports Meta's layout with every key of the input: an edited tensor changed, all others equal
+    (the RoPE periods, mask token, bias masks and masked k biases timm does not load included)."""
+    from sinder.backbones.timm_loader import wrap_timm
+    from sinder.export import max_token_diff, reload_exported, save_weights
+
+    model = liven(timm.create_model("vit_small_patch16_dinov3_qkvb", pretrained=False, num_classes=0)).eval()
+    official = _official_dinov3(model.state_dict())
+    for key in [k for k in official if k.endswith("attn.qkv.bias")]:
+        if biases == "zero":
+            official[key] = torch.zeros_like(official[key])
+            with torch.no_grad():
+                model.get_parameter(key.replace("qkv.bias", "q_bias")).zero_()
+                model.get_parameter(key.replace("qkv.bias", "v_bias")).zero_()
+        else:
+            official[key][384:768] = torch.randn(384)  # stored, masked in use: written back as it was
+    torch.save(official, tmp_path / "dinov3_vits16_pretrain.pth")
+    bb = load_backbone("dinov3:vits16", weights=tmp_path / "dinov3_vits16_pretrain.pth")
+    assert bb.family == "dinov3" and bb.timm_name == (
+        "vit_small_patch16_dinov3_qkvb" if biases == "trained" else "vit_small_patch16_dinov3"
+    )
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert max_token_diff(wrap_timm(model, "timm:ref"), bb, x) <= 1e-6
+    with torch.no_grad():
+        bb.block_view(3).v.weight.mul_(0.5)  # an edit like repair's
+    path = save_weights(bb, tmp_path / "out")
+    assert path.name == "vits16_sinder.pth"
+    written = torch.load(path, weights_only=True)
+    assert set(written) == set(official)
+    changed = [k for k in official if not torch.equal(written[k], official[k])]
+    assert changed == ["blocks.3.attn.qkv.weight"], changed
+    assert max_token_diff(bb, reload_exported(bb, path), x) <= 1e-6
+
+
+def test_an_untrained_dinov3_exports_metas_layout_as_metas_code_initialises_it(tmp_path):
+    """--random-init has no file to keep from: the RoPE periods are 100^(2i/(D_head/2)) (as Meta's
+    RopePositionEmbedding), the mask token zero and the k biases masked, under Meta's names."""
+    from sinder.export import save_weights
+
+    bb = load_backbone("dinov3:vits16", random_init=True)
+    written = torch.load(save_weights(bb, tmp_path / "out"), weights_only=True)
+    official = _official_dinov3(timm.create_model("vit_small_patch16_dinov3_qkvb", pretrained=False, num_classes=0).state_dict())
+    assert set(written) == set(official)
+    assert torch.allclose(written["rope_embed.periods"], 100.0 ** (2 * torch.arange(16) / 32))
+    assert torch.equal(written["blocks.0.attn.qkv.bias_mask"], torch.cat([torch.ones(384), torch.zeros(384), torch.ones(384)]))
+
+
+def test_dinov3_refusals_are_one_line(tmp_path):
+    torch.save(
+        timm_to_official_dinov2(timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0).state_dict()),
+        tmp_path / "v2.pth",
+    )
+    for call, match in (
+        (lambda: load_backbone("dinov3:vitx16", random_init=True), "use dinov3:vits16"),
+        (lambda: load_backbone("dinov3:vitl16"), "pass --weights FILE.pth"),
+        (lambda: load_backbone("dinov3:vits16", weights=tmp_path / "v2.pth"), "not a DINOv3 checkpoint in Meta's layout"),
+    ):
+        with pytest.raises(SinderError, match=match) as err:
+            call()
+        assert "\n" not in str(err.value)

@@ -267,3 +267,41 @@ def timm_siglip_to_hf_siglip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Ten
         else:
             _timm_block_to_hf_encoder(k, v, out)
     return out
+
+
+def timm_to_official_dinov3(sd: dict[str, torch.Tensor], extras: dict[str, torch.Tensor], num_heads: int) -> dict[str, torch.Tensor]:
+    """timm Eva DINOv3 state dict -> Meta's DINOv3 layout (``dinov3/models/vision_transformer.py``),
+    the inverse of what timm's ``checkpoint_filter_fn`` does on load: ``storage_tokens``,
+    ``ls1.gamma``, one ``qkv.bias`` with its k part masked by ``bias_mask``, SwiGLU as ``w1/w2/w3``.
+
+    ``extras`` are the checkpoint's tensors that timm drops on load (``rope_embed.periods``,
+    ``mask_token``, the ``bias_mask``s, the k part of each qkv bias, the 7B's ``local_cls_norm``):
+    written back as they were. Without them (a model built untrained) they are made as Meta's code
+    initialises them: RoPE periods 100^(2i/(D_head/2)), a zero mask token, k biases masked to 0."""
+    swiglu = any(k.endswith("mlp.fc1_g.weight") for k in sd)
+    out: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if k.endswith("attn.v_bias"):
+            continue
+        if k.endswith("attn.q_bias"):
+            qkv = k.replace("q_bias", "qkv.bias")
+            old = extras.get(qkv)
+            k_part = old[v.shape[0] : 2 * v.shape[0]] if old is not None else torch.zeros_like(v)
+            out[qkv] = torch.cat([v, k_part, sd[k.replace("q_bias", "v_bias")]])
+            continue
+        k = k.replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma").replace("reg_token", "storage_tokens")
+        if swiglu:
+            k = k.replace("mlp.fc1_g.", "mlp.w1.").replace("mlp.fc1_x.", "mlp.w2.").replace("mlp.fc2.", "mlp.w3.")
+        out[k] = v
+    out.update({k: v for k, v in extras.items() if k not in out})
+    dim = sd["cls_token"].shape[-1]
+    if "rope_embed.periods" not in out:
+        quarter = dim // num_heads // 4
+        out["rope_embed.periods"] = 100.0 ** (2 * torch.arange(quarter, dtype=torch.float32) / (2 * quarter))
+    out.setdefault("mask_token", torch.zeros(1, dim, dtype=sd["cls_token"].dtype))
+    for qkv in [k for k in out if k.endswith("attn.qkv.bias")]:
+        if qkv.replace("bias", "bias_mask") not in out:
+            mask = torch.ones(3 * dim, dtype=out[qkv].dtype)
+            mask[dim : 2 * dim] = 0
+            out[qkv.replace("bias", "bias_mask")] = mask
+    return out

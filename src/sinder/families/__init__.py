@@ -6,6 +6,6 @@ add a family, add a module that registers a :class:`~sinder.backbones.registry.F
 here; import transformers/timm only inside its functions, so loading the families stays cheap.
 """
 
-from . import dinov2, hf, open_clip, planted, timm
+from . import dinov2, dinov3, hf, open_clip, planted, timm
 
-__all__ = ["dinov2", "hf", "open_clip", "planted", "timm"]
+__all__ = ["dinov2", "dinov3", "hf", "open_clip", "planted", "timm"]
