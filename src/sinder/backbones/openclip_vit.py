@@ -13,9 +13,9 @@ the adapter keeps one stand-in ``nn.Linear`` per block that *shares* ``in_proj_w
 ``in_proj_bias`` (:meth:`proxies`): the view's q/k/v are its rows, and whatever is written into it
 (repair folds ε back there) is the model's own parameter. :meth:`run_block` calls the block
 itself (so hooks on it, such as the fixes', fire) unless repair has swapped the stand-in for a
-σ-parametrised one; then it computes the attention through the stand-in, so that one trains. The model's modules and state-dict keys
-never change. Other grids than the native one resample the positional embedding (open_clip itself
-only takes its native size).
+σ-parametrised one; then it computes the attention through the stand-in, so that one trains.
+The model's modules and state-dict keys never change. Other grids than the native one resample
+the positional embedding (open_clip itself only takes its native size).
 """
 
 from __future__ import annotations

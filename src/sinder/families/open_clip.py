@@ -29,7 +29,7 @@ SPEC_FILE = "model_spec.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 
 
-def _open_clip(spec: str):
+def import_open_clip(spec: str):
     try:
         import open_clip
     except ImportError:
@@ -39,7 +39,7 @@ def _open_clip(spec: str):
 
 def create(arch: str, spec: str):
     """``open_clip.create_model(arch)`` untrained, on the CPU, in eval mode; unknown names in one line."""
-    open_clip = _open_clip(spec)
+    open_clip = import_open_clip(spec)
     if arch not in open_clip.list_models():
         raise ModelSpecError(f"{spec}: open_clip has no model {arch!r}; list them with open_clip.list_models()")
     return open_clip.create_model(arch, pretrained=None).eval()
@@ -87,7 +87,7 @@ def reload_open_clip_format(backbone: Backbone, path: Path) -> Backbone:
     if arch:
         model = create(arch, backbone.spec)
     elif config:
-        model = _open_clip(backbone.spec).CLIP(**config).eval()
+        model = import_open_clip(backbone.spec).CLIP(**config).eval()
     else:
         model = copy.deepcopy(backbone.model).cpu().float()
     load_weights(model, folder / WEIGHTS_FILE, backbone.spec)

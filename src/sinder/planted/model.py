@@ -254,10 +254,10 @@ def _renormalised_state(model: nn.Module, mean: tuple, std: tuple) -> dict[str, 
 
     state = {k: v.clone() for k, v in model.state_dict().items()}
     w = state["patch_embed.proj.weight"]
-    m_in, s_in, m_clip, s_clip = (torch.tensor(t, dtype=w.dtype) for t in (IMAGENET_MEAN, IMAGENET_STD, mean, std))
-    # W·(p − m)/s = (W·s_clip/s)·(p − m_clip)/s_clip + W·(m_clip − m)/s
-    state["pos_embed"][0, model.num_prefix_tokens :] += torch.einsum("dchw,c->d", w, (m_clip - m_in) / s_in)
-    state["patch_embed.proj.weight"] = w * (s_clip / s_in)[None, :, None, None]
+    m_in, s_in, m_new, s_new = (torch.tensor(t, dtype=w.dtype) for t in (IMAGENET_MEAN, IMAGENET_STD, mean, std))
+    # W·(p − m)/s = (W·s_new/s)·(p − m_new)/s_new + W·(m_new − m)/s
+    state["pos_embed"][0, model.num_prefix_tokens :] += torch.einsum("dchw,c->d", w, (m_new - m_in) / s_in)
+    state["patch_embed.proj.weight"] = w * (s_new / s_in)[None, :, None, None]
     return state
 
 
@@ -313,9 +313,9 @@ def _to_open_clip(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
     so the image embedding is the final-normed CLS token."""
     from ..backbones.convert import timm_clip_to_open_clip
     from ..backbones.openclip_vit import OPENAI_MEAN, OPENAI_STD
-    from ..families.open_clip import _open_clip
+    from ..families.open_clip import import_open_clip
 
-    open_clip = _open_clip(f"planted:{cfg.layout}")
+    open_clip = import_open_clip(f"planted:{cfg.layout}")
     with torch.random.fork_rng(devices=[]):
         clip = open_clip.CLIP(**open_clip_config(cfg)).eval()
     for p in clip.parameters():
