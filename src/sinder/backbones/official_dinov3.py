@@ -40,16 +40,22 @@ def _arch(name: str, spec: str) -> str:
 
 
 def timm_variant(name: str, state_dict: dict, spec: str) -> str:
-    """The timm architecture for ``dinov3:NAME`` and this checkpoint: ``_qkvb`` when a qkv bias is non-zero."""
+    """The timm architecture for ``dinov3:NAME`` and this checkpoint: ``_qkvb`` when a q or v bias is
+    non-zero (the k part is masked in use, whatever it holds)."""
     import timm
 
     arch = _arch(name, spec)
-    biased = any(k.endswith("attn.qkv.bias") and bool(v.abs().max() > 0) for k, v in state_dict.items())
+    biased = any(k.endswith("attn.qkv.bias") and bool(_q_and_v(v).abs().max() > 0) for k, v in state_dict.items())
     if not biased:
         return arch
     if f"{arch}_qkvb" not in timm.list_models(f"{arch}_qkvb"):
         raise WeightsError(f"{spec}: the checkpoint has qkv biases, which timm's {arch} has no place for; check the model name")
     return f"{arch}_qkvb"
+
+
+def _q_and_v(qkv_bias: torch.Tensor) -> torch.Tensor:
+    third = qkv_bias.shape[0] // 3
+    return torch.cat([qkv_bias[:third], qkv_bias[2 * third :]])
 
 
 def _untrained_variant(name: str, spec: str) -> str:
