@@ -84,7 +84,7 @@ ZOO_PHOTOS = ("rocket", "coffee", "camera", "astronaut")  # training photos: fla
 @pytest.mark.parametrize(
     "name",
     ["content", "early", "late", "noisy", "native518", "swiglu", "reg4", "spectral", "spread", "attention", "border", "crowded", "lownorm"]
-    + ["hf_dinov2", "clip", "open_clip", "siglip", "hf_siglip", "dinov3"],
+    + ["hf_dinov2", "clip", "open_clip", "siglip", "hf_siglip", "hf_siglip2", "dinov3"],
 )
 @pytest.mark.slow
 def test_zoo_member_has_real_singular_defects(name):
@@ -300,7 +300,7 @@ def test_marker_layouts_and_new_fields_are_checked():
         PlantedConfig(ignition="content", ignition_suppress=1.0)
     with pytest.raises(ConfigError, match="amplifier must be pair, feedback or bounded"):
         PlantedConfig(amplifier="nope")
-    with pytest.raises(ConfigError, match="layout must be dinov2, hf_dinov2, clip, open_clip, siglip, hf_siglip, dinov3"):
+    with pytest.raises(ConfigError, match="layout must be dinov2, hf_dinov2, clip, open_clip, siglip, hf_siglip, hf_siglip2, dinov3"):
         PlantedConfig(layout="eva")
     with pytest.raises(ConfigError, match="multiple of 16"):
         PlantedConfig(layout="dinov3", registers=True, img_size=224 + 14)
@@ -424,15 +424,19 @@ def test_zoo_sizes_plant_the_same_circuits():
 
 
 # members that are another member's function in transformers: (member, its timm twin, the transformers class)
-TRANSFORMERS_TWINS = [("hf_dinov2", "small", "Dinov2Model"), ("hf_siglip", "siglip", "SiglipVisionModel")]
+TRANSFORMERS_TWINS = [
+    ("hf_dinov2", "small", "Dinov2Model"),
+    ("hf_siglip", "siglip", "SiglipVisionModel"),
+    ("hf_siglip2", "siglip", "Siglip2VisionModel"),
+]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("member, twin, cls", TRANSFORMERS_TWINS)
 def test_a_transformers_member_is_its_timm_twin(member, twin, cls):
     """planted:hf_dinov2 is planted:small's function (the same circuits and seed) as a transformers
-    Dinov2Model, through the official key layout; planted:hf_siglip is planted:siglip's as a
-    SiglipVisionModel, its attention-pool head included: the same tokens on photos (each normalised
+    Dinov2Model, through the official key layout; planted:hf_siglip and hf_siglip2 are
+    planted:siglip's as a SiglipVisionModel and a Siglip2VisionModel, the attention-pool head included: the same tokens on photos (each normalised
     as its own model expects), the same ignited cells, and transformers' own forward agrees."""
     from sinder.backbones import load_backbone
     from sinder.images import ImageSet
@@ -452,9 +456,9 @@ def test_a_transformers_member_is_its_timm_twin(member, twin, cls):
             cells = hf.ground_truth.ignition(hf, px)
             assert torch.equal(cells, timm_member.ground_truth.ignition(timm_member, px_twin))
             ignited += int(cells.sum())
-            out = hf.model(pixel_values=px)  # transformers' own forward
-            assert (out.last_hidden_state - a.final).abs().max() < 1e-4
-            assert (out.pooler_output - pooled).abs().max() < 1e-4
+            assert (hf.model_forward(px) - a.final).abs().max() < 1e-4  # transformers' own forward (SigLIP2: on patches)
+            if cls != "Siglip2VisionModel":
+                assert (hf.model(pixel_values=px).pooler_output - pooled).abs().max() < 1e-4
     assert ignited > 0
 
 

@@ -242,16 +242,18 @@ def timm_clip_to_open_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def timm_siglip_to_hf_siglip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def timm_siglip_to_hf_siglip(sd: dict[str, torch.Tensor], siglip2: bool = False) -> dict[str, torch.Tensor]:
     """timm SigLIP-layout ViT (no CLS, no LayerScale, an attention-pool ``attn_pool`` head) state
     dict -> the keys of transformers' ``SiglipVisionModel`` tower (``vision_model``'s): fused qkv
     split, the head's ``q`` and ``kv`` fused into ``nn.MultiheadAttention``'s ``in_proj`` (rows q,
     k, v in both), ``latent`` -> ``probe``. The same function on the same normalised pixels: timm's
-    ``norm`` is ``post_layernorm``, and both heads read the normed tokens."""
+    ``norm`` is ``post_layernorm``, and both heads read the normed tokens. ``siglip2``: SigLIP2's
+    patch embedding is a Linear over each patch flattened as (row, column, channel)."""
     if "cls_token" in sd or "attn_pool.latent" not in sd or any(k.endswith("gamma") for k in sd):
         raise WeightsError("not a timm SigLIP-layout model (no class token, an attention-pool head, no LayerScale)")
+    patch = sd["patch_embed.proj.weight"]
     out = {
-        "embeddings.patch_embedding.weight": sd["patch_embed.proj.weight"],
+        "embeddings.patch_embedding.weight": patch.permute(0, 2, 3, 1).flatten(1) if siglip2 else patch,
         "embeddings.patch_embedding.bias": sd["patch_embed.proj.bias"],
         "embeddings.position_embedding.weight": sd["pos_embed"][0],
         "head.probe": sd["attn_pool.latent"],

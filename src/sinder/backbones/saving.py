@@ -44,3 +44,15 @@ def write_weights_and_spec(model: nn.Module, weights: Path, spec_file: Path, met
     with atomic_path(spec_file) as tmp:
         tmp.write_text(json.dumps(meta, indent=2) + "\n")
     return weights
+
+
+def write_official_pth(state_dict: dict[str, torch.Tensor], backbone_spec: str, folder: Path, overwrite: bool) -> Path:
+    """``<name>_sinder.pth`` (``dinov2:vits14`` -> ``vits14_sinder.pth``): a plain state dict in an
+    official layout, written atomically, refusing an existing file unless ``overwrite``."""
+    from ..io import atomic_path
+
+    target = folder / f"{spec_name(backbone_spec)}_sinder.pth"
+    refuse_existing([target], overwrite)
+    with atomic_path(target) as tmp:
+        torch.save(state_dict, tmp)
+    return target

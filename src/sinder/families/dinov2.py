@@ -9,13 +9,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
 from ..backbones.base import Backbone
 from ..backbones.convert import timm_to_official_dinov2
 from ..backbones.registry import Family, register_family
-from ..backbones.saving import cpu_state_dict, refuse_existing, spec_name
-from ..io import atomic_path
+from ..backbones.saving import cpu_state_dict, spec_name, write_official_pth
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +24,7 @@ def load(name: str, spec: str, weights: str | Path | None = None, random_init: b
 
 
 def save_official_format(backbone: Backbone, folder: Path, overwrite: bool) -> Path:
-    target = folder / f"{spec_name(backbone.spec)}_sinder.pth"
-    refuse_existing([target], overwrite)
-    sd = timm_to_official_dinov2(cpu_state_dict(backbone.model))
-    with atomic_path(target) as tmp:
-        torch.save(sd, tmp)
+    target = write_official_pth(timm_to_official_dinov2(cpu_state_dict(backbone.model)), backbone.spec, folder, overwrite)
     log.info("wrote %s (official DINOv2 state dict)", target)
     return target
 

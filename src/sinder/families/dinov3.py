@@ -16,8 +16,7 @@ import torch
 from ..backbones.base import Backbone
 from ..backbones.convert import timm_to_official_dinov3
 from ..backbones.registry import Family, register_family
-from ..backbones.saving import cpu_state_dict, refuse_existing, spec_name
-from ..io import atomic_path
+from ..backbones.saving import cpu_state_dict, spec_name, write_official_pth
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +34,7 @@ def official_state_dict(backbone: Backbone) -> dict[str, torch.Tensor]:
 
 
 def save_official_format(backbone: Backbone, folder: Path, overwrite: bool) -> Path:
-    target = folder / f"{spec_name(backbone.spec)}_sinder.pth"
-    refuse_existing([target], overwrite)
-    sd = official_state_dict(backbone)
-    with atomic_path(target) as tmp:
-        torch.save(sd, tmp)
+    target = write_official_pth(official_state_dict(backbone), backbone.spec, folder, overwrite)
     log.info("wrote %s (DINOv3 state dict in Meta's layout)", target)
     return target
 

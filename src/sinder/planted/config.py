@@ -109,11 +109,11 @@ class PlantedConfig:
     amp_gain: float = 3.0
     spectrum_top: float = 0.0
     spectrum_decay: float = 0.5
-    # hf_dinov2, hf_siglip: the DINOv2 and SigLIP layouts as transformers models (the same functions);
+    # hf_dinov2, hf_siglip, hf_siglip2: the DINOv2 and SigLIP layouts as transformers models (the same functions);
     # clip: pre-norm, QuickGELU, no LayerScale; siglip: no CLS token, an attention-pool (MAP) head,
     # tanh-GELU, no LayerScale; dinov3: timm's Eva with RoPE, patch 16, CLS + 4 registers (all
     # converted after planting)
-    layout: Literal["dinov2", "hf_dinov2", "clip", "open_clip", "siglip", "hf_siglip", "dinov3"] = "dinov2"
+    layout: Literal["dinov2", "hf_dinov2", "clip", "open_clip", "siglip", "hf_siglip", "hf_siglip2", "dinov3"] = "dinov2"
 
     def __post_init__(self) -> None:
         require(self.size in ARCHITECTURES, f"size must be one of {', '.join(ARCHITECTURES)}, got {self.size!r}")
@@ -159,7 +159,7 @@ class PlantedConfig:
             f"layout={self.layout!r} has a plain GELU MLP and no registers: sizes S, B, L (ViT-g's MLP is SwiGLU)",
         )
         require(
-            self.layout not in ("siglip", "hf_siglip") or self.ignition_path == "mlp",
+            self.layout not in SIGLIP_LAYOUTS or self.ignition_path == "mlp",
             "layout='siglip' has no CLS token, which the attention ignition uses as its sink: use ignition_path='mlp'",
         )
         require(
@@ -190,7 +190,7 @@ class PlantedConfig:
         """Overrides of the build architecture (the DINOv2 layout, with LayerScale; without a CLS
         token and with an attention-pool head for the SigLIP layout; patch 16 for DINOv3's)."""
         width = dict(ARCHITECTURES[self.size][2]) if self.swiglu and self.size != "g" else {}
-        if self.layout in ("siglip", "hf_siglip"):
+        if self.layout in SIGLIP_LAYOUTS:
             return {**width, **SIGLIP_TOKENS}
         return {**width, "patch_size": 16} if self.layout == "dinov3" else width
 
@@ -215,6 +215,7 @@ CLIP_LAYOUT = {"pre_norm": True, "act_layer": "quick_gelu", "init_values": 0.0} 
 # SigLIP's (timm's vit_*_siglip_*): tanh-GELU, no LayerScale; its tokens: no CLS, a MAP head
 SIGLIP_LAYOUT = {"act_layer": "gelu_tanh", "init_values": 0.0}
 SIGLIP_TOKENS = {"class_token": False, "global_pool": "map"}
+SIGLIP_LAYOUTS = ("siglip", "hf_siglip", "hf_siglip2")  # the timm one and its transformers twins
 # DINOv3's (timm's Eva: RoPE, patch 16, CLS + 4 registers, LayerScale), with a learned absolute
 # positional embedding added: it carries the positional markers (DINOv3 itself has RoPE alone)
 DINOV3_NAMES = {"S": "vit_small_patch16_dinov3_qkvb", "B": "vit_base_patch16_dinov3_qkvb", "L": "vit_large_patch16_dinov3_qkvb"}
@@ -226,6 +227,7 @@ LAYOUTS = {
     "open_clip": CLIP_LAYOUT,
     "siglip": SIGLIP_LAYOUT,
     "hf_siglip": SIGLIP_LAYOUT,
+    "hf_siglip2": SIGLIP_LAYOUT,
     "dinov3": DINOV3_LAYOUT,
 }
 
@@ -304,6 +306,10 @@ PRESETS: dict[str, PlantedConfig] = {
     # the same circuits and seed as a transformers SiglipVisionModel (its MAP head included)
     "hf_siglip": PlantedConfig(
         layout="hf_siglip", markers=8, onset=6 / 12, strength_spread=0.3, amplifier="feedback", u_noise=0.01, seed=15
+    ),
+    # ... and as a transformers Siglip2VisionModel (a Linear patch embedding over a patch sequence)
+    "hf_siglip2": PlantedConfig(
+        layout="hf_siglip2", markers=8, onset=6 / 12, strength_spread=0.3, amplifier="feedback", u_noise=0.01, seed=15
     ),
     # DINOv3 layout (timm's Eva: RoPE, patch 16, CLS + 4 registers, LayerScale), 7 positional cells
     # from block 3, a bounded amplifier; its markers ride on an added absolute positional embedding

@@ -185,8 +185,8 @@ def _convert_layout(model: nn.Module, cfg: PlantedConfig) -> nn.Module:
         cfg.timm_name, pretrained=False, num_classes=0, img_size=cfg.img_size, dynamic_img_size=True, **cfg.timm_kwargs
     )
     converted.load_state_dict(state, strict=True)
-    if cfg.layout in ("clip", "hf_siglip"):
-        return _hf_tower(converted.eval(), cfg, "clip" if cfg.layout == "clip" else "siglip")
+    if cfg.layout in ("clip", "hf_siglip", "hf_siglip2"):
+        return _hf_tower(converted.eval(), cfg, cfg.layout.removeprefix("hf_"))
     return _to_open_clip(converted.eval(), cfg) if cfg.layout == "open_clip" else converted.eval()
 
 
@@ -262,29 +262,32 @@ def _renormalised_state(model: nn.Module, mean: tuple, std: tuple) -> dict[str, 
 
 
 def _hf_tower(model: nn.Module, cfg: PlantedConfig, kind: str) -> nn.Module:
-    """The timm CLIP- or SigLIP-layout model as a transformers ``CLIPVisionModel`` or
-    ``SiglipVisionModel`` (its attention-pool head included): the same function of the raw pixels
-    (:func:`_renormalised_state`)."""
+    """The timm CLIP- or SigLIP-layout model as a transformers ``CLIPVisionModel``,
+    ``SiglipVisionModel`` or ``Siglip2VisionModel`` (the SigLIP heads included): the same function
+    of the raw pixels (:func:`_renormalised_state`)."""
     import transformers
 
     from ..backbones.convert import timm_clip_to_hf_clip, timm_siglip_to_hf_siglip
     from ..backbones.hf_tower import CLIP_MEAN, CLIP_STD, SIGLIP_MEAN, SIGLIP_STD, vision_tower
 
-    clip = kind == "clip"
+    clip, name = kind == "clip", {"clip": "CLIPVision", "siglip": "SiglipVision", "siglip2": "Siglip2Vision"}[kind]
     state = _renormalised_state(model, *((CLIP_MEAN, CLIP_STD) if clip else (SIGLIP_MEAN, SIGLIP_STD)))
-    config = getattr(transformers, "CLIPVisionConfig" if clip else "SiglipVisionConfig")(
+    grid = cfg.img_size // cfg.patch_size
+    size = {"num_patches": grid * grid} if kind == "siglip2" else {"image_size": cfg.img_size}  # SigLIP2: a patch budget
+    config = getattr(transformers, f"{name}Config")(
         hidden_size=model.embed_dim,
         intermediate_size=model.blocks[0].mlp.fc1.out_features,
         num_hidden_layers=len(model.blocks),
         num_attention_heads=model.blocks[0].attn.num_heads,
-        image_size=cfg.img_size,
         patch_size=cfg.patch_size,
         hidden_act="quick_gelu" if clip else "gelu_pytorch_tanh",
         layer_norm_eps=model.blocks[0].norm1.eps,
+        **size,
     )
     with torch.random.fork_rng(devices=[]):  # its init is overwritten; the caller's RNG is left alone
-        hf = getattr(transformers, "CLIPVisionModel" if clip else "SiglipVisionModel")(config)
-    vision_tower(hf).load_state_dict((timm_clip_to_hf_clip if clip else timm_siglip_to_hf_siglip)(state), strict=True)
+        hf = getattr(transformers, f"{name}Model")(config)
+    tower_state = timm_clip_to_hf_clip(state) if clip else timm_siglip_to_hf_siglip(state, siglip2=kind == "siglip2")
+    vision_tower(hf).load_state_dict(tower_state, strict=True)
     return hf.eval()
 
 
@@ -460,7 +463,7 @@ def load_planted(name: str, spec: str, weights: str | Path | None = None) -> Bac
     """The ``planted:NAME[@SIZE]`` backbone; ``ground_truth`` is its :class:`PlantedTruth`."""
     cfg = preset(name, spec)
     model, truth = build_planted(cfg)
-    if cfg.layout in ("clip", "hf_siglip", "hf_dinov2"):  # a transformers model
+    if cfg.layout in ("clip", "hf_siglip", "hf_siglip2", "hf_dinov2"):  # a transformers model
         if weights is not None:
             load_state_dict_checked(model, read_state_dict(weights), spec)
         backbone: Backbone = (HFViTBackbone if cfg.layout == "hf_dinov2" else HFTowerBackbone)(model, spec, family="planted")
