@@ -39,18 +39,23 @@ def _arch(name: str, spec: str) -> str:
     return ARCHS[name]
 
 
+def _qkvb(arch: str) -> str | None:
+    """timm's variant of ``arch`` with q and v biases, where it has one (not for the 7B)."""
+    import timm
+
+    return f"{arch}_qkvb" if timm.list_models(f"{arch}_qkvb") else None
+
+
 def timm_variant(name: str, state_dict: dict, spec: str) -> str:
     """The timm architecture for ``dinov3:NAME`` and this checkpoint: ``_qkvb`` when a q or v bias is
     non-zero (the k part is masked in use, whatever it holds)."""
-    import timm
-
     arch = _arch(name, spec)
     biased = any(k.endswith("attn.qkv.bias") and bool(_q_and_v(v).abs().max() > 0) for k, v in state_dict.items())
     if not biased:
         return arch
-    if f"{arch}_qkvb" not in timm.list_models(f"{arch}_qkvb"):
+    if _qkvb(arch) is None:
         raise WeightsError(f"{spec}: the checkpoint has qkv biases, which timm's {arch} has no place for; check the model name")
-    return f"{arch}_qkvb"
+    return _qkvb(arch)
 
 
 def _q_and_v(qkv_bias: torch.Tensor) -> torch.Tensor:
@@ -60,10 +65,8 @@ def _q_and_v(qkv_bias: torch.Tensor) -> torch.Tensor:
 
 def _untrained_variant(name: str, spec: str) -> str:
     """Meta's models have qkv biases (k masked), all but the 7B: an untrained one gets timm's ``_qkvb``."""
-    import timm
-
     arch = _arch(name, spec)
-    return f"{arch}_qkvb" if timm.list_models(f"{arch}_qkvb") else arch
+    return _qkvb(arch) or arch
 
 
 def load_official_dinov3(name: str, spec: str, weights: str | Path | None = None, random_init: bool = False) -> Backbone:

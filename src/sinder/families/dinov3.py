@@ -46,7 +46,7 @@ def reload_official_format(backbone: Backbone, path: Path) -> Backbone:
 register_family(
     Family(
         name="dinov3",
-        spec_help="dinov3:vits16|vitb16|vitl16|vith16plus|vit7b16",
+        spec_help="dinov3:vits16|vits16plus|vitb16|vitl16|vith16plus|vit7b16",
         load=load,
         save=save_official_format,
         reload=reload_official_format,
