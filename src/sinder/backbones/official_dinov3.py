@@ -20,7 +20,7 @@ import torch
 from ..errors import ModelSpecError, WeightsError
 from .base import Backbone
 from .convert import timm_to_official_dinov3
-from .weights import load_state_dict_checked, read_state_dict
+from .weights import read_state_dict
 
 ARCHS = {
     "vits16": "vit_small_patch16_dinov3",
@@ -70,7 +70,7 @@ def _untrained_variant(name: str, spec: str) -> str:
 
 
 def load_official_dinov3(name: str, spec: str, weights: str | Path | None = None, random_init: bool = False) -> Backbone:
-    from .timm_loader import create_timm, timm_layout, wrap_timm
+    from .timm_loader import create_timm, load_timm_state_dict, wrap_timm
 
     if weights is None and not random_init:
         _arch(name, spec)
@@ -84,7 +84,7 @@ def load_official_dinov3(name: str, spec: str, weights: str | Path | None = None
     model = create_timm(arch, spec)
     extras: dict[str, torch.Tensor] = {}
     if weights is not None:
-        load_state_dict_checked(model, timm_layout(model, state_dict), spec)
+        load_timm_state_dict(model, state_dict, spec)  # through timm's own Eva converter
         extras = not_loaded(model, state_dict)
     backbone = wrap_timm(model, spec, family="dinov3")
     backbone.timm_name, backbone.official_extras = arch, extras
